@@ -1,0 +1,12 @@
+//! The pure core of l2d: validated queries, the allocation policy interface, the dispatch
+//! decision, lease arithmetic.
+//!
+//! Nothing here performs I/O or depends on tokio, tonic, prost, dashmap or metrics: every
+//! function is a function of its arguments (time is passed in as `now`), so it is unit- and
+//! property-tested without servers. The shells in [`crate::scheduler`] and [`crate::expert`]
+//! gather the inputs, call the core and perform the RPCs.
+
+pub mod decision;
+pub mod lease;
+pub mod policy;
+pub mod query;
