@@ -1,0 +1,384 @@
+//! The pool file (TOML): which experts exist, what each costs, how each is served.
+//!
+//! ```toml
+//! [[expert]]
+//! id = "bert"                      # unique; letters, digits, '-', '_', '.'
+//! backend = "replay"               # the backend kind
+//! predictions = "../data/squad-v1.1/predictions/bert-large-ensemble.json"
+//! data = "../data/squad-v1.1/dev.json"   # resolves queries sent without an id
+//! cost = 100                       # declared relative cost of one call, > 0
+//! accuracy = 0.862                 # optional prior P(correct), used by the prior policy
+//! replicas = 1                     # in-process copies (default 1; 0: replicas join by registration)
+//! # address = "127.0.0.1:50061"    # a running worker instead of in-process copies
+//! ```
+//!
+//! Relative paths resolve from the pool file's folder. Errors name the file, the expert and the
+//! field. Parsing is separate from reading ([`PoolFile::parse`] takes text), so tests need no files.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolFile {
+    /// Where the pool was read from (for messages).
+    pub path: PathBuf,
+    pub experts: Vec<ExpertSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpertSpec {
+    pub id: String,
+    pub cost: f64,
+    pub accuracy: Option<f64>,
+    pub backend: BackendSpec,
+    pub placement: Placement,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSpec {
+    /// Serves recorded answers: `{question id: answer}`.
+    Replay {
+        predictions: PathBuf,
+        data: Option<PathBuf>,
+    },
+}
+
+impl BackendSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendSpec::Replay { .. } => "replay",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// `replicas` copies served inside this process on loopback (0: none; replicas register).
+    InProcess { replicas: u32 },
+    /// A worker already running at this address.
+    Remote { address: SocketAddr },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolFileError {
+    #[error("cannot read pool file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pool file {}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("pool file {}: expert {expert}: field `{field}`: {message}", path.display())]
+    Field {
+        path: PathBuf,
+        expert: String,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default)]
+    expert: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpert {
+    id: String,
+    backend: String,
+    cost: f64,
+    predictions: Option<PathBuf>,
+    data: Option<PathBuf>,
+    accuracy: Option<f64>,
+    address: Option<String>,
+    replicas: Option<i64>,
+}
+
+const BACKENDS: &[&str] = &["replay"];
+
+impl PoolFile {
+    pub fn load(path: &Path) -> Result<Self, PoolFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PoolFileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses pool-file text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PoolFileError> {
+        let syntax = |message: String| PoolFileError::Syntax {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: RawPool =
+            toml::from_str(text).map_err(|e| syntax(e.to_string().trim_end().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut experts = Vec::with_capacity(raw.expert.len());
+        let mut ids = HashSet::new();
+        for (index, value) in raw.expert.into_iter().enumerate() {
+            // Name the expert by its id when it has one, by its position otherwise.
+            let name = value
+                .get("id")
+                .and_then(|v| v.as_str())
+                .map(|id| format!("{id:?}"))
+                .unwrap_or_else(|| format!("#{}", index + 1));
+            let field_error = |field: &str, message: String| PoolFileError::Field {
+                path: path.to_owned(),
+                expert: name.clone(),
+                field: field.to_owned(),
+                message,
+            };
+            let raw: RawExpert = serde_path_to_error::deserialize(value).map_err(|e| {
+                let field = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let field = if field == "." {
+                    missing_field(&message).unwrap_or(field)
+                } else {
+                    field
+                };
+                field_error(&field, message)
+            })?;
+            let spec = expert_spec(raw, base, &field_error)?;
+            if !ids.insert(spec.id.clone()) {
+                return Err(field_error(
+                    "id",
+                    "another expert already has this id".into(),
+                ));
+            }
+            experts.push(spec);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            experts,
+        })
+    }
+}
+
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+fn expert_spec(
+    raw: RawExpert,
+    base: &Path,
+    field_error: &dyn Fn(&str, String) -> PoolFileError,
+) -> Result<ExpertSpec, PoolFileError> {
+    check_expert_id(&raw.id).map_err(|m| field_error("id", m))?;
+    if !(raw.cost.is_finite() && raw.cost > 0.0) {
+        return Err(field_error(
+            "cost",
+            format!("must be a positive finite number, got {}", raw.cost),
+        ));
+    }
+    if let Some(a) = raw.accuracy
+        && !(0.0..=1.0).contains(&a)
+    {
+        return Err(field_error(
+            "accuracy",
+            format!("must be in [0, 1], got {a}"),
+        ));
+    }
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let backend = match raw.backend.as_str() {
+        "replay" => BackendSpec::Replay {
+            predictions: resolve(raw.predictions.ok_or_else(|| {
+                field_error(
+                    "predictions",
+                    "a replay expert needs its recorded answers file".into(),
+                )
+            })?),
+            data: raw.data.map(resolve),
+        },
+        other => {
+            return Err(field_error(
+                "backend",
+                format!("unknown backend {other:?}; known: {}", BACKENDS.join(", ")),
+            ));
+        }
+    };
+    let placement = match (raw.address, raw.replicas) {
+        (Some(_), Some(_)) => {
+            return Err(field_error(
+                "replicas",
+                "an expert with an `address` runs elsewhere; `replicas` counts in-process copies"
+                    .into(),
+            ));
+        }
+        (Some(address), None) => Placement::Remote {
+            address: address.parse().map_err(|e| {
+                field_error(
+                    "address",
+                    format!("{address:?} is not an IP:port socket address ({e})"),
+                )
+            })?,
+        },
+        (None, replicas) => {
+            let replicas = replicas.unwrap_or(1);
+            if !(0..=64).contains(&replicas) {
+                return Err(field_error(
+                    "replicas",
+                    format!("must be between 0 and 64, got {replicas}"),
+                ));
+            }
+            Placement::InProcess {
+                replicas: replicas as u32,
+            }
+        }
+    };
+    Ok(ExpertSpec {
+        id: raw.id,
+        cost: raw.cost,
+        accuracy: raw.accuracy,
+        backend,
+        placement,
+    })
+}
+
+/// Expert ids appear in metrics labels, logs and file names: keep them short and plain.
+pub fn check_expert_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > 64 {
+        return Err(format!("must be at most 64 bytes, got {}", id.len()));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{id:?} has the character {c:?}; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PoolFile, PoolFileError> {
+        PoolFile::parse(text, Path::new("pools/test.toml"))
+    }
+
+    #[test]
+    fn parses_experts_and_resolves_paths_from_the_file_folder() {
+        let pool = parse(
+            r#"
+            [[expert]]
+            id = "lr"
+            backend = "replay"
+            predictions = "../data/lr.json"
+            data = "/abs/dev.json"
+            cost = 1
+            accuracy = 0.4
+
+            [[expert]]
+            id = "bert"
+            backend = "replay"
+            predictions = "bert.json"
+            cost = 100.0
+            address = "127.0.0.1:7000"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(pool.experts.len(), 2);
+        let lr = &pool.experts[0];
+        assert_eq!(lr.cost, 1.0);
+        assert_eq!(lr.accuracy, Some(0.4));
+        assert_eq!(lr.placement, Placement::InProcess { replicas: 1 });
+        assert_eq!(
+            lr.backend,
+            BackendSpec::Replay {
+                predictions: PathBuf::from("pools/../data/lr.json"),
+                data: Some(PathBuf::from("/abs/dev.json")),
+            }
+        );
+        assert_eq!(
+            pool.experts[1].placement,
+            Placement::Remote {
+                address: "127.0.0.1:7000".parse().unwrap()
+            }
+        );
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const OK: &str = "id = \"x\"\nbackend = \"replay\"\npredictions = \"p.json\"\n";
+
+    #[test]
+    fn errors_name_file_expert_and_field() {
+        assert_eq!(
+            err(&format!("[[expert]]\n{OK}cost = -1\n")),
+            "pool file pools/test.toml: expert \"x\": field `cost`: must be a positive finite number, got -1"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = \"cheap\"\n"));
+        assert!(
+            e.starts_with("pool file pools/test.toml: expert \"x\": field `cost`: invalid type"),
+            "{e}"
+        );
+        let e = err("[[expert]]\nbackend = \"replay\"\ncost = 1\n");
+        assert!(
+            e.starts_with("pool file pools/test.toml: expert #1: field `id`: missing field"),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\ncots = 2\n"));
+        assert!(
+            e.starts_with("pool file pools/test.toml: expert \"x\": field `cots`: unknown field `cots`, expected one of"),
+            "{e}"
+        );
+        let e = err("[[expert]]\nid = \"x\"\nbackend = \"neural\"\ncost = 1\n");
+        assert!(
+            e.contains("field `backend`: unknown backend \"neural\""),
+            "{e}"
+        );
+        let e = err("[[expert]]\nid = \"x\"\nbackend = \"replay\"\ncost = 1\n");
+        assert!(e.contains("field `predictions`"), "{e}");
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\naddress = \"localhost\"\n"
+        ));
+        assert!(
+            e.contains("field `address`: \"localhost\" is not an IP:port"),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\nreplicas = -2\n"));
+        assert!(
+            e.contains("field `replicas`: must be between 0 and 64"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\n[[expert]]\n{OK}cost = 2\n"
+        ));
+        assert!(
+            e.contains("expert \"x\": field `id`: another expert already has this id"),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\naccuracy = 2\n"));
+        assert!(e.contains("field `accuracy`: must be in [0, 1]"), "{e}");
+        let e =
+            err("[[expert]]\nid = \"a b\"\nbackend = \"replay\"\npredictions = \"p\"\ncost = 1\n");
+        assert!(
+            e.contains("field `id`: \"a b\" has the character ' '"),
+            "{e}"
+        );
+        let e = err("[[expert]\n");
+        assert!(
+            e.starts_with("pool file pools/test.toml: TOML parse error"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_an_empty_pool() {
+        assert!(parse("").unwrap().experts.is_empty());
+    }
+}
