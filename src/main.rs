@@ -1,1 +1,29 @@
-fn main() {}
+//! The `l2d` binary: parse the command line, set up logging, run the command.
+
+use clap::Parser;
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = l2d::cli::Cli::parse();
+    // Logs go to stderr; RUST_LOG overrides the default level.
+    let default_level = match cli.command {
+        l2d::cli::Command::Ask(_) | l2d::cli::Command::Pool { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match l2d::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("l2d: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

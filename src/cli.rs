@@ -1,0 +1,418 @@
+//! The `l2d` command line: argument definitions and the commands' bodies. `main.rs` only parses
+//! and reports errors.
+
+use crate::cluster;
+use crate::expert::{self, ExpertNode, Registration};
+use crate::grpc::pb::{self, pool_client::PoolClient, replica_state::Origin};
+use crate::grpc::server::shutdown_signal;
+use crate::grpc::status::code_name;
+use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile, check_expert_id};
+use crate::scheduler::{self, Scheduler, SchedulerConfig};
+use crate::squad::{Dataset, DatasetCache};
+use crate::{Ask, RouterClient};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "l2d",
+    version,
+    about = "Learning-to-Defer scheduler for a pool of QA experts"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scheduler and the pool's experts in one process on loopback (the default pool:
+    /// five SQuAD v1.1 systems replaying their recorded answers).
+    Up(UpArgs),
+    /// Run a scheduler node: serves Router and Pool; experts come from --pool or register.
+    Scheduler(SchedulerArgs),
+    /// Run one expert worker node.
+    Expert(ExpertArgs),
+    /// Ask a scheduler one question.
+    Ask(AskArgs),
+    /// Inspect a scheduler's pool.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address the scheduler listens on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Pool file (default: pools/squad-v1.1.toml).
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on, e.g. 0.0.0.0:50051.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Pool file: experts to declare, spawn in-process, or reach at static addresses.
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// Lease TTL granted to registering experts that ask for none.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Price of compute in accuracy units for the prior policy: an expert is worth its price
+    /// over a cheaper one when it raises P(correct) by more than lambda x (cost difference / max cost).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Serve recorded answers from a predictions file.
+    Replay,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpertArgs {
+    /// Address to listen on, e.g. 127.0.0.1:50061 (port 0 picks a free one).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Expert id (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub id: String,
+    #[arg(long, value_enum)]
+    pub backend: BackendKind,
+    /// Recorded answers, {question id: answer text} (replay backend).
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    /// The SQuAD file the recordings belong to: resolves queries sent without an id.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Declared relative cost of one call (> 0).
+    #[arg(long)]
+    pub cost: f64,
+    /// Join this scheduler's pool (host:port) with a lease kept alive by heartbeats.
+    #[arg(long)]
+    pub register: Option<String>,
+    /// Address the scheduler should dial to reach this worker (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Lease TTL to ask for (default: the scheduler's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The scheduler, host:port.
+    #[arg(long)]
+    pub router: String,
+    /// The question (or take it from --data by --id).
+    #[arg(long)]
+    pub question: Option<String>,
+    /// The context passage.
+    #[arg(long, conflicts_with = "context_file")]
+    pub context: Option<String>,
+    /// Read the context passage from a file.
+    #[arg(long)]
+    pub context_file: Option<PathBuf>,
+    /// Query id (replay experts answer by id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A SQuAD file to take the question and context of --id from.
+    #[arg(long, requires = "id")]
+    pub data: Option<PathBuf>,
+    /// Maximum cost for this query.
+    #[arg(long)]
+    pub budget: Option<f64>,
+    /// Deadline of the call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print the full response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Show every expert and replica the scheduler knows, with live state.
+    Status {
+        /// The scheduler, host:port.
+        #[arg(long)]
+        router: String,
+        /// Print the response as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where `l2d up` finds its default pool: the working directory's `pools/`, else the source tree
+/// this binary was built from.
+pub fn default_pool_path() -> PathBuf {
+    let relative = Path::new("pools/squad-v1.1.toml");
+    if relative.exists() {
+        relative.to_owned()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => {
+            let pool = args.pool.unwrap_or_else(default_pool_path);
+            run_scheduler(
+                args.listen,
+                Some(pool),
+                args.policy,
+                SchedulerConfig::default(),
+                true,
+            )
+            .await
+        }
+        Command::Scheduler(args) => {
+            let mut config = SchedulerConfig::default();
+            config.leases.default_ttl = config.leases.grant(Some(args.lease_ttl));
+            run_scheduler(args.listen, args.pool, args.policy, config, false).await
+        }
+        Command::Expert(args) => run_expert(args).await,
+        Command::Ask(args) => ask(args).await,
+        Command::Pool {
+            command: PoolCommand::Status { router, json },
+        } => pool_status(&router, json).await,
+    }
+}
+
+async fn run_scheduler(
+    listen: SocketAddr,
+    pool_path: Option<PathBuf>,
+    policy: PolicyArgs,
+    config: SchedulerConfig,
+    banner: bool,
+) -> anyhow::Result<()> {
+    let pool = match &pool_path {
+        Some(path) => PoolFile::load(path)?,
+        None => PoolFile {
+            path: PathBuf::new(),
+            experts: Vec::new(),
+        },
+    };
+    let policy = cluster::prior_policy(&pool, policy.lambda)?;
+    let scheduler = Arc::new(Scheduler::new(config, Box::new(policy)));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = cluster::start_pool(&pool, &scheduler).await?;
+    let address = listener.local_addr()?;
+    if banner {
+        eprintln!(
+            "l2d: scheduler on {address} with {} experts ({} in-process replicas); policy {}",
+            pool.experts.len(),
+            local.addresses.len(),
+            scheduler.policy().0.identity().id
+        );
+        eprintln!(
+            "l2d: try  l2d ask --router {address} --data data/squad-v1.1/dev.json --id 56be4db0acb8001400a502ec"
+        );
+        eprintln!("l2d: stop with Ctrl-C");
+    }
+    let served = scheduler::serve(listener, scheduler, shutdown_signal()).await;
+    local.shutdown().await?;
+    served
+}
+
+async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
+    check_expert_id(&args.id).map_err(|m| anyhow::anyhow!("--id: {m}"))?;
+    if !(args.cost.is_finite() && args.cost > 0.0) {
+        bail!("--cost must be a positive finite number, got {}", args.cost);
+    }
+    let backend = match args.backend {
+        BackendKind::Replay => BackendSpec::Replay {
+            predictions: args
+                .predictions
+                .context("--predictions is required with --backend replay")?,
+            data: args.data,
+        },
+    };
+    let spec = ExpertSpec {
+        id: args.id,
+        cost: args.cost,
+        accuracy: None,
+        backend,
+        placement: Placement::InProcess { replicas: 1 },
+    };
+    let backend = cluster::build_backend(&spec, &DatasetCache::default())?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let registration = args.register.map(|scheduler| Registration {
+        scheduler,
+        advertise: args.advertise.unwrap_or_else(|| bound.to_string()),
+        lease_ttl: args.lease_ttl,
+    });
+    let node = ExpertNode::new(spec.id, spec.cost, backend);
+    expert::serve(listener, node, registration, shutdown_signal()).await
+}
+
+async fn ask(args: AskArgs) -> anyhow::Result<()> {
+    let (mut question, mut context) = (args.question, args.context);
+    if let Some(path) = &args.context_file {
+        context = Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read context file {}", path.display()))?,
+        );
+    }
+    if let (Some(path), Some(id)) = (&args.data, &args.id) {
+        let dataset = Dataset::load(path)?;
+        let (_, paragraph, q) = dataset
+            .questions()
+            .find(|(_, _, q)| &q.id == id)
+            .with_context(|| format!("no question with id {id:?} in {}", path.display()))?;
+        question.get_or_insert_with(|| q.question.clone());
+        context.get_or_insert_with(|| paragraph.context.clone());
+    }
+    let question = question.context("--question is required (or --data with --id)")?;
+    let context =
+        context.context("--context or --context-file is required (or --data with --id)")?;
+    let mut client = RouterClient::connect(&args.router)
+        .await
+        .with_context(|| format!("cannot connect to the scheduler at {}", args.router))?;
+    let mut request = Ask::new(question, context).timeout(args.timeout);
+    if let Some(id) = args.id {
+        request = request.id(id);
+    }
+    if let Some(budget) = args.budget {
+        request = request.budget(budget);
+    }
+    let answer = client
+        .ask(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let text = if answer.text.is_empty() {
+        "(no answer)"
+    } else {
+        answer.text.as_str()
+    };
+    println!("answer:  {text}");
+    println!("expert:  {} at {}", answer.expert_id, answer.replica);
+    println!("cost:    {}", answer.cost);
+    if let Some(decision) = &answer.decision {
+        println!("why:     {}", decision.reason);
+        for f in &decision.fallbacks {
+            println!(
+                "fell back from {} at {}: {}: {}",
+                f.expert_id, f.replica, f.code, f.message
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn pool_status(router: &str, json: bool) -> anyhow::Result<()> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(crate::expert::registration::endpoint_uri(router))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the scheduler at {router}"))?;
+    let pool = PoolClient::new(channel)
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pool)?);
+        return Ok(());
+    }
+    print!("{}", pool_table(&pool));
+    Ok(())
+}
+
+/// The pool as a text table: one line per replica (or per expert without one).
+pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
+    let mut rows = vec![[
+        "EXPERT".to_string(),
+        "COST".into(),
+        "REPLICA".into(),
+        "ORIGIN".into(),
+        "LEASE".into(),
+        "IN-FLIGHT".into(),
+        "ANSWERED".into(),
+        "FAILED".into(),
+    ]];
+    for e in &pool.experts {
+        if e.replicas.is_empty() {
+            rows.push([
+                e.expert_id.clone(),
+                e.cost.to_string(),
+                "(none)".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for r in &e.replicas {
+            let origin = match Origin::try_from(r.origin) {
+                Ok(Origin::Static) => "static",
+                Ok(Origin::InProcess) => "in-process",
+                Ok(Origin::Registered) => "registered",
+                _ => "?",
+            };
+            let lease = if r.lease_id.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.1}s", r.lease_remaining_ms as f64 / 1000.0)
+            };
+            rows.push([
+                e.expert_id.clone(),
+                e.cost.to_string(),
+                r.address.clone(),
+                origin.into(),
+                lease,
+                r.in_flight.to_string(),
+                r.answered_total.to_string(),
+                r.failed_total.to_string(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    if let Some(policy) = &pool.policy {
+        out.push_str(&format!("policy: {} ({})\n", policy.id, policy.kind));
+    }
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,105 @@
+//! Running a pool file: spawning its in-process experts on loopback and putting every expert
+//! into a scheduler's registry. Shared by `l2d up` and `l2d scheduler --pool`.
+
+use crate::core::policy::{DEFAULT_LAMBDA, PriorPolicy};
+use crate::expert::replay::ReplayBackend;
+use crate::expert::{Backend, ExpertNode};
+use crate::grpc::pb::replica_state::Origin;
+use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile};
+use crate::scheduler::Scheduler;
+use crate::squad::DatasetCache;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Builds the backend an expert spec describes, loading its files.
+pub fn build_backend(spec: &ExpertSpec, cache: &DatasetCache) -> anyhow::Result<Arc<dyn Backend>> {
+    match &spec.backend {
+        BackendSpec::Replay { predictions, data } => {
+            let dataset = data
+                .as_deref()
+                .map(|d| cache.get(d))
+                .transpose()
+                .with_context(|| format!("expert {:?}", spec.id))?;
+            let backend = ReplayBackend::load(predictions, dataset, spec.cost)
+                .with_context(|| format!("expert {:?}", spec.id))?;
+            Ok(Arc::new(backend))
+        }
+    }
+}
+
+/// The prior policy of a pool file: declared accuracies, priced at `lambda`.
+pub fn prior_policy(pool: &PoolFile, lambda: Option<f64>) -> anyhow::Result<PriorPolicy> {
+    let accuracies = pool
+        .experts
+        .iter()
+        .filter_map(|e| e.accuracy.map(|a| (e.id.clone(), a)));
+    Ok(PriorPolicy::new(
+        lambda.unwrap_or(DEFAULT_LAMBDA),
+        accuracies,
+    )?)
+}
+
+/// Experts served inside this process; stopped together.
+#[derive(Default)]
+pub struct LocalExperts {
+    running: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    /// (expert id, address) of every in-process replica.
+    pub addresses: Vec<(String, SocketAddr)>,
+}
+
+impl LocalExperts {
+    /// Stops every in-process expert and waits for each to drain.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for (stop, task) in self.running {
+            let _ = stop.send(());
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => first_error = first_error.or(Some(e.into())),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Declares every expert of `pool` in the scheduler, spawns the in-process replicas on
+/// `127.0.0.1:0`, and adds them and the remote addresses to the registry.
+pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Result<LocalExperts> {
+    let cache = DatasetCache::default();
+    let mut local = LocalExperts::default();
+    for spec in &pool.experts {
+        let registry = &scheduler.registry;
+        registry.declare_expert(&spec.id, spec.cost, spec.backend.kind());
+        match spec.placement {
+            Placement::Remote { address } => {
+                registry.add_fixed_replica(&spec.id, &address.to_string(), Origin::Static)?;
+            }
+            Placement::InProcess { replicas: 0 } => {}
+            Placement::InProcess { replicas } => {
+                let backend = build_backend(spec, &cache)?;
+                for _ in 0..replicas {
+                    let listener = TcpListener::bind("127.0.0.1:0").await?;
+                    let address = listener.local_addr()?;
+                    let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone());
+                    let (stop, stopped) = oneshot::channel::<()>();
+                    let task = tokio::spawn(crate::expert::serve(listener, node, None, async {
+                        let _ = stopped.await;
+                    }));
+                    registry.add_fixed_replica(
+                        &spec.id,
+                        &address.to_string(),
+                        Origin::InProcess,
+                    )?;
+                    local.addresses.push((spec.id.clone(), address));
+                    local.running.push((stop, task));
+                }
+            }
+        }
+    }
+    Ok(local)
+}

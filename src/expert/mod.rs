@@ -1,0 +1,70 @@
+//! The expert worker: one QA model behind the `Expert` service.
+//!
+//! [`Backend`] is what a model must implement (synchronous: replay and lexical backends answer
+//! in microseconds; a heavy backend should hand work to `spawn_blocking` itself). [`ExpertNode`]
+//! wraps a backend with its identity, validation and load counters; [`serve`] runs it on a bound
+//! listener, optionally keeping a lease with a scheduler ([`registration`]).
+
+pub mod registration;
+pub mod replay;
+mod service;
+
+pub use registration::Registration;
+pub use service::{ExpertNode, LoadCounters, serve};
+
+use crate::core::query::Query;
+
+/// One answer as a backend produces it; the service adds timing and identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendAnswer {
+    /// Empty means "no answer".
+    pub text: String,
+    /// Code-point offsets `[start, end)` into the context, when known.
+    pub span: Option<(u32, u32)>,
+    pub score: Option<f64>,
+    /// Compute units spent, on the scale of the declared cost.
+    pub compute_units: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend has no answer for this query (e.g. a replay expert never saw it).
+    #[error("{0}")]
+    NoAnswer(String),
+    /// The backend cannot work out which query this is (e.g. no id and no data file).
+    #[error("{0}")]
+    CannotResolve(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// The backend kind as named in pool files: "replay", ...
+    fn kind(&self) -> &'static str;
+    /// One line saying what this instance serves (e.g. its predictions file).
+    fn detail(&self) -> String;
+    fn answer(&self, query: &Query) -> Result<BackendAnswer, BackendError>;
+}
+
+/// Code-point span of the first occurrence of `needle` in `haystack`, if any.
+pub fn find_span(haystack: &str, needle: &str) -> Option<(u32, u32)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let byte_start = haystack.find(needle)?;
+    let start = haystack[..byte_start].chars().count();
+    let len = needle.chars().count();
+    Some((start as u32, (start + len) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_span;
+
+    #[test]
+    fn spans_count_code_points_not_bytes() {
+        assert_eq!(find_span("Zürich is in Schweiz", "Schweiz"), Some((13, 20)));
+        assert_eq!(find_span("abc", "x"), None);
+        assert_eq!(find_span("abc", ""), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! Keeping a lease with a scheduler: register, heartbeat with the live load, register again when
+//! the scheduler forgot the lease (it restarted, or the lease expired), deregister on shutdown.
+
+use super::service::{ExpertNode, LoadCounters};
+use crate::grpc::pb::{self, pool_client::PoolClient};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where and how to join a pool.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The scheduler's address, `host:port` or a full `http://` URI.
+    pub scheduler: String,
+    /// The `host:port` the scheduler should dial to reach this worker.
+    pub advertise: String,
+    /// Requested lease TTL; `None` takes the scheduler's default.
+    pub lease_ttl: Option<Duration>,
+}
+
+/// What the worker tells the scheduler about itself.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub expert_id: String,
+    pub cost: f64,
+    pub backend: String,
+}
+
+impl Announcement {
+    pub fn of(node: &ExpertNode) -> Self {
+        Self {
+            expert_id: node.id().to_owned(),
+            cost: node.cost(),
+            backend: node.backend_kind().to_owned(),
+        }
+    }
+}
+
+/// Turns `host:port` into an `http://` URI; full URIs pass through.
+pub fn endpoint_uri(address: &str) -> String {
+    if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `stop` fires (or its sender is dropped), then deregisters.
+pub async fn keep_lease(
+    registration: Registration,
+    announcement: Announcement,
+    load: Arc<LoadCounters>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let channel = match Endpoint::from_shared(endpoint_uri(&registration.scheduler)) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+        Err(e) => {
+            tracing::error!(scheduler = %registration.scheduler, error = %e, "bad scheduler address; not registering");
+            return;
+        }
+    };
+    let mut client = PoolClient::new(channel);
+    let request = pb::RegisterRequest {
+        expert_id: announcement.expert_id.clone(),
+        address: registration.advertise.clone(),
+        cost: announcement.cost,
+        backend: announcement.backend.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        lease_ttl_ms: registration.lease_ttl.map_or(0, |d| d.as_millis() as u64),
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // Register, retrying with capped exponential backoff until the scheduler answers.
+        let lease = tokio::select! {
+            _ = &mut stop => return,
+            lease = register(&mut client, &request) => lease,
+        };
+        let lease = match lease {
+            Ok(lease) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(
+                    scheduler = %registration.scheduler,
+                    lease = %lease.lease_id,
+                    ttl_ms = lease.lease_ttl_ms,
+                    "registered with scheduler"
+                );
+                lease
+            }
+            Err(status) => {
+                tracing::warn!(scheduler = %registration.scheduler, code = ?status.code(), message = status.message(), "registration failed; retrying");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let interval = Duration::from_millis(lease.heartbeat_interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    deregister(&mut client, &lease.lease_id).await;
+                    return;
+                }
+                () = tokio::time::sleep(interval) => {}
+            }
+            let beat = pb::HeartbeatRequest {
+                lease_id: lease.lease_id.clone(),
+                load: Some(load.report()),
+            };
+            match client.heartbeat(beat).await {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {
+                    tracing::info!(lease = %lease.lease_id, "scheduler no longer knows the lease; registering again");
+                    break;
+                }
+                Err(status) => {
+                    // Keep beating: if the scheduler comes back before the lease expires, nothing
+                    // was lost; if not, it answers NOT_FOUND and we register again.
+                    tracing::warn!(code = ?status.code(), message = status.message(), "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+async fn register(
+    client: &mut PoolClient<Channel>,
+    request: &pb::RegisterRequest,
+) -> Result<pb::RegisterResponse, tonic::Status> {
+    client
+        .register(request.clone())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn deregister(client: &mut PoolClient<Channel>, lease_id: &str) {
+    let request = pb::DeregisterRequest {
+        lease_id: lease_id.to_owned(),
+    };
+    match tokio::time::timeout(Duration::from_secs(2), client.deregister(request)).await {
+        Ok(Ok(_)) => tracing::info!(lease = %lease_id, "left the pool"),
+        Ok(Err(status)) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "deregistration failed")
+        }
+        Err(_) => tracing::warn!("deregistration timed out"),
+    }
+}

@@ -1,0 +1,204 @@
+//! The replay backend: serves one QA system's recorded answers (`{question id: answer text}`),
+//! looking the query up by id, or by (question, context) in the data set the recordings belong
+//! to. It never makes an answer up: a query it has no recording for is `NoAnswer`.
+
+use super::{Backend, BackendAnswer, BackendError, find_span};
+use crate::core::query::Query;
+use crate::squad::Dataset;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct ReplayBackend {
+    answers: HashMap<String, String>,
+    dataset: Option<Arc<Dataset>>,
+    source: PathBuf,
+    /// Compute units one recorded answer stands for: the declared cost of the recorded system.
+    units_per_answer: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayLoadError {
+    #[error("cannot read predictions file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "predictions file {}: at {place}: {message} (expected a JSON object {{question id: answer text}})",
+        path.display()
+    )]
+    Invalid {
+        path: PathBuf,
+        place: String,
+        message: String,
+    },
+}
+
+impl ReplayBackend {
+    pub fn load(
+        predictions: &Path,
+        dataset: Option<Arc<Dataset>>,
+        units_per_answer: f64,
+    ) -> Result<Self, ReplayLoadError> {
+        let bytes = std::fs::read(predictions).map_err(|source| ReplayLoadError::Io {
+            path: predictions.to_owned(),
+            source,
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        let answers: HashMap<String, String> =
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let place = e.path().to_string();
+                let inner = e.into_inner();
+                ReplayLoadError::Invalid {
+                    path: predictions.to_owned(),
+                    place: format!("{place} (line {}, column {})", inner.line(), inner.column()),
+                    message: inner.to_string(),
+                }
+            })?;
+        Ok(Self::from_answers(
+            answers,
+            dataset,
+            predictions.to_owned(),
+            units_per_answer,
+        ))
+    }
+
+    pub fn from_answers(
+        answers: HashMap<String, String>,
+        dataset: Option<Arc<Dataset>>,
+        source: PathBuf,
+        units_per_answer: f64,
+    ) -> Self {
+        Self {
+            answers,
+            dataset,
+            source,
+            units_per_answer,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+}
+
+impl Backend for ReplayBackend {
+    fn kind(&self) -> &'static str {
+        "replay"
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "{} recorded answers from {}",
+            self.answers.len(),
+            self.source.display()
+        )
+    }
+
+    fn answer(&self, query: &Query) -> Result<BackendAnswer, BackendError> {
+        let id = match (query.id(), &self.dataset) {
+            (Some(id), _) => id,
+            (None, Some(dataset)) => dataset
+                .find_id(query.question(), query.context())
+                .ok_or_else(|| {
+                    BackendError::NoAnswer(
+                        "no question of the replayed data set has this question text and context; \
+                         send the query id"
+                            .into(),
+                    )
+                })?,
+            (None, None) => {
+                return Err(BackendError::CannotResolve(
+                    "this replay expert has no data file to resolve queries by text; send the \
+                     query id"
+                        .into(),
+                ));
+            }
+        };
+        let text = self.answers.get(id).ok_or_else(|| {
+            BackendError::NoAnswer(format!("no recorded answer for query id {id:?}"))
+        })?;
+        Ok(BackendAnswer {
+            span: find_span(query.context(), text),
+            text: text.clone(),
+            score: None,
+            compute_units: self.units_per_answer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::query::QueryLimits;
+
+    fn dataset() -> Arc<Dataset> {
+        let json = r#"{"version": "1.1", "data": [{"title": "T", "paragraphs": [
+            {"context": "The Broncos beat the Panthers.", "qas": [
+                {"id": "q1", "question": "Who won?", "answers": [{"text": "Broncos", "answer_start": 4}]}]}]}]}"#;
+        Arc::new(Dataset::parse(json.as_bytes(), Path::new("d.json")).unwrap())
+    }
+
+    fn backend(with_data: bool) -> ReplayBackend {
+        let answers = HashMap::from([("q1".to_string(), "Broncos".to_string())]);
+        ReplayBackend::from_answers(
+            answers,
+            with_data.then(dataset),
+            PathBuf::from("p.json"),
+            7.0,
+        )
+    }
+
+    fn query(q: &str, c: &str, id: Option<&str>) -> Query {
+        Query::new(q, c, id.map(str::to_owned), &QueryLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn answers_by_id_and_by_text() {
+        let b = backend(true);
+        let ctx = "The Broncos beat the Panthers.";
+        let by_id = b.answer(&query("anything", ctx, Some("q1"))).unwrap();
+        assert_eq!(by_id.text, "Broncos");
+        assert_eq!(by_id.span, Some((4, 11)));
+        assert_eq!(by_id.compute_units, 7.0);
+        let by_text = b.answer(&query("Who won?", ctx, None)).unwrap();
+        assert_eq!(by_text.text, "Broncos");
+    }
+
+    #[test]
+    fn never_makes_an_answer_up() {
+        let b = backend(true);
+        let err = b
+            .answer(&query("Who won?", "ctx", Some("nope")))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::NoAnswer("no recorded answer for query id \"nope\"".into())
+        );
+        let err = b.answer(&query("Who lost?", "The Broncos beat the Panthers.", None));
+        assert!(matches!(err, Err(BackendError::NoAnswer(_))));
+        let err = backend(false).answer(&query("Who won?", "ctx", None));
+        assert!(matches!(err, Err(BackendError::CannotResolve(_))));
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, r#"{"a": "x", "b": 3}"#).unwrap();
+        let err = ReplayBackend::load(&path, None, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.json: at b"), "{err}");
+        let err = ReplayBackend::load(&dir.path().join("missing.json"), None, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot read predictions file"), "{err}");
+    }
+}

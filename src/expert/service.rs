@@ -1,0 +1,166 @@
+//! The `Expert` gRPC service around a [`Backend`], and the node's `serve` entry point.
+//!
+//! Concurrency: load counters are atomics shared with the registration task; nothing locks.
+
+use super::Backend;
+use super::registration::{self, Registration};
+use crate::core::query::{Query, QueryLimits};
+use crate::grpc::pb::{self, expert_server};
+use crate::grpc::server;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Live load of one worker, reported to the scheduler with every heartbeat.
+#[derive(Debug, Default)]
+pub struct LoadCounters {
+    in_flight: AtomicU32,
+    answered_total: AtomicU64,
+}
+
+impl LoadCounters {
+    pub fn report(&self) -> pb::LoadReport {
+        pb::LoadReport {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            queue_depth: 0,
+            answered_total: self.answered_total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct InFlight<'a>(&'a LoadCounters);
+
+impl<'a> InFlight<'a> {
+    fn enter(load: &'a LoadCounters) -> Self {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(load)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One expert: identity, declared cost and a backend.
+pub struct ExpertNode {
+    id: String,
+    cost: f64,
+    backend: Arc<dyn Backend>,
+    limits: QueryLimits,
+    load: Arc<LoadCounters>,
+}
+
+impl ExpertNode {
+    pub fn new(id: impl Into<String>, cost: f64, backend: Arc<dyn Backend>) -> Self {
+        Self {
+            id: id.into(),
+            cost,
+            backend,
+            limits: QueryLimits::default(),
+            load: Arc::default(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn cost(&self) -> f64 {
+        self.cost
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    pub fn load(&self) -> &Arc<LoadCounters> {
+        &self.load
+    }
+}
+
+#[tonic::async_trait]
+impl expert_server::Expert for Arc<ExpertNode> {
+    async fn answer(
+        &self,
+        request: Request<pb::AnswerRequest>,
+    ) -> Result<Response<pb::AnswerResponse>, Status> {
+        let msg = request.into_inner();
+        let query = Query::new(msg.question, msg.context, msg.id, &self.limits)?;
+        let _in_flight = InFlight::enter(&self.load);
+        let started = Instant::now();
+        let answer = self.backend.answer(&query);
+        let micros = started.elapsed().as_micros() as u64;
+        let answer = answer.inspect_err(|e| {
+            tracing::debug!(expert = %self.id, %query, error = %e, "no answer");
+        })?;
+        self.load.answered_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::AnswerResponse {
+            text: answer.text,
+            span: answer.span.map(|(start, end)| pb::Span { start, end }),
+            score: answer.score,
+            compute: Some(pb::Compute {
+                units: answer.compute_units,
+                micros,
+            }),
+            expert_id: self.id.clone(),
+        }))
+    }
+
+    async fn describe(
+        &self,
+        _request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        Ok(Response::new(pb::DescribeResponse {
+            expert_id: self.id.clone(),
+            backend: self.backend.kind().into(),
+            cost: self.cost,
+            version: env!("CARGO_PKG_VERSION").into(),
+            detail: self.backend.detail(),
+        }))
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` completes. With a [`Registration`], the node
+/// joins the scheduler's pool, keeps its lease, and leaves the pool before draining.
+pub async fn serve(
+    listener: TcpListener,
+    node: ExpertNode,
+    registration: Option<Registration>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let node = Arc::new(node);
+    let (reporter, routes) = server::standard_routes()?;
+    let routes = routes.add_service(expert_server::ExpertServer::new(node.clone()));
+    tracing::info!(
+        expert = %node.id,
+        backend = node.backend.kind(),
+        cost = node.cost,
+        address = %listener.local_addr()?,
+        detail = %node.backend.detail(),
+        "expert serving"
+    );
+    let shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match registration {
+        None => Box::pin(shutdown),
+        Some(registration) => {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(registration::keep_lease(
+                registration,
+                registration::Announcement::of(&node),
+                node.load.clone(),
+                stopped,
+            ));
+            Box::pin(async move {
+                shutdown.await;
+                // Leave the pool first, so the scheduler stops sending, then drain.
+                let _ = stop.send(());
+                let _ = task.await;
+            })
+        }
+    };
+    server::serve(listener, routes, reporter, &["l2d.v1.Expert"], shutdown).await
+}

@@ -1,0 +1,106 @@
+//! A typed client for the scheduler's `Router` service, for service-to-service use.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use l2d::RouterClient;
+//! use std::time::Duration;
+//!
+//! let mut router = RouterClient::connect("127.0.0.1:50051").await?;
+//! let answer = router
+//!     .ask(
+//!         l2d::Ask::new(
+//!             "Which NFL team represented the AFC at Super Bowl 50?",
+//!             "Super Bowl 50 was an American football game ... The American Football \
+//!              Conference (AFC) champion Denver Broncos defeated ...",
+//!         )
+//!         .id("56be4db0acb8001400a502ec")
+//!         .budget(25.0)
+//!         .timeout(Duration::from_secs(2)),
+//!     )
+//!     .await?;
+//! println!("{} (from {}, cost {})", answer.text, answer.expert_id, answer.cost);
+//! # Ok(())
+//! # }
+//! ```
+
+use super::pb::{self, router_client};
+use crate::expert::registration::endpoint_uri;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// One query for [`RouterClient::ask`], built up with optional settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    request: pb::AskRequest,
+    timeout: Option<Duration>,
+}
+
+impl Ask {
+    pub fn new(question: impl Into<String>, context: impl Into<String>) -> Self {
+        Self {
+            request: pb::AskRequest {
+                question: question.into(),
+                context: context.into(),
+                id: None,
+                budget: None,
+            },
+            timeout: None,
+        }
+    }
+
+    /// The query's id in a labelled data set (replay experts answer by id).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.request.id = Some(id.into());
+        self
+    }
+
+    /// The most this query may cost, in declared cost units.
+    pub fn budget(mut self, budget: f64) -> Self {
+        self.request.budget = Some(budget);
+        self
+    }
+
+    /// The call's deadline, propagated by the scheduler to the expert.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// A cheaply cloneable client of a scheduler's `Router` service.
+#[derive(Debug, Clone)]
+pub struct RouterClient {
+    inner: router_client::RouterClient<Channel>,
+}
+
+impl RouterClient {
+    /// Connects to `address` (`host:port` or an `http://` URI).
+    pub async fn connect(address: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(endpoint_uri(address))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(Self::from_channel(channel))
+    }
+
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            inner: router_client::RouterClient::new(channel),
+        }
+    }
+
+    /// Routes one query and returns the chosen expert's answer with the decision record.
+    pub async fn ask(&mut self, ask: Ask) -> Result<pb::AskResponse, tonic::Status> {
+        let mut request = tonic::Request::new(ask.request);
+        if let Some(timeout) = ask.timeout {
+            request.set_timeout(timeout);
+        }
+        Ok(self.inner.ask(request).await?.into_inner())
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut router_client::RouterClient<Channel> {
+        &mut self.inner
+    }
+}

@@ -1,0 +1,17 @@
+//! The gRPC edge: generated contracts, the one error → status table, deadline parsing, the
+//! server scaffolding every node shares (health, reflection, graceful shutdown), and the typed
+//! `Router` client.
+
+pub mod client;
+pub mod deadline;
+pub mod server;
+pub mod status;
+
+/// Messages and services generated from `proto/l2d/v1/*.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("l2d.v1");
+
+    /// The encoded descriptors of every l2d.v1 file, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("l2d_descriptor");
+}

@@ -1,0 +1,84 @@
+//! What every l2d node serves besides its own services: gRPC health (`grpc.health.v1`),
+//! reflection (v1 and v1alpha), and a graceful stop. Servers start from an already-bound
+//! listener and a shutdown future, so tests bind `127.0.0.1:0` and stop them cleanly.
+
+use std::future::Future;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Health, reflection v1 and reflection v1alpha, ready to be joined by a node's own services.
+pub fn standard_routes() -> anyhow::Result<(HealthReporter, Routes)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(super::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection().build_v1()?;
+    let v1alpha = reflection().build_v1alpha()?;
+    let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
+    Ok((reporter, routes))
+}
+
+/// Marks `services` (and the whole server, the empty name) as serving, runs the server until
+/// `shutdown` completes, and marks them not serving before in-flight calls drain.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    reporter: HealthReporter,
+    services: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    for name in std::iter::once(&"").chain(services) {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    let drain = async move {
+        shutdown.await;
+        for name in std::iter::once("").chain(names.iter().map(String::as_str)) {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await?;
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: what a process waits for before draining.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}

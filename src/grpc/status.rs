@@ -1,0 +1,118 @@
+//! The one table that maps l2d's errors to gRPC status codes. Messages are lowercase, specific,
+//! and carry no trailing period.
+
+use crate::core::decision::DecisionError;
+use crate::core::query::QueryError;
+use tonic::{Code, Status};
+
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<DecisionError> for Status {
+    fn from(e: DecisionError) -> Self {
+        let code = match e {
+            DecisionError::OverBudget { .. } => Code::FailedPrecondition,
+            DecisionError::EmptyPool | DecisionError::NoAvailableReplica { .. } => {
+                Code::Unavailable
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<crate::expert::BackendError> for Status {
+    fn from(e: crate::expert::BackendError) -> Self {
+        use crate::expert::BackendError as E;
+        let code = match e {
+            E::NoAnswer(_) => Code::NotFound,
+            E::CannotResolve(_) => Code::FailedPrecondition,
+            E::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<crate::scheduler::RegistryError> for Status {
+    fn from(e: crate::scheduler::RegistryError) -> Self {
+        use crate::scheduler::RegistryError as E;
+        let code = match e {
+            E::Invalid { .. } => Code::InvalidArgument,
+            E::CostConflict { .. } => Code::FailedPrecondition,
+            E::UnknownLease(_) => Code::NotFound,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// Whether a failed expert call is worth trying elsewhere. A query the expert refused as
+/// malformed fails the same way everywhere; every other failure (unreachable, overloaded, no
+/// answer in its recordings, internal error) may succeed on another replica or expert.
+pub fn worth_another_try(code: Code) -> bool {
+    !matches!(
+        code,
+        Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// The canonical upper-case name of a status code, as the gRPC specification spells it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_decision_errors_map_to_the_documented_codes() {
+        assert_eq!(
+            Status::from(QueryError::EmptyQuestion).code(),
+            Code::InvalidArgument
+        );
+        let over = DecisionError::OverBudget {
+            budget: 0.5,
+            cheapest: 1.0,
+        };
+        let status = Status::from(over);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "no expert fits the budget of 0.5: the cheapest costs 1"
+        );
+        assert_eq!(
+            Status::from(DecisionError::EmptyPool).code(),
+            Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn only_failures_that_may_succeed_elsewhere_are_retried() {
+        assert!(worth_another_try(Code::Unavailable));
+        assert!(worth_another_try(Code::NotFound));
+        assert!(worth_another_try(Code::Internal));
+        assert!(!worth_another_try(Code::InvalidArgument));
+        assert!(!worth_another_try(Code::DeadlineExceeded));
+        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+    }
+}

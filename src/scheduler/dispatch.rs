@@ -1,0 +1,338 @@
+//! The `Router` service: validate, score, decide, forward, fall back, account.
+//!
+//! No lock is held across an `.await`: the request works on an `Arc` snapshot of the pool and
+//! per-replica atomics. Cancelling the client call drops this future, which drops the in-flight
+//! expert call (cancelling it) and its in-flight guard.
+
+use super::Scheduler;
+use super::registry::{ExpertGroup, PoolSnapshot};
+use crate::core::decision::{Candidate, DecisionParams, Plan, ReplicaLoad, decide};
+use crate::core::policy::ExpertMeta;
+use crate::core::query::Query;
+use crate::grpc::deadline::request_timeout;
+use crate::grpc::pb::{self, router_server::Router};
+use crate::grpc::status::{code_name, worth_another_try};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tonic::{Code, Request, Response, Status};
+
+pub struct RouterService {
+    scheduler: Arc<Scheduler>,
+}
+
+impl RouterService {
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self { scheduler }
+    }
+}
+
+/// A budget, when set, must be a positive finite number of cost units.
+fn check_budget(budget: Option<f64>) -> Result<Option<f64>, Status> {
+    match budget {
+        Some(b) if !(b.is_finite() && b > 0.0) => Err(Status::invalid_argument(format!(
+            "budget must be a positive finite number, got {b}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Time kept back from the caller's deadline so the scheduler can still answer
+/// DEADLINE_EXCEEDED itself before the caller gives up.
+fn deadline_margin(total: Duration) -> Duration {
+    (total / 10).min(Duration::from_millis(2))
+}
+
+#[tonic::async_trait]
+impl Router for RouterService {
+    async fn ask(
+        &self,
+        request: Request<pb::AskRequest>,
+    ) -> Result<Response<pb::AskResponse>, Status> {
+        let started = Instant::now();
+        let deadline = request_timeout(&request).map(|t| started + t - deadline_margin(t));
+        let msg = request.into_inner();
+        let query = Query::new(
+            msg.question,
+            msg.context,
+            msg.id,
+            &self.scheduler.config.limits,
+        )?;
+        let budget = check_budget(msg.budget)?;
+        let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
+        let request_id = format!("{number:x}");
+
+        let snapshot = self.scheduler.registry.snapshot();
+        let policy = self.scheduler.policy();
+        let metas: Vec<ExpertMeta<'_>> = snapshot
+            .experts
+            .iter()
+            .map(|g| ExpertMeta {
+                id: &g.entry.id,
+                cost: g.entry.cost,
+            })
+            .collect();
+        let mut scores = Vec::with_capacity(metas.len());
+        policy.0.score(&query, &metas, &mut scores);
+        let now = Instant::now();
+        let loads: Vec<Vec<ReplicaLoad>> = snapshot
+            .experts
+            .iter()
+            .map(|g| {
+                g.replicas
+                    .iter()
+                    .map(|r| ReplicaLoad {
+                        in_flight: r.in_flight(),
+                        available: r.is_available(now),
+                    })
+                    .collect()
+            })
+            .collect();
+        let candidates: Vec<Candidate<'_>> = snapshot
+            .experts
+            .iter()
+            .zip(&scores)
+            .zip(&loads)
+            .map(|((g, score), replicas)| Candidate {
+                cost: g.entry.cost,
+                expected_cost: *score,
+                replicas,
+            })
+            .collect();
+        let params = DecisionParams {
+            budget,
+            max_attempts: self.scheduler.config.max_attempts,
+            tries_per_expert: self.scheduler.config.tries_per_expert,
+            rotation: number as usize,
+        };
+        let plan = decide(&candidates, &params).inspect_err(|e| {
+            tracing::info!(request_id, %query, error = %e, "no expert can take the query");
+        })?;
+        let mut decision = decision_record(&snapshot, &scores, &plan, &policy.0.identity().id);
+
+        let mut charged = 0.0;
+        for attempt in &plan.attempts {
+            let group = &snapshot.experts[attempt.expert];
+            let replica = &group.replicas[attempt.replica];
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return Err(deadline_exceeded(&decision));
+            }
+            let mut call = Request::new(pb::AnswerRequest {
+                question: query.question().to_owned(),
+                context: query.context().to_owned(),
+                id: query.id().map(str::to_owned),
+            });
+            if let Some(r) = remaining {
+                call.set_timeout(r);
+            }
+            let mut client = replica.client.clone();
+            let result = {
+                let _in_flight = replica.begin_call();
+                match remaining {
+                    None => client.answer(call).await,
+                    Some(r) => match tokio::time::timeout(r, client.answer(call)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Status::deadline_exceeded("deadline passed")),
+                    },
+                }
+            };
+            match result {
+                Ok(response) => {
+                    let answer = response.into_inner();
+                    charged += group.entry.cost;
+                    replica.record_success();
+                    group.entry.record_answer(group.entry.cost);
+                    tracing::debug!(
+                        request_id,
+                        expert = %group.entry.id,
+                        replica = %replica.address,
+                        fallbacks = decision.fallbacks.len(),
+                        micros = started.elapsed().as_micros() as u64,
+                        "answered"
+                    );
+                    return Ok(Response::new(pb::AskResponse {
+                        text: answer.text,
+                        expert_id: group.entry.id.clone(),
+                        cost: charged,
+                        decision: Some(decision),
+                        request_id,
+                        span: answer.span,
+                        score: answer.score,
+                        compute: answer.compute,
+                        replica: replica.address.clone(),
+                    }));
+                }
+                Err(status) => {
+                    replica.record_failure();
+                    if charges_compute(status.code()) {
+                        charged += group.entry.cost;
+                        group.entry.charge(group.entry.cost);
+                    }
+                    tracing::info!(
+                        request_id,
+                        expert = %group.entry.id,
+                        replica = %replica.address,
+                        code = code_name(status.code()),
+                        message = status.message(),
+                        "expert call failed"
+                    );
+                    decision.fallbacks.push(pb::Fallback {
+                        expert_id: group.entry.id.clone(),
+                        replica: replica.address.clone(),
+                        code: code_name(status.code()).into(),
+                        message: status.message().into(),
+                    });
+                    if status.code() == Code::DeadlineExceeded {
+                        return Err(deadline_exceeded(&decision));
+                    }
+                    if !worth_another_try(status.code()) {
+                        return Err(status);
+                    }
+                }
+            }
+        }
+        Err(every_attempt_failed(&decision))
+    }
+}
+
+/// A call the expert itself answered with an error still spent its compute; a call that never
+/// reached it (UNAVAILABLE) did not.
+fn charges_compute(code: Code) -> bool {
+    matches!(
+        code,
+        Code::NotFound | Code::Internal | Code::FailedPrecondition
+    )
+}
+
+fn deadline_exceeded(decision: &pb::Decision) -> Status {
+    Status::deadline_exceeded(format!(
+        "deadline passed after {} expert call(s)",
+        decision.fallbacks.len()
+    ))
+}
+
+/// All attempts failed: their common code if they agree on NOT_FOUND (e.g. every replay expert
+/// lacks the id), UNAVAILABLE otherwise. The message groups the failures by what they said.
+fn every_attempt_failed(decision: &pb::Decision) -> Status {
+    let fallbacks = &decision.fallbacks;
+    let all_not_found = !fallbacks.is_empty() && fallbacks.iter().all(|f| f.code == "NOT_FOUND");
+    let code = if all_not_found {
+        Code::NotFound
+    } else {
+        Code::Unavailable
+    };
+    let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for f in fallbacks {
+        match groups
+            .iter_mut()
+            .find(|(code, message, _)| *code == f.code && *message == f.message)
+        {
+            Some((_, _, experts)) => experts.push(&f.expert_id),
+            None => groups.push((&f.code, &f.message, vec![&f.expert_id])),
+        }
+    }
+    let detail: Vec<String> = groups
+        .iter()
+        .map(|(code, message, experts)| format!("{code} from {}: {message}", experts.join(", ")))
+        .collect();
+    Status::new(
+        code,
+        format!(
+            "every expert call failed ({} tried): {}",
+            fallbacks.len(),
+            detail.join("; ")
+        ),
+    )
+}
+
+fn decision_record(
+    snapshot: &PoolSnapshot,
+    scores: &[Option<f64>],
+    plan: &Plan,
+    policy_id: &str,
+) -> pb::Decision {
+    let score_of = |i: usize, group: &ExpertGroup| pb::ExpertScore {
+        expert_id: group.entry.id.clone(),
+        expected_cost: scores[i],
+        cost: group.entry.cost,
+        eligible: true,
+        excluded_because: String::new(),
+    };
+    let mut records: Vec<pb::ExpertScore> = plan
+        .ranked
+        .iter()
+        .map(|&i| score_of(i, &snapshot.experts[i]))
+        .collect();
+    records.extend(plan.excluded.iter().map(|&(i, why)| pb::ExpertScore {
+        eligible: false,
+        excluded_because: why.as_str().into(),
+        ..score_of(i, &snapshot.experts[i])
+    }));
+    let chosen = plan.chosen();
+    let eligible = plan.ranked.len();
+    let mut reason = match scores[chosen].filter(|s| s.is_finite()) {
+        Some(s) => {
+            format!("lowest expected deferral cost ({s:.4}) among {eligible} eligible experts")
+        }
+        None => format!("no policy score; cheapest of {eligible} eligible experts"),
+    };
+    if !plan.excluded.is_empty() {
+        let excluded: Vec<String> = plan
+            .excluded
+            .iter()
+            .map(|&(i, why)| format!("{} ({})", snapshot.experts[i].entry.id, why.as_str()))
+            .collect();
+        reason.push_str(&format!("; excluded: {}", excluded.join(", ")));
+    }
+    pb::Decision {
+        policy_id: policy_id.to_owned(),
+        chosen_expert: snapshot.experts[chosen].entry.id.clone(),
+        reason,
+        scores: records,
+        fallbacks: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_must_be_positive_and_finite() {
+        assert_eq!(check_budget(None).unwrap(), None);
+        assert_eq!(check_budget(Some(2.5)).unwrap(), Some(2.5));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = check_budget(Some(bad)).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn failures_that_agree_on_not_found_stay_not_found() {
+        let fb = |code: &str| pb::Fallback {
+            expert_id: code.to_lowercase(),
+            replica: "127.0.0.1:1".into(),
+            code: code.into(),
+            message: "m".into(),
+        };
+        let mut d = pb::Decision {
+            fallbacks: vec![fb("NOT_FOUND"), fb("NOT_FOUND")],
+            ..Default::default()
+        };
+        let status = every_attempt_failed(&d);
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(
+            status.message(),
+            "every expert call failed (2 tried): NOT_FOUND from not_found, not_found: m"
+        );
+        d.fallbacks.push(fb("UNAVAILABLE"));
+        let status = every_attempt_failed(&d);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "every expert call failed (3 tried): NOT_FOUND from not_found, not_found: m; \
+             UNAVAILABLE from unavailable: m"
+        );
+    }
+}

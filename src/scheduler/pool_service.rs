@@ -1,0 +1,151 @@
+//! The `Pool` service: registration with leases, heartbeats, listing, the policy's identity.
+//! Translates and validates at the edge; the registry does the work.
+
+use super::{RegistryError, Scheduler};
+use crate::core::lease::LeasePolicy;
+use crate::grpc::pb::{self, pool_server::Pool};
+use crate::pool_file::check_expert_id;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+pub struct PoolService {
+    scheduler: Arc<Scheduler>,
+}
+
+impl PoolService {
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self { scheduler }
+    }
+
+    fn policy_info(&self) -> pb::PolicyInfo {
+        let policy = self.scheduler.policy();
+        let identity = policy.0.identity();
+        pb::PolicyInfo {
+            id: identity.id.clone(),
+            kind: identity.kind.clone(),
+            description: identity.description.clone(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: String) -> Status {
+    RegistryError::Invalid { field, message }.into()
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+fn check_address(address: &str) -> Result<(), Status> {
+    let bad = |why: &str| invalid("address", format!("{address:?} {why}; expected host:port"));
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(bad("has no usable host"));
+    }
+    port.parse::<u16>().map_err(|_| bad("has no valid port"))?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Pool for PoolService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let msg = request.into_inner();
+        check_expert_id(&msg.expert_id).map_err(|m| invalid("expert_id", m))?;
+        check_address(&msg.address)?;
+        if !(msg.cost.is_finite() && msg.cost > 0.0) {
+            return Err(invalid(
+                "cost",
+                format!("must be a positive finite number, got {}", msg.cost),
+            ));
+        }
+        if msg.backend.len() > 64 {
+            return Err(invalid("backend", "must be at most 64 bytes".into()));
+        }
+        let requested = (msg.lease_ttl_ms > 0).then(|| Duration::from_millis(msg.lease_ttl_ms));
+        let granted = self.scheduler.registry.register(
+            &msg.expert_id,
+            &msg.address,
+            msg.cost,
+            &msg.backend,
+            requested,
+            Instant::now(),
+        )?;
+        tracing::info!(
+            expert = %msg.expert_id,
+            address = %msg.address,
+            lease = %granted.lease_id,
+            ttl_ms = granted.ttl.as_millis() as u64,
+            "replica registered"
+        );
+        Ok(Response::new(pb::RegisterResponse {
+            lease_id: granted.lease_id,
+            lease_ttl_ms: granted.ttl.as_millis() as u64,
+            heartbeat_interval_ms: LeasePolicy::heartbeat_interval(granted.ttl).as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let msg = request.into_inner();
+        let ttl = self
+            .scheduler
+            .registry
+            .heartbeat(&msg.lease_id, msg.load, Instant::now())?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_ttl_ms: ttl.as_millis() as u64,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let msg = request.into_inner();
+        self.scheduler.registry.deregister(&msg.lease_id)?;
+        tracing::info!(lease = %msg.lease_id, "replica deregistered");
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    async fn list_pool(
+        &self,
+        _request: Request<pb::ListPoolRequest>,
+    ) -> Result<Response<pb::ListPoolResponse>, Status> {
+        Ok(Response::new(pb::ListPoolResponse {
+            experts: self.scheduler.registry.states(Instant::now()),
+            policy: Some(self.policy_info()),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        _request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyInfo>, Status> {
+        Ok(Response::new(self.policy_info()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_address;
+
+    #[test]
+    fn addresses_need_a_host_and_a_port() {
+        assert!(check_address("127.0.0.1:50051").is_ok());
+        assert!(check_address("expert-bert.l2d.svc:50051").is_ok());
+        assert!(check_address("[::1]:50051").is_ok());
+        for bad in [
+            "",
+            "127.0.0.1",
+            ":50051",
+            "host:port",
+            "host:70000",
+            "a b:1",
+            "http://x:1",
+        ] {
+            assert!(check_address(bad).is_err(), "{bad:?}");
+        }
+    }
+}
