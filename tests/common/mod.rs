@@ -1,0 +1,145 @@
+//! Shared helpers for the end-to-end tests: real servers on `127.0.0.1:0`, stopped cleanly.
+
+#![allow(dead_code)]
+
+use l2d::core::policy::PriorPolicy;
+use l2d::expert::replay::ReplayBackend;
+use l2d::expert::{ExpertNode, Registration};
+use l2d::pool_file::PoolFile;
+use l2d::scheduler::{Scheduler, SchedulerConfig};
+use l2d::squad::Dataset;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn mini_squad() -> Arc<Dataset> {
+    Arc::new(Dataset::load(&fixture("mini-squad.json")).unwrap())
+}
+
+/// A node serving on loopback until [`Node::stop`] (or drop, which stops without waiting).
+pub struct Node {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.uri())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the node gracefully and waits until it has drained.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn spawn_node<F>(run: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Node
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(run(listener, stopped));
+    Node {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A replay expert over the mini SQuAD fixture.
+pub async fn spawn_replay_expert(
+    id: &str,
+    cost: f64,
+    predictions: &str,
+    registration: Option<Registration>,
+) -> Node {
+    let backend = ReplayBackend::load(&fixture(predictions), Some(mini_squad()), cost).unwrap();
+    let node = ExpertNode::new(id, cost, Arc::new(backend));
+    spawn_node(move |listener, stopped| {
+        l2d::expert::serve(listener, node, registration, async {
+            let _ = stopped.await;
+        })
+    })
+    .await
+}
+
+/// A scheduler with the prior policy from `accuracy` at `lambda`, and the experts of `pool`.
+pub async fn spawn_scheduler(
+    config: SchedulerConfig,
+    pool: Option<&PoolFile>,
+    lambda: f64,
+) -> (Node, Arc<Scheduler>, l2d::cluster::LocalExperts) {
+    let policy = match pool {
+        Some(pool) => l2d::cluster::prior_policy(pool, Some(lambda)).unwrap(),
+        None => PriorPolicy::new(lambda, []).unwrap(),
+    };
+    let scheduler = Arc::new(Scheduler::new(config, Box::new(policy)));
+    let local = match pool {
+        Some(pool) => l2d::cluster::start_pool(pool, &scheduler).await.unwrap(),
+        None => Default::default(),
+    };
+    let s = scheduler.clone();
+    let node = spawn_node(move |listener, stopped| {
+        l2d::scheduler::serve(listener, s, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    (node, scheduler, local)
+}
+
+/// A pool file written into `dir`, with paths to the fixtures.
+pub fn pool_file(dir: &Path, body: &str) -> PoolFile {
+    let body = body.replace("FIXTURES", fixture("").to_str().unwrap());
+    let path = dir.join("pool.toml");
+    std::fs::write(&path, body).unwrap();
+    PoolFile::load(&path).unwrap()
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `limit` (a hang guard, not a timing
+/// assertion: the conditions waited for happen within a few lease TTLs).
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
