@@ -78,7 +78,7 @@ pub struct SchedulerArgs {
 pub struct PolicyArgs {
     /// Price of compute in accuracy units for the prior policy: an expert is worth its price
     /// over a cheaper one when it raises P(correct) by more than lambda x (cost difference / max cost).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lambda: Option<f64>,
 }
 
@@ -105,7 +105,7 @@ pub struct ExpertArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Declared relative cost of one call (> 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cost: f64,
     /// Join this scheduler's pool (host:port) with a lease kept alive by heartbeats.
     #[arg(long)]
@@ -139,7 +139,7 @@ pub struct AskArgs {
     #[arg(long, requires = "id")]
     pub data: Option<PathBuf>,
     /// Maximum cost for this query.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub budget: Option<f64>,
     /// Deadline of the call.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

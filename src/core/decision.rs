@@ -319,7 +319,10 @@ mod tests {
         assert_eq!(first(2), 2);
     }
 
-    fn arb_candidates() -> impl Strategy<Value = Vec<(f64, Option<f64>, Vec<(u32, bool)>)>> {
+    /// (cost, policy score, replicas as (in-flight, available)) per expert.
+    type RawCandidate = (f64, Option<f64>, Vec<(u32, bool)>);
+
+    fn arb_candidates() -> impl Strategy<Value = Vec<RawCandidate>> {
         prop::collection::vec(
             (
                 0.1f64..200.0,

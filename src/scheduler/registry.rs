@@ -130,7 +130,7 @@ impl Replica {
             lease_id,
             lease_remaining_ms,
             in_flight: self.in_flight(),
-            reported: self.lease.as_ref().map(|_| lock(&self.reported).clone()),
+            reported: self.lease.as_ref().map(|_| *lock(&self.reported)),
             answered_total: self.answered.load(Ordering::Relaxed),
             failed_total: self.failed.load(Ordering::Relaxed),
         }

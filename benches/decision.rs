@@ -1,0 +1,86 @@
+//! Cost of one routing decision on the request path's pure part: prior-policy scoring plus
+//! `decide` (exclusions, ranking, replica order, attempt plan), for pools of growing size.
+//!
+//! Run: `cargo bench --bench decision`
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use l2d::core::decision::{Candidate, DecisionParams, ReplicaLoad, decide};
+use l2d::core::policy::{ExpertMeta, Policy, PriorPolicy};
+use l2d::core::query::{Query, QueryLimits};
+use std::hint::black_box;
+
+/// (id, cost, prior accuracy) per expert.
+type ExpertSpecs = Vec<(String, f64, f64)>;
+
+/// A synthetic pool: costs spread over 1..100, accuracies over 0.4..0.9, every ninth replica down.
+fn pool(experts: usize, replicas: usize) -> (ExpertSpecs, Vec<Vec<ReplicaLoad>>) {
+    let specs = (0..experts)
+        .map(|i| {
+            let cost = 1.0 + (i as f64 * 7.0) % 100.0;
+            let accuracy = 0.4 + 0.5 * (i as f64 / experts.max(1) as f64);
+            (format!("expert-{i}"), cost, accuracy)
+        })
+        .collect();
+    let loads = (0..experts)
+        .map(|i| {
+            (0..replicas)
+                .map(|r| ReplicaLoad {
+                    in_flight: ((i + r) % 4) as u32,
+                    available: (i + r) % 9 != 0,
+                })
+                .collect()
+        })
+        .collect();
+    (specs, loads)
+}
+
+fn bench_decision(c: &mut Criterion) {
+    let query = Query::new(
+        "Which NFL team represented the AFC at Super Bowl 50?",
+        "Super Bowl 50 was an American football game to determine the champion of the NFL.",
+        Some("56be4db0acb8001400a502ec".into()),
+        &QueryLimits::default(),
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("score_and_decide");
+    for (experts, replicas) in [(5, 1), (50, 10), (500, 1)] {
+        let (specs, loads) = pool(experts, replicas);
+        let policy =
+            PriorPolicy::new(0.1, specs.iter().map(|(id, _, a)| (id.clone(), *a))).unwrap();
+        let metas: Vec<ExpertMeta<'_>> = specs
+            .iter()
+            .map(|(id, cost, _)| ExpertMeta { id, cost: *cost })
+            .collect();
+        let mut scores = Vec::with_capacity(experts);
+        let mut rotation = 0usize;
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{experts}x{replicas}")),
+            &experts,
+            |b, _| {
+                b.iter(|| {
+                    policy.score(black_box(&query), &metas, &mut scores);
+                    let candidates: Vec<Candidate<'_>> = metas
+                        .iter()
+                        .zip(&scores)
+                        .zip(&loads)
+                        .map(|((m, s), r)| Candidate {
+                            cost: m.cost,
+                            expected_cost: *s,
+                            replicas: r,
+                        })
+                        .collect();
+                    rotation = rotation.wrapping_add(1);
+                    let params = DecisionParams {
+                        rotation,
+                        ..DecisionParams::default()
+                    };
+                    black_box(decide(&candidates, &params).unwrap())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_decision);
+criterion_main!(benches);

@@ -1,0 +1,332 @@
+//! The `l2d` binary as users run it: separate scheduler and expert processes on loopback,
+//! registration across processes, the `ask` and `pool status` commands, graceful shutdown on
+//! SIGTERM/SIGINT, and readable errors.
+
+mod common;
+
+use common::fixture;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const L2D: &str = env!("CARGO_BIN_EXE_l2d");
+
+/// A running `l2d` process whose stderr lines are collected; killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(L2D)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn l2d");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stderr line containing `needle` (a hang guard of 20 s, not a timing assertion).
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no {needle:?} from l2d ({e}); it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The `address=HOST:PORT` field of the first line containing `needle`.
+    fn address_in(&mut self, needle: &str) -> String {
+        let line = self.wait_for(needle);
+        let field = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        field.to_owned()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (hang guard: 20 s) and returns whether it exited cleanly.
+    fn exit_success(mut self) -> bool {
+        for _ in 0..2000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("l2d did not exit; it said:\n{}", self.seen.join("\n"));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn l2d(args: &[&str]) -> Output {
+    Command::new(L2D).args(args).output().expect("run l2d")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn separate_processes_register_answer_and_shut_down_gracefully() {
+    let mut scheduler = Proc::spawn(&["scheduler", "--listen", "127.0.0.1:0", "--lease-ttl", "2s"]);
+    let router = scheduler.address_in("scheduler serving");
+
+    let predictions = fixture("strong-predictions.json");
+    let data = fixture("mini-squad.json");
+    let mut expert = Proc::spawn(&[
+        "expert",
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "strong",
+        "--backend",
+        "replay",
+        "--predictions",
+        predictions.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--cost",
+        "10",
+        "--register",
+        &router,
+    ]);
+    expert.wait_for("registered with scheduler");
+
+    let out = l2d(&[
+        "ask",
+        "--router",
+        &router,
+        "--data",
+        data.to_str().unwrap(),
+        "--id",
+        "sb-afc",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("answer:  Denver Broncos"), "{text}");
+    assert!(text.contains("expert:  strong"), "{text}");
+    assert!(text.contains("cost:    10"), "{text}");
+
+    let out = l2d(&[
+        "ask",
+        "--router",
+        &router,
+        "--data",
+        data.to_str().unwrap(),
+        "--id",
+        "sb-date",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["text"], "February 7, 2016");
+    assert_eq!(json["expert_id"], "strong");
+    assert_eq!(json["decision"]["chosen_expert"], "strong");
+
+    let out = l2d(&["pool", "status", "--router", &router]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("strong"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("registered"), "{table}");
+
+    // Bad input: a readable error and a failing exit code.
+    let out = l2d(&[
+        "ask",
+        "--router",
+        &router,
+        "--question",
+        " ",
+        "--context",
+        "c",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("l2d: error: INVALID_ARGUMENT: question is empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    // SIGTERM: the worker leaves the pool and exits cleanly.
+    expert.signal("TERM");
+    expert.wait_for("left the pool");
+    assert!(expert.exit_success());
+    let out = l2d(&["pool", "status", "--router", &router]);
+    assert!(
+        !stdout(&out).lines().any(|l| l.starts_with("strong")),
+        "{}",
+        stdout(&out)
+    );
+
+    scheduler.signal("TERM");
+    assert!(scheduler.exit_success());
+}
+
+#[test]
+fn up_serves_the_default_pool_until_interrupted() {
+    let mut up = Proc::spawn(&["up", "--listen", "127.0.0.1:0"]);
+    let router = up.address_in("scheduler serving");
+    up.wait_for("l2d: try");
+    let out = l2d(&[
+        "ask",
+        "--router",
+        &router,
+        "--data",
+        "data/squad-v1.1/dev.json",
+        "--id",
+        "56be4db0acb8001400a502ec",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("answer:  Denver Broncos"),
+        "{}",
+        stdout(&out)
+    );
+    let out = l2d(&["pool", "status", "--router", &router]);
+    let table = stdout(&out);
+    for id in ["lr", "match-lstm", "rnet-plus", "slqa-plus", "bert-large"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("in-process")),
+            "{table}"
+        );
+    }
+    up.signal("INT");
+    assert!(up.exit_success());
+}
+
+#[test]
+fn bad_configuration_is_reported_with_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool.toml");
+    std::fs::write(
+        &pool,
+        "[[expert]]\nid = \"x\"\nbackend = \"replay\"\npredictions = \"p.json\"\ncost = 0\n",
+    )
+    .unwrap();
+    let out = l2d(&[
+        "scheduler",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool",
+        pool.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "pool file {}: expert \"x\": field `cost`: must be a positive finite number, got 0",
+            pool.display()
+        )),
+        "{err}"
+    );
+
+    std::fs::write(
+        &pool,
+        "[[expert]]\nid = \"x\"\nbackend = \"replay\"\npredictions = \"missing.json\"\ncost = 1\n",
+    )
+    .unwrap();
+    let out = l2d(&[
+        "scheduler",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool",
+        pool.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("expert \"x\": cannot read predictions file") && err.contains("missing.json"),
+        "{err}"
+    );
+
+    let out = l2d(&[
+        "expert",
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "x",
+        "--backend",
+        "replay",
+        "--cost",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--predictions is required with --backend replay"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = l2d(&[
+        "expert",
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "x",
+        "--backend",
+        "replay",
+        "--predictions",
+        "p.json",
+        "--cost",
+        "-1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--cost must be a positive finite number, got -1"),
+        "{}",
+        stderr(&out)
+    );
+}
