@@ -40,6 +40,8 @@ pub enum Command {
     Expert(ExpertArgs),
     /// Ask a scheduler one question.
     Ask(AskArgs),
+    /// Score a predictions file against a SQuAD v1.1/v2.0 file with the official metric.
+    Score(ScoreArgs),
     /// Inspect a scheduler's pool.
     Pool {
         #[command(subcommand)]
@@ -149,6 +151,19 @@ pub struct AskArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The SQuAD-format data set (v1.1 or v2.0).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Predictions: a JSON object {question id: answer text}.
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// Print one JSON object (exact_match, f1, total, missing; HasAns/NoAns on v2.0).
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
     /// Show every expert and replica the scheduler knows, with live state.
@@ -193,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Expert(args) => run_expert(args).await,
         Command::Ask(args) => ask(args).await,
+        Command::Score(args) => score(args),
         Command::Pool {
             command: PoolCommand::Status { router, json },
         } => pool_status(&router, json).await,
@@ -325,6 +341,35 @@ async fn ask(args: AskArgs) -> anyhow::Result<()> {
                 f.expert_id, f.replica, f.code, f.message
             );
         }
+    }
+    Ok(())
+}
+
+fn score(args: ScoreArgs) -> anyhow::Result<()> {
+    let dataset = Dataset::load(&args.data)?;
+    let predictions = crate::squad::load_predictions(&args.predictions)?;
+    let evaluation = dataset.evaluate(&predictions);
+    if args.json {
+        println!("{}", serde_json::to_string(&evaluation)?);
+        return Ok(());
+    }
+    println!(
+        "exact_match {:.2}  f1 {:.2}  total {}",
+        evaluation.exact_match, evaluation.f1, evaluation.total
+    );
+    for (name, split) in [("HasAns", evaluation.has_ans), ("NoAns", evaluation.no_ans)] {
+        if let Some(split) = split {
+            println!(
+                "{name:<11} {:.2}  f1 {:.2}  total {}",
+                split.exact, split.f1, split.total
+            );
+        }
+    }
+    if evaluation.missing > 0 {
+        println!(
+            "{} of {} questions have no prediction and score 0",
+            evaluation.missing, evaluation.total
+        );
     }
     Ok(())
 }

@@ -8,5 +8,6 @@
 
 pub mod decision;
 pub mod lease;
+pub mod metric;
 pub mod policy;
 pub mod query;

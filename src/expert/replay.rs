@@ -4,7 +4,7 @@
 
 use super::{Backend, BackendAnswer, BackendError, find_span};
 use crate::core::query::Query;
-use crate::squad::Dataset;
+use crate::squad::{Dataset, PredictionsError, load_predictions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,45 +18,13 @@ pub struct ReplayBackend {
     units_per_answer: f64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayLoadError {
-    #[error("cannot read predictions file {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "predictions file {}: at {place}: {message} (expected a JSON object {{question id: answer text}})",
-        path.display()
-    )]
-    Invalid {
-        path: PathBuf,
-        place: String,
-        message: String,
-    },
-}
-
 impl ReplayBackend {
     pub fn load(
         predictions: &Path,
         dataset: Option<Arc<Dataset>>,
         units_per_answer: f64,
-    ) -> Result<Self, ReplayLoadError> {
-        let bytes = std::fs::read(predictions).map_err(|source| ReplayLoadError::Io {
-            path: predictions.to_owned(),
-            source,
-        })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        let answers: HashMap<String, String> =
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let place = e.path().to_string();
-                let inner = e.into_inner();
-                ReplayLoadError::Invalid {
-                    path: predictions.to_owned(),
-                    place: format!("{place} (line {}, column {})", inner.line(), inner.column()),
-                    message: inner.to_string(),
-                }
-            })?;
+    ) -> Result<Self, PredictionsError> {
+        let answers = load_predictions(predictions)?;
         Ok(Self::from_answers(
             answers,
             dataset,
