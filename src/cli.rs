@@ -40,6 +40,8 @@ pub enum Command {
     Expert(ExpertArgs),
     /// Ask a scheduler one question.
     Ask(AskArgs),
+    /// Run every expert of a pool over a data set through gRPC: EM, F1, latency, cost.
+    ExpertsReport(ExpertsReportArgs),
     /// Score a predictions file against a SQuAD v1.1/v2.0 file with the official metric.
     Score(ScoreArgs),
     /// Inspect a scheduler's pool.
@@ -88,6 +90,10 @@ pub struct PolicyArgs {
 pub enum BackendKind {
     /// Serve recorded answers from a predictions file.
     Replay,
+    /// The sliding-window reader of the SQuAD paper (live, microseconds).
+    Lexical,
+    /// BM25 sentence ranking plus answer-type rules (live, microseconds).
+    Typed,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +104,7 @@ pub struct ExpertArgs {
     /// Expert id (letters, digits, '-', '_', '.').
     #[arg(long)]
     pub id: String,
+    /// replay (recorded answers), lexical or typed (live readers).
     #[arg(long, value_enum)]
     pub backend: BackendKind,
     /// Recorded answers, {question id: answer text} (replay backend).
@@ -147,6 +154,25 @@ pub struct AskArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Print the full response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpertsReportArgs {
+    /// Pool file (default: pools/squad-v1.1-live.toml, the default pool plus the live readers).
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// The SQuAD-format data set to ask.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Ask only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Calls in flight per expert.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Print the reports as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -209,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Expert(args) => run_expert(args).await,
         Command::Ask(args) => ask(args).await,
         Command::Score(args) => score(args),
+        Command::ExpertsReport(args) => experts_report(args).await,
         Command::Pool {
             command: PoolCommand::Status { router, json },
         } => pool_status(&router, json).await,
@@ -265,6 +292,15 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
                 .context("--predictions is required with --backend replay")?,
             data: args.data,
         },
+        BackendKind::Lexical | BackendKind::Typed
+            if args.predictions.is_some() || args.data.is_some() =>
+        {
+            bail!(
+                "--predictions and --data are for --backend replay; live readers compute their answers"
+            )
+        }
+        BackendKind::Lexical => BackendSpec::Lexical,
+        BackendKind::Typed => BackendSpec::Typed,
     };
     let spec = ExpertSpec {
         id: args.id,
@@ -341,6 +377,27 @@ async fn ask(args: AskArgs) -> anyhow::Result<()> {
                 f.expert_id, f.replica, f.code, f.message
             );
         }
+    }
+    Ok(())
+}
+
+async fn experts_report(args: ExpertsReportArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let pool_path = args
+        .pool
+        .unwrap_or_else(|| default_pool_path().with_file_name("squad-v1.1-live.toml"));
+    let pool = PoolFile::load(&pool_path)?;
+    let dataset = Dataset::load(&args.data)?;
+    let options = crate::report::ReportOptions {
+        limit: args.limit,
+        concurrency: args.concurrency,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let reports = crate::report::experts_report(&pool, &dataset, &options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", crate::report::report_table(&reports));
     }
     Ok(())
 }

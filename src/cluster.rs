@@ -2,7 +2,9 @@
 //! into a scheduler's registry. Shared by `l2d up` and `l2d scheduler --pool`.
 
 use crate::core::policy::{DEFAULT_LAMBDA, PriorPolicy};
+use crate::expert::lexical::LexicalReader;
 use crate::expert::replay::ReplayBackend;
+use crate::expert::typed::TypedReader;
 use crate::expert::{Backend, ExpertNode};
 use crate::grpc::pb::replica_state::Origin;
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile};
@@ -28,6 +30,8 @@ pub fn build_backend(spec: &ExpertSpec, cache: &DatasetCache) -> anyhow::Result<
                 .with_context(|| format!("expert {:?}", spec.id))?;
             Ok(Arc::new(backend))
         }
+        BackendSpec::Lexical => Ok(Arc::new(LexicalReader::default())),
+        BackendSpec::Typed => Ok(Arc::new(TypedReader::default())),
     }
 }
 
@@ -67,38 +71,60 @@ impl LocalExperts {
     }
 }
 
-/// Declares every expert of `pool` in the scheduler, spawns the in-process replicas on
-/// `127.0.0.1:0`, and adds them and the remote addresses to the registry.
-pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Result<LocalExperts> {
+/// Spawns the in-process replicas of every expert of `pool` on `127.0.0.1:0`.
+pub async fn spawn_local_experts(pool: &PoolFile) -> anyhow::Result<LocalExperts> {
     let cache = DatasetCache::default();
     let mut local = LocalExperts::default();
     for spec in &pool.experts {
-        let registry = &scheduler.registry;
+        let Placement::InProcess { replicas } = spec.placement else {
+            continue;
+        };
+        if replicas == 0 {
+            continue;
+        }
+        let backend = build_backend(spec, &cache)?;
+        for _ in 0..replicas {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let address = listener.local_addr()?;
+            let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone());
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(crate::expert::serve(listener, node, None, async {
+                let _ = stopped.await;
+            }));
+            local.addresses.push((spec.id.clone(), address));
+            local.running.push((stop, task));
+        }
+    }
+    Ok(local)
+}
+
+/// Every address at which an expert of `pool` can be reached: its in-process replicas in
+/// `local`, or its static address.
+pub fn expert_addresses(spec: &ExpertSpec, local: &LocalExperts) -> Vec<SocketAddr> {
+    match spec.placement {
+        Placement::Remote { address } => vec![address],
+        Placement::InProcess { .. } => local
+            .addresses
+            .iter()
+            .filter(|(id, _)| *id == spec.id)
+            .map(|(_, a)| *a)
+            .collect(),
+    }
+}
+
+/// Declares every expert of `pool` in the scheduler, spawns the in-process replicas on
+/// `127.0.0.1:0`, and adds them and the static addresses to the registry.
+pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Result<LocalExperts> {
+    let local = spawn_local_experts(pool).await?;
+    let registry = &scheduler.registry;
+    for spec in &pool.experts {
         registry.declare_expert(&spec.id, spec.cost, spec.backend.kind());
-        match spec.placement {
-            Placement::Remote { address } => {
-                registry.add_fixed_replica(&spec.id, &address.to_string(), Origin::Static)?;
-            }
-            Placement::InProcess { replicas: 0 } => {}
-            Placement::InProcess { replicas } => {
-                let backend = build_backend(spec, &cache)?;
-                for _ in 0..replicas {
-                    let listener = TcpListener::bind("127.0.0.1:0").await?;
-                    let address = listener.local_addr()?;
-                    let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone());
-                    let (stop, stopped) = oneshot::channel::<()>();
-                    let task = tokio::spawn(crate::expert::serve(listener, node, None, async {
-                        let _ = stopped.await;
-                    }));
-                    registry.add_fixed_replica(
-                        &spec.id,
-                        &address.to_string(),
-                        Origin::InProcess,
-                    )?;
-                    local.addresses.push((spec.id.clone(), address));
-                    local.running.push((stop, task));
-                }
-            }
+        let origin = match spec.placement {
+            Placement::Remote { .. } => Origin::Static,
+            Placement::InProcess { .. } => Origin::InProcess,
+        };
+        for address in expert_addresses(spec, &local) {
+            registry.add_fixed_replica(&spec.id, &address.to_string(), origin)?;
         }
     }
     Ok(local)

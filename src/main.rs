@@ -9,7 +9,10 @@ async fn main() -> std::process::ExitCode {
     let cli = l2d::cli::Cli::parse();
     // Logs go to stderr; RUST_LOG overrides the default level.
     let default_level = match cli.command {
-        l2d::cli::Command::Ask(_) | l2d::cli::Command::Pool { .. } => "warn",
+        l2d::cli::Command::Ask(_)
+        | l2d::cli::Command::Pool { .. }
+        | l2d::cli::Command::Score(_)
+        | l2d::cli::Command::ExpertsReport(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -3,7 +3,7 @@
 //! ```toml
 //! [[expert]]
 //! id = "bert"                      # unique; letters, digits, '-', '_', '.'
-//! backend = "replay"               # the backend kind
+//! backend = "replay"               # replay (recorded answers), lexical or typed (live readers)
 //! predictions = "../data/squad-v1.1/predictions/bert-large-ensemble.json"
 //! data = "../data/squad-v1.1/dev.json"   # resolves queries sent without an id
 //! cost = 100                       # declared relative cost of one call, > 0
@@ -43,12 +43,18 @@ pub enum BackendSpec {
         predictions: PathBuf,
         data: Option<PathBuf>,
     },
+    /// The sliding-window reader (computes answers; no files).
+    Lexical,
+    /// BM25 sentence ranking plus answer-type rules (computes answers; no files).
+    Typed,
 }
 
 impl BackendSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendSpec::Replay { .. } => "replay",
+            BackendSpec::Lexical => "lexical",
+            BackendSpec::Typed => "typed",
         }
     }
 }
@@ -99,7 +105,7 @@ struct RawExpert {
     replicas: Option<i64>,
 }
 
-const BACKENDS: &[&str] = &["replay"];
+const BACKENDS: &[&str] = &["replay", "lexical", "typed"];
 
 impl PoolFile {
     pub fn load(path: &Path) -> Result<Self, PoolFileError> {
@@ -196,6 +202,27 @@ fn expert_spec(
             })?),
             data: raw.data.map(resolve),
         },
+        "lexical" | "typed" => {
+            for (field, given) in [
+                ("predictions", raw.predictions.is_some()),
+                ("data", raw.data.is_some()),
+            ] {
+                if given {
+                    return Err(field_error(
+                        field,
+                        format!(
+                            "only replay experts read files; a {} expert computes its answers",
+                            raw.backend
+                        ),
+                    ));
+                }
+            }
+            if raw.backend == "lexical" {
+                BackendSpec::Lexical
+            } else {
+                BackendSpec::Typed
+            }
+        }
         other => {
             return Err(field_error(
                 "backend",
@@ -375,6 +402,17 @@ mod tests {
             e.starts_with("pool file pools/test.toml: TOML parse error"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn live_backends_take_no_files() {
+        let pool = parse("[[expert]]\nid = \"lex\"\nbackend = \"lexical\"\ncost = 0.25\n[[expert]]\nid = \"t\"\nbackend = \"typed\"\ncost = 0.5\n").unwrap();
+        assert_eq!(pool.experts[0].backend, BackendSpec::Lexical);
+        assert_eq!(pool.experts[1].backend, BackendSpec::Typed);
+        let e = err(
+            "[[expert]]\nid = \"lex\"\nbackend = \"lexical\"\ncost = 1\npredictions = \"p.json\"\n",
+        );
+        assert!(e.ends_with("field `predictions`: only replay experts read files; a lexical expert computes its answers"), "{e}");
     }
 
     #[test]

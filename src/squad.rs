@@ -209,12 +209,21 @@ impl Dataset {
     /// Scores `predictions` (question id → answer text) with the official metric. A question
     /// without a prediction scores 0; predictions for ids not in the set are ignored.
     pub fn evaluate(&self, predictions: &HashMap<String, String>) -> Evaluation {
+        self.evaluate_where(predictions, |_| true)
+    }
+
+    /// [`Dataset::evaluate`] over the questions `include` accepts.
+    pub fn evaluate_where(
+        &self,
+        predictions: &HashMap<String, String>,
+        include: impl Fn(&Question) -> bool,
+    ) -> Evaluation {
         let version = self.metric_version();
         let mut all = Tally::default();
         let mut has_ans = Tally::default();
         let mut no_ans = Tally::default();
         let mut missing = 0;
-        for (_, _, q) in self.questions() {
+        for (_, _, q) in self.questions().filter(|(_, _, q)| include(q)) {
             let score = match predictions.get(&q.id) {
                 Some(prediction) => {
                     let references: Vec<&str> = q.answers.iter().map(|a| a.text.as_str()).collect();

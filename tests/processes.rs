@@ -330,3 +330,51 @@ fn bad_configuration_is_reported_with_the_place() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_live_reader_process_registers_and_answers_like_the_library_reader() {
+    use l2d::core::query::{Query, QueryLimits};
+    use l2d::expert::Backend;
+
+    let mut scheduler = Proc::spawn(&["scheduler", "--listen", "127.0.0.1:0"]);
+    let router = scheduler.address_in("scheduler serving");
+    let mut expert = Proc::spawn(&[
+        "expert",
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "typed",
+        "--backend",
+        "typed",
+        "--cost",
+        "0.5",
+        "--register",
+        &router,
+    ]);
+    expert.wait_for("registered with scheduler");
+    let question = "When was the game played?";
+    let context = "The game was played on February 7, 2016, at Levi's Stadium.";
+    let out = l2d(&[
+        "ask",
+        "--router",
+        &router,
+        "--question",
+        question,
+        "--context",
+        context,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let local = l2d::expert::typed::TypedReader::default()
+        .answer(&Query::new(question, context, None, &QueryLimits::default()).unwrap())
+        .unwrap();
+    assert_eq!(json["text"], local.text.as_str());
+    assert_eq!(json["text"], "February 7, 2016");
+    assert_eq!(json["expert_id"], "typed");
+    assert!(json["compute"]["units"].as_f64().unwrap() > 0.0);
+    expert.signal("TERM");
+    assert!(expert.exit_success());
+    scheduler.signal("TERM");
+    assert!(scheduler.exit_success());
+}

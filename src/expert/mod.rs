@@ -5,9 +5,13 @@
 //! wraps a backend with its identity, validation and load counters; [`serve`] runs it on a bound
 //! listener, optionally keeping a lease with a scheduler ([`registration`]).
 
+pub mod lexical;
+mod reading;
 pub mod registration;
 pub mod replay;
 mod service;
+pub mod text;
+pub mod typed;
 
 pub use registration::Registration;
 pub use service::{ExpertNode, LoadCounters, serve};

@@ -1,0 +1,171 @@
+//! What both live readers compute about a (question, context) pair: which context tokens carry
+//! question terms, how much each term is worth, and the sliding-window overlap of a candidate
+//! answer span with the question.
+//!
+//! Term weights are MCTest's inverse counts (Richardson et al., 2013), as in the sliding-window
+//! baseline of the SQuAD paper: `ln(1 + 1 / count of the term in the context)`, so a term that
+//! occurs once in the passage is worth more than one that occurs everywhere.
+
+use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize};
+use std::collections::HashMap;
+
+/// At most this many distinct question terms are tracked (a bit per term).
+const MAX_TERMS: usize = 64;
+
+pub struct Passage<'a> {
+    pub context: &'a str,
+    pub tokens: Vec<Token>,
+    pub sentences: Vec<(usize, usize)>,
+    /// Index of the question term each context token carries, if any.
+    pub term_of: Vec<Option<u8>>,
+    /// Inverse-count weight of each question term (0 when absent from the context).
+    pub weights: Vec<f64>,
+    /// Positions of context tokens that carry a question term, ascending.
+    pub matches: Vec<usize>,
+    /// Question tokens (for answer-type rules).
+    pub question_tokens: Vec<Token>,
+    pub question: &'a str,
+}
+
+impl<'a> Passage<'a> {
+    pub fn new(question: &'a str, context: &'a str) -> Self {
+        let question_tokens = tokenize(question);
+        let tokens = tokenize(context);
+        let mut term_index: HashMap<&str, u8> = HashMap::new();
+        for t in &question_tokens {
+            if t.kind != TokenKind::Punct && !is_stop_word(&t.stem) && term_index.len() < MAX_TERMS
+            {
+                let next = term_index.len() as u8;
+                term_index.entry(t.stem.as_str()).or_insert(next);
+            }
+        }
+        let term_of: Vec<Option<u8>> = tokens
+            .iter()
+            .map(|t| term_index.get(t.stem.as_str()).copied())
+            .collect();
+        let mut counts = vec![0u32; term_index.len()];
+        for term in term_of.iter().flatten() {
+            counts[*term as usize] += 1;
+        }
+        let weights = counts
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    (1.0 + 1.0 / c as f64).ln()
+                }
+            })
+            .collect();
+        let matches = (0..tokens.len())
+            .filter(|&i| term_of[i].is_some())
+            .collect();
+        let sentences = sentences(&tokens, context);
+        Self {
+            context,
+            tokens,
+            sentences,
+            term_of,
+            weights,
+            matches,
+            question_tokens,
+            question,
+        }
+    }
+
+    /// Total weight of all question terms found in the context.
+    pub fn total_weight(&self) -> f64 {
+        self.weights.iter().sum()
+    }
+
+    /// Sum of the weights of the distinct question terms within `window` tokens on either side
+    /// of the span `[i, j)`, not crossing `[lo, hi)`; the span itself does not count.
+    pub fn window_overlap(&self, i: usize, j: usize, window: usize, lo: usize, hi: usize) -> f64 {
+        let mut seen: u64 = 0;
+        let left = i.saturating_sub(window).max(lo)..i;
+        let right = j..(j + window).min(hi);
+        for p in left.chain(right) {
+            if let Some(term) = self.term_of[p] {
+                seen |= 1 << term;
+            }
+        }
+        let mut sum = 0.0;
+        while seen != 0 {
+            let term = seen.trailing_zeros() as usize;
+            sum += self.weights[term];
+            seen &= seen - 1;
+        }
+        sum
+    }
+
+    /// Token distance from the span `[i, j)` to the nearest question-term token outside it
+    /// (`usize::MAX` when there is none).
+    pub fn distance_to_question(&self, i: usize, j: usize) -> usize {
+        let after = self.matches.partition_point(|&p| p < j);
+        let right = self.matches.get(after).map(|&p| p + 1 - j);
+        let before = self.matches.partition_point(|&p| p < i);
+        let left = before.checked_sub(1).map(|k| i - self.matches[k]);
+        right.into_iter().chain(left).min().unwrap_or(usize::MAX)
+    }
+
+    /// Whether `[i, j)` may be an answer: starts and ends on a content word or number, repeats
+    /// no question term, and holds no punctuation but joiners (`-`, `,`, `&`, `'`, `.` in
+    /// abbreviations is not allowed).
+    pub fn is_candidate(&self, i: usize, j: usize) -> bool {
+        let edge_ok = |t: &Token| t.kind != TokenKind::Punct && !is_stop_word(&t.stem);
+        if !edge_ok(&self.tokens[i]) || !edge_ok(&self.tokens[j - 1]) {
+            return false;
+        }
+        (i..j).all(|p| {
+            self.term_of[p].is_none()
+                && (self.tokens[p].kind != TokenKind::Punct
+                    || matches!(
+                        self.tokens[p].text(self.context),
+                        "-" | "–" | "," | "&" | "'"
+                    ))
+        })
+    }
+
+    /// The context text and code-point span of tokens `[i, j)`.
+    pub fn span_text(&self, i: usize, j: usize) -> (String, (u32, u32)) {
+        let (first, last) = (&self.tokens[i], &self.tokens[j - 1]);
+        (
+            self.context[first.byte_start..last.byte_end].to_owned(),
+            (first.char_start, last.char_end),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTEXT: &str =
+        "The Denver Broncos defeated the Carolina Panthers. The Panthers played well.";
+
+    #[test]
+    fn rarer_question_terms_weigh_more() {
+        let p = Passage::new("Who defeated the Panthers?", CONTEXT);
+        // Terms: defeat (once in the context), panther (twice).
+        assert_eq!(p.weights.len(), 2);
+        assert!((p.weights[0] - 2f64.ln()).abs() < 1e-12);
+        assert!((p.weights[1] - 1.5f64.ln()).abs() < 1e-12);
+        assert_eq!(p.matches, [3, 6, 9]);
+    }
+
+    #[test]
+    fn window_overlap_counts_each_term_once_and_skips_the_span() {
+        let p = Passage::new("Who defeated the Panthers?", CONTEXT);
+        let (lo, hi) = p.sentences[0];
+        // "Denver Broncos" = tokens 1..3: "defeated" and "Panthers" lie within 4 tokens after it.
+        let both = p.weights[0] + p.weights[1];
+        assert!((p.window_overlap(1, 3, 4, lo, hi) - both).abs() < 1e-12);
+        // A window of 1 sees only "defeated".
+        assert!((p.window_overlap(1, 3, 1, lo, hi) - p.weights[0]).abs() < 1e-12);
+        assert_eq!(p.distance_to_question(1, 3), 1);
+        assert!(p.is_candidate(1, 3));
+        assert!(!p.is_candidate(3, 4), "a question term is no answer");
+        assert!(!p.is_candidate(0, 2), "starts with a stop word");
+        assert_eq!(p.span_text(1, 3), ("Denver Broncos".to_string(), (4, 18)));
+    }
+}
