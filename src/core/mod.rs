@@ -6,8 +6,11 @@
 //! property-tested without servers. The shells in [`crate::scheduler`] and [`crate::expert`]
 //! gather the inputs, call the core and perform the RPCs.
 
+pub mod answer_type;
 pub mod decision;
 pub mod lease;
 pub mod metric;
 pub mod policy;
 pub mod query;
+pub mod reading;
+pub mod text;

@@ -7,9 +7,9 @@
 //!
 //! Compute units: candidate spans scored (the work the reader does is linear in them).
 
-use super::reading::Passage;
 use super::{Backend, BackendAnswer, BackendError};
 use crate::core::query::Query;
+use crate::core::reading::Passage;
 
 #[derive(Debug, Clone)]
 pub struct LexicalReader {

@@ -6,11 +6,9 @@
 //! listener, optionally keeping a lease with a scheduler ([`registration`]).
 
 pub mod lexical;
-mod reading;
 pub mod registration;
 pub mod replay;
 mod service;
-pub mod text;
 pub mod typed;
 
 pub use registration::Registration;

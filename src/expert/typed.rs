@@ -8,18 +8,11 @@
 //! Compute units: sentences ranked plus candidate spans scored.
 
 use super::lexical::LexicalReader;
-use super::reading::Passage;
-use super::text::{Token, TokenKind, is_stop_word};
 use super::{Backend, BackendAnswer, BackendError};
+use crate::core::answer_type::{AnswerType, MONTHS, answer_type};
 use crate::core::query::Query;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerType {
-    Date,
-    Number,
-    Name,
-    Other,
-}
+use crate::core::reading::Passage;
+use crate::core::text::{Token, TokenKind, is_stop_word};
 
 #[derive(Debug, Clone)]
 pub struct TypedReader {
@@ -39,76 +32,6 @@ impl Default for TypedReader {
     }
 }
 
-const MONTHS: &[&str] = &[
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-    "jan",
-    "feb",
-    "mar",
-    "apr",
-    "jun",
-    "jul",
-    "aug",
-    "sep",
-    "sept",
-    "oct",
-    "nov",
-    "dec",
-];
-const DATE_NOUNS: &[&str] = &[
-    "year", "date", "day", "month", "century", "decade", "era", "period",
-];
-const NUMBER_NOUNS: &[&str] = &[
-    "percentage",
-    "percent",
-    "number",
-    "amount",
-    "population",
-    "size",
-    "age",
-    "cost",
-    "price",
-];
-const HOW_NUMBER: &[&str] = &[
-    "many", "much", "long", "old", "far", "large", "big", "tall", "high", "often", "fast", "deep",
-    "wide", "heavy",
-];
-const NAME_NOUNS: &[&str] = &[
-    "city",
-    "country",
-    "state",
-    "place",
-    "region",
-    "river",
-    "company",
-    "team",
-    "person",
-    "man",
-    "woman",
-    "king",
-    "queen",
-    "president",
-    "group",
-    "organization",
-    "university",
-    "county",
-    "island",
-    "nation",
-    "language",
-    "church",
-    "empire",
-    "party",
-];
 const NUMBER_WORDS: &[&str] = &[
     "one",
     "two",
@@ -144,32 +67,6 @@ const NUMBER_WORDS: &[&str] = &[
 const SCALE_WORDS: &[&str] = &[
     "hundred", "thousand", "million", "billion", "trillion", "percent", "%",
 ];
-
-/// The answer type a question asks for, from its wh-word and the noun after it.
-pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
-    let words: Vec<String> = question
-        .iter()
-        .map(|t| t.text(source).to_lowercase())
-        .collect();
-    let next_is = |i: usize, list: &[&str]| {
-        words.get(i + 1).is_some_and(|w| {
-            list.contains(&super::text::stem(w).as_str()) || list.contains(&w.as_str())
-        })
-    };
-    for (i, w) in words.iter().enumerate() {
-        match w.as_str() {
-            "when" => return AnswerType::Date,
-            "who" | "whom" | "whose" | "where" => return AnswerType::Name,
-            "how" if next_is(i, HOW_NUMBER) => return AnswerType::Number,
-            "what" | "which" if next_is(i, DATE_NOUNS) => return AnswerType::Date,
-            "what" | "which" if next_is(i, NUMBER_NOUNS) => return AnswerType::Number,
-            "what" | "which" if next_is(i, NAME_NOUNS) => return AnswerType::Name,
-            "what" | "which" | "how" | "why" => return AnswerType::Other,
-            _ => {}
-        }
-    }
-    AnswerType::Other
-}
 
 fn lower(t: &Token, source: &str) -> String {
     t.text(source).to_lowercase()
@@ -417,7 +314,6 @@ impl Backend for TypedReader {
 mod tests {
     use super::*;
     use crate::core::query::QueryLimits;
-    use crate::expert::text::tokenize;
 
     const CONTEXT: &str = "Super Bowl 50 was an American football game. The American Football Conference \
         (AFC) champion Denver Broncos defeated the National Football Conference (NFC) champion \
@@ -427,18 +323,6 @@ mod tests {
     fn ask(question: &str) -> String {
         let q = Query::new(question, CONTEXT, None, &QueryLimits::default()).unwrap();
         TypedReader::default().answer(&q).unwrap().text
-    }
-
-    #[test]
-    fn question_words_give_the_answer_type() {
-        let kind = |q: &str| answer_type(&tokenize(q), q);
-        assert_eq!(kind("When was the game played?"), AnswerType::Date);
-        assert_eq!(kind("In what year did it start?"), AnswerType::Date);
-        assert_eq!(kind("How many people attended?"), AnswerType::Number);
-        assert_eq!(kind("What percentage voted?"), AnswerType::Number);
-        assert_eq!(kind("Who won?"), AnswerType::Name);
-        assert_eq!(kind("Which city hosted it?"), AnswerType::Name);
-        assert_eq!(kind("What is the name of the game?"), AnswerType::Other);
     }
 
     #[test]
