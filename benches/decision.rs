@@ -58,7 +58,7 @@ fn bench_decision(c: &mut Criterion) {
             &experts,
             |b, _| {
                 b.iter(|| {
-                    policy.score(black_box(&query), &metas, &mut scores);
+                    policy.score(black_box(&query), &[], &metas, &mut scores);
                     let candidates: Vec<Candidate<'_>> = metas
                         .iter()
                         .zip(&scores)

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -46,13 +45,12 @@ pub struct ReportOptions {
     pub progress: bool,
 }
 
-struct Outcome {
-    answers: HashMap<String, String>,
-    errors: BTreeMap<String, u64>,
-    latency: Histogram<u64>,
-    backend_us: u64,
-    compute_units: f64,
-    answered: u64,
+/// One question put to one expert.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub latency_us: u64,
+    /// The answer, or the gRPC status code name.
+    pub result: Result<pb::AnswerResponse, &'static str>,
 }
 
 /// Runs the report. Experts with neither in-process replicas nor an address are skipped (they
@@ -95,7 +93,7 @@ async fn run_all(
             .connect()
             .await?;
         let progress = progress_bar(options.progress, questions.len() as u64, &spec.id);
-        let outcome = ask_all(
+        let calls = ask_every_question(
             channel,
             questions.clone(),
             options.concurrency.max(1),
@@ -103,9 +101,26 @@ async fn run_all(
         )
         .await?;
         progress.finish_and_clear();
-        let evaluation =
-            dataset.evaluate_where(&outcome.answers, |q| asked.contains(q.id.as_str()));
-        let answered = outcome.answered.max(1) as f64;
+        let mut answers = HashMap::with_capacity(calls.len());
+        let mut errors = BTreeMap::new();
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let (mut backend_us, mut units, mut answered) = (0u64, 0.0, 0u64);
+        for ((id, _, _), call) in questions.iter().zip(&calls) {
+            latency.saturating_record(call.latency_us.max(1));
+            match &call.result {
+                Ok(answer) => {
+                    if let Some(compute) = &answer.compute {
+                        backend_us += compute.micros;
+                        units += compute.units;
+                    }
+                    answered += 1;
+                    answers.insert(id.clone(), answer.text.clone());
+                }
+                Err(code) => *errors.entry((*code).to_owned()).or_default() += 1,
+            }
+        }
+        let evaluation = dataset.evaluate_where(&answers, |q| asked.contains(q.id.as_str()));
+        let per_answer = answered.max(1) as f64;
         reports.push(ExpertReport {
             expert_id: spec.id.clone(),
             backend: spec.backend.kind().into(),
@@ -113,56 +128,36 @@ async fn run_all(
             em: evaluation.exact_match,
             f1: evaluation.f1,
             questions: evaluation.total,
-            errors: outcome.errors,
-            mean_latency_us: outcome.latency.mean(),
-            p99_latency_us: outcome.latency.value_at_quantile(0.99),
-            mean_backend_us: outcome.backend_us as f64 / answered,
-            mean_compute_units: outcome.compute_units / answered,
+            errors,
+            mean_latency_us: latency.mean(),
+            p99_latency_us: latency.value_at_quantile(0.99),
+            mean_backend_us: backend_us as f64 / per_answer,
+            mean_compute_units: units / per_answer,
         });
     }
     Ok(reports)
 }
 
-fn progress_bar(enabled: bool, len: u64, expert: &str) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>12} {bar:40} {pos}/{len} {per_sec} eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    bar.set_prefix(expert.to_owned());
-    bar
-}
-
-async fn ask_all(
+/// Puts every question to the expert behind `channel`, `concurrency` calls in flight, and
+/// returns the calls in question order.
+pub async fn ask_every_question(
     channel: Channel,
     questions: Arc<Vec<(String, String, String)>>,
     concurrency: usize,
     progress: &ProgressBar,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Vec<Call>> {
     let next = Arc::new(AtomicUsize::new(0));
-    let outcome = Arc::new(Mutex::new(Outcome {
-        answers: HashMap::with_capacity(questions.len()),
-        errors: BTreeMap::new(),
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        backend_us: 0,
-        compute_units: 0.0,
-        answered: 0,
-    }));
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (channel, questions, next, outcome, progress) = (
+        let (channel, questions, next, progress) = (
             channel.clone(),
             questions.clone(),
             next.clone(),
-            outcome.clone(),
             progress.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut client = ExpertClient::new(channel);
+            let mut done = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((id, question, context)) = questions.get(i) else {
@@ -176,37 +171,40 @@ async fn ask_all(
                 request.set_timeout(Duration::from_secs(30));
                 let started = Instant::now();
                 let result = client.answer(request).await;
-                let micros = started.elapsed().as_micros() as u64;
-                let mut o = outcome.lock().await;
-                o.latency.saturating_record(micros.max(1));
-                match result {
-                    Ok(response) => {
-                        let answer = response.into_inner();
-                        if let Some(compute) = answer.compute {
-                            o.backend_us += compute.micros;
-                            o.compute_units += compute.units;
-                        }
-                        o.answered += 1;
-                        o.answers.insert(id.clone(), answer.text);
-                    }
-                    Err(status) => {
-                        *o.errors
-                            .entry(code_name(status.code()).to_owned())
-                            .or_default() += 1
-                    }
-                }
-                drop(o);
+                let latency_us = started.elapsed().as_micros() as u64;
+                let result = result
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| code_name(status.code()));
+                done.push((i, Call { latency_us, result }));
                 progress.inc(1);
             }
+            done
         }));
     }
+    let mut calls: Vec<Option<Call>> = vec![None; questions.len()];
     for worker in workers {
-        worker.await?;
+        for (i, call) in worker.await? {
+            calls[i] = Some(call);
+        }
     }
-    let outcome = Arc::try_unwrap(outcome)
-        .map_err(|_| anyhow::anyhow!("report workers still hold their results"))?
-        .into_inner();
-    Ok(outcome)
+    calls
+        .into_iter()
+        .map(|c| c.ok_or_else(|| anyhow::anyhow!("a question was never asked")))
+        .collect()
+}
+
+pub fn progress_bar(enabled: bool, len: u64, label: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>12} {bar:40} {pos}/{len} {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_prefix(label.to_owned());
+    bar
 }
 
 /// The reports as a text table.

@@ -8,9 +8,12 @@
 
 pub mod answer_type;
 pub mod decision;
+pub mod features;
+pub mod learned;
 pub mod lease;
 pub mod metric;
 pub mod policy;
 pub mod query;
 pub mod reading;
+pub mod rejector;
 pub mod text;

@@ -33,10 +33,23 @@ pub struct PolicyIdentity {
 pub trait Policy: Send + Sync {
     fn identity(&self) -> &PolicyIdentity;
 
+    /// Experts whose answers the policy reads before it decides (defer mode: they always run
+    /// first and are always charged); empty for a policy that decides from the query alone.
+    fn probes(&self) -> &[String] {
+        &[]
+    }
+
     /// Fills `out` with one entry per expert of `experts`, in order: the expected deferral cost of
-    /// sending `query` to it, or `None` when the policy has no estimate for that expert (such
-    /// experts are tried after every scored one, cheapest first).
-    fn score(&self, query: &Query, experts: &[ExpertMeta<'_>], out: &mut Vec<Option<f64>>);
+    /// sending `query` to it (lower is better), or `None` when the policy has no estimate for that
+    /// expert (such experts are tried after every scored one, cheapest first). `probe_answers`
+    /// holds the answers of [`Policy::probes`], in order (`None` for a probe that failed).
+    fn score(
+        &self,
+        query: &Query,
+        probe_answers: &[Option<&str>],
+        experts: &[ExpertMeta<'_>],
+        out: &mut Vec<Option<f64>>,
+    );
 }
 
 /// The policy without features: each expert's expected loss is its declared prior error rate
@@ -104,7 +117,13 @@ impl Policy for PriorPolicy {
         &self.identity
     }
 
-    fn score(&self, _query: &Query, experts: &[ExpertMeta<'_>], out: &mut Vec<Option<f64>>) {
+    fn score(
+        &self,
+        _query: &Query,
+        _probe_answers: &[Option<&str>],
+        experts: &[ExpertMeta<'_>],
+        out: &mut Vec<Option<f64>>,
+    ) {
         out.clear();
         let max_cost = experts.iter().map(|e| e.cost).fold(0.0_f64, f64::max);
         out.extend(experts.iter().map(|e| {
@@ -156,7 +175,7 @@ mod tests {
         let q = Query::new("Who?", "Someone.", None, &QueryLimits::default()).unwrap();
         let experts = pool();
         let mut scores = Vec::new();
-        policy.score(&q, &experts, &mut scores);
+        policy.score(&q, &[], &experts, &mut scores);
         let (i, _) = scores
             .iter()
             .enumerate()
@@ -178,7 +197,7 @@ mod tests {
     fn score_is_error_plus_priced_cost_and_none_for_unknown_experts() {
         let q = Query::new("Who?", "Someone.", None, &QueryLimits::default()).unwrap();
         let mut scores = vec![Some(42.0)];
-        squad_prior(0.5).score(&q, &pool(), &mut scores);
+        squad_prior(0.5).score(&q, &[], &pool(), &mut scores);
         assert_eq!(scores.len(), 6);
         let bert = scores[4].unwrap();
         assert!((bert - (0.138 + 0.5)).abs() < 1e-12, "{bert}");

@@ -126,6 +126,45 @@ impl<'a> Passage<'a> {
         })
     }
 
+    /// BM25 score of each sentence for the question terms (k1 = 1.2, b = 0.75; sentences are the
+    /// documents).
+    pub fn sentence_bm25(&self) -> Vec<f64> {
+        let p = self;
+        let n = p.sentences.len() as f64;
+        let avg_len = p.tokens.len() as f64 / n.max(1.0);
+        let terms = p.weights.len();
+        let mut doc_freq = vec![0u32; terms];
+        let mut tf: Vec<Vec<u32>> = Vec::with_capacity(p.sentences.len());
+        for &(lo, hi) in &p.sentences {
+            let mut counts = vec![0u32; terms];
+            for term in p.term_of[lo..hi].iter().flatten() {
+                counts[*term as usize] += 1;
+            }
+            for (df, &c) in doc_freq.iter_mut().zip(&counts) {
+                *df += u32::from(c > 0);
+            }
+            tf.push(counts);
+        }
+        let (k1, b) = (1.2, 0.75);
+        p.sentences
+            .iter()
+            .zip(&tf)
+            .map(|(&(lo, hi), counts)| {
+                let len = (hi - lo) as f64;
+                counts
+                    .iter()
+                    .zip(&doc_freq)
+                    .filter(|(c, _)| **c > 0)
+                    .map(|(&c, &df)| {
+                        let idf = ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln();
+                        let c = c as f64;
+                        idf * c * (k1 + 1.0) / (c + k1 * (1.0 - b + b * len / avg_len.max(1.0)))
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
     /// The context text and code-point span of tokens `[i, j)`.
     pub fn span_text(&self, i: usize, j: usize) -> (String, (u32, u32)) {
         let (first, last) = (&self.tokens[i], &self.tokens[j - 1]);

@@ -179,44 +179,6 @@ fn typed_spans_at(p: &Passage<'_>, kind: AnswerType, i: usize, hi: usize, out: &
     }
 }
 
-/// BM25 score of each sentence for the question terms (k1 = 1.2, b = 0.75; sentences are the
-/// documents).
-fn rank_sentences(p: &Passage<'_>) -> Vec<f64> {
-    let n = p.sentences.len() as f64;
-    let avg_len = p.tokens.len() as f64 / n.max(1.0);
-    let terms = p.weights.len();
-    let mut doc_freq = vec![0u32; terms];
-    let mut tf: Vec<Vec<u32>> = Vec::with_capacity(p.sentences.len());
-    for &(lo, hi) in &p.sentences {
-        let mut counts = vec![0u32; terms];
-        for term in p.term_of[lo..hi].iter().flatten() {
-            counts[*term as usize] += 1;
-        }
-        for (df, &c) in doc_freq.iter_mut().zip(&counts) {
-            *df += u32::from(c > 0);
-        }
-        tf.push(counts);
-    }
-    let (k1, b) = (1.2, 0.75);
-    p.sentences
-        .iter()
-        .zip(&tf)
-        .map(|(&(lo, hi), counts)| {
-            let len = (hi - lo) as f64;
-            counts
-                .iter()
-                .zip(&doc_freq)
-                .filter(|(c, _)| **c > 0)
-                .map(|(&c, &df)| {
-                    let idf = ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln();
-                    let c = c as f64;
-                    idf * c * (k1 + 1.0) / (c + k1 * (1.0 - b + b * len / avg_len.max(1.0)))
-                })
-                .sum()
-        })
-        .collect()
-}
-
 impl Backend for TypedReader {
     fn kind(&self) -> &'static str {
         "typed"
@@ -232,7 +194,7 @@ impl Backend for TypedReader {
     fn answer(&self, query: &Query) -> Result<BackendAnswer, BackendError> {
         let p = Passage::new(query.question(), query.context());
         let kind = answer_type(&p.question_tokens, p.question);
-        let ranks = rank_sentences(&p);
+        let ranks = p.sentence_bm25();
         let mut order: Vec<usize> = (0..p.sentences.len()).collect();
         order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
         let top_rank = ranks.iter().copied().fold(0.0, f64::max).max(1e-9);

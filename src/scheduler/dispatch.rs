@@ -73,7 +73,7 @@ impl Router for RouterService {
             })
             .collect();
         let mut scores = Vec::with_capacity(metas.len());
-        policy.0.score(&query, &metas, &mut scores);
+        policy.0.score(&query, &[], &metas, &mut scores);
         let now = Instant::now();
         let loads: Vec<Vec<ReplicaLoad>> = snapshot
             .experts

@@ -1,0 +1,354 @@
+//! The policy's featurizer, versioned: what the rejector sees of a query.
+//!
+//! Computed from (question, context) in microseconds, plus, in *defer* mode, the answers of the
+//! cheap probe experts that already ran. Two parts:
+//!
+//! - dense features ([`DENSE_NAMES`] lists them): question word and expected answer type,
+//!   lengths, question–context overlap (whole context and the best BM25 sentence), digits and
+//!   capitals, how many candidates of the expected type the best sentence offers; in defer mode,
+//!   per probe: empty answer, answer length, overlap with the question, answer type against the
+//!   question word, answer inside the best sentence; per pair of probes: exact agreement and
+//!   token F1 between their answers;
+//! - hashed question n-grams (stemmed unigrams and bigrams, and the wh-word crossed with the
+//!   answer type) into [`HASH_BUCKETS`] buckets with FNV-1a, each n-gram weighing
+//!   `1 / sqrt(n-grams in the question)`.
+//!
+//! Any change to what is computed must bump [`FEATURIZER_VERSION`]: policy files record the
+//! version they were trained with and are refused by a featurizer of another version.
+
+use super::answer_type::{AnswerType, MONTHS, answer_type};
+use super::metric::{MetricVersion, normalize_answer, score};
+use super::reading::Passage;
+use super::text::{TokenKind, tokenize};
+
+pub const FEATURIZER_VERSION: &str = "l2d-features-v1";
+pub const HASH_BUCKETS: usize = 1024;
+
+const WH_WORDS: [&str; 8] = [
+    "what", "who", "when", "where", "why", "how", "which", "whom",
+];
+
+/// Names of the route-mode dense features, in order.
+pub const DENSE_NAMES: &[&str] = &[
+    "wh_what",
+    "wh_who",
+    "wh_when",
+    "wh_where",
+    "wh_why",
+    "wh_how",
+    "wh_which",
+    "wh_whom",
+    "wh_other",
+    "type_date",
+    "type_number",
+    "type_name",
+    "type_other",
+    "how_many_or_much",
+    "log_question_tokens",
+    "log_context_tokens",
+    "log_sentences",
+    "question_terms",
+    "terms_in_context",
+    "terms_in_best_sentence",
+    "bm25_best",
+    "bm25_margin",
+    "question_has_digit",
+    "log_question_capitals",
+    "question_has_quote",
+    "context_number_share",
+    "log_typed_candidates",
+];
+
+/// Names of the dense features each probe adds in defer mode, in order.
+pub const PROBE_NAMES: &[&str] = &[
+    "empty",
+    "log_answer_tokens",
+    "answer_question_overlap",
+    "answer_type_match",
+    "answer_in_best_sentence",
+];
+
+/// Names of the dense features each pair of probes adds in defer mode, in order.
+pub const PAIR_NAMES: &[&str] = &["agree_exact", "agree_f1"];
+
+/// How many dense features a featurizer with `probes` probes produces.
+pub fn dense_len(probes: usize) -> usize {
+    DENSE_NAMES.len()
+        + probes * PROBE_NAMES.len()
+        + probes * probes.saturating_sub(1) / 2 * PAIR_NAMES.len()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub dense: Vec<f64>,
+    /// (bucket, value), buckets may repeat.
+    pub hashed: Vec<(u32, f64)>,
+}
+
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0x1f;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        for b in part.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn bucket(parts: &[&str]) -> u32 {
+    (fnv1a(parts) % HASH_BUCKETS as u64) as u32
+}
+
+fn ln1p(x: usize) -> f64 {
+    (x as f64).ln_1p()
+}
+
+/// Features of one query; `probe_answers` holds the probes' answers in defer mode (`None` for a
+/// probe that failed), and is empty in route mode.
+pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) -> Features {
+    let p = Passage::new(question, context);
+    let kind = answer_type(&p.question_tokens, question);
+    let q_lower: Vec<String> = p
+        .question_tokens
+        .iter()
+        .map(|t| t.text(question).to_lowercase())
+        .collect();
+    let wh = q_lower
+        .iter()
+        .find_map(|w| WH_WORDS.iter().position(|x| x == w));
+    let mut dense = Vec::with_capacity(dense_len(probe_answers.len()));
+    for i in 0..WH_WORDS.len() {
+        dense.push(f64::from(u8::from(wh == Some(i))));
+    }
+    dense.push(f64::from(u8::from(wh.is_none())));
+    for k in [
+        AnswerType::Date,
+        AnswerType::Number,
+        AnswerType::Name,
+        AnswerType::Other,
+    ] {
+        dense.push(f64::from(u8::from(kind == k)));
+    }
+    let how_many = q_lower
+        .windows(2)
+        .any(|w| w[0] == "how" && (w[1] == "many" || w[1] == "much"));
+    dense.push(f64::from(u8::from(how_many)));
+    dense.push(ln1p(p.question_tokens.len()));
+    dense.push(ln1p(p.tokens.len()));
+    dense.push(ln1p(p.sentences.len()));
+    let terms = p.weights.len();
+    dense.push(ln1p(terms));
+    let found = p.weights.iter().filter(|&&w| w > 0.0).count();
+    dense.push(if terms == 0 {
+        0.0
+    } else {
+        found as f64 / terms as f64
+    });
+
+    // Best sentence by BM25, and how many question terms it holds.
+    let ranks = p.sentence_bm25();
+    let mut order: Vec<usize> = (0..ranks.len()).collect();
+    order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
+    let best = order.first().map(|&s| p.sentences[s]);
+    let in_best = best.map_or(0, |(lo, hi)| {
+        let mut seen = 0u64;
+        for t in p.term_of[lo..hi].iter().flatten() {
+            seen |= 1 << t;
+        }
+        seen.count_ones() as usize
+    });
+    dense.push(if terms == 0 {
+        0.0
+    } else {
+        in_best as f64 / terms as f64
+    });
+    let top = order.first().map_or(0.0, |&s| ranks[s]);
+    let second = order.get(1).map_or(0.0, |&s| ranks[s]);
+    dense.push(top);
+    dense.push(top - second);
+    dense.push(f64::from(u8::from(
+        question.chars().any(|c| c.is_ascii_digit()),
+    )));
+    let capitals = p
+        .question_tokens
+        .iter()
+        .skip(1)
+        .filter(|t| t.kind == TokenKind::Word && t.capitalised)
+        .count();
+    dense.push(ln1p(capitals));
+    dense.push(f64::from(u8::from(
+        question.contains(['"', '“', '”', '\'']),
+    )));
+    let numbers = p
+        .tokens
+        .iter()
+        .filter(|t| t.kind == TokenKind::Number)
+        .count();
+    dense.push(if p.tokens.is_empty() {
+        0.0
+    } else {
+        numbers as f64 / p.tokens.len() as f64
+    });
+    let typed = best.map_or(0, |(lo, hi)| {
+        p.tokens[lo..hi]
+            .iter()
+            .filter(|t| token_fits(t, kind, context))
+            .count()
+    });
+    dense.push(ln1p(typed));
+    debug_assert_eq!(dense.len(), DENSE_NAMES.len());
+
+    // Defer mode: what the probes answered.
+    let best_text = best.map_or("", |(lo, hi)| {
+        if lo < hi {
+            &context[p.tokens[lo].byte_start..p.tokens[hi - 1].byte_end]
+        } else {
+            ""
+        }
+    });
+    let normalized: Vec<Option<String>> = probe_answers
+        .iter()
+        .map(|a| a.map(normalize_answer))
+        .collect();
+    for (answer, norm) in probe_answers.iter().zip(&normalized) {
+        let answer = answer.unwrap_or("");
+        let norm = norm.as_deref().unwrap_or("");
+        let tokens = tokenize(answer);
+        dense.push(f64::from(u8::from(norm.is_empty())));
+        dense.push(ln1p(tokens.len()));
+        let in_question = tokens
+            .iter()
+            .filter(|t| {
+                t.kind != TokenKind::Punct && p.question_tokens.iter().any(|q| q.stem == t.stem)
+            })
+            .count();
+        let words = tokens.iter().filter(|t| t.kind != TokenKind::Punct).count();
+        dense.push(if words == 0 {
+            0.0
+        } else {
+            in_question as f64 / words as f64
+        });
+        dense.push(f64::from(u8::from(
+            !answer.is_empty() && tokens.iter().any(|t| token_fits(t, kind, answer)),
+        )));
+        dense.push(f64::from(u8::from(
+            !answer.is_empty() && best_text.contains(answer),
+        )));
+    }
+    for a in 0..probe_answers.len() {
+        for b in a + 1..probe_answers.len() {
+            let (x, y) = (
+                normalized[a].as_deref().unwrap_or(""),
+                normalized[b].as_deref().unwrap_or(""),
+            );
+            let both = probe_answers[a].is_some() && probe_answers[b].is_some();
+            dense.push(f64::from(u8::from(both && x == y)));
+            let f1 = if both {
+                score(x, &[y], MetricVersion::V1).f1
+            } else {
+                0.0
+            };
+            dense.push(f1);
+        }
+    }
+
+    // Hashed question n-grams.
+    let stems: Vec<&str> = p
+        .question_tokens
+        .iter()
+        .filter(|t| t.kind != TokenKind::Punct)
+        .map(|t| t.stem.as_str())
+        .collect();
+    let wh_name = wh.map_or("none", |i| WH_WORDS[i]);
+    let kind_name = format!("{kind:?}");
+    let mut keys: Vec<u32> = Vec::with_capacity(stems.len() * 2 + 1);
+    keys.push(bucket(&["wh×type", wh_name, &kind_name]));
+    for (i, s) in stems.iter().enumerate() {
+        keys.push(bucket(&["1", s]));
+        if let Some(next) = stems.get(i + 1) {
+            keys.push(bucket(&["2", s, next]));
+        }
+    }
+    let value = 1.0 / (keys.len() as f64).sqrt();
+    let hashed = keys.into_iter().map(|k| (k, value)).collect();
+    Features { dense, hashed }
+}
+
+/// Whether a token looks like part of an answer of the expected type.
+fn token_fits(t: &super::text::Token, kind: AnswerType, source: &str) -> bool {
+    let text = t.text(source);
+    match kind {
+        AnswerType::Date => {
+            (t.kind == TokenKind::Number && text.len() == 4)
+                || MONTHS.contains(&text.to_lowercase().as_str())
+        }
+        AnswerType::Number => t.kind == TokenKind::Number,
+        AnswerType::Name => t.kind == TokenKind::Word && t.capitalised,
+        AnswerType::Other => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTEXT: &str = "Super Bowl 50 was played on February 7, 2016. The Denver Broncos defeated the \
+                           Carolina Panthers 24-10 at Levi's Stadium.";
+
+    #[test]
+    fn features_are_deterministic_and_sized_by_the_probes() {
+        let q = "When was Super Bowl 50 played?";
+        let a = featurize(q, CONTEXT, &[]);
+        assert_eq!(a, featurize(q, CONTEXT, &[]));
+        assert_eq!(a.dense.len(), DENSE_NAMES.len());
+        let probes = featurize(q, CONTEXT, &[Some("February 7, 2016"), Some("2016"), None]);
+        assert_eq!(probes.dense.len(), dense_len(3));
+        assert_eq!(
+            dense_len(2),
+            DENSE_NAMES.len() + 2 * PROBE_NAMES.len() + PAIR_NAMES.len()
+        );
+        assert!(a.hashed.iter().all(|&(b, _)| (b as usize) < HASH_BUCKETS));
+    }
+
+    #[test]
+    fn features_say_what_the_question_asks_and_what_the_probes_agree_on() {
+        let q = "When was Super Bowl 50 played?";
+        let f = featurize(
+            q,
+            CONTEXT,
+            &[Some("February 7, 2016"), Some("February 7, 2016")],
+        );
+        let at = |name: &str| f.dense[DENSE_NAMES.iter().position(|n| *n == name).unwrap()];
+        assert_eq!(at("wh_when"), 1.0);
+        assert_eq!(at("type_date"), 1.0);
+        assert_eq!(at("wh_who"), 0.0);
+        assert_eq!(at("question_has_digit"), 1.0);
+        assert_eq!(at("terms_in_context"), 1.0);
+        let base = DENSE_NAMES.len();
+        // Probe 0: not empty, type matches (a month and a year), inside the best sentence.
+        assert_eq!(f.dense[base], 0.0);
+        assert_eq!(f.dense[base + 3], 1.0);
+        assert_eq!(f.dense[base + 4], 1.0);
+        // The pair agrees exactly.
+        let pair = base + 2 * PROBE_NAMES.len();
+        assert_eq!((f.dense[pair], f.dense[pair + 1]), (1.0, 1.0));
+        let g = featurize(q, CONTEXT, &[Some("February 7, 2016"), None]);
+        assert_eq!((g.dense[pair], g.dense[pair + 1]), (0.0, 0.0));
+        assert_eq!(
+            g.dense[base + PROBE_NAMES.len()],
+            1.0,
+            "a failed probe counts as empty"
+        );
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_function() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the reference test vector).
+        assert_eq!(fnv1a(&["a"]), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,327 @@
+//! The learned policy: a policy file (a bank of rejectors trained at several prices of compute)
+//! and the [`Policy`] that serves one of them.
+//!
+//! File format (JSON, `format = "l2d-policy/1"`): the featurizer version, the mode (`route`:
+//! decided from the query alone; `defer`: the probe experts run first and their answers are
+//! features), the agents (expert ids and declared costs) in rejector order, the loss, the
+//! train/test split by article, the training settings, the dense-feature standardisation, and
+//! the bank `[{lambda, rejector}]`. A file written by another featurizer version is refused.
+//!
+//! Serving: featurize, standardise, `r(x)`, softmax; each pool expert the policy knows gets the
+//! score `1 − softmax_j(r(x))` (lower is better, monotone in the estimated expected deferral
+//! cost); experts it does not know get no score and are tried after the known ones.
+
+use super::features::{FEATURIZER_VERSION, HASH_BUCKETS, dense_len, featurize};
+use super::policy::{ExpertMeta, Policy, PolicyIdentity};
+use super::query::Query;
+use super::rejector::{LinearRejector, softmax};
+use serde::{Deserialize, Serialize};
+
+pub const POLICY_FORMAT: &str = "l2d-policy/1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Route,
+    Defer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    Em,
+    F1,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: String,
+    pub cost: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    pub seed: u64,
+    pub test_fraction: f64,
+    pub train_articles: Vec<String>,
+    pub test_articles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    pub seed: u64,
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub l2: f64,
+    pub batch_size: usize,
+    pub examples: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Standardization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Standardization {
+    pub fn apply(&self, dense: &mut [f64]) {
+        for ((x, m), s) in dense.iter_mut().zip(&self.mean).zip(&self.std) {
+            *x = (*x - m) / s;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BankEntry {
+    pub lambda: f64,
+    pub rejector: LinearRejector,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyFile {
+    pub format: String,
+    pub featurizer: String,
+    pub mode: Mode,
+    /// Defer mode: experts that always run first, in feature order.
+    #[serde(default)]
+    pub probes: Vec<String>,
+    /// The rejector's agents, in output order.
+    pub experts: Vec<Agent>,
+    pub loss: LossKind,
+    pub split: SplitRecord,
+    pub training: TrainingRecord,
+    pub standardize: Standardization,
+    /// The bank entry served unless another lambda is asked for.
+    pub default_lambda: f64,
+    pub bank: Vec<BankEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("not a policy file: {0}")]
+    Parse(String),
+    #[error("policy file format {found:?} is not {POLICY_FORMAT:?}")]
+    Format { found: String },
+    #[error(
+        "policy was trained with featurizer {found:?}, this build has {FEATURIZER_VERSION:?}: \
+         retrain it (l2d train)"
+    )]
+    Featurizer { found: String },
+    #[error("policy file is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl PolicyFile {
+    pub fn parse(text: &str) -> Result<Self, PolicyFileError> {
+        // Check the identity fields first, so an old file gets the precise reason.
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| PolicyFileError::Parse(e.to_string()))?;
+        let format = value
+            .get("format")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if format != POLICY_FORMAT {
+            return Err(PolicyFileError::Format {
+                found: format.to_owned(),
+            });
+        }
+        let featurizer = value
+            .get("featurizer")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if featurizer != FEATURIZER_VERSION {
+            return Err(PolicyFileError::Featurizer {
+                found: featurizer.to_owned(),
+            });
+        }
+        let file: PolicyFile =
+            serde_json::from_value(value).map_err(|e| PolicyFileError::Parse(e.to_string()))?;
+        file.check()?;
+        Ok(file)
+    }
+
+    fn check(&self) -> Result<(), PolicyFileError> {
+        let bad = |m: String| Err(PolicyFileError::Inconsistent(m));
+        if self.experts.is_empty() {
+            return bad("no experts".into());
+        }
+        if self.bank.is_empty() {
+            return bad("the bank holds no rejector".into());
+        }
+        if let Some(a) = self
+            .experts
+            .iter()
+            .find(|a| !(a.cost.is_finite() && a.cost > 0.0))
+        {
+            return bad(format!("expert {:?} has cost {}", a.id, a.cost));
+        }
+        if let Some(p) = self
+            .probes
+            .iter()
+            .find(|p| !self.experts.iter().any(|a| &a.id == *p))
+        {
+            return bad(format!("probe {p:?} is not one of the experts"));
+        }
+        if (self.mode == Mode::Defer) == self.probes.is_empty() {
+            return bad("defer mode needs probes, route mode has none".into());
+        }
+        let d = dense_len(self.probes.len());
+        if self.standardize.mean.len() != d
+            || self.standardize.std.len() != d
+            || self
+                .standardize
+                .std
+                .iter()
+                .any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return bad(format!(
+                "standardisation must hold {d} finite means and positive deviations"
+            ));
+        }
+        for entry in &self.bank {
+            let r = &entry.rejector;
+            if !(entry.lambda.is_finite() && entry.lambda >= 0.0) {
+                return bad(format!("lambda {} in the bank", entry.lambda));
+            }
+            if r.agents != self.experts.len()
+                || r.dense_len != d
+                || r.hash_buckets != HASH_BUCKETS
+                || !r.is_well_formed()
+            {
+                return bad(format!(
+                    "the rejector at lambda {} has the wrong shape or non-finite weights",
+                    entry.lambda
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the bank entry whose lambda is nearest `lambda`.
+    pub fn nearest(&self, lambda: f64) -> usize {
+        let mut best = 0;
+        for (i, e) in self.bank.iter().enumerate() {
+            if (e.lambda - lambda).abs() < (self.bank[best].lambda - lambda).abs() {
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// Standardised dense and hashed features of a query.
+    pub fn features(
+        &self,
+        question: &str,
+        context: &str,
+        probes: &[Option<&str>],
+    ) -> (Vec<f64>, Vec<(u32, f64)>) {
+        let mut f = featurize(question, context, probes);
+        self.standardize.apply(&mut f.dense);
+        (f.dense, f.hashed)
+    }
+
+    /// Softmax of the rejector at bank entry `entry` for a query.
+    pub fn probabilities(
+        &self,
+        entry: usize,
+        question: &str,
+        context: &str,
+        probes: &[Option<&str>],
+        out: &mut Vec<f64>,
+    ) {
+        let (z, hashed) = self.features(question, context, probes);
+        self.bank[entry].rejector.logits(&z, &hashed, out);
+        softmax(out);
+    }
+}
+
+/// A policy file serving one entry of its bank.
+#[derive(Debug, Clone)]
+pub struct LearnedPolicy {
+    file: PolicyFile,
+    entry: usize,
+    identity: PolicyIdentity,
+}
+
+impl LearnedPolicy {
+    /// Serves the bank entry nearest `lambda` (the file's default when `None`). `digest` names
+    /// the file's content in the policy id.
+    pub fn new(file: PolicyFile, lambda: Option<f64>, digest: &str) -> Self {
+        let entry = file.nearest(lambda.unwrap_or(file.default_lambda));
+        let mode = match file.mode {
+            Mode::Route => "route",
+            Mode::Defer => "defer",
+        };
+        let served = file.bank[entry].lambda;
+        let identity = PolicyIdentity {
+            id: format!("learned-{mode}:lambda={served}:{digest}"),
+            kind: format!("learned-{mode}"),
+            description: format!(
+                "linear rejector ({}) over {} experts, lambda {served} of a bank of {}; probes: {}",
+                file.featurizer,
+                file.experts.len(),
+                file.bank.len(),
+                if file.probes.is_empty() {
+                    "none".to_string()
+                } else {
+                    file.probes.join(", ")
+                }
+            ),
+        };
+        Self {
+            file,
+            entry,
+            identity,
+        }
+    }
+
+    pub fn file(&self) -> &PolicyFile {
+        &self.file
+    }
+
+    pub fn lambda(&self) -> f64 {
+        self.file.bank[self.entry].lambda
+    }
+}
+
+impl Policy for LearnedPolicy {
+    fn identity(&self) -> &PolicyIdentity {
+        &self.identity
+    }
+
+    fn probes(&self) -> &[String] {
+        &self.file.probes
+    }
+
+    fn score(
+        &self,
+        query: &Query,
+        probe_answers: &[Option<&str>],
+        experts: &[ExpertMeta<'_>],
+        out: &mut Vec<Option<f64>>,
+    ) {
+        let mut p = Vec::with_capacity(self.file.experts.len());
+        self.file.probabilities(
+            self.entry,
+            query.question(),
+            query.context(),
+            probe_answers,
+            &mut p,
+        );
+        out.clear();
+        out.extend(experts.iter().map(|e| {
+            let j = self.file.experts.iter().position(|a| a.id == e.id)?;
+            Some(1.0 - p[j])
+        }));
+    }
+}
+
+/// A short content digest (FNV-1a 64, hex) naming a policy file's version.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:08x}", h >> 32)
+}
