@@ -33,6 +33,7 @@ pub mod pool_file;
 pub mod report;
 pub mod scheduler;
 pub mod squad;
+pub mod train;
 
 pub use grpc::client::{Ask, RouterClient};
 pub use grpc::pb;

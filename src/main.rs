@@ -12,7 +12,10 @@ async fn main() -> std::process::ExitCode {
         l2d::cli::Command::Ask(_)
         | l2d::cli::Command::Pool { .. }
         | l2d::cli::Command::Score(_)
-        | l2d::cli::Command::ExpertsReport(_) => "warn",
+        | l2d::cli::Command::ExpertsReport(_)
+        | l2d::cli::Command::Label(_)
+        | l2d::cli::Command::Train(_)
+        | l2d::cli::Command::Eval(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -28,6 +28,17 @@ const WH_WORDS: [&str; 8] = [
     "what", "who", "when", "where", "why", "how", "which", "whom",
 ];
 
+/// The question's wh-word ("what", "who", ... or "other"): the first one among its words.
+pub fn question_word(question: &str) -> &'static str {
+    tokenize(question)
+        .iter()
+        .find_map(|t| {
+            let w = t.text(question).to_lowercase();
+            WH_WORDS.iter().find(|x| **x == w).copied()
+        })
+        .unwrap_or("other")
+}
+
 /// Names of the route-mode dense features, in order.
 pub const DENSE_NAMES: &[&str] = &[
     "wh_what",

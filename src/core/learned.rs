@@ -53,6 +53,8 @@ pub struct TrainingRecord {
     pub epochs: usize,
     pub learning_rate: f64,
     pub l2: f64,
+    pub l2_hashed: f64,
+    pub l2_probe: f64,
     pub batch_size: usize,
     pub examples: usize,
 }

@@ -1,0 +1,534 @@
+//! Evaluating a policy file on the test articles of its split, beside honest baselines:
+//! every single expert, the oracle, the random mix at the policy's cost, a per-question-word
+//! rule, and a hand-written cascade. Reports JSON (exactly the top-level keys `policy`,
+//! `experts`, `oracle`, `random_mix`, `question_type_rule`, `cascade`), Markdown and an SVG plot.
+
+use super::labels::{LabelRecord, Labels};
+use super::{extra_cost, probe_indices, record_features};
+use crate::core::features::question_word;
+use crate::core::learned::{Mode, PolicyFile};
+use crate::core::metric::normalize_answer;
+use crate::core::rejector::argmax;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Accuracy, F1 (percent), mean cost per query, and the share of queries each expert answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub em: f64,
+    pub f1: f64,
+    pub mean_cost: f64,
+    pub shares: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurvePoint {
+    pub lambda: f64,
+    #[serde(flatten)]
+    pub row: Row,
+    /// EM of the random mix of single experts at this point's mean cost.
+    pub mix_em: f64,
+    /// `em − mix_em`.
+    pub gap: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bar {
+    pub name: String,
+    pub met: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyReport {
+    pub mode: Mode,
+    pub probes: Vec<String>,
+    /// The served bank entry's lambda; its row is the one reported at the top level.
+    pub lambda: f64,
+    #[serde(flatten)]
+    pub row: Row,
+    pub test_questions: usize,
+    pub test_articles: usize,
+    /// Mean cost of always asking the most expensive expert.
+    pub always_best_cost: f64,
+    pub curve: Vec<CurvePoint>,
+    pub bars: Vec<Bar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    pub policy: PolicyReport,
+    pub experts: BTreeMap<String, Row>,
+    pub oracle: Row,
+    pub random_mix: Row,
+    pub question_type_rule: Row,
+    pub cascade: Option<Row>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// (first, second, fallback): run the first two; if they agree answer the second's, else ask
+    /// the fallback. Skipped when any is not an expert of the labels.
+    pub cascade: [String; 3],
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            cascade: ["match-lstm".into(), "rnet-plus".into(), "bert-large".into()],
+        }
+    }
+}
+
+struct Tally<'a> {
+    ids: &'a [String],
+    em: f64,
+    f1: f64,
+    cost: f64,
+    counts: Vec<u64>,
+    n: u64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(ids: &'a [String]) -> Self {
+        Self {
+            ids,
+            em: 0.0,
+            f1: 0.0,
+            cost: 0.0,
+            counts: vec![0; ids.len()],
+            n: 0,
+        }
+    }
+
+    /// Expert `j` answered `r`, at `cost`.
+    fn add(&mut self, r: &LabelRecord, j: usize, cost: f64) {
+        self.em += r.experts[j].em;
+        self.f1 += r.experts[j].f1;
+        self.cost += cost;
+        self.counts[j] += 1;
+        self.n += 1;
+    }
+
+    fn row(&self) -> Row {
+        let n = self.n.max(1) as f64;
+        Row {
+            em: 100.0 * self.em / n,
+            f1: 100.0 * self.f1 / n,
+            mean_cost: self.cost / n,
+            shares: self
+                .ids
+                .iter()
+                .zip(&self.counts)
+                .filter(|(_, c)| **c > 0)
+                .map(|(id, c)| (id.clone(), *c as f64 / n))
+                .collect(),
+        }
+    }
+}
+
+/// The best EM (and its F1) a random mix of single experts reaches at a mean cost: the upper
+/// concave hull of the experts' (cost, EM) points, flat past the best expert. Deterministic: the
+/// expected value of the random allocation, not one draw of it.
+#[derive(Debug, Clone)]
+pub struct MixLine {
+    /// Hull vertices: (cost, em, f1, expert index), cost ascending.
+    hull: Vec<(f64, f64, f64, usize)>,
+}
+
+impl MixLine {
+    pub fn new(points: &[(f64, f64, f64)]) -> Self {
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_by(|&a, &b| {
+            points[a]
+                .0
+                .total_cmp(&points[b].0)
+                .then(points[b].1.total_cmp(&points[a].1))
+        });
+        let mut hull: Vec<(f64, f64, f64, usize)> = Vec::new();
+        for i in order {
+            let (c, e, f) = points[i];
+            if hull.last().is_some_and(|h| e <= h.1) {
+                continue; // dominated: costs more, answers no better
+            }
+            while hull.len() >= 2 {
+                let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+                // Drop b when it lies on or under the segment a -> (c, e).
+                if (b.1 - a.1) * (c - a.0) <= (e - a.1) * (b.0 - a.0) {
+                    hull.pop();
+                } else {
+                    break;
+                }
+            }
+            hull.push((c, e, f, i));
+        }
+        Self { hull }
+    }
+
+    /// (em, f1, mixture as (expert index, probability)) at mean cost `cost`.
+    pub fn at(&self, cost: f64) -> (f64, f64, Vec<(usize, f64)>) {
+        let first = self.hull[0];
+        let last = *self.hull.last().unwrap_or(&first);
+        if cost <= first.0 {
+            return (first.1, first.2, vec![(first.3, 1.0)]);
+        }
+        if cost >= last.0 {
+            return (last.1, last.2, vec![(last.3, 1.0)]);
+        }
+        let k = self.hull.partition_point(|h| h.0 <= cost);
+        let (a, b) = (self.hull[k - 1], self.hull[k]);
+        let t = (cost - a.0) / (b.0 - a.0);
+        (
+            a.1 + t * (b.1 - a.1),
+            a.2 + t * (b.2 - a.2),
+            vec![(a.3, 1.0 - t), (b.3, t)],
+        )
+    }
+
+    pub fn vertices(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.hull.iter().map(|h| (h.0, h.1))
+    }
+}
+
+/// Evaluates `policy` on the test articles recorded in it.
+pub fn evaluate(
+    labels: &Labels,
+    policy: &PolicyFile,
+    options: &EvalOptions,
+) -> anyhow::Result<EvalReport> {
+    let ids: Vec<String> = labels.header.experts.iter().map(|a| a.id.clone()).collect();
+    let policy_ids: Vec<&str> = policy.experts.iter().map(|a| a.id.as_str()).collect();
+    anyhow::ensure!(
+        policy_ids == ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "the policy was trained on experts [{}], the labels hold [{}]",
+        policy_ids.join(", "),
+        ids.join(", ")
+    );
+    let probes = probe_indices(labels, &policy.probes)?;
+    let test: HashSet<&str> = policy
+        .split
+        .test_articles
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let train: HashSet<&str> = policy
+        .split
+        .train_articles
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let test_records: Vec<&LabelRecord> = labels
+        .records
+        .iter()
+        .filter(|r| test.contains(r.title.as_str()))
+        .collect();
+    let train_records: Vec<&LabelRecord> = labels
+        .records
+        .iter()
+        .filter(|r| train.contains(r.title.as_str()))
+        .collect();
+    anyhow::ensure!(
+        !test_records.is_empty(),
+        "no labelled question belongs to the policy's test articles"
+    );
+    let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
+    let max_cost = costs.iter().copied().fold(0.0, f64::max);
+    let probe_cost: f64 = probes.iter().map(|&p| costs[p]).sum();
+
+    // Single experts, and the mix line through them.
+    let mut experts = BTreeMap::new();
+    let mut points = Vec::new();
+    for (j, id) in ids.iter().enumerate() {
+        let mut t = Tally::new(&ids);
+        for r in &test_records {
+            t.add(r, j, costs[j]);
+        }
+        let row = t.row();
+        points.push((row.mean_cost, row.em, row.f1));
+        experts.insert(id.clone(), row);
+    }
+    let mix = MixLine::new(&points);
+
+    // The policy's curve: every bank entry.
+    let features: Vec<_> = test_records
+        .iter()
+        .map(|r| {
+            let mut f = record_features(r, &probes);
+            policy.standardize.apply(&mut f.dense);
+            f
+        })
+        .collect();
+    let mut logits = Vec::new();
+    let mut curve = Vec::new();
+    for entry in &policy.bank {
+        let mut t = Tally::new(&ids);
+        for (r, f) in test_records.iter().zip(&features) {
+            entry.rejector.logits(&f.dense, &f.hashed, &mut logits);
+            let j = argmax(&logits);
+            t.add(r, j, probe_cost + extra_cost(labels, &probes, j));
+        }
+        let row = t.row();
+        let mix_em = mix.at(row.mean_cost).0;
+        curve.push(CurvePoint {
+            lambda: entry.lambda,
+            gap: row.em - mix_em,
+            mix_em,
+            row,
+        });
+    }
+    let served = policy.nearest(policy.default_lambda);
+    let lambda = policy.bank[served].lambda;
+
+    // Oracle: per query the cheapest correct expert (the cheapest one when none is right).
+    let mut oracle = Tally::new(&ids);
+    let mut by_cost: Vec<usize> = (0..ids.len()).collect();
+    by_cost.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
+    for r in &test_records {
+        let j = by_cost
+            .iter()
+            .copied()
+            .find(|&j| r.experts[j].em >= 1.0)
+            .unwrap_or(by_cost[0]);
+        oracle.add(r, j, costs[j]);
+    }
+
+    // Random mix at the served policy's cost.
+    let served_row = &curve[served].row;
+    let (mix_em, mix_f1, mixture) = mix.at(served_row.mean_cost);
+    let random_mix = Row {
+        em: mix_em,
+        f1: mix_f1,
+        mean_cost: mixture.iter().map(|&(j, p)| p * costs[j]).sum(),
+        shares: mixture
+            .iter()
+            .filter(|(_, p)| *p > 0.0)
+            .map(|&(j, p)| (ids[j].clone(), p))
+            .collect(),
+    };
+
+    // Per question word: the expert with the best train accuracy − lambda · cost / max cost.
+    let mut by_word: HashMap<&str, (Vec<f64>, f64)> = HashMap::new();
+    for r in &train_records {
+        let entry = by_word
+            .entry(question_word(&r.question))
+            .or_insert_with(|| (vec![0.0; ids.len()], 0.0));
+        for (acc, e) in entry.0.iter_mut().zip(&r.experts) {
+            *acc += e.em;
+        }
+        entry.1 += 1.0;
+    }
+    let pick = |acc: &[f64], n: f64| {
+        let values: Vec<f64> = acc
+            .iter()
+            .zip(&costs)
+            .map(|(a, c)| a / n.max(1.0) - lambda * c / max_cost)
+            .collect();
+        argmax(&values)
+    };
+    let mut overall = vec![0.0; ids.len()];
+    for (acc, _) in by_word.values() {
+        for (o, a) in overall.iter_mut().zip(acc) {
+            *o += a;
+        }
+    }
+    let fallback = pick(&overall, train_records.len() as f64);
+    let mut rule = Tally::new(&ids);
+    for r in &test_records {
+        let j = by_word
+            .get(question_word(&r.question))
+            .map_or(fallback, |(acc, n)| pick(acc, *n));
+        rule.add(r, j, costs[j]);
+    }
+
+    // The cascade.
+    let position = |id: &str| ids.iter().position(|x| x == id);
+    let cascade = match (
+        position(&options.cascade[0]),
+        position(&options.cascade[1]),
+        position(&options.cascade[2]),
+    ) {
+        (Some(a), Some(b), Some(c)) => {
+            let mut t = Tally::new(&ids);
+            for r in &test_records {
+                let agree = match (&r.experts[a].answer, &r.experts[b].answer) {
+                    (Some(x), Some(y)) => normalize_answer(x) == normalize_answer(y),
+                    _ => false,
+                };
+                if agree {
+                    t.add(r, b, costs[a] + costs[b]);
+                } else {
+                    t.add(r, c, costs[a] + costs[b] + costs[c]);
+                }
+            }
+            Some(t.row())
+        }
+        _ => None,
+    };
+
+    let bars = quality_bars(&curve, max_cost, cascade.as_ref());
+    Ok(EvalReport {
+        policy: PolicyReport {
+            mode: policy.mode,
+            probes: policy.probes.clone(),
+            lambda,
+            row: served_row.clone(),
+            test_questions: test_records.len(),
+            test_articles: policy.split.test_articles.len(),
+            always_best_cost: max_cost,
+            curve,
+            bars,
+        },
+        experts,
+        oracle: oracle.row(),
+        random_mix,
+        question_type_rule: rule.row(),
+        cascade,
+    })
+}
+
+fn quality_bars(curve: &[CurvePoint], max_cost: f64, cascade: Option<&Row>) -> Vec<Bar> {
+    let worst = curve.iter().min_by(|a, b| a.gap.total_cmp(&b.gap));
+    let half = 0.5 * max_cost;
+    let best_cheap = curve
+        .iter()
+        .filter(|p| p.row.mean_cost <= half)
+        .max_by(|a, b| a.gap.total_cmp(&b.gap));
+    let describe = |p: Option<&CurvePoint>| {
+        p.map_or("no point".to_string(), |p| {
+            format!(
+                "lambda {}: {:.2} EM at cost {:.2} vs mix {:.2} (gap {:+.2})",
+                p.lambda, p.row.em, p.row.mean_cost, p.mix_em, p.gap
+            )
+        })
+    };
+    let mut bars = vec![
+        Bar {
+            name: "never more than 0.3 EM below the mix line".into(),
+            met: worst.is_some_and(|p| p.gap >= -0.3),
+            detail: format!("worst: {}", describe(worst)),
+        },
+        Bar {
+            name: "at most 50% of always-best cost, at least 0.3 EM above the mix line".into(),
+            met: best_cheap.is_some_and(|p| p.gap >= 0.3),
+            detail: format!("best: {}", describe(best_cheap)),
+        },
+        Bar {
+            name: "stretch: at most 50% of always-best cost, at least 1.0 EM above the mix line"
+                .into(),
+            met: best_cheap.is_some_and(|p| p.gap >= 1.0),
+            detail: format!("best: {}", describe(best_cheap)),
+        },
+    ];
+    if let Some(c) = cascade {
+        let beats = curve
+            .iter()
+            .find(|p| p.row.em >= c.em && p.row.mean_cost <= c.mean_cost);
+        bars.push(Bar {
+            name: "as accurate as the cascade at no more cost".into(),
+            met: beats.is_some(),
+            detail: format!(
+                "cascade {:.2} EM at cost {:.2}; {}",
+                c.em,
+                c.mean_cost,
+                beats.map_or("no point of the curve matches it".to_string(), |p| format!(
+                    "matched by {}",
+                    describe(Some(p))
+                ))
+            ),
+        });
+    }
+    bars
+}
+
+/// The report as Markdown tables.
+pub fn to_markdown(report: &EvalReport) -> String {
+    let p = &report.policy;
+    let mut out = format!(
+        "Test articles: {} ({} questions). Policy: {:?} mode{}, lambda {}.\n\n",
+        p.test_articles,
+        p.test_questions,
+        p.mode,
+        if p.probes.is_empty() {
+            String::new()
+        } else {
+            format!(" (probes: {})", p.probes.join(", "))
+        },
+        p.lambda
+    );
+    let best = p.always_best_cost.max(f64::MIN_POSITIVE);
+    out.push_str("| allocation | EM | F1 | mean cost | % of always-best cost |\n| --- | --- | --- | --- | --- |\n");
+    let mut line = |name: &str, r: &Row| {
+        out.push_str(&format!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.1}% |\n",
+            r.em,
+            r.f1,
+            r.mean_cost,
+            100.0 * r.mean_cost / best
+        ));
+    };
+    line("**policy**", &p.row);
+    line("random mix at the policy's cost", &report.random_mix);
+    line("question-type rule", &report.question_type_rule);
+    if let Some(c) = &report.cascade {
+        line("cascade", c);
+    }
+    line("oracle", &report.oracle);
+    let mut experts: Vec<(&String, &Row)> = report.experts.iter().collect();
+    experts.sort_by(|a, b| a.1.mean_cost.total_cmp(&b.1.mean_cost));
+    for (id, r) in experts {
+        line(&format!("always {id}"), r);
+    }
+    out.push_str("\nThe lambda sweep (test articles):\n\n| lambda | EM | F1 | mean cost | mix EM | gap | shares |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    for c in &p.curve {
+        let shares: Vec<String> = c
+            .row
+            .shares
+            .iter()
+            .map(|(k, v)| format!("{k} {:.0}%", 100.0 * v))
+            .collect();
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:+.2} | {} |\n",
+            c.lambda,
+            c.row.em,
+            c.row.f1,
+            c.row.mean_cost,
+            c.mix_em,
+            c.gap,
+            shares.join(", ")
+        ));
+    }
+    out.push_str("\n| bar | met | detail |\n| --- | --- | --- |\n");
+    for b in &p.bars {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            b.name,
+            if b.met { "yes" } else { "**no**" },
+            b.detail
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_line_is_the_upper_hull_of_the_experts() {
+        // (cost, em, f1): a cheap expert, a dominated one, a mid one under the hull, a strong one.
+        let line = MixLine::new(&[
+            (1.0, 40.0, 50.0),
+            (5.0, 30.0, 40.0),
+            (50.0, 60.0, 70.0),
+            (100.0, 90.0, 95.0),
+        ]);
+        let vertices: Vec<(f64, f64)> = line.vertices().collect();
+        // (50, 60) lies under the segment (1, 40) -> (100, 90) (which gives 65.25 at cost 50).
+        assert_eq!(vertices, [(1.0, 40.0), (100.0, 90.0)]);
+        let (em, f1, mixture) = line.at(50.5);
+        assert!((em - 65.0).abs() < 1e-9 && (f1 - 72.5).abs() < 1e-9);
+        assert_eq!(mixture, vec![(0, 0.5), (3, 0.5)]);
+        assert_eq!(line.at(0.5).0, 40.0);
+        assert_eq!(line.at(500.0).0, 90.0);
+    }
+}

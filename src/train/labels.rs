@@ -1,0 +1,228 @@
+//! Labels: what every expert of a pool answered to every question of a data set, scored with
+//! the official metric, with the measured latency and the declared cost.
+//!
+//! File format: JSON Lines. The first line is the header ([`LabelHeader`]); each further line is
+//! one question ([`LabelRecord`]), carrying the featurizer's inputs (question and context) and,
+//! per expert in header order, the answer, EM, F1, latency and cost.
+
+use crate::cluster;
+use crate::core::metric::{MetricVersion, score};
+use crate::pool_file::PoolFile;
+use crate::report::{ask_every_question, progress_bar};
+use crate::squad::Dataset;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use tonic::transport::Endpoint;
+
+pub const LABELS_FORMAT: &str = "l2d-labels/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelHeader {
+    pub format: String,
+    /// The data set labelled (as given on the command line).
+    pub data: String,
+    /// "v1.1" or "v2.0": which official scoring rules produced EM and F1.
+    pub metric: String,
+    pub experts: Vec<crate::core::learned::Agent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertLabel {
+    pub expert: String,
+    /// `None` when the expert returned a status instead of an answer (scored 0).
+    pub answer: Option<String>,
+    pub em: f64,
+    pub f1: f64,
+    pub latency_us: u64,
+    pub cost: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelRecord {
+    pub id: String,
+    pub title: String,
+    pub question: String,
+    pub context: String,
+    pub experts: Vec<ExpertLabel>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labels {
+    pub header: LabelHeader,
+    pub records: Vec<LabelRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabelOptions {
+    pub concurrency: usize,
+    pub limit: Option<usize>,
+    pub progress: bool,
+}
+
+/// Runs every expert of `pool` (spawned in-process where the pool file says so) on every
+/// question of `dataset` through gRPC.
+pub async fn label(
+    pool: &PoolFile,
+    dataset: &Dataset,
+    data_name: &str,
+    options: &LabelOptions,
+) -> anyhow::Result<Labels> {
+    let version = dataset.metric_version();
+    let picked: Vec<_> = dataset
+        .questions()
+        .take(options.limit.unwrap_or(usize::MAX))
+        .collect();
+    let questions = Arc::new(
+        picked
+            .iter()
+            .map(|(_, p, q)| (q.id.clone(), q.question.clone(), p.context.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let local = cluster::spawn_local_experts(pool).await?;
+    let mut per_expert = Vec::new();
+    let mut experts = Vec::new();
+    let result: anyhow::Result<()> = async {
+        for spec in &pool.experts {
+            let address = cluster::expert_addresses(spec, &local)
+                .into_iter()
+                .next()
+                .with_context(|| {
+                    format!(
+                        "expert {:?} has no in-process replica or address to label with",
+                        spec.id
+                    )
+                })?;
+            let channel = Endpoint::from_shared(format!("http://{address}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach expert {:?} at {address}", spec.id))?;
+            let bar = progress_bar(options.progress, questions.len() as u64, &spec.id);
+            per_expert.push(
+                ask_every_question(channel, questions.clone(), options.concurrency.max(1), &bar)
+                    .await?,
+            );
+            bar.finish_and_clear();
+            experts.push(crate::core::learned::Agent {
+                id: spec.id.clone(),
+                cost: spec.cost,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    local.shutdown().await?;
+    result?;
+    let records = picked
+        .iter()
+        .enumerate()
+        .map(|(i, (article, paragraph, q))| {
+            let references: Vec<&str> = q.answers.iter().map(|a| a.text.as_str()).collect();
+            let labels = experts
+                .iter()
+                .zip(&per_expert)
+                .map(|(agent, calls)| {
+                    let call = &calls[i];
+                    let (answer, error) = match &call.result {
+                        Ok(a) => (Some(a.text.clone()), None),
+                        Err(code) => (None, Some((*code).to_owned())),
+                    };
+                    let s = answer.as_deref().map_or(
+                        crate::core::metric::Score {
+                            exact: 0.0,
+                            f1: 0.0,
+                        },
+                        |a| score(a, &references, version),
+                    );
+                    ExpertLabel {
+                        expert: agent.id.clone(),
+                        answer,
+                        em: s.exact,
+                        f1: s.f1,
+                        latency_us: call.latency_us,
+                        cost: agent.cost,
+                        error,
+                    }
+                })
+                .collect();
+            LabelRecord {
+                id: q.id.clone(),
+                title: article.title.clone(),
+                question: q.question.clone(),
+                context: paragraph.context.clone(),
+                experts: labels,
+            }
+        })
+        .collect();
+    Ok(Labels {
+        header: LabelHeader {
+            format: LABELS_FORMAT.into(),
+            data: data_name.into(),
+            metric: match version {
+                MetricVersion::V1 => "v1.1".into(),
+                MetricVersion::V2 => "v2.0".into(),
+            },
+            experts,
+        },
+        records,
+    })
+}
+
+impl Labels {
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        serde_json::to_writer(&mut out, &self.header)?;
+        out.write_all(b"\n")?;
+        for record in &self.records {
+            serde_json::to_writer(&mut out, record)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read labels file {}", path.display()))?;
+        let mut lines = std::io::BufReader::new(file).lines();
+        let where_ = |n: usize| format!("labels file {}: line {n}", path.display());
+        let header: LabelHeader = match lines.next() {
+            Some(line) => serde_json::from_str(&line?).with_context(|| where_(1))?,
+            None => anyhow::bail!("labels file {} is empty", path.display()),
+        };
+        anyhow::ensure!(
+            header.format == LABELS_FORMAT,
+            "labels file {}: format {:?} is not {LABELS_FORMAT:?}",
+            path.display(),
+            header.format
+        );
+        let mut records = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: LabelRecord = serde_json::from_str(&line).with_context(|| where_(i + 2))?;
+            let same_experts = record.experts.len() == header.experts.len()
+                && record
+                    .experts
+                    .iter()
+                    .zip(&header.experts)
+                    .all(|(l, a)| l.expert == a.id);
+            anyhow::ensure!(
+                same_experts,
+                "{}: the experts differ from the header's",
+                where_(i + 2)
+            );
+            records.push(record);
+        }
+        Ok(Self { header, records })
+    }
+}

@@ -1,0 +1,220 @@
+//! The training side of Learning-to-Defer: label a data set by running every expert
+//! ([`labels`]), split it by article ([`split`]), fit the rejector bank with the surrogate
+//! ([`fit`]), and evaluate it beside honest baselines on the test articles ([`eval`]).
+
+pub mod eval;
+pub mod fit;
+pub mod labels;
+pub mod plot;
+pub mod split;
+
+use crate::core::features::{Features, HASH_BUCKETS, dense_len, featurize};
+use crate::core::learned::{
+    BankEntry, LossKind, Mode, POLICY_FORMAT, PolicyFile, SplitRecord, Standardization,
+    TrainingRecord,
+};
+use labels::{LabelRecord, Labels};
+use std::collections::HashSet;
+
+/// How to train a bank of rejectors from labels.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub lambdas: Vec<f64>,
+    /// The bank entry served by default (default: the first lambda).
+    pub default_lambda: Option<f64>,
+    pub mode: Mode,
+    /// Defer mode: expert ids that always run first.
+    pub probes: Vec<String>,
+    pub loss: LossKind,
+    pub split_seed: u64,
+    pub test_fraction: f64,
+    pub fit: fit::FitConfig,
+}
+
+/// Positions of `probes` among the labels' experts.
+pub fn probe_indices(labels: &Labels, probes: &[String]) -> anyhow::Result<Vec<usize>> {
+    probes
+        .iter()
+        .map(|p| {
+            labels
+                .header
+                .experts
+                .iter()
+                .position(|a| &a.id == p)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "probe {p:?} is not an expert of the labels ({})",
+                        expert_ids(labels)
+                    )
+                })
+        })
+        .collect()
+}
+
+fn expert_ids(labels: &Labels) -> String {
+    labels
+        .header
+        .experts
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The featurizer's output for a labelled question, with the probes' recorded answers.
+pub fn record_features(record: &LabelRecord, probes: &[usize]) -> Features {
+    let answers: Vec<Option<&str>> = probes
+        .iter()
+        .map(|&p| record.experts[p].answer.as_deref())
+        .collect();
+    featurize(&record.question, &record.context, &answers)
+}
+
+/// Cost charged for choosing agent `j` beyond the probes (which are always charged).
+pub fn extra_cost(labels: &Labels, probes: &[usize], j: usize) -> f64 {
+    if probes.contains(&j) {
+        0.0
+    } else {
+        labels.header.experts[j].cost
+    }
+}
+
+/// Trains the bank. Only questions of the train articles are seen.
+pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFile> {
+    anyhow::ensure!(
+        !options.lambdas.is_empty(),
+        "--lambda needs at least one value"
+    );
+    if let Some(l) = options
+        .lambdas
+        .iter()
+        .find(|l| !(l.is_finite() && **l >= 0.0))
+    {
+        anyhow::bail!("lambda must be a finite number >= 0, got {l}");
+    }
+    anyhow::ensure!(
+        options.test_fraction >= 0.0 && options.test_fraction < 1.0,
+        "--test-fraction must be in [0, 1), got {}",
+        options.test_fraction
+    );
+    match options.mode {
+        Mode::Defer => anyhow::ensure!(!options.probes.is_empty(), "defer mode needs --probes"),
+        Mode::Route => anyhow::ensure!(options.probes.is_empty(), "--probes is for --mode defer"),
+    }
+    let probes = probe_indices(labels, &options.probes)?;
+    let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+    let (train_articles, test_articles) =
+        split::split_by_article(&titles, options.split_seed, options.test_fraction);
+    let train_set: HashSet<&str> = train_articles.iter().map(String::as_str).collect();
+    let train_records: Vec<&LabelRecord> = labels
+        .records
+        .iter()
+        .filter(|r| train_set.contains(r.title.as_str()))
+        .collect();
+    anyhow::ensure!(
+        !train_records.is_empty(),
+        "no training questions: the split left no article to train on"
+    );
+
+    let features: Vec<Features> = train_records
+        .iter()
+        .map(|r| record_features(r, &probes))
+        .collect();
+    let d = dense_len(probes.len());
+    let n = features.len() as f64;
+    let mut mean = vec![0.0; d];
+    for f in &features {
+        for (m, x) in mean.iter_mut().zip(&f.dense) {
+            *m += x / n;
+        }
+    }
+    let mut std = vec![0.0; d];
+    for f in &features {
+        for ((s, x), m) in std.iter_mut().zip(&f.dense).zip(&mean) {
+            *s += (x - m) * (x - m) / n;
+        }
+    }
+    let std: Vec<f64> = std
+        .into_iter()
+        .map(|v| if v.sqrt() > 1e-9 { v.sqrt() } else { 1.0 })
+        .collect();
+    let standardize = Standardization { mean, std };
+
+    let agents = labels.header.experts.len();
+    let max_cost = labels
+        .header
+        .experts
+        .iter()
+        .map(|a| a.cost)
+        .fold(0.0, f64::max);
+    let examples: Vec<fit::Example> = train_records
+        .iter()
+        .zip(features)
+        .map(|(r, mut f)| {
+            standardize.apply(&mut f.dense);
+            fit::Example {
+                dense: f.dense,
+                hashed: f.hashed,
+                loss: r
+                    .experts
+                    .iter()
+                    .map(|e| {
+                        1.0 - if options.loss == LossKind::Em {
+                            e.em
+                        } else {
+                            e.f1
+                        }
+                    })
+                    .collect(),
+                price: (0..agents)
+                    .map(|j| extra_cost(labels, &probes, j) / max_cost)
+                    .collect(),
+            }
+        })
+        .collect();
+    let bank = options
+        .lambdas
+        .iter()
+        .map(|&lambda| BankEntry {
+            lambda,
+            rejector: fit::fit(
+                &examples,
+                agents,
+                d,
+                HASH_BUCKETS,
+                lambda,
+                &fit::FitConfig {
+                    probe_features_from: crate::core::features::DENSE_NAMES.len(),
+                    ..options.fit
+                },
+            ),
+        })
+        .collect();
+    Ok(PolicyFile {
+        format: POLICY_FORMAT.into(),
+        featurizer: crate::core::features::FEATURIZER_VERSION.into(),
+        mode: options.mode,
+        probes: options.probes.clone(),
+        experts: labels.header.experts.clone(),
+        loss: options.loss,
+        split: SplitRecord {
+            seed: options.split_seed,
+            test_fraction: options.test_fraction,
+            train_articles,
+            test_articles,
+        },
+        training: TrainingRecord {
+            seed: options.fit.seed,
+            epochs: options.fit.epochs,
+            learning_rate: options.fit.learning_rate,
+            l2: options.fit.l2,
+            l2_hashed: options.fit.l2_hashed,
+            l2_probe: options.fit.l2_probe,
+            batch_size: options.fit.batch_size.min(examples.len()),
+            examples: examples.len(),
+        },
+        standardize,
+        default_lambda: options.default_lambda.unwrap_or(options.lambdas[0]),
+        bank,
+    })
+}
