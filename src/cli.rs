@@ -86,10 +86,20 @@ pub struct SchedulerArgs {
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Price of compute in accuracy units for the prior policy: an expert is worth its price
-    /// over a cheaper one when it raises P(correct) by more than lambda x (cost difference / max cost).
+    /// A learned policy file (from `l2d train`), reloaded when it changes.
+    #[arg(long, conflicts_with = "prior")]
+    pub policy: Option<PathBuf>,
+    /// Serve the prior policy (the pool file's declared accuracies) instead of a learned one.
+    #[arg(long)]
+    pub prior: bool,
+    /// Price of compute in accuracy units: an expert is worth its price over a cheaper one when it
+    /// raises P(correct) by more than lambda x (cost difference / max cost). With a learned
+    /// policy, selects the nearest entry of its bank.
     #[arg(long, allow_negative_numbers = true)]
     pub lambda: Option<f64>,
+    /// Keep the mean cost per query near this by moving along the learned policy's bank.
+    #[arg(long, allow_negative_numbers = true)]
+    pub target_cost: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -318,6 +328,16 @@ pub enum PoolCommand {
     },
 }
 
+/// Where `l2d up` finds its default policy: `policies/squad-v1.1.json`, like the pool.
+pub fn default_policy_path() -> PathBuf {
+    let relative = Path::new("policies/squad-v1.1.json");
+    if relative.exists() {
+        relative.to_owned()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+}
+
 /// Where `l2d up` finds its default pool: the working directory's `pools/`, else the source tree
 /// this binary was built from.
 pub fn default_pool_path() -> PathBuf {
@@ -331,8 +351,11 @@ pub fn default_pool_path() -> PathBuf {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => {
+        Command::Up(mut args) => {
             let pool = args.pool.unwrap_or_else(default_pool_path);
+            if args.policy.policy.is_none() && !args.policy.prior {
+                args.policy.policy = Some(default_policy_path());
+            }
             run_scheduler(
                 args.listen,
                 Some(pool),
@@ -374,19 +397,52 @@ async fn run_scheduler(
             experts: Vec::new(),
         },
     };
-    let policy = cluster::prior_policy(&pool, policy.lambda)?;
-    let scheduler = Arc::new(Scheduler::new(config, Box::new(policy)));
+    let mut config = config;
+    if let Some(target) = policy.target_cost {
+        anyhow::ensure!(
+            target.is_finite() && target > 0.0,
+            "--target-cost must be a positive finite number, got {target}"
+        );
+        anyhow::ensure!(
+            policy.policy.is_some(),
+            "--target-cost needs a learned policy bank (--policy FILE)"
+        );
+        config.target_cost = Some(target);
+    }
+    let scheduler = match &policy.policy {
+        Some(path) => {
+            let (learned, digest) = crate::scheduler::load_policy_file(path, policy.lambda)?;
+            let known: Vec<&str> = pool.experts.iter().map(|e| e.id.as_str()).collect();
+            for agent in &learned.file().experts {
+                if !pool.experts.is_empty() && !known.contains(&agent.id.as_str()) {
+                    tracing::warn!(expert = %agent.id, "the policy knows an expert the pool file does not declare; it must register");
+                }
+            }
+            let source = crate::scheduler::PolicySource::File {
+                path: path.clone(),
+                lambda: policy.lambda,
+            };
+            Scheduler::with_source(config, Box::new(learned), source, digest)
+        }
+        None => Scheduler::new(
+            config,
+            Box::new(cluster::prior_policy(&pool, policy.lambda)?),
+        ),
+    };
+    let scheduler = Arc::new(scheduler);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = cluster::start_pool(&pool, &scheduler).await?;
     let address = listener.local_addr()?;
     if banner {
+        let active = scheduler.policy();
         eprintln!(
-            "l2d: scheduler on {address} with {} experts ({} in-process replicas); policy {}",
+            "l2d: scheduler on {address} with {} experts ({} in-process replicas); policy {} at lambda {}",
             pool.experts.len(),
             local.addresses.len(),
-            scheduler.policy().0.identity().id
+            active.0.identity().id,
+            active.0.lambda()
         );
         eprintln!(
             "l2d: try  l2d ask --router {address} --data data/squad-v1.1/dev.json --id 56be4db0acb8001400a502ec"

@@ -140,7 +140,9 @@ async fn the_scheduler_forwards_an_ask_and_explains_its_decision() {
     assert_eq!(decision.policy_id, "prior:lambda=0.1");
     assert_eq!(decision.chosen_expert, "strong");
     assert!(
-        decision.reason.starts_with("lowest expected deferral cost"),
+        decision
+            .reason
+            .starts_with("best policy score (0.1500) among 2 eligible experts"),
         "{}",
         decision.reason
     );

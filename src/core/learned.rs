@@ -16,6 +16,7 @@ use super::policy::{ExpertMeta, Policy, PolicyIdentity};
 use super::query::Query;
 use super::rejector::{LinearRejector, softmax};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const POLICY_FORMAT: &str = "l2d-policy/1";
 
@@ -237,11 +238,15 @@ impl PolicyFile {
     }
 }
 
-/// A policy file serving one entry of its bank.
-#[derive(Debug, Clone)]
+/// A policy file serving one entry of its bank at a time (switchable while serving, for a live
+/// cost target).
+#[derive(Debug)]
 pub struct LearnedPolicy {
     file: PolicyFile,
-    entry: usize,
+    /// Bank indexes sorted by ascending lambda.
+    by_lambda: Vec<usize>,
+    /// Position in `by_lambda` served now.
+    position: AtomicUsize,
     identity: PolicyIdentity,
 }
 
@@ -250,29 +255,36 @@ impl LearnedPolicy {
     /// the file's content in the policy id.
     pub fn new(file: PolicyFile, lambda: Option<f64>, digest: &str) -> Self {
         let entry = file.nearest(lambda.unwrap_or(file.default_lambda));
+        let mut by_lambda: Vec<usize> = (0..file.bank.len()).collect();
+        by_lambda.sort_by(|&a, &b| file.bank[a].lambda.total_cmp(&file.bank[b].lambda));
+        let position = by_lambda.iter().position(|&i| i == entry).unwrap_or(0);
         let mode = match file.mode {
             Mode::Route => "route",
             Mode::Defer => "defer",
         };
-        let served = file.bank[entry].lambda;
+        let lambdas: Vec<String> = by_lambda
+            .iter()
+            .map(|&i| file.bank[i].lambda.to_string())
+            .collect();
+        let probes = if file.probes.is_empty() {
+            "none".to_string()
+        } else {
+            file.probes.join(", ")
+        };
         let identity = PolicyIdentity {
-            id: format!("learned-{mode}:lambda={served}:{digest}"),
+            id: format!("learned-{mode}:{digest}"),
             kind: format!("learned-{mode}"),
             description: format!(
-                "linear rejector ({}) over {} experts, lambda {served} of a bank of {}; probes: {}",
+                "linear rejector ({}) over {} experts; bank lambdas [{}]; probes: {probes}",
                 file.featurizer,
                 file.experts.len(),
-                file.bank.len(),
-                if file.probes.is_empty() {
-                    "none".to_string()
-                } else {
-                    file.probes.join(", ")
-                }
+                lambdas.join(", "),
             ),
         };
         Self {
             file,
-            entry,
+            by_lambda,
+            position: AtomicUsize::new(position),
             identity,
         }
     }
@@ -281,14 +293,32 @@ impl LearnedPolicy {
         &self.file
     }
 
-    pub fn lambda(&self) -> f64 {
-        self.file.bank[self.entry].lambda
+    fn entry(&self) -> usize {
+        let position = self.position.load(Ordering::Relaxed);
+        self.by_lambda[position.min(self.by_lambda.len() - 1)]
     }
 }
 
 impl Policy for LearnedPolicy {
     fn identity(&self) -> &PolicyIdentity {
         &self.identity
+    }
+
+    fn lambda(&self) -> f64 {
+        self.file.bank[self.entry()].lambda
+    }
+
+    fn bank_len(&self) -> usize {
+        self.by_lambda.len()
+    }
+
+    fn bank_position(&self) -> usize {
+        self.position.load(Ordering::Relaxed)
+    }
+
+    fn set_bank_position(&self, position: usize) {
+        let last = self.by_lambda.len() - 1;
+        self.position.store(position.min(last), Ordering::Relaxed);
     }
 
     fn probes(&self) -> &[String] {
@@ -304,7 +334,7 @@ impl Policy for LearnedPolicy {
     ) {
         let mut p = Vec::with_capacity(self.file.experts.len());
         self.file.probabilities(
-            self.entry,
+            self.entry(),
             query.question(),
             query.context(),
             probe_answers,

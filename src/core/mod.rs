@@ -7,6 +7,7 @@
 //! gather the inputs, call the core and perform the RPCs.
 
 pub mod answer_type;
+pub mod cost_target;
 pub mod decision;
 pub mod features;
 pub mod learned;

@@ -33,6 +33,24 @@ pub struct PolicyIdentity {
 pub trait Policy: Send + Sync {
     fn identity(&self) -> &PolicyIdentity;
 
+    /// The price of compute in force.
+    fn lambda(&self) -> f64;
+
+    /// How many prices of compute the policy can serve at (entries of a bank, ordered by
+    /// lambda); 1 for a fixed policy.
+    fn bank_len(&self) -> usize {
+        1
+    }
+
+    /// The position in the bank (by ascending lambda) currently served.
+    fn bank_position(&self) -> usize {
+        0
+    }
+
+    /// Serves the bank entry at `position` (by ascending lambda) from now on; out of range is
+    /// clamped. Fixed policies ignore it.
+    fn set_bank_position(&self, _position: usize) {}
+
     /// Experts whose answers the policy reads before it decides (defer mode: they always run
     /// first and are always charged); empty for a policy that decides from the query alone.
     fn probes(&self) -> &[String] {
@@ -115,6 +133,10 @@ impl PriorPolicy {
 impl Policy for PriorPolicy {
     fn identity(&self) -> &PolicyIdentity {
         &self.identity
+    }
+
+    fn lambda(&self) -> f64 {
+        self.lambda
     }
 
     fn score(

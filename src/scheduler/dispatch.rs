@@ -43,6 +43,160 @@ fn deadline_margin(total: Duration) -> Duration {
     (total / 10).min(Duration::from_millis(2))
 }
 
+/// What one expert call produced.
+struct CallOutcome {
+    result: Result<pb::AnswerResponse, Status>,
+    replica: String,
+}
+
+/// Calls `group`'s replica `replica` with the remaining deadline, counting it in flight.
+async fn call_replica(
+    group: &ExpertGroup,
+    replica: usize,
+    query: &Query,
+    deadline: Option<Instant>,
+) -> CallOutcome {
+    let replica = &group.replicas[replica];
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let outcome = |result| CallOutcome {
+        result,
+        replica: replica.address.clone(),
+    };
+    if remaining.is_some_and(|r| r.is_zero()) {
+        return outcome(Err(Status::deadline_exceeded("deadline passed")));
+    }
+    let mut call = Request::new(pb::AnswerRequest {
+        question: query.question().to_owned(),
+        context: query.context().to_owned(),
+        id: query.id().map(str::to_owned),
+    });
+    if let Some(r) = remaining {
+        call.set_timeout(r);
+    }
+    let mut client = replica.client.clone();
+    let _in_flight = replica.begin_call();
+    let result = match remaining {
+        None => client.answer(call).await,
+        Some(r) => match tokio::time::timeout(r, client.answer(call)).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded("deadline passed")),
+        },
+    };
+    match &result {
+        Ok(_) => replica.record_success(),
+        Err(_) => replica.record_failure(),
+    }
+    outcome(result.map(Response::into_inner))
+}
+
+/// A probe's answer: the call made (with retries on other replicas), and its cost.
+struct ProbeResult {
+    answer: Option<pb::AnswerResponse>,
+    call: pb::ProbeCall,
+    fallbacks: Vec<pb::Fallback>,
+    charged: f64,
+}
+
+/// Runs probe expert `group` (defer mode): its least-loaded available replica, retried on
+/// another one on failure.
+async fn run_probe(
+    group: &ExpertGroup,
+    query: &Query,
+    deadline: Option<Instant>,
+    tries: usize,
+    rotation: usize,
+) -> ProbeResult {
+    let now = Instant::now();
+    let loads: Vec<ReplicaLoad> = group
+        .replicas
+        .iter()
+        .map(|r| ReplicaLoad {
+            in_flight: r.in_flight(),
+            available: r.is_available(now),
+        })
+        .collect();
+    let single = [Candidate {
+        cost: group.entry.cost,
+        expected_cost: None,
+        replicas: &loads,
+    }];
+    let params = DecisionParams {
+        budget: None,
+        max_attempts: tries,
+        tries_per_expert: tries,
+        rotation,
+    };
+    let mut fallbacks = Vec::new();
+    let mut charged = 0.0;
+    let attempts = decide(&single, &params)
+        .map(|p| p.attempts)
+        .unwrap_or_default();
+    for attempt in attempts {
+        let out = call_replica(group, attempt.replica, query, deadline).await;
+        match out.result {
+            Ok(answer) => {
+                charged += group.entry.cost;
+                group.entry.record_answer(group.entry.cost);
+                return ProbeResult {
+                    call: pb::ProbeCall {
+                        expert_id: group.entry.id.clone(),
+                        replica: out.replica,
+                        text: answer.text.clone(),
+                        code: "OK".into(),
+                    },
+                    answer: Some(answer),
+                    fallbacks,
+                    charged,
+                };
+            }
+            Err(status) => {
+                if charges_compute(status.code()) {
+                    charged += group.entry.cost;
+                    group.entry.charge(group.entry.cost);
+                }
+                fallbacks.push(fallback(group, &out.replica, &status));
+            }
+        }
+    }
+    let code = fallbacks
+        .last()
+        .map_or("UNAVAILABLE".to_string(), |f| f.code.clone());
+    ProbeResult {
+        answer: None,
+        call: pb::ProbeCall {
+            expert_id: group.entry.id.clone(),
+            replica: fallbacks
+                .last()
+                .map(|f| f.replica.clone())
+                .unwrap_or_default(),
+            text: String::new(),
+            code,
+        },
+        fallbacks,
+        charged,
+    }
+}
+
+fn fallback(group: &ExpertGroup, replica: &str, status: &Status) -> pb::Fallback {
+    pb::Fallback {
+        expert_id: group.entry.id.clone(),
+        replica: replica.to_owned(),
+        code: code_name(status.code()).into(),
+        message: status.message().into(),
+    }
+}
+
+/// Every available replica of an expert is one option; a probe that already answered is one
+/// option needing no call.
+const ANSWERED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad {
+    in_flight: 0,
+    available: true,
+}];
+const FAILED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad {
+    in_flight: 0,
+    available: false,
+}];
+
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn ask(
@@ -52,18 +206,62 @@ impl Router for RouterService {
         let started = Instant::now();
         let deadline = request_timeout(&request).map(|t| started + t - deadline_margin(t));
         let msg = request.into_inner();
-        let query = Query::new(
-            msg.question,
-            msg.context,
-            msg.id,
-            &self.scheduler.config.limits,
-        )?;
+        let config = &self.scheduler.config;
+        let query = Query::new(msg.question, msg.context, msg.id, &config.limits)?;
         let budget = check_budget(msg.budget)?;
         let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = format!("{number:x}");
-
         let snapshot = self.scheduler.registry.snapshot();
         let policy = self.scheduler.policy();
+        let lambda = policy.0.lambda();
+
+        // Defer mode: the probes run first (concurrently) and are always charged.
+        let probe_ids = policy.0.probes();
+        let probe_groups: Vec<Option<usize>> = probe_ids
+            .iter()
+            .map(|id| snapshot.experts.iter().position(|g| &g.entry.id == id))
+            .collect();
+        let probe_cost: f64 = probe_groups
+            .iter()
+            .flatten()
+            .map(|&g| snapshot.experts[g].entry.cost)
+            .sum();
+        if let Some(b) = budget
+            && !probe_ids.is_empty()
+            && b < probe_cost
+        {
+            return Err(Status::failed_precondition(format!(
+                "the budget of {b} is below the cost of the policy's probes ({}: {probe_cost})",
+                probe_ids.join(", ")
+            )));
+        }
+        let probes: Vec<Option<ProbeResult>> =
+            futures_util::future::join_all(probe_groups.iter().map(|g| async {
+                match g {
+                    Some(g) => Some(
+                        run_probe(
+                            &snapshot.experts[*g],
+                            &query,
+                            deadline,
+                            config.tries_per_expert,
+                            number as usize,
+                        )
+                        .await,
+                    ),
+                    None => None,
+                }
+            }))
+            .await;
+        let mut charged: f64 = probes.iter().flatten().map(|p| p.charged).sum();
+        let probe_texts: Vec<Option<&str>> = probes
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .and_then(|p| p.answer.as_ref())
+                    .map(|a| a.text.as_str())
+            })
+            .collect();
+
         let metas: Vec<ExpertMeta<'_>> = snapshot
             .experts
             .iter()
@@ -73,7 +271,7 @@ impl Router for RouterService {
             })
             .collect();
         let mut scores = Vec::with_capacity(metas.len());
-        policy.0.score(&query, &[], &metas, &mut scores);
+        policy.0.score(&query, &probe_texts, &metas, &mut scores);
         let now = Instant::now();
         let loads: Vec<Vec<ReplicaLoad>> = snapshot
             .experts
@@ -88,83 +286,96 @@ impl Router for RouterService {
                     .collect()
             })
             .collect();
+        let probe_of = |i: usize| probe_groups.iter().position(|g| *g == Some(i));
         let candidates: Vec<Candidate<'_>> = snapshot
             .experts
             .iter()
-            .zip(&scores)
-            .zip(&loads)
-            .map(|((g, score), replicas)| Candidate {
-                cost: g.entry.cost,
-                expected_cost: *score,
-                replicas,
+            .enumerate()
+            .map(|(i, g)| match probe_of(i) {
+                // A probe's answer is already paid for.
+                Some(k) => Candidate {
+                    cost: 0.0,
+                    expected_cost: scores[i],
+                    replicas: if probe_texts[k].is_some() {
+                        &ANSWERED_PROBE
+                    } else {
+                        &FAILED_PROBE
+                    },
+                },
+                None => Candidate {
+                    cost: g.entry.cost,
+                    expected_cost: scores[i],
+                    replicas: &loads[i],
+                },
             })
             .collect();
         let params = DecisionParams {
-            budget,
-            max_attempts: self.scheduler.config.max_attempts,
-            tries_per_expert: self.scheduler.config.tries_per_expert,
+            budget: budget.map(|b| b - probe_cost),
+            max_attempts: config.max_attempts,
+            tries_per_expert: config.tries_per_expert,
             rotation: number as usize,
         };
         let plan = decide(&candidates, &params).inspect_err(|e| {
             tracing::info!(request_id, %query, error = %e, "no expert can take the query");
         })?;
         let mut decision = decision_record(&snapshot, &scores, &plan, &policy.0.identity().id);
+        decision.lambda = lambda;
+        if probe_of(plan.chosen()).is_some() {
+            decision.reason = format!("keep the probe's answer: {}", decision.reason);
+        }
+        for p in probes.iter().flatten() {
+            decision.fallbacks.extend(p.fallbacks.iter().cloned());
+            decision.probes.push(p.call.clone());
+        }
+        tracing::debug!(
+            target: "l2d::decision",
+            request_id,
+            query_id = query.id().unwrap_or(""),
+            chosen = %decision.chosen_expert,
+            lambda,
+            scores = ?decision.scores.iter().map(|s| (s.expert_id.as_str(), s.expected_cost)).collect::<Vec<_>>(),
+            "decision"
+        );
 
-        let mut charged = 0.0;
         for attempt in &plan.attempts {
             let group = &snapshot.experts[attempt.expert];
-            let replica = &group.replicas[attempt.replica];
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining.is_some_and(|r| r.is_zero()) {
-                return Err(deadline_exceeded(&decision));
+            // Keeping a probe's answer needs no call.
+            if let Some(k) = probe_of(attempt.expert)
+                && let Some(answer) = probes[k].as_ref().and_then(|p| p.answer.clone())
+            {
+                let replica = probes[k]
+                    .as_ref()
+                    .map(|p| p.call.replica.clone())
+                    .unwrap_or_default();
+                self.scheduler.record_cost(charged);
+                return Ok(Response::new(answer_response(
+                    answer, group, charged, decision, request_id, replica,
+                )));
             }
-            let mut call = Request::new(pb::AnswerRequest {
-                question: query.question().to_owned(),
-                context: query.context().to_owned(),
-                id: query.id().map(str::to_owned),
-            });
-            if let Some(r) = remaining {
-                call.set_timeout(r);
-            }
-            let mut client = replica.client.clone();
-            let result = {
-                let _in_flight = replica.begin_call();
-                match remaining {
-                    None => client.answer(call).await,
-                    Some(r) => match tokio::time::timeout(r, client.answer(call)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(Status::deadline_exceeded("deadline passed")),
-                    },
-                }
-            };
-            match result {
-                Ok(response) => {
-                    let answer = response.into_inner();
+            let out = call_replica(group, attempt.replica, &query, deadline).await;
+            match out.result {
+                Ok(answer) => {
                     charged += group.entry.cost;
-                    replica.record_success();
                     group.entry.record_answer(group.entry.cost);
+                    self.scheduler.record_cost(charged);
                     tracing::debug!(
                         request_id,
                         expert = %group.entry.id,
-                        replica = %replica.address,
+                        replica = %out.replica,
                         fallbacks = decision.fallbacks.len(),
                         micros = started.elapsed().as_micros() as u64,
                         "answered"
                     );
-                    return Ok(Response::new(pb::AskResponse {
-                        text: answer.text,
-                        expert_id: group.entry.id.clone(),
-                        cost: charged,
-                        decision: Some(decision),
+                    return Ok(Response::new(answer_response(
+                        answer,
+                        group,
+                        charged,
+                        decision,
                         request_id,
-                        span: answer.span,
-                        score: answer.score,
-                        compute: answer.compute,
-                        replica: replica.address.clone(),
-                    }));
+                        out.replica,
+                    )));
                 }
                 Err(status) => {
-                    replica.record_failure();
                     if charges_compute(status.code()) {
                         charged += group.entry.cost;
                         group.entry.charge(group.entry.cost);
@@ -172,17 +383,14 @@ impl Router for RouterService {
                     tracing::info!(
                         request_id,
                         expert = %group.entry.id,
-                        replica = %replica.address,
+                        replica = %out.replica,
                         code = code_name(status.code()),
                         message = status.message(),
                         "expert call failed"
                     );
-                    decision.fallbacks.push(pb::Fallback {
-                        expert_id: group.entry.id.clone(),
-                        replica: replica.address.clone(),
-                        code: code_name(status.code()).into(),
-                        message: status.message().into(),
-                    });
+                    decision
+                        .fallbacks
+                        .push(fallback(group, &out.replica, &status));
                     if status.code() == Code::DeadlineExceeded {
                         return Err(deadline_exceeded(&decision));
                     }
@@ -193,6 +401,27 @@ impl Router for RouterService {
             }
         }
         Err(every_attempt_failed(&decision))
+    }
+}
+
+fn answer_response(
+    answer: pb::AnswerResponse,
+    group: &ExpertGroup,
+    charged: f64,
+    decision: pb::Decision,
+    request_id: String,
+    replica: String,
+) -> pb::AskResponse {
+    pb::AskResponse {
+        text: answer.text,
+        expert_id: group.entry.id.clone(),
+        cost: charged,
+        decision: Some(decision),
+        request_id,
+        span: answer.span,
+        score: answer.score,
+        compute: answer.compute,
+        replica,
     }
 }
 
@@ -273,7 +502,7 @@ fn decision_record(
     let eligible = plan.ranked.len();
     let mut reason = match scores[chosen].filter(|s| s.is_finite()) {
         Some(s) => {
-            format!("lowest expected deferral cost ({s:.4}) among {eligible} eligible experts")
+            format!("best policy score ({s:.4}) among {eligible} eligible experts")
         }
         None => format!("no policy score; cheapest of {eligible} eligible experts"),
     };
@@ -291,6 +520,8 @@ fn decision_record(
         reason,
         scores: records,
         fallbacks: Vec::new(),
+        probes: Vec::new(),
+        lambda: 0.0,
     }
 }
 

@@ -11,15 +11,20 @@ pub mod registry;
 
 pub use registry::{Registry, RegistryError};
 
+use crate::core::cost_target::{CostTarget, CostWindow, Move};
 use crate::core::decision::DecisionParams;
+use crate::core::learned::{LearnedPolicy, PolicyFile, digest};
 use crate::core::lease::LeasePolicy;
 use crate::core::policy::Policy;
 use crate::core::query::QueryLimits;
 use crate::grpc::pb::{pool_server::PoolServer, router_server::RouterServer};
 use crate::grpc::server;
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -35,6 +40,12 @@ pub struct SchedulerConfig {
     pub tries_per_expert: usize,
     /// How often expired leases are removed (they are masked from decisions at once anyway).
     pub reap_interval: Duration,
+    /// How often the policy file is checked for changes.
+    pub policy_poll: Duration,
+    /// Keep the mean cost per query near this, moving along the policy bank.
+    pub target_cost: Option<f64>,
+    /// Queries per cost window (realised-cost reporting and the cost target).
+    pub target_window: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -46,6 +57,9 @@ impl Default for SchedulerConfig {
             max_attempts: decision.max_attempts,
             tries_per_expert: decision.tries_per_expert,
             reap_interval: Duration::from_millis(100),
+            policy_poll: Duration::from_secs(2),
+            target_cost: None,
+            target_window: 200,
         }
     }
 }
@@ -53,18 +67,67 @@ impl Default for SchedulerConfig {
 /// The policy slot: swapped whole, read lock-free on every request.
 pub struct ActivePolicy(pub Box<dyn Policy>);
 
+/// Where the active policy came from: reloads re-read a file; a policy built in code stays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicySource {
+    Fixed,
+    File {
+        path: PathBuf,
+        /// The bank entry to serve (default: the file's own default).
+        lambda: Option<f64>,
+    },
+}
+
+/// Loads a policy file: `(policy, content digest)`.
+pub fn load_policy_file(
+    path: &Path,
+    lambda: Option<f64>,
+) -> anyhow::Result<(LearnedPolicy, String)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .with_context(|| format!("policy file {} is not UTF-8", path.display()))?;
+    let file =
+        PolicyFile::parse(text).with_context(|| format!("policy file {}", path.display()))?;
+    let digest = digest(&bytes);
+    Ok((LearnedPolicy::new(file, lambda, &digest), digest))
+}
+
 pub struct Scheduler {
     pub registry: Arc<Registry>,
     policy: ArcSwap<ActivePolicy>,
+    source: PolicySource,
+    /// Digest of the policy file content now served (file sources).
+    loaded_digest: Mutex<String>,
     config: SchedulerConfig,
     requests: AtomicU64,
+    /// Recent charged costs, for reporting.
+    recent_costs: Mutex<CostWindow>,
+    target: Option<Mutex<CostTarget>>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, policy: Box<dyn Policy>) -> Self {
+        Self::with_source(config, policy, PolicySource::Fixed, String::new())
+    }
+
+    /// A scheduler whose policy was loaded from `source` (content `digest`), so it can reload.
+    pub fn with_source(
+        config: SchedulerConfig,
+        policy: Box<dyn Policy>,
+        source: PolicySource,
+        digest: String,
+    ) -> Self {
+        let target = config
+            .target_cost
+            .map(|t| Mutex::new(CostTarget::new(t, config.target_window, 0.05)));
         Self {
             registry: Arc::new(Registry::new(config.leases)),
             policy: ArcSwap::from_pointee(ActivePolicy(policy)),
+            source,
+            loaded_digest: Mutex::new(digest),
+            recent_costs: Mutex::new(CostWindow::new(config.target_window)),
+            target,
             config,
             requests: AtomicU64::new(0),
         }
@@ -82,6 +145,61 @@ impl Scheduler {
     pub fn set_policy(&self, policy: Box<dyn Policy>) {
         self.policy.store(Arc::new(ActivePolicy(policy)));
     }
+
+    /// Re-reads the policy file. `Ok(true)` when a new policy is now active, `Ok(false)` when the
+    /// file is unchanged; on error the old policy stays active.
+    pub fn reload_policy(&self) -> Result<bool, String> {
+        let PolicySource::File { path, lambda } = &self.source else {
+            return Err("the scheduler serves no policy file (start it with --policy FILE)".into());
+        };
+        let (policy, digest) = load_policy_file(path, *lambda).map_err(|e| format!("{e:#}"))?;
+        let mut loaded = lock(&self.loaded_digest);
+        if *loaded == digest {
+            return Ok(false);
+        }
+        // Keep the live cost target's position in the new bank when it has the same length.
+        let old = self.policy();
+        if self.target.is_some() && old.0.bank_len() == policy.bank_len() {
+            policy.set_bank_position(old.0.bank_position());
+        }
+        tracing::info!(policy = %policy.identity().id, path = %path.display(), "policy loaded");
+        self.set_policy(Box::new(policy));
+        *loaded = digest;
+        Ok(true)
+    }
+
+    /// Accounts one answered query's cost; with a cost target, may move along the bank.
+    pub fn record_cost(&self, cost: f64) {
+        lock(&self.recent_costs).push(cost);
+        if let Some(target) = &self.target {
+            let policy = self.policy();
+            let (position, len) = (policy.0.bank_position(), policy.0.bank_len());
+            let step = lock(target).record(cost, position, len);
+            let next = match step {
+                Some(Move::Cheaper) => position + 1,
+                Some(Move::Dearer) => position.saturating_sub(1),
+                None => return,
+            };
+            policy.0.set_bank_position(next);
+            tracing::info!(
+                lambda = policy.0.lambda(),
+                "cost target: moved along the policy bank"
+            );
+        }
+    }
+
+    /// Mean cost per answered query over the recent window.
+    pub fn realized_cost(&self) -> f64 {
+        lock(&self.recent_costs).mean()
+    }
+
+    pub fn target_cost(&self) -> Option<f64> {
+        self.config.target_cost
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serves `Router` and `Pool` on `listener` until `shutdown` completes, reaping expired leases
@@ -100,6 +218,7 @@ pub async fn serve(
             scheduler.clone(),
         )));
     let reaper = tokio::spawn(reap_leases(scheduler.clone()));
+    let watcher = tokio::spawn(watch_policy(scheduler.clone()));
     tracing::info!(
         address = %listener.local_addr()?,
         policy = %scheduler.policy().0.identity().id,
@@ -115,7 +234,33 @@ pub async fn serve(
     )
     .await;
     reaper.abort();
+    watcher.abort();
     result
+}
+
+/// Reloads the policy file when its content changes (polling, which also sees Kubernetes
+/// ConfigMap updates, made by swapping a symlink). A bad file is logged and the old policy
+/// stays.
+async fn watch_policy(scheduler: Arc<Scheduler>) {
+    if scheduler.source == PolicySource::Fixed {
+        return;
+    }
+    let mut tick = tokio::time::interval(scheduler.config.policy_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        let s = scheduler.clone();
+        let result = tokio::task::spawn_blocking(move || s.reload_policy()).await;
+        match result {
+            Ok(Ok(_)) => last_error.clear(),
+            Ok(Err(e)) if e != last_error => {
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays active");
+                last_error = e;
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn reap_leases(scheduler: Arc<Scheduler>) {

@@ -25,6 +25,10 @@ impl PoolService {
             id: identity.id.clone(),
             kind: identity.kind.clone(),
             description: identity.description.clone(),
+            lambda: policy.0.lambda(),
+            target_cost: self.scheduler.target_cost(),
+            realized_cost: self.scheduler.realized_cost(),
+            probes: policy.0.probes().to_vec(),
         }
     }
 }
@@ -117,6 +121,25 @@ impl Pool for PoolService {
             experts: self.scheduler.registry.states(Instant::now()),
             policy: Some(self.policy_info()),
         }))
+    }
+
+    async fn reload_policy(
+        &self,
+        _request: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::PolicyInfo>, Status> {
+        let scheduler = self.scheduler.clone();
+        let result = tokio::task::spawn_blocking(move || scheduler.reload_policy())
+            .await
+            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+        match result {
+            Ok(_) => Ok(Response::new(self.policy_info())),
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays active");
+                Err(Status::failed_precondition(format!(
+                    "{e}; the previous policy stays active"
+                )))
+            }
+        }
     }
 
     async fn get_policy(
