@@ -31,6 +31,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole system on built-in defaults: the shipped policy routes the test articles of
+    /// SQuAD v1.1 through the scheduler; prints it beside the baselines.
+    Demo(DemoArgs),
     /// Run a scheduler and the pool's experts in one process on loopback (the default pool:
     /// five SQuAD v1.1 systems replaying their recorded answers).
     Up(UpArgs),
@@ -55,6 +58,25 @@ pub enum Command {
         #[command(subcommand)]
         command: PoolCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Pool file (default: pools/squad-v1.1.toml).
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// Policy file (default: policies/squad-v1.1.json).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// The data set whose test articles are asked (default: data/squad-v1.1/dev.json).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Ask only the first N test questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +373,22 @@ pub fn default_pool_path() -> PathBuf {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => {
+            use std::io::IsTerminal;
+            let pool = args.pool.unwrap_or_else(default_pool_path);
+            let policy = args.policy.unwrap_or_else(default_policy_path);
+            let data = args.data.unwrap_or_else(|| {
+                default_pool_path().with_file_name("../data/squad-v1.1/dev.json")
+            });
+            let options = crate::demo::DemoOptions {
+                concurrency: args.concurrency,
+                progress: std::io::stderr().is_terminal(),
+                limit: args.limit,
+            };
+            let result = crate::demo::demo(&pool, &policy, &data, &options).await?;
+            print!("{}", crate::demo::demo_table(&result));
+            Ok(())
+        }
         Command::Up(mut args) => {
             let pool = args.pool.unwrap_or_else(default_pool_path);
             if args.policy.policy.is_none() && !args.policy.prior {
@@ -584,6 +622,7 @@ async fn label(args: LabelArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         limit: args.limit,
         progress: std::io::stderr().is_terminal(),
+        articles: None,
     };
     let started = std::time::Instant::now();
     let labels =

@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod core;
+pub mod demo;
 pub mod expert;
 pub mod grpc;
 pub mod pool_file;

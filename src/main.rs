@@ -15,7 +15,8 @@ async fn main() -> std::process::ExitCode {
         | l2d::cli::Command::ExpertsReport(_)
         | l2d::cli::Command::Label(_)
         | l2d::cli::Command::Train(_)
-        | l2d::cli::Command::Eval(_) => "warn",
+        | l2d::cli::Command::Eval(_)
+        | l2d::cli::Command::Demo(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()

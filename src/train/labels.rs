@@ -62,6 +62,8 @@ pub struct LabelOptions {
     pub concurrency: usize,
     pub limit: Option<usize>,
     pub progress: bool,
+    /// Label only the questions of these articles (all when `None`).
+    pub articles: Option<std::collections::HashSet<String>>,
 }
 
 /// Runs every expert of `pool` (spawned in-process where the pool file says so) on every
@@ -75,6 +77,12 @@ pub async fn label(
     let version = dataset.metric_version();
     let picked: Vec<_> = dataset
         .questions()
+        .filter(|(a, _, _)| {
+            options
+                .articles
+                .as_ref()
+                .is_none_or(|set| set.contains(&a.title))
+        })
         .take(options.limit.unwrap_or(usize::MAX))
         .collect();
     let questions = Arc::new(

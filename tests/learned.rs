@@ -1,0 +1,426 @@
+//! The learned policy end to end: label a fixture through real gRPC, train a bank, evaluate it,
+//! serve it, reload it (and survive a corrupt file); and the consistency of the surrogate on
+//! synthetic data whose Bayes rule is known.
+
+mod common;
+
+use common::*;
+use l2d::core::learned::{LossKind, Mode, PolicyFile};
+use l2d::pb::{self, pool_client::PoolClient};
+use l2d::scheduler::{PolicySource, Scheduler, SchedulerConfig, load_policy_file};
+use l2d::train::eval::{EvalOptions, evaluate};
+use l2d::train::fit::{Example, FitConfig, fit};
+use l2d::train::labels::{LabelOptions, Labels, label};
+use l2d::train::{TrainOptions, train};
+use l2d::{Ask, RouterClient};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use tonic::Code;
+
+const POOL: &str = r#"
+[[expert]]
+id = "cheap"
+backend = "replay"
+predictions = "FIXTURES/cheap-predictions.json"
+data = "FIXTURES/mini-squad.json"
+cost = 1
+
+[[expert]]
+id = "strong"
+backend = "replay"
+predictions = "FIXTURES/strong-predictions.json"
+data = "FIXTURES/mini-squad.json"
+cost = 10
+"#;
+
+fn options(mode: Mode, probes: &[&str]) -> TrainOptions {
+    TrainOptions {
+        lambdas: vec![0.0, 0.5, 5.0],
+        default_lambda: Some(0.5),
+        mode,
+        probes: probes.iter().map(|p| p.to_string()).collect(),
+        loss: LossKind::Em,
+        split_seed: 3,
+        test_fraction: 0.5,
+        fit: FitConfig {
+            epochs: 50,
+            ..FitConfig::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_train_evaluate_serve_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path(), POOL);
+    let dataset = mini_squad();
+    let labels = label(
+        &pool,
+        &dataset,
+        "mini-squad.json",
+        &LabelOptions {
+            concurrency: 2,
+            limit: None,
+            progress: false,
+            articles: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Labels: one record per question, per expert the answer and its official EM/F1.
+    assert_eq!(labels.records.len(), 5);
+    let afc = labels.records.iter().find(|r| r.id == "sb-afc").unwrap();
+    assert_eq!(afc.title, "Super_Bowl_50");
+    assert_eq!(afc.experts[0].answer.as_deref(), Some("Carolina Panthers"));
+    assert_eq!((afc.experts[0].em, afc.experts[1].em), (0.0, 1.0));
+    let sea = labels.records.iter().find(|r| r.id == "wa-sea").unwrap();
+    assert_eq!(sea.experts[0].answer, None);
+    assert_eq!(sea.experts[0].error.as_deref(), Some("NOT_FOUND"));
+    assert!((sea.experts[1].f1 - 0.8).abs() < 1e-9);
+    let path = dir.path().join("labels.jsonl");
+    labels.write(&path).unwrap();
+    assert_eq!(Labels::read(&path).unwrap(), labels);
+
+    // Train: the split is by article and recorded; training never saw a test article.
+    let policy = train(&labels, &options(Mode::Route, &[])).unwrap();
+    assert_eq!(
+        policy.split.train_articles.len() + policy.split.test_articles.len(),
+        2
+    );
+    assert!(
+        policy
+            .split
+            .train_articles
+            .iter()
+            .all(|t| !policy.split.test_articles.contains(t))
+    );
+    let train_questions = labels
+        .records
+        .iter()
+        .filter(|r| policy.split.train_articles.contains(&r.title))
+        .count();
+    assert_eq!(policy.training.examples, train_questions);
+    assert_eq!(policy.bank.len(), 3);
+    // Deterministic for its seeds.
+    assert!(
+        policy == train(&labels, &options(Mode::Route, &[])).unwrap(),
+        "training is not deterministic"
+    );
+
+    // Evaluate: only test questions, the documented keys.
+    let report = evaluate(&labels, &policy, &EvalOptions::default()).unwrap();
+    let test_questions = labels.records.len() - train_questions;
+    assert_eq!(report.policy.test_questions, test_questions);
+    let json = serde_json::to_value(&report).unwrap();
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "cascade",
+            "experts",
+            "oracle",
+            "policy",
+            "question_type_rule",
+            "random_mix"
+        ]
+    );
+    for row in [
+        &json["policy"],
+        &json["oracle"],
+        &json["random_mix"],
+        &json["experts"]["strong"],
+    ] {
+        for key in ["em", "f1", "mean_cost", "shares"] {
+            assert!(row.get(key).is_some(), "{key} missing in {row}");
+        }
+    }
+    assert!(
+        json["cascade"].is_null(),
+        "the default cascade's experts are not in this pool"
+    );
+    // At lambda 5 compute is priced far above accuracy: the cheap expert everywhere.
+    let dear = report
+        .policy
+        .curve
+        .iter()
+        .find(|c| c.lambda == 5.0)
+        .unwrap();
+    assert_eq!(dear.row.mean_cost, 1.0);
+
+    // Serve it: the scheduler loads the file and explains decisions with it.
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, serde_json::to_string(&policy).unwrap()).unwrap();
+    let (learned, digest) = load_policy_file(&policy_path, None).unwrap();
+    let source = PolicySource::File {
+        path: policy_path.clone(),
+        lambda: None,
+    };
+    let scheduler = Arc::new(Scheduler::with_source(
+        SchedulerConfig::default(),
+        Box::new(learned),
+        source,
+        digest,
+    ));
+    let local = l2d::cluster::start_pool(&pool, &scheduler).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(l2d::scheduler::serve(listener, scheduler.clone(), async {
+        let _ = stopped.await;
+    }));
+    let uri = format!("http://{addr}");
+    let mut router = RouterClient::connect(&uri).await.unwrap();
+    let mut admin = PoolClient::connect(uri.clone()).await.unwrap();
+    let context = &labels.records[0].context;
+    let answer = router
+        .ask(
+            Ask::new(labels.records[0].question.clone(), context.clone())
+                .id(labels.records[0].id.clone()),
+        )
+        .await
+        .unwrap();
+    let decision = answer.decision.unwrap();
+    assert!(
+        decision.policy_id.starts_with("learned-route:"),
+        "{}",
+        decision.policy_id
+    );
+    assert_eq!(decision.lambda, 0.5);
+    assert_eq!(decision.scores.len(), 2);
+    assert!(decision.scores.iter().all(|s| s.expected_cost.is_some()));
+    let info = admin
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.kind, "learned-route");
+
+    // A corrupt file: the reload fails with the reason, the old policy stays.
+    std::fs::write(&policy_path, "{ not json").unwrap();
+    let err = admin
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("not a policy file"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().ends_with("the previous policy stays active"),
+        "{}",
+        err.message()
+    );
+    let still = admin
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.id, info.id);
+    let again = Ask::new(labels.records[0].question.clone(), context.clone())
+        .id(labels.records[0].id.clone());
+    assert!(router.ask(again).await.is_ok());
+
+    // A new valid file (defer mode this time): reloaded, served at once.
+    let defer = train(&labels, &options(Mode::Defer, &["cheap"])).unwrap();
+    std::fs::write(&policy_path, serde_json::to_string(&defer).unwrap()).unwrap();
+    let reloaded = admin
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.kind, "learned-defer");
+    assert_ne!(reloaded.id, info.id);
+    assert_eq!(reloaded.probes, ["cheap"]);
+    let answer = router
+        .ask(
+            Ask::new(labels.records[0].question.clone(), context.clone())
+                .id(labels.records[0].id.clone()),
+        )
+        .await
+        .unwrap();
+    let decision = answer.decision.unwrap();
+    assert_eq!(decision.probes.len(), 1);
+    assert_eq!(decision.probes[0].expert_id, "cheap");
+    assert_eq!(decision.probes[0].code, "OK");
+    // The probe is always charged.
+    assert!(answer.cost >= 1.0);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    local.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_policy_file_round_trips_and_refuses_another_featurizer() {
+    let labels = synthetic_labels();
+    let policy = train(&labels, &options(Mode::Route, &[])).unwrap();
+    let text = serde_json::to_string(&policy).unwrap();
+    assert!(
+        PolicyFile::parse(&text).unwrap() == policy,
+        "the policy file does not round-trip"
+    );
+    let old = text.replace(l2d::core::features::FEATURIZER_VERSION, "l2d-features-v0");
+    let err = PolicyFile::parse(&old).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "policy was trained with featurizer \"l2d-features-v0\", this build has \"l2d-features-v1\": retrain it (l2d train)"
+    );
+    let wrong_shape = text.replacen("\"agents\":2", "\"agents\":3", 1);
+    assert!(
+        PolicyFile::parse(&wrong_shape)
+            .unwrap_err()
+            .to_string()
+            .starts_with("policy file is inconsistent")
+    );
+}
+
+/// Labels without servers: two experts on a handful of made-up questions in four articles.
+fn synthetic_labels() -> Labels {
+    use l2d::core::learned::Agent;
+    use l2d::train::labels::{ExpertLabel, LabelHeader, LabelRecord};
+    let records = (0..16)
+        .map(|i| {
+            let label = |expert: &str, right: bool, cost: f64| ExpertLabel {
+                expert: expert.into(),
+                answer: Some(if right { "yes" } else { "no" }.into()),
+                em: f64::from(u8::from(right)),
+                f1: f64::from(u8::from(right)),
+                latency_us: 100,
+                cost,
+                error: None,
+            };
+            LabelRecord {
+                id: format!("q{i}"),
+                title: format!("article-{}", i % 4),
+                question: if i % 2 == 0 {
+                    "When did it happen?".into()
+                } else {
+                    "Who did it?".into()
+                },
+                context: "It happened in 1999. Alice did it.".into(),
+                experts: vec![label("a", i % 3 == 0, 1.0), label("b", true, 10.0)],
+            }
+        })
+        .collect();
+    Labels {
+        header: LabelHeader {
+            format: l2d::train::labels::LABELS_FORMAT.into(),
+            data: "synthetic".into(),
+            metric: "v1.1".into(),
+            experts: vec![
+                Agent {
+                    id: "a".into(),
+                    cost: 1.0,
+                },
+                Agent {
+                    id: "b".into(),
+                    cost: 10.0,
+                },
+            ],
+        },
+        records,
+    }
+}
+
+/// Synthetic queries: x uniform in [-1, 1]², three agents whose probability of being right is a
+/// known linear function of x, prices 0, 0.1, 0.3. The Bayes rule picks argmin of
+/// `1 − p_j(x) + price_j`.
+struct Synthetic {
+    x: Vec<[f64; 2]>,
+    p: Vec<[f64; 3]>,
+}
+
+const PRICE: [f64; 3] = [0.0, 0.1, 0.3];
+
+fn p_right(x: [f64; 2]) -> [f64; 3] {
+    [0.5 + 0.35 * x[0], 0.6 + 0.3 * x[1], 0.85 - 0.1 * x[0] * 0.5]
+}
+
+fn synthetic(n: usize, seed: u64) -> Synthetic {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let x: Vec<[f64; 2]> = (0..n)
+        .map(|_| [rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)])
+        .collect();
+    let p = x.iter().map(|&x| p_right(x)).collect();
+    Synthetic { x, p }
+}
+
+fn examples(data: &Synthetic, seed: u64) -> Vec<Example> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    data.x
+        .iter()
+        .zip(&data.p)
+        .map(|(x, p)| Example {
+            dense: x.to_vec(),
+            hashed: vec![],
+            loss: p
+                .iter()
+                .map(|&pj| f64::from(u8::from(rng.random::<f64>() >= pj)))
+                .collect(),
+            price: PRICE.to_vec(),
+        })
+        .collect()
+}
+
+fn bayes(p: &[f64; 3]) -> usize {
+    (0..3)
+        .min_by(|&a, &b| (1.0 - p[a] + PRICE[a]).total_cmp(&(1.0 - p[b] + PRICE[b])))
+        .unwrap()
+}
+
+/// (agreement with the Bayes rule, excess expected deferral cost) of a rejector trained on `n`.
+fn consistency(n: usize) -> (f64, f64) {
+    let train = synthetic(n, 11);
+    let model = fit(
+        &examples(&train, 12),
+        3,
+        2,
+        1,
+        1.0,
+        &FitConfig {
+            epochs: 300,
+            learning_rate: 0.1,
+            l2: 0.0,
+            l2_hashed: 0.0,
+            ..FitConfig::default()
+        },
+    );
+    let test = synthetic(4000, 99);
+    let (mut agree, mut excess, mut logits) = (0usize, 0.0, Vec::new());
+    for (x, p) in test.x.iter().zip(&test.p) {
+        model.logits(x, &[], &mut logits);
+        let chosen = l2d::core::rejector::argmax(&logits);
+        let best = bayes(p);
+        agree += usize::from(chosen == best);
+        excess += (1.0 - p[chosen] + PRICE[chosen]) - (1.0 - p[best] + PRICE[best]);
+    }
+    (
+        agree as f64 / test.x.len() as f64,
+        excess / test.x.len() as f64,
+    )
+}
+
+#[test]
+fn the_rejector_learns_the_bayes_rule_and_its_excess_loss_shrinks_with_data() {
+    let (small_agree, small_excess) = consistency(200);
+    let (large_agree, large_excess) = consistency(20_000);
+    assert!(
+        large_agree >= 0.95,
+        "agreement with the Bayes rule: {large_agree}"
+    );
+    assert!(
+        large_excess < small_excess,
+        "excess deferral loss {small_excess} (n=200) -> {large_excess} (n=20000)"
+    );
+    assert!(large_excess < 0.01, "{large_excess}");
+    eprintln!(
+        "agreement {small_agree:.3} -> {large_agree:.3}, excess {small_excess:.4} -> {large_excess:.4}"
+    );
+}
