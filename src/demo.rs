@@ -101,6 +101,9 @@ pub async fn demo(
 
 type Live = (Row, usize, BTreeMap<String, u64>);
 
+/// (id, question, context, reference answers) of one test question.
+type TestQuestion = (String, String, String, Vec<String>);
+
 async fn ask_all(
     router: &str,
     dataset: &Dataset,
@@ -108,7 +111,7 @@ async fn ask_all(
     options: &DemoOptions,
 ) -> anyhow::Result<Live> {
     let version = dataset.metric_version();
-    let questions: Arc<Vec<(String, String, String, Vec<String>)>> = Arc::new(
+    let questions: Arc<Vec<TestQuestion>> = Arc::new(
         dataset
             .questions()
             .filter(|(a, _, _)| test.contains(&a.title))
