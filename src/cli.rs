@@ -77,6 +77,12 @@ pub struct DemoArgs {
     /// Calls in flight.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// ε-greedy exploration in the scheduler (see `l2d scheduler --explore`).
+    #[arg(long, default_value_t = 0.0)]
+    pub explore: f64,
+    /// Write the scheduler's decision log here.
+    #[arg(long)]
+    pub decision_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +128,13 @@ pub struct PolicyArgs {
     /// Keep the mean cost per query near this by moving along the learned policy's bank.
     #[arg(long, allow_negative_numbers = true)]
     pub target_cost: Option<f64>,
+    /// ε-greedy exploration: the share of queries sent to a uniformly drawn eligible expert
+    /// (logged with its propensity, for off-policy evaluation).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub explore: f64,
+    /// Append one JSON line per decision to this file (no query text).
+    #[arg(long)]
+    pub decision_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -315,6 +328,9 @@ pub struct EvalArgs {
     /// Write the EM-against-cost plot (SVG) here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Estimate the policy's EM from a scheduler's decision log instead (off-policy, IPS).
+    #[arg(long)]
+    pub from_log: Option<PathBuf>,
     /// The hand-written cascade baseline: first,second,fallback expert ids.
     #[arg(
         long,
@@ -380,10 +396,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let data = args.data.unwrap_or_else(|| {
                 default_pool_path().with_file_name("../data/squad-v1.1/dev.json")
             });
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&args.explore),
+                "--explore must be in [0, 1], got {}",
+                args.explore
+            );
             let options = crate::demo::DemoOptions {
                 concurrency: args.concurrency,
                 progress: std::io::stderr().is_terminal(),
                 limit: args.limit,
+                scheduler: SchedulerConfig {
+                    explore: args.explore,
+                    decision_log: args.decision_log,
+                    ..SchedulerConfig::default()
+                },
             };
             let result = crate::demo::demo(&pool, &policy, &data, &options).await?;
             print!("{}", crate::demo::demo_table(&result));
@@ -436,6 +462,13 @@ async fn run_scheduler(
         },
     };
     let mut config = config;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&policy.explore),
+        "--explore must be in [0, 1], got {}",
+        policy.explore
+    );
+    config.explore = policy.explore;
+    config.decision_log = policy.decision_log.clone();
     if let Some(target) = policy.target_cost {
         anyhow::ensure!(
             target.is_finite() && target > 0.0,
@@ -467,6 +500,8 @@ async fn run_scheduler(
             Box::new(cluster::prior_policy(&pool, policy.lambda)?),
         ),
     };
+    let mut scheduler = scheduler;
+    scheduler.open_decision_log()?;
     let scheduler = Arc::new(scheduler);
     let listener = TcpListener::bind(listen)
         .await
@@ -693,6 +728,17 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read policy file {}", args.policy.display()))?;
     let policy = crate::core::learned::PolicyFile::parse(&text)
         .with_context(|| format!("policy file {}", args.policy.display()))?;
+    if let Some(log_path) = &args.from_log {
+        let log = crate::train::offpolicy::read_log(log_path)?;
+        let report = crate::train::offpolicy::evaluate_from_log(&log, &labels, &policy)?;
+        let json = serde_json::to_string_pretty(&report)?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, &json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        println!("{json}");
+        return Ok(());
+    }
     let cascade: [String; 3] = args
         .cascade
         .try_into()

@@ -25,6 +25,8 @@ pub struct DemoOptions {
     pub concurrency: usize,
     pub progress: bool,
     pub limit: Option<usize>,
+    /// Scheduler settings (exploration, decision log, ...).
+    pub scheduler: SchedulerConfig,
 }
 
 /// What the demo measured: the live policy through the scheduler, and the offline evaluation of
@@ -54,12 +56,10 @@ pub async fn demo(
         path: policy_path.to_owned(),
         lambda: None,
     };
-    let scheduler = Arc::new(Scheduler::with_source(
-        SchedulerConfig::default(),
-        Box::new(learned),
-        source,
-        digest,
-    ));
+    let mut scheduler =
+        Scheduler::with_source(options.scheduler.clone(), Box::new(learned), source, digest);
+    scheduler.open_decision_log()?;
+    let scheduler = Arc::new(scheduler);
     let local = cluster::start_pool(&pool, &scheduler).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

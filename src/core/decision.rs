@@ -163,6 +163,42 @@ pub fn decide(
     })
 }
 
+/// ε-greedy exploration (beyond the paper, for off-policy evaluation): with probability
+/// `epsilon` (when `u < epsilon`) the first attempt goes to an eligible expert drawn uniformly
+/// (index `floor(v × eligible)`), its retries and the rest of the plan following unchanged.
+/// Returns the probability with which the expert now first in the plan was chosen: its
+/// propensity, `(1 − ε)·[it is the greedy choice] + ε / eligible`. `u` and `v` are uniform in
+/// [0, 1): the caller draws them, so this stays a function of its inputs.
+pub fn explore(plan: &mut Plan, epsilon: f64, u: f64, v: f64) -> f64 {
+    let eligible = plan.ranked.len();
+    let greedy = plan.ranked[0];
+    let epsilon = epsilon.clamp(0.0, 1.0);
+    let chosen = if u < epsilon {
+        plan.ranked[((v * eligible as f64) as usize).min(eligible - 1)]
+    } else {
+        greedy
+    };
+    if chosen != greedy {
+        // The drawn expert's attempts first (it may have none when max_attempts cut it off).
+        let mut first: Vec<Attempt> = plan
+            .attempts
+            .iter()
+            .copied()
+            .filter(|a| a.expert == chosen)
+            .collect();
+        if first.is_empty() {
+            first.push(Attempt {
+                expert: chosen,
+                replica: 0,
+            });
+        }
+        first.extend(plan.attempts.iter().copied().filter(|a| a.expert != chosen));
+        plan.attempts = first;
+    }
+    let greedy_mass = if chosen == greedy { 1.0 - epsilon } else { 0.0 };
+    greedy_mass + epsilon / eligible as f64
+}
+
 /// A usable score: NaN or infinite scores from a faulty policy count as no score.
 fn usable(score: Option<f64>) -> Option<f64> {
     score.filter(|s| s.is_finite())
@@ -321,6 +357,28 @@ mod tests {
 
     /// (cost, policy score, replicas as (in-flight, available)) per expert.
     type RawCandidate = (f64, Option<f64>, Vec<(u32, bool)>);
+
+    #[test]
+    fn exploration_reorders_the_plan_and_reports_the_propensity() {
+        let one = [UP];
+        let cands = [
+            cand(1.0, Some(0.6), &one),
+            cand(20.0, Some(0.2), &one),
+            cand(100.0, Some(0.3), &one),
+        ];
+        let plan = decide(&cands, &DecisionParams::default()).unwrap();
+        // No exploration drawn: the greedy plan, propensity 1 − ε + ε/3.
+        let mut greedy = plan.clone();
+        let p = explore(&mut greedy, 0.3, 0.9, 0.0);
+        assert_eq!(greedy, plan);
+        assert!((p - (0.7 + 0.1)).abs() < 1e-12);
+        // Exploration drawn, landing on the third-ranked expert (index 0 in pool order).
+        let mut explored = plan.clone();
+        let p = explore(&mut explored, 0.3, 0.1, 0.9);
+        assert_eq!(explored.chosen(), 0);
+        assert!((p - 0.1).abs() < 1e-12);
+        assert_eq!(explored.attempts.len(), plan.attempts.len());
+    }
 
     fn arb_candidates() -> impl Strategy<Value = Vec<RawCandidate>> {
         prop::collection::vec(

@@ -13,6 +13,7 @@ pub mod features;
 pub mod learned;
 pub mod lease;
 pub mod metric;
+pub mod offpolicy;
 pub mod policy;
 pub mod query;
 pub mod reading;

@@ -5,8 +5,9 @@
 //! expert call (cancelling it) and its in-flight guard.
 
 use super::Scheduler;
+use super::decision_log::{LoggedDecision, uniform_pair};
 use super::registry::{ExpertGroup, PoolSnapshot};
-use crate::core::decision::{Candidate, DecisionParams, Plan, ReplicaLoad, decide};
+use crate::core::decision::{Candidate, DecisionParams, Plan, ReplicaLoad, decide, explore};
 use crate::core::policy::ExpertMeta;
 use crate::core::query::Query;
 use crate::grpc::deadline::request_timeout;
@@ -315,10 +316,52 @@ impl Router for RouterService {
             tries_per_expert: config.tries_per_expert,
             rotation: number as usize,
         };
-        let plan = decide(&candidates, &params).inspect_err(|e| {
+        let mut plan = decide(&candidates, &params).inspect_err(|e| {
             tracing::info!(request_id, %query, error = %e, "no expert can take the query");
         })?;
+        let greedy = plan.chosen();
+        let propensity = if config.explore > 0.0 {
+            let (u, v) = uniform_pair(config.explore_seed, number);
+            explore(&mut plan, config.explore, u, v)
+        } else {
+            1.0
+        };
         let mut decision = decision_record(&snapshot, &scores, &plan, &policy.0.identity().id);
+        if plan.chosen() != greedy {
+            decision.reason = format!(
+                "exploring (epsilon {}): drew {} over the policy's choice {}",
+                config.explore,
+                snapshot.experts[plan.chosen()].entry.id,
+                snapshot.experts[greedy].entry.id
+            );
+        }
+        let log = |answered_by: Option<&str>, cost: f64| {
+            if let Some(decisions) = &self.scheduler.decisions {
+                decisions.record(&LoggedDecision {
+                    request_id: request_id.clone(),
+                    query_id: query.id().map(str::to_owned),
+                    policy_id: policy.0.identity().id.clone(),
+                    lambda,
+                    eligible: plan
+                        .ranked
+                        .iter()
+                        .map(|&i| snapshot.experts[i].entry.id.clone())
+                        .collect(),
+                    scores: snapshot
+                        .experts
+                        .iter()
+                        .zip(&scores)
+                        .map(|(g, s)| (g.entry.id.clone(), *s))
+                        .collect(),
+                    greedy: snapshot.experts[greedy].entry.id.clone(),
+                    chosen: snapshot.experts[plan.chosen()].entry.id.clone(),
+                    propensity,
+                    epsilon: config.explore,
+                    answered_by: answered_by.map(str::to_owned),
+                    cost,
+                });
+            }
+        };
         decision.lambda = lambda;
         if probe_of(plan.chosen()).is_some() {
             decision.reason = format!("keep the probe's answer: {}", decision.reason);
@@ -348,6 +391,7 @@ impl Router for RouterService {
                     .map(|p| p.call.replica.clone())
                     .unwrap_or_default();
                 self.scheduler.record_cost(charged);
+                log(Some(&group.entry.id), charged);
                 return Ok(Response::new(answer_response(
                     answer, group, charged, decision, request_id, replica,
                 )));
@@ -358,6 +402,7 @@ impl Router for RouterService {
                     charged += group.entry.cost;
                     group.entry.record_answer(group.entry.cost);
                     self.scheduler.record_cost(charged);
+                    log(Some(&group.entry.id), charged);
                     tracing::debug!(
                         request_id,
                         expert = %group.entry.id,
@@ -392,14 +437,17 @@ impl Router for RouterService {
                         .fallbacks
                         .push(fallback(group, &out.replica, &status));
                     if status.code() == Code::DeadlineExceeded {
+                        log(None, charged);
                         return Err(deadline_exceeded(&decision));
                     }
                     if !worth_another_try(status.code()) {
+                        log(None, charged);
                         return Err(status);
                     }
                 }
             }
         }
+        log(None, charged);
         Err(every_attempt_failed(&decision))
     }
 }

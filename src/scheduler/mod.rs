@@ -5,6 +5,7 @@
 //! pure [`crate::core::decision::decide`], and walks the plan over gRPC. Membership changes go
 //! through [`Registry`]; a background task reaps expired leases.
 
+pub mod decision_log;
 pub mod dispatch;
 mod pool_service;
 pub mod registry;
@@ -46,6 +47,12 @@ pub struct SchedulerConfig {
     pub target_cost: Option<f64>,
     /// Queries per cost window (realised-cost reporting and the cost target).
     pub target_window: usize,
+    /// ε of ε-greedy exploration (0: always the policy's choice).
+    pub explore: f64,
+    /// Seed of the exploration draws.
+    pub explore_seed: u64,
+    /// Append one JSON line per decision here.
+    pub decision_log: Option<PathBuf>,
 }
 
 impl Default for SchedulerConfig {
@@ -60,6 +67,9 @@ impl Default for SchedulerConfig {
             policy_poll: Duration::from_secs(2),
             target_cost: None,
             target_window: 200,
+            explore: 0.0,
+            explore_seed: 0x5eed,
+            decision_log: None,
         }
     }
 }
@@ -104,6 +114,7 @@ pub struct Scheduler {
     /// Recent charged costs, for reporting.
     recent_costs: Mutex<CostWindow>,
     target: Option<Mutex<CostTarget>>,
+    decisions: Option<decision_log::DecisionLog>,
 }
 
 impl Scheduler {
@@ -128,9 +139,20 @@ impl Scheduler {
             loaded_digest: Mutex::new(digest),
             recent_costs: Mutex::new(CostWindow::new(config.target_window)),
             target,
+            decisions: None,
             config,
             requests: AtomicU64::new(0),
         }
+    }
+
+    /// Opens the configured decision log (call once, before serving).
+    pub fn open_decision_log(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.config.decision_log {
+            let log = decision_log::DecisionLog::open(path)
+                .with_context(|| format!("cannot open the decision log {}", path.display()))?;
+            self.decisions = Some(log);
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &SchedulerConfig {

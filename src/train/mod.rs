@@ -5,6 +5,7 @@
 pub mod eval;
 pub mod fit;
 pub mod labels;
+pub mod offpolicy;
 pub mod plot;
 pub mod split;
 
