@@ -83,6 +83,9 @@ pub struct DemoArgs {
     /// Write the scheduler's decision log here.
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
+    /// Live cost target (see `l2d scheduler --target-cost`).
+    #[arg(long)]
+    pub target_cost: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -408,6 +411,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 scheduler: SchedulerConfig {
                     explore: args.explore,
                     decision_log: args.decision_log,
+                    target_cost: args.target_cost,
                     ..SchedulerConfig::default()
                 },
             };
