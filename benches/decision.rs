@@ -82,5 +82,65 @@ fn bench_decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decision);
+/// The shipped learned policy (defer mode) on a real dev question: featurize with the probes'
+/// answers, score the five experts, decide.
+fn bench_learned(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/squad-v1.1.json");
+    let (policy, _) = l2d::scheduler::load_policy_file(&path, None).unwrap();
+    let context = "Super Bowl 50 was an American football game to determine the champion of the National \
+        Football League (NFL) for the 2015 season. The American Football Conference (AFC) champion Denver \
+        Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24–10 to earn \
+        their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in the San \
+        Francisco Bay Area at Santa Clara, California.";
+    let query = Query::new(
+        "Which NFL team represented the AFC at Super Bowl 50?",
+        context,
+        None,
+        &QueryLimits::default(),
+    )
+    .unwrap();
+    let experts: Vec<ExpertMeta<'_>> = policy
+        .file()
+        .experts
+        .iter()
+        .map(|a| ExpertMeta {
+            id: &a.id,
+            cost: a.cost,
+        })
+        .collect();
+    let loads = vec![ReplicaLoad {
+        in_flight: 0,
+        available: true,
+    }];
+    let probes = [Some("Denver Broncos"), Some("Denver Broncos")];
+    let mut scores = Vec::new();
+    let mut group = c.benchmark_group("learned_defer_policy");
+    group.bench_function("featurize_score_decide", |b| {
+        b.iter(|| {
+            policy.score(black_box(&query), &probes, &experts, &mut scores);
+            let candidates: Vec<Candidate<'_>> = experts
+                .iter()
+                .zip(&scores)
+                .map(|(m, s)| Candidate {
+                    cost: m.cost,
+                    expected_cost: *s,
+                    replicas: &loads,
+                })
+                .collect();
+            black_box(decide(&candidates, &DecisionParams::default()).unwrap())
+        })
+    });
+    group.bench_function("featurize_only", |b| {
+        b.iter(|| {
+            black_box(l2d::core::features::featurize(
+                black_box(query.question()),
+                query.context(),
+                &probes,
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_decision, bench_learned);
 criterion_main!(benches);

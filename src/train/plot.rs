@@ -7,7 +7,7 @@ use super::eval::{EvalReport, MixLine};
 const W: f64 = 720.0;
 const H: f64 = 460.0;
 const LEFT: f64 = 60.0;
-const RIGHT: f64 = 20.0;
+const RIGHT: f64 = 70.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 50.0;
 
@@ -32,14 +32,19 @@ pub fn svg(report: &EvalReport) -> String {
     );
     points.push((report.oracle.mean_cost, report.oracle.em));
     let max_cost = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let (lo, hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
-            (l.min(p.1), h.max(p.1))
-        });
-    let (lo, hi) = ((lo - 2.0).floor().max(0.0), (hi + 2.0).ceil().min(100.0));
+    // Zoom on where the policy lives: from a little under its curve (and the rule and cascade) to
+    // the oracle; experts far below are pinned to the bottom edge, their EM in the label.
+    let mut focus: Vec<f64> = report.policy.curve.iter().map(|c| c.row.em).collect();
+    focus.push(report.question_type_rule.em);
+    focus.extend(report.cascade.as_ref().map(|c| c.em));
+    let lo = (focus.iter().copied().fold(f64::INFINITY, f64::min) - 6.0)
+        .floor()
+        .max(0.0);
+    let hi = (points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) + 2.0)
+        .ceil()
+        .min(100.0);
     let x = |c: f64| LEFT + (W - LEFT - RIGHT) * c / max_cost;
-    let y = |e: f64| TOP + (H - TOP - BOTTOM) * (1.0 - (e - lo) / (hi - lo).max(1e-9));
+    let y = |e: f64| TOP + (H - TOP - BOTTOM) * (1.0 - (e.max(lo) - lo) / (hi - lo).max(1e-9));
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -116,8 +121,16 @@ pub fn svg(report: &EvalReport) -> String {
             escape(label)
         ));
     };
+    // Experts below the zoomed range sit on the bottom edge; their labels stack upwards.
+    let mut pinned = 0.0;
     for (id, r) in &report.experts {
-        mark(id, r.mean_cost, r.em, "#444");
+        if r.em < lo {
+            let label = format!("{id} ({:.1} EM, off scale)", r.em);
+            mark(&label, r.mean_cost, lo + pinned, "#444");
+            pinned += (hi - lo) / 28.0;
+        } else {
+            mark(id, r.mean_cost, r.em, "#444");
+        }
     }
     mark(
         "oracle",
