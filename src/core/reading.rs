@@ -7,7 +7,6 @@
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
 use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize};
-use std::collections::HashMap;
 
 /// At most this many distinct question terms are tracked (a bit per term).
 const MAX_TERMS: usize = 64;
@@ -31,19 +30,22 @@ impl<'a> Passage<'a> {
     pub fn new(question: &'a str, context: &'a str) -> Self {
         let question_tokens = tokenize(question);
         let tokens = tokenize(context);
-        let mut term_index: HashMap<&str, u8> = HashMap::new();
+        // A question has a handful of terms: a linear scan beats hashing every context token.
+        let mut terms: Vec<&str> = Vec::new();
         for t in &question_tokens {
-            if t.kind != TokenKind::Punct && !is_stop_word(&t.stem) && term_index.len() < MAX_TERMS
+            if t.kind != TokenKind::Punct
+                && !is_stop_word(&t.stem)
+                && terms.len() < MAX_TERMS
+                && !terms.contains(&t.stem.as_str())
             {
-                let next = term_index.len() as u8;
-                term_index.entry(t.stem.as_str()).or_insert(next);
+                terms.push(&t.stem);
             }
         }
         let term_of: Vec<Option<u8>> = tokens
             .iter()
-            .map(|t| term_index.get(t.stem.as_str()).copied())
+            .map(|t| terms.iter().position(|q| *q == t.stem).map(|i| i as u8))
             .collect();
-        let mut counts = vec![0u32; term_index.len()];
+        let mut counts = vec![0u32; terms.len()];
         for term in term_of.iter().flatten() {
             counts[*term as usize] += 1;
         }

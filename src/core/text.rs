@@ -3,8 +3,10 @@
 //!
 //! Tokens are runs of letters/digits (a number keeps internal `,` and `.` between digits, so
 //! "1,000.5" is one token; a word keeps an apostrophe between letters, so "Levi's" is one) or
-//! single punctuation characters. Offsets are in code points, like
-//! SQuAD's `answer_start`, and in bytes, to cut answers out of the context verbatim.
+//! single punctuation characters. Offsets are in code points, like SQuAD's `answer_start`, and
+//! in bytes, to cut answers out of the context verbatim.
+
+use compact_str::CompactString;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -16,8 +18,9 @@ pub enum TokenKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     pub kind: TokenKind,
-    /// Lower-cased, possessive and plural endings stripped (see [`stem`]).
-    pub stem: String,
+    /// Lower-cased, possessive and plural endings stripped (see [`stem`]); kept inline (no heap
+    /// allocation) up to 24 bytes, which is every English word this sees.
+    pub stem: CompactString,
     pub capitalised: bool,
     pub byte_start: usize,
     pub byte_end: usize,
@@ -33,12 +36,33 @@ impl Token {
 
 /// Splits `text` into tokens.
 pub fn tokenize(text: &str) -> Vec<Token> {
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let byte_at = |i: usize| chars.get(i).map_or(text.len(), |&(b, _)| b);
-    let mut tokens = Vec::with_capacity(chars.len() / 5 + 1);
+    if text.is_ascii() {
+        // Byte offsets are character offsets: no index table needed.
+        let bytes = text.as_bytes();
+        scan(text, bytes.len(), |i| char::from(bytes[i]), |i| i)
+    } else {
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        scan(
+            text,
+            chars.len(),
+            |i| chars[i].1,
+            |i| chars.get(i).map_or(text.len(), |&(b, _)| b),
+        )
+    }
+}
+
+/// The tokenizer over `len` characters, reading character `i` with `char_at` and its byte
+/// offset with `byte_at` (`byte_at(len)` is the text's length).
+fn scan(
+    text: &str,
+    len: usize,
+    char_at: impl Fn(usize) -> char,
+    byte_at: impl Fn(usize) -> usize,
+) -> Vec<Token> {
+    let mut tokens = Vec::with_capacity(len / 5 + 1);
     let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i].1;
+    while i < len {
+        let c = char_at(i);
         if c.is_whitespace() {
             i += 1;
             continue;
@@ -46,19 +70,20 @@ pub fn tokenize(text: &str) -> Vec<Token> {
         let start = i;
         let kind = if c.is_alphanumeric() {
             let mut has_letter = false;
-            while i < chars.len() {
-                let c = chars[i].1;
+            while i < len {
+                let c = char_at(i);
+                let next = (i + 1 < len).then(|| char_at(i + 1));
                 if c.is_alphanumeric() {
                     has_letter |= c.is_alphabetic();
                     i += 1;
                 } else if (c == ',' || c == '.')
-                    && chars[i - 1].1.is_ascii_digit()
-                    && chars.get(i + 1).is_some_and(|n| n.1.is_ascii_digit())
+                    && char_at(i - 1).is_ascii_digit()
+                    && next.is_some_and(|n| n.is_ascii_digit())
                 {
                     i += 1;
                 } else if (c == '\'' || c == '’')
-                    && chars[i - 1].1.is_alphabetic()
-                    && chars.get(i + 1).is_some_and(|n| n.1.is_alphabetic())
+                    && char_at(i - 1).is_alphabetic()
+                    && next.is_some_and(char::is_alphabetic)
                 {
                     // "Levi's", "don't": one word.
                     i += 1;
@@ -66,7 +91,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                     break;
                 }
             }
-            if has_letter && !chars[start].1.is_ascii_digit() {
+            if has_letter && !char_at(start).is_ascii_digit() {
                 TokenKind::Word
             } else {
                 TokenKind::Number
@@ -75,13 +100,19 @@ pub fn tokenize(text: &str) -> Vec<Token> {
             i += 1;
             TokenKind::Punct
         };
-        let raw = &text[byte_at(start)..byte_at(i)];
+        let (byte_start, byte_end) = (byte_at(start), byte_at(i));
+        let raw = &text[byte_start..byte_end];
         tokens.push(Token {
             kind,
-            stem: stem(raw),
-            capitalised: raw.chars().next().is_some_and(char::is_uppercase),
-            byte_start: byte_at(start),
-            byte_end: byte_at(i),
+            // Punctuation never matches a term: no stem to allocate.
+            stem: if kind == TokenKind::Punct {
+                CompactString::default()
+            } else {
+                stem(raw)
+            },
+            capitalised: char_at(start).is_uppercase(),
+            byte_start,
+            byte_end,
             char_start: start as u32,
             char_end: i as u32,
         });
@@ -91,14 +122,25 @@ pub fn tokenize(text: &str) -> Vec<Token> {
 
 /// Lower-cases and strips the commonest inflections, so "Broncos" meets "bronco" and
 /// "defeated" meets "defeat". Deliberately light: a wrong stem only costs a missed match.
-pub fn stem(word: &str) -> String {
-    let mut w = word.to_lowercase();
+pub fn stem(word: &str) -> CompactString {
+    // ASCII words (nearly all of them) lower-case without Unicode tables.
+    let mut w = if word.is_ascii() {
+        let mut w = CompactString::from(word);
+        w.make_ascii_lowercase();
+        w
+    } else {
+        CompactString::from(word.to_lowercase())
+    };
     for suffix in ["'s", "’s"] {
-        if let Some(stripped) = w.strip_suffix(suffix) {
-            w = stripped.to_owned();
+        if w.ends_with(suffix) {
+            w.truncate(w.len() - suffix.len());
         }
     }
-    let n = w.chars().count();
+    let n = if w.is_ascii() {
+        w.len()
+    } else {
+        w.chars().count()
+    };
     if n > 4 && w.ends_with("ies") {
         w.truncate(w.len() - 3);
         w.push('y');
