@@ -23,23 +23,9 @@ fn answer_request(question: &str, context: &str, id: Option<&str>) -> pb::Answer
 }
 
 /// Two in-process replay experts: `cheap` (cost 1, prior 0.6) and `strong` (cost 10, prior 0.95).
-const TWO_EXPERTS: &str = r#"
-[[expert]]
-id = "cheap"
-backend = "replay"
-predictions = "FIXTURES/cheap-predictions.json"
-data = "FIXTURES/mini-squad.json"
-cost = 1
-accuracy = 0.6
-
-[[expert]]
-id = "strong"
-backend = "replay"
-predictions = "FIXTURES/strong-predictions.json"
-data = "FIXTURES/mini-squad.json"
-cost = 10
-accuracy = 0.95
-"#;
+fn two_experts() -> String {
+    replay_pair(Some(0.6), Some(0.95))
+}
 
 #[tokio::test]
 async fn an_expert_answers_from_its_recordings_by_id_and_by_text() {
@@ -122,7 +108,7 @@ async fn an_expert_refuses_bad_or_unknown_queries_with_clear_statuses() {
 #[tokio::test]
 async fn the_scheduler_forwards_an_ask_and_explains_its_decision() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), TWO_EXPERTS);
+    let pool = pool_file(dir.path(), &two_experts());
     // lambda 0.1: cheap scores 0.4 + 0.01, strong 0.05 + 0.1 -> strong.
     let (node, _scheduler, local) =
         spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;
@@ -173,7 +159,7 @@ async fn the_scheduler_forwards_an_ask_and_explains_its_decision() {
 #[tokio::test]
 async fn a_budget_excludes_expensive_experts_or_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), TWO_EXPERTS);
+    let pool = pool_file(dir.path(), &two_experts());
     let (node, _scheduler, local) =
         spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;
     let mut router = RouterClient::from_channel(node.channel().await);
@@ -208,7 +194,7 @@ async fn a_budget_excludes_expensive_experts_or_fails_clearly() {
 #[tokio::test]
 async fn bad_asks_get_invalid_argument_and_unknown_ids_not_found() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), TWO_EXPERTS);
+    let pool = pool_file(dir.path(), &two_experts());
     let (node, _scheduler, local) =
         spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;
     let mut router = RouterClient::from_channel(node.channel().await);
@@ -263,7 +249,8 @@ async fn an_unreachable_expert_is_retried_elsewhere_and_the_fallback_recorded() 
     let pool = pool_file(
         dir.path(),
         &format!(
-            "{TWO_EXPERTS}\n[[expert]]\nid = \"best\"\nbackend = \"replay\"\npredictions = \"FIXTURES/strong-predictions.json\"\ncost = 2\naccuracy = 0.99\naddress = \"{dead}\"\n"
+            "{}\n[[expert]]\nid = \"best\"\nbackend = \"replay\"\npredictions = \"FIXTURES/strong-predictions.json\"\ncost = 2\naccuracy = 0.99\naddress = \"{dead}\"\n",
+            two_experts()
         ),
     );
     let (node, _scheduler, local) =
@@ -452,7 +439,7 @@ async fn a_worker_keeps_its_lease_with_heartbeats_and_leaves_on_shutdown() {
 #[tokio::test]
 async fn registration_input_is_validated() {
     let dir = tempfile::tempdir().unwrap();
-    let pool_spec = pool_file(dir.path(), TWO_EXPERTS);
+    let pool_spec = pool_file(dir.path(), &two_experts());
     let (node, _scheduler, local) =
         spawn_scheduler(SchedulerConfig::default(), Some(&pool_spec), 0.1).await;
     let mut pool = PoolClient::new(node.channel().await);

@@ -9,36 +9,17 @@ use l2d::report::{ReportOptions, experts_report};
 use std::collections::HashMap;
 use std::process::Command;
 
-const MIXED_POOL: &str = r#"
-[[expert]]
-id = "cheap"
-backend = "replay"
-predictions = "FIXTURES/cheap-predictions.json"
-data = "FIXTURES/mini-squad.json"
-cost = 1
-
-[[expert]]
-id = "strong"
-backend = "replay"
-predictions = "FIXTURES/strong-predictions.json"
-cost = 10
-
-[[expert]]
-id = "lexical"
-backend = "lexical"
-cost = 0.25
-
-[[expert]]
-id = "typed"
-backend = "typed"
-cost = 0.5
-replicas = 2
-"#;
+/// The replay pair plus the two live readers (`typed` with two in-process replicas).
+fn mixed_pool() -> String {
+    replay_pair(None, None)
+        + "[[expert]]\nid = \"lexical\"\nbackend = \"lexical\"\ncost = 0.25\n\n\
+           [[expert]]\nid = \"typed\"\nbackend = \"typed\"\ncost = 0.5\nreplicas = 2\n"
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_measures_every_expert_with_the_official_metric() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), MIXED_POOL);
+    let pool = pool_file(dir.path(), &mixed_pool());
     let dataset = mini_squad();
     let options = ReportOptions {
         limit: None,
@@ -104,7 +85,7 @@ async fn the_report_measures_every_expert_with_the_official_metric() {
 #[test]
 fn experts_report_prints_a_table_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    pool_file(dir.path(), MIXED_POOL);
+    pool_file(dir.path(), &mixed_pool());
     let run = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_l2d"));
         cmd.args([

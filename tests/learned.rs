@@ -17,22 +17,6 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use tonic::Code;
 
-const POOL: &str = r#"
-[[expert]]
-id = "cheap"
-backend = "replay"
-predictions = "FIXTURES/cheap-predictions.json"
-data = "FIXTURES/mini-squad.json"
-cost = 1
-
-[[expert]]
-id = "strong"
-backend = "replay"
-predictions = "FIXTURES/strong-predictions.json"
-data = "FIXTURES/mini-squad.json"
-cost = 10
-"#;
-
 fn options(mode: Mode, probes: &[&str]) -> TrainOptions {
     TrainOptions {
         lambdas: vec![0.0, 0.5, 5.0],
@@ -52,7 +36,7 @@ fn options(mode: Mode, probes: &[&str]) -> TrainOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_train_evaluate_serve_and_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), POOL);
+    let pool = pool_file(dir.path(), &replay_pair(None, None));
     let dataset = mini_squad();
     let labels = label(
         &pool,
@@ -456,7 +440,7 @@ async fn serve_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cost_target_and_the_decision_log_work_through_the_scheduler() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool_file(dir.path(), POOL);
+    let pool = pool_file(dir.path(), &replay_pair(None, None));
     let labels = label(
         &pool,
         &mini_squad(),
@@ -572,7 +556,7 @@ async fn the_cost_target_and_the_decision_log_work_through_the_scheduler() {
 #[test]
 fn the_training_commands_work_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    pool_file(dir.path(), POOL);
+    pool_file(dir.path(), &replay_pair(None, None));
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_l2d"))

@@ -109,23 +109,8 @@ impl Backend for LexicalReader {
                 }
             }
         }
-        Ok(match best {
-            Some(pick) => {
-                let (text, span) = passage.span_text(pick.start, pick.end);
-                BackendAnswer {
-                    text,
-                    span: Some(span),
-                    score: Some(pick.score),
-                    compute_units: scored as f64,
-                }
-            }
-            None => BackendAnswer {
-                text: String::new(),
-                span: None,
-                score: None,
-                compute_units: scored as f64,
-            },
-        })
+        let best = best.map(|pick| (pick.score, pick.start, pick.end));
+        Ok(BackendAnswer::from_span(&passage, best, scored))
     }
 }
 

@@ -28,6 +28,34 @@ pub struct BackendAnswer {
     pub compute_units: f64,
 }
 
+impl BackendAnswer {
+    /// A live reader's answer: the best `(score, start token, end token)` span of `passage`, or
+    /// "no answer" when there was no candidate; `scored` candidates is the work done.
+    pub fn from_span(
+        passage: &crate::core::reading::Passage<'_>,
+        best: Option<(f64, usize, usize)>,
+        scored: usize,
+    ) -> Self {
+        match best {
+            Some((score, i, j)) => {
+                let (text, span) = passage.span_text(i, j);
+                Self {
+                    text,
+                    span: Some(span),
+                    score: Some(score),
+                    compute_units: scored as f64,
+                }
+            }
+            None => Self {
+                text: String::new(),
+                span: None,
+                score: None,
+                compute_units: scored as f64,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
     /// The backend has no answer for this query (e.g. a replay expert never saw it).

@@ -252,23 +252,7 @@ impl Backend for TypedReader {
                 }
             }
         }
-        Ok(match best {
-            Some((score, i, j)) => {
-                let (text, span) = p.span_text(i, j);
-                BackendAnswer {
-                    text,
-                    span: Some(span),
-                    score: Some(score),
-                    compute_units: scored as f64,
-                }
-            }
-            None => BackendAnswer {
-                text: String::new(),
-                span: None,
-                score: None,
-                compute_units: scored as f64,
-            },
-        })
+        Ok(BackendAnswer::from_span(&p, best, scored))
     }
 }
 

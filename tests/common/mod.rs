@@ -119,6 +119,22 @@ pub async fn spawn_scheduler(
     (node, scheduler, local)
 }
 
+/// Pool-file text for two in-process replay experts over the mini fixture: `cheap` (cost 1) and
+/// `strong` (cost 10), with the given prior accuracies.
+pub fn replay_pair(cheap_accuracy: Option<f64>, strong_accuracy: Option<f64>) -> String {
+    let expert = |id: &str, file: &str, cost: u32, accuracy: Option<f64>| {
+        let accuracy = accuracy
+            .map(|a| format!("accuracy = {a}\n"))
+            .unwrap_or_default();
+        format!(
+            "[[expert]]\nid = \"{id}\"\nbackend = \"replay\"\npredictions = \"FIXTURES/{file}\"\n\
+             data = \"FIXTURES/mini-squad.json\"\ncost = {cost}\n{accuracy}\n"
+        )
+    };
+    expert("cheap", "cheap-predictions.json", 1, cheap_accuracy)
+        + &expert("strong", "strong-predictions.json", 10, strong_accuracy)
+}
+
 /// A pool file written into `dir`, with paths to the fixtures.
 pub fn pool_file(dir: &Path, body: &str) -> PoolFile {
     let body = body.replace("FIXTURES", fixture("").to_str().unwrap());
