@@ -272,6 +272,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_delimiter = ',',
+        allow_negative_numbers = true,
         default_value = "0,0.01,0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3,0.5"
     )]
     pub lambda: Vec<f64>,
