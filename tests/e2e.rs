@@ -615,3 +615,75 @@ async fn the_shipped_default_pool_serves_squad_dev_with_the_prior_policy() {
     node.stop().await;
     local.shutdown().await.unwrap();
 }
+
+/// A backend that takes its time: for deadline tests.
+struct SlowBackend(std::time::Duration);
+
+impl l2d::expert::Backend for SlowBackend {
+    fn kind(&self) -> &'static str {
+        "slow"
+    }
+
+    fn detail(&self) -> String {
+        format!("answers after {:?}", self.0)
+    }
+
+    fn answer(
+        &self,
+        _query: &l2d::core::query::Query,
+    ) -> Result<l2d::expert::BackendAnswer, l2d::expert::BackendError> {
+        std::thread::sleep(self.0);
+        Ok(l2d::expert::BackendAnswer {
+            text: "late".into(),
+            span: None,
+            score: None,
+            compute_units: 1.0,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let expert_addr = listener.local_addr().unwrap();
+    let node = l2d::expert::ExpertNode::new(
+        "slow",
+        1.0,
+        std::sync::Arc::new(SlowBackend(Duration::from_secs(2))),
+    );
+    let (stop_expert, stopped) = tokio::sync::oneshot::channel::<()>();
+    let expert = tokio::spawn(l2d::expert::serve(listener, node, None, async {
+        let _ = stopped.await;
+    }));
+    let (node, scheduler, _local) = spawn_scheduler(SchedulerConfig::default(), None, 0.1).await;
+    scheduler.registry.declare_expert("slow", 1.0, "slow");
+    scheduler
+        .registry
+        .add_fixed_replica(
+            "slow",
+            &expert_addr.to_string(),
+            pb::replica_state::Origin::Static,
+        )
+        .unwrap();
+    let mut router = RouterClient::from_channel(node.channel().await);
+    let err = router
+        .ask(Ask::new(SB_AFC, SB_CONTEXT).timeout(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the call waited for the expert"
+    );
+    // The scheduler's slot for the call is freed with it.
+    let mut pool = PoolClient::new(node.channel().await);
+    let listed = pool
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.experts[0].replicas[0].in_flight, 0);
+    let _ = stop_expert.send(());
+    node.stop().await;
+    let _ = expert.await;
+}
