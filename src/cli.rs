@@ -51,6 +51,12 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a policy on its test articles beside the baselines.
     Eval(EvalArgs),
+    /// Load-test a scheduler (or an expert) by replaying a SQuAD-format data set.
+    Load(LoadArgs),
+    /// Measure the scheduler against a bare forwarding proxy and a direct expert, in one run.
+    Bench(BenchArgs),
+    /// Simulate the decision on large pools (copies of the labelled experts) on simulated time.
+    Simulate(SimulateArgs),
     /// Score a predictions file against a SQuAD v1.1/v2.0 file with the official metric.
     Score(ScoreArgs),
     /// Inspect a scheduler's pool.
@@ -345,6 +351,82 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The scheduler to load (Router.Ask), host:port.
+    #[arg(long, required_unless_present = "expert", conflicts_with = "expert")]
+    pub router: Option<String>,
+    /// Load an expert worker directly (Expert.Answer) instead.
+    #[arg(long)]
+    pub expert: Option<String>,
+    /// The SQuAD-format data set to replay (default: data/squad-v1.1/dev.json).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Closed loop: concurrent workers. Open loop: the most calls in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Open loop: send this many requests per second, whatever the replies do.
+    #[arg(long)]
+    pub rps: Option<f64>,
+    /// Measured run time, after the warm-up.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Time sent but not counted, at the start.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// gRPC connections (HTTP/2) to spread the calls over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// At most this many calls (warm-up included).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Deadline of each call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Report this process's resident memory at the start and the end (e.g. the scheduler's pid).
+    #[arg(long)]
+    pub watch_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds of each measured phase.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Calls in flight for the saturated phase.
+    #[arg(long, default_value_t = 32)]
+    pub saturate: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Rewrite the benchmark section of this Markdown file (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Labels to draw accuracies and questions from (default: label the default pool on SQuAD
+    /// v1.1 dev first, about 1 s).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Pool sizes (experts), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "5,50,500")]
+    pub experts: Vec<usize>,
+    /// Replicas per expert.
+    #[arg(long, default_value_t = 20)]
+    pub replicas: usize,
+    /// Queries per pool size.
+    #[arg(long, default_value_t = 20_000)]
+    pub queries: usize,
+    /// Price of compute of the prior policy used.
+    #[arg(long, default_value_t = 0.1)]
+    pub lambda: f64,
+}
+
+#[derive(Debug, Args)]
 pub struct ScoreArgs {
     /// The SQuAD-format data set (v1.1 or v2.0).
     #[arg(long)]
@@ -442,6 +524,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Expert(args) => run_expert(args).await,
         Command::Ask(args) => ask(args).await,
         Command::Score(args) => score(args),
+        Command::Load(args) => load(args).await,
+        Command::Simulate(args) => simulate(args).await,
+        Command::Bench(args) => crate::load::bench::bench_command(args).await,
         Command::ExpertsReport(args) => experts_report(args).await,
         Command::Label(args) => label(args).await,
         Command::Train(args) => train(args),
@@ -767,6 +852,88 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     print!("{markdown}");
+    Ok(())
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    use crate::load::{LoadOptions, Target, queries, rss_kib, run};
+    use std::io::IsTerminal;
+    let data = args
+        .data
+        .unwrap_or_else(|| default_pool_path().with_file_name("../data/squad-v1.1/dev.json"));
+    let dataset = Dataset::load(&data)?;
+    let (target, address) = match (args.router, args.expert) {
+        (Some(r), _) => (Target::Router, r),
+        (None, Some(e)) => (Target::Expert, e),
+        (None, None) => bail!("give --router or --expert"),
+    };
+    let options = LoadOptions {
+        target,
+        address,
+        concurrency: args.concurrency,
+        rps: args.rps,
+        duration: args.duration,
+        warmup: args.warmup,
+        connections: args.connections,
+        limit: args.limit,
+        timeout: args.timeout,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let rss_start = args.watch_pid.and_then(rss_kib);
+    let report = run(
+        &options,
+        Arc::new(queries(&dataset)),
+        dataset.metric_version(),
+    )
+    .await?;
+    let rss_end = args.watch_pid.and_then(rss_kib);
+    print!("{}", report.to_text());
+    if let (Some(pid), Some(a), Some(b)) = (args.watch_pid, rss_start, rss_end) {
+        println!("RSS of pid {pid}: {a} KiB at the start, {b} KiB at the end");
+    }
+    if let Some(path) = &args.json {
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(a), Some(b)) = (rss_start, rss_end) {
+            json["rss_kib"] = serde_json::json!({ "start": a, "end": b });
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use crate::load::simulate::{simulate, table};
+    let labels = match &args.labels {
+        Some(path) => crate::train::labels::Labels::read(path)?,
+        None => {
+            let pool = PoolFile::load(&default_pool_path())?;
+            let data = default_pool_path().with_file_name("../data/squad-v1.1/dev.json");
+            let dataset = Dataset::load(&data)?;
+            let options = crate::train::labels::LabelOptions {
+                concurrency: 8,
+                limit: None,
+                progress: false,
+                articles: None,
+            };
+            crate::train::labels::label(&pool, &dataset, "dev", &options).await?
+        }
+    };
+    let unit = Duration::from_micros(10);
+    let interval = Duration::from_micros(20);
+    let mut rows = Vec::new();
+    for &experts in &args.experts {
+        rows.push(simulate(
+            &labels,
+            experts,
+            args.replicas,
+            args.queries,
+            unit,
+            interval,
+            args.lambda,
+        )?);
+    }
+    print!("{}", table(&rows, unit, interval));
     Ok(())
 }
 

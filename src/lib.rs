@@ -33,6 +33,7 @@ pub mod core;
 pub mod demo;
 pub mod expert;
 pub mod grpc;
+pub mod load;
 pub mod pool_file;
 pub mod report;
 pub mod scheduler;

@@ -16,7 +16,10 @@ async fn main() -> std::process::ExitCode {
         | l2d::cli::Command::Label(_)
         | l2d::cli::Command::Train(_)
         | l2d::cli::Command::Eval(_)
-        | l2d::cli::Command::Demo(_) => "warn",
+        | l2d::cli::Command::Demo(_)
+        | l2d::cli::Command::Load(_)
+        | l2d::cli::Command::Bench(_)
+        | l2d::cli::Command::Simulate(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
