@@ -8,6 +8,7 @@
 //!   pool's labels), its pool holding only that same expert worker: one hop per query, like (b),
 //!   so the difference is the scheduler's own work (validation, featurizing, scoring, deciding,
 //!   bookkeeping);
+//! - (c0) as (c) with the prior policy, which reads no features: what featurizing costs;
 //! - (d) the same policy over the whole default pool (five workers): one hop, spread over five
 //!   upstream connections;
 //! - (e) the shipped defer-mode policy over the whole pool (probes first: two or three hops).
@@ -283,6 +284,13 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             }
             scheduler
         };
+    let prior = crate::cluster::prior_policy(&pool, None)?;
+    let (prior_addr, prior_running) = spawn_scheduler(with_experts(
+        Box::new(prior),
+        Some("bert-large"),
+        String::new(),
+    ))
+    .await?;
     let one_hop = crate::core::learned::LearnedPolicy::new(route.clone(), None, &route_digest);
     let (one_addr, one_running) = spawn_scheduler(with_experts(
         Box::new(one_hop),
@@ -333,6 +341,17 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     );
     targets.push(
         measure(
+            "(c0) scheduler, prior policy (no features), that expert only",
+            Target::Router,
+            &prior_addr.to_string(),
+            args,
+            &queries,
+            version,
+        )
+        .await?,
+    );
+    targets.push(
+        measure(
             "(d) scheduler, learned route policy, 5-expert pool",
             Target::Router,
             &route_addr.to_string(),
@@ -355,6 +374,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     );
 
     stop(one_running).await?;
+    stop(prior_running).await?;
     stop(route_running).await?;
     stop(defer_running).await?;
     let _ = proxy_stop.send(());
