@@ -177,7 +177,21 @@ pub async fn run(
         );
     }
     let clients = connect(options).await?;
-    let bar = progress_bar(options.progress, options.limit.unwrap_or(0), "requests");
+    let bar = match options.limit {
+        Some(limit) => progress_bar(options.progress, limit, "requests"),
+        None if options.progress => {
+            // A run bounded by time: count, no length.
+            let spinner = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{spinner} {pos} requests {per_sec}")
+            {
+                spinner.set_style(style);
+            }
+            spinner.enable_steady_tick(Duration::from_millis(200));
+            spinner
+        }
+        None => indicatif::ProgressBar::hidden(),
+    };
     let start = Instant::now();
     let measured_from = start + options.warmup;
     let end = options.duration.map(|d| measured_from + d);
