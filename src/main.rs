@@ -1,6 +1,11 @@
 //! The `l2d` binary: parse the command line, set up logging, run the command.
 
 use clap::Parser;
+
+/// mimalloc: per-thread heaps without the cross-thread lock traffic glibc's malloc showed in the
+/// scheduler's profile (tokio moves tasks, and their allocations, between worker threads).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
