@@ -305,73 +305,34 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (defer_addr, defer_running) =
         spawn_scheduler(with_experts(Box::new(defer), None, digest)).await?;
 
-    let mut targets = Vec::new();
-    targets.push(
-        measure(
-            "(a) direct to the expert",
-            Target::Expert,
-            &bert.to_string(),
-            args,
-            &queries,
-            version,
-        )
-        .await?,
-    );
-    targets.push(
-        measure(
-            "(b) bare forwarding proxy",
-            Target::Router,
-            &proxy_addr.to_string(),
-            args,
-            &queries,
-            version,
-        )
-        .await?,
-    );
-    targets.push(
-        measure(
+    let runs = [
+        ("(a) direct to the expert", Target::Expert, bert),
+        ("(b) bare forwarding proxy", Target::Router, proxy_addr),
+        (
             "(c) scheduler, learned route policy, that expert only",
             Target::Router,
-            &one_addr.to_string(),
-            args,
-            &queries,
-            version,
-        )
-        .await?,
-    );
-    targets.push(
-        measure(
+            one_addr,
+        ),
+        (
             "(c0) scheduler, prior policy (no features), that expert only",
             Target::Router,
-            &prior_addr.to_string(),
-            args,
-            &queries,
-            version,
-        )
-        .await?,
-    );
-    targets.push(
-        measure(
+            prior_addr,
+        ),
+        (
             "(d) scheduler, learned route policy, 5-expert pool",
             Target::Router,
-            &route_addr.to_string(),
-            args,
-            &queries,
-            version,
-        )
-        .await?,
-    );
-    targets.push(
-        measure(
+            route_addr,
+        ),
+        (
             "(e) scheduler, shipped defer policy, 5-expert pool",
             Target::Router,
-            &defer_addr.to_string(),
-            args,
-            &queries,
-            version,
-        )
-        .await?,
-    );
+            defer_addr,
+        ),
+    ];
+    let mut targets = Vec::with_capacity(runs.len());
+    for (name, target, address) in runs {
+        targets.push(measure(name, target, &address.to_string(), args, &queries, version).await?);
+    }
 
     stop(one_running).await?;
     stop(prior_running).await?;
