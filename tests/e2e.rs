@@ -644,17 +644,27 @@ impl l2d::expert::Backend for SlowBackend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let expert_addr = listener.local_addr().unwrap();
-    let node = l2d::expert::ExpertNode::new(
-        "slow",
-        1.0,
-        std::sync::Arc::new(SlowBackend(Duration::from_secs(2))),
-    );
+    // The slow expert runs on its own runtime, as it would in its own process: its blocking
+    // backend must not stall the scheduler's timers.
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let expert_addr = std_listener.local_addr().unwrap();
     let (stop_expert, stopped) = tokio::sync::oneshot::channel::<()>();
-    let expert = tokio::spawn(l2d::expert::serve(listener, node, None, async {
-        let _ = stopped.await;
-    }));
+    let expert = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            std_listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let node = l2d::expert::ExpertNode::new(
+                "slow",
+                1.0,
+                std::sync::Arc::new(SlowBackend(Duration::from_secs(2))),
+            );
+            l2d::expert::serve(listener, node, None, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    });
     let (node, scheduler, _local) = spawn_scheduler(SchedulerConfig::default(), None, 0.1).await;
     scheduler.registry.declare_expert("slow", 1.0, "slow");
     scheduler
@@ -683,5 +693,5 @@ async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
     assert_eq!(listed.experts[0].replicas[0].in_flight, 0);
     let _ = stop_expert.send(());
     node.stop().await;
-    let _ = expert.await;
+    let _ = tokio::task::spawn_blocking(move || expert.join()).await;
 }

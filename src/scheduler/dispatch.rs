@@ -436,7 +436,12 @@ impl Router for RouterService {
                     decision
                         .fallbacks
                         .push(fallback(group, &out.replica, &status));
-                    if status.code() == Code::DeadlineExceeded {
+                    // The expert's own server enforces the deadline we forwarded and answers
+                    // CANCELLED ("Timeout expired") when it fires: past our deadline, any failure
+                    // is the deadline's.
+                    let past_deadline =
+                        deadline.is_some_and(|d| Instant::now() + Duration::from_millis(1) >= d);
+                    if status.code() == Code::DeadlineExceeded || past_deadline {
                         log(None, charged);
                         return Err(deadline_exceeded(&decision));
                     }
