@@ -44,6 +44,8 @@ pub struct DecisionParams {
     pub tries_per_expert: usize,
     /// Tie-break among equally loaded replicas.
     pub rotation: usize,
+    /// ε of ε-greedy exploration (see [`explore`]); 0 for none.
+    pub explore: f64,
 }
 
 impl Default for DecisionParams {
@@ -53,6 +55,7 @@ impl Default for DecisionParams {
             max_attempts: 4,
             tries_per_expert: 2,
             rotation: 0,
+            explore: 0.0,
         }
     }
 }
@@ -169,7 +172,14 @@ pub fn decide(
 /// Returns the probability with which the expert now first in the plan was chosen: its
 /// propensity, `(1 − ε)·[it is the greedy choice] + ε / eligible`. `u` and `v` are uniform in
 /// [0, 1): the caller draws them, so this stays a function of its inputs.
-pub fn explore(plan: &mut Plan, epsilon: f64, u: f64, v: f64) -> f64 {
+pub fn explore(
+    plan: &mut Plan,
+    candidates: &[Candidate<'_>],
+    params: &DecisionParams,
+    u: f64,
+    v: f64,
+) -> f64 {
+    let epsilon = params.explore;
     let eligible = plan.ranked.len();
     let greedy = plan.ranked[0];
     let epsilon = epsilon.clamp(0.0, 1.0);
@@ -179,21 +189,21 @@ pub fn explore(plan: &mut Plan, epsilon: f64, u: f64, v: f64) -> f64 {
         greedy
     };
     if chosen != greedy {
-        // The drawn expert's attempts first (it may have none when max_attempts cut it off).
-        let mut first: Vec<Attempt> = plan
-            .attempts
+        // The drawn expert's attempts first, on its least-loaded available replicas (computed
+        // afresh: max_attempts may have cut it from the plan); the plan's others follow.
+        let mut order = Vec::new();
+        order_replicas(candidates[chosen].replicas, params.rotation, &mut order);
+        let mut attempts: Vec<Attempt> = order
             .iter()
-            .copied()
-            .filter(|a| a.expert == chosen)
-            .collect();
-        if first.is_empty() {
-            first.push(Attempt {
+            .take(params.tries_per_expert.max(1))
+            .map(|&replica| Attempt {
                 expert: chosen,
-                replica: 0,
-            });
-        }
-        first.extend(plan.attempts.iter().copied().filter(|a| a.expert != chosen));
-        plan.attempts = first;
+                replica,
+            })
+            .collect();
+        attempts.extend(plan.attempts.iter().copied().filter(|a| a.expert != chosen));
+        attempts.truncate(params.max_attempts.max(1));
+        plan.attempts = attempts;
     }
     let greedy_mass = if chosen == greedy { 1.0 - epsilon } else { 0.0 };
     greedy_mass + epsilon / eligible as f64
@@ -369,12 +379,16 @@ mod tests {
         let plan = decide(&cands, &DecisionParams::default()).unwrap();
         // No exploration drawn: the greedy plan, propensity 1 − ε + ε/3.
         let mut greedy = plan.clone();
-        let p = explore(&mut greedy, 0.3, 0.9, 0.0);
+        let params = DecisionParams {
+            explore: 0.3,
+            ..DecisionParams::default()
+        };
+        let p = explore(&mut greedy, &cands, &params, 0.9, 0.0);
         assert_eq!(greedy, plan);
         assert!((p - (0.7 + 0.1)).abs() < 1e-12);
         // Exploration drawn, landing on the third-ranked expert (index 0 in pool order).
         let mut explored = plan.clone();
-        let p = explore(&mut explored, 0.3, 0.1, 0.9);
+        let p = explore(&mut explored, &cands, &params, 0.1, 0.9);
         assert_eq!(explored.chosen(), 0);
         assert!((p - 0.1).abs() < 1e-12);
         assert_eq!(explored.attempts.len(), plan.attempts.len());
@@ -399,6 +413,7 @@ mod tests {
             max_attempts in 1usize..6,
             tries_per_expert in 1usize..3,
             rotation in 0usize..10,
+            draw in 0.0f64..1.0,
         ) {
             let replicas: Vec<Vec<ReplicaLoad>> = raw
                 .iter()
@@ -409,7 +424,7 @@ mod tests {
                 .zip(&replicas)
                 .map(|((cost, score, _), r)| Candidate { cost: *cost, expected_cost: *score, replicas: r })
                 .collect();
-            let params = DecisionParams { budget, max_attempts, tries_per_expert, rotation };
+            let params = DecisionParams { budget, max_attempts, tries_per_expert, rotation, explore: 0.0 };
             let eligible = |c: &Candidate<'_>| {
                 budget.is_none_or(|b| c.cost <= b) && c.replicas.iter().any(|r| r.available)
             };
@@ -438,6 +453,17 @@ mod tests {
                     // The first replica of the chosen expert is a least-loaded available one.
                     let min_load = chosen.replicas.iter().filter(|r| r.available).map(|r| r.in_flight).min().unwrap();
                     prop_assert_eq!(chosen.replicas[plan.attempts[0].replica].in_flight, min_load);
+                    // Exploration keeps every guarantee: eligible experts, available replicas,
+                    // the attempt budget; its propensity is a probability.
+                    let mut explored = plan.clone();
+                    let explore_params = DecisionParams { explore: 1.0, ..params };
+                    let propensity = explore(&mut explored, &cands, &explore_params, 0.0, draw);
+                    prop_assert!(propensity > 0.0 && propensity <= 1.0);
+                    prop_assert!(!explored.attempts.is_empty() && explored.attempts.len() <= max_attempts);
+                    for a in &explored.attempts {
+                        prop_assert!(eligible(&cands[a.expert]));
+                        prop_assert!(cands[a.expert].replicas[a.replica].available);
+                    }
                 }
                 Err(_) => prop_assert!(cands.iter().all(|c| !eligible(c))),
             }

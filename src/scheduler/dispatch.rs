@@ -126,6 +126,7 @@ async fn run_probe(
         max_attempts: tries,
         tries_per_expert: tries,
         rotation,
+        explore: 0.0,
     };
     let mut fallbacks = Vec::new();
     let mut charged = 0.0;
@@ -315,6 +316,7 @@ impl Router for RouterService {
             max_attempts: config.max_attempts,
             tries_per_expert: config.tries_per_expert,
             rotation: number as usize,
+            explore: config.explore,
         };
         let mut plan = decide(&candidates, &params).inspect_err(|e| {
             tracing::info!(request_id, %query, error = %e, "no expert can take the query");
@@ -322,7 +324,7 @@ impl Router for RouterService {
         let greedy = plan.chosen();
         let propensity = if config.explore > 0.0 {
             let (u, v) = uniform_pair(config.explore_seed, number);
-            explore(&mut plan, config.explore, u, v)
+            explore(&mut plan, &candidates, &params, u, v)
         } else {
             1.0
         };
