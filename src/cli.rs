@@ -462,6 +462,11 @@ pub fn default_policy_path() -> PathBuf {
     }
 }
 
+/// The default pool's data set, `data/squad-v1.1/dev.json`, found like the pool.
+pub fn default_data_path() -> PathBuf {
+    default_pool_path().with_file_name("../data/squad-v1.1/dev.json")
+}
+
 /// Where `l2d up` finds its default pool: the working directory's `pools/`, else the source tree
 /// this binary was built from.
 pub fn default_pool_path() -> PathBuf {
@@ -479,9 +484,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             use std::io::IsTerminal;
             let pool = args.pool.unwrap_or_else(default_pool_path);
             let policy = args.policy.unwrap_or_else(default_policy_path);
-            let data = args.data.unwrap_or_else(|| {
-                default_pool_path().with_file_name("../data/squad-v1.1/dev.json")
-            });
+            let data = args.data.unwrap_or_else(default_data_path);
             anyhow::ensure!(
                 (0.0..=1.0).contains(&args.explore),
                 "--explore must be in [0, 1], got {}",
@@ -858,9 +861,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
     use crate::load::{LoadOptions, Target, queries, rss_kib, run};
     use std::io::IsTerminal;
-    let data = args
-        .data
-        .unwrap_or_else(|| default_pool_path().with_file_name("../data/squad-v1.1/dev.json"));
+    let data = args.data.unwrap_or_else(default_data_path);
     let dataset = Dataset::load(&data)?;
     let (target, address) = match (args.router, args.expert) {
         (Some(r), _) => (Target::Router, r),
@@ -908,7 +909,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         Some(path) => crate::train::labels::Labels::read(path)?,
         None => {
             let pool = PoolFile::load(&default_pool_path())?;
-            let data = default_pool_path().with_file_name("../data/squad-v1.1/dev.json");
+            let data = default_data_path();
             let dataset = Dataset::load(&data)?;
             let options = crate::train::labels::LabelOptions {
                 concurrency: 8,

@@ -17,7 +17,7 @@
 //! the same cores, load generator included; ratios from one run are what to read.
 
 use super::{LoadOptions, Target, queries, run, tally::LoadReport};
-use crate::cli::{BenchArgs, default_policy_path, default_pool_path};
+use crate::cli::{BenchArgs, default_data_path, default_policy_path, default_pool_path};
 use crate::cluster;
 use crate::core::learned::{LossKind, Mode};
 use crate::grpc::pb::{self, expert_client::ExpertClient, router_server};
@@ -190,9 +190,8 @@ async fn measure(
 }
 
 pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
-    let pool_path = default_pool_path();
-    let pool = PoolFile::load(&pool_path)?;
-    let data = pool_path.with_file_name("../data/squad-v1.1/dev.json");
+    let pool = PoolFile::load(&default_pool_path())?;
+    let data = default_data_path();
     let dataset = Dataset::load(&data)?;
     let version = dataset.metric_version();
     let queries = Arc::new(queries(&dataset));
