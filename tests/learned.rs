@@ -17,6 +17,19 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use tonic::Code;
 
+/// Labels the mini fixture with `pool`'s experts, through gRPC.
+async fn label_fixture(pool: &l2d::pool_file::PoolFile, dataset: &l2d::squad::Dataset) -> Labels {
+    let options = LabelOptions {
+        concurrency: 2,
+        limit: None,
+        progress: false,
+        articles: None,
+    };
+    label(pool, dataset, "mini-squad.json", &options)
+        .await
+        .unwrap()
+}
+
 fn options(mode: Mode, probes: &[&str]) -> TrainOptions {
     TrainOptions {
         lambdas: vec![0.0, 0.5, 5.0],
@@ -38,19 +51,7 @@ async fn label_train_evaluate_serve_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool_file(dir.path(), &replay_pair(None, None));
     let dataset = mini_squad();
-    let labels = label(
-        &pool,
-        &dataset,
-        "mini-squad.json",
-        &LabelOptions {
-            concurrency: 2,
-            limit: None,
-            progress: false,
-            articles: None,
-        },
-    )
-    .await
-    .unwrap();
+    let labels = label_fixture(&pool, &dataset).await;
     // Labels: one record per question, per expert the answer and its official EM/F1.
     assert_eq!(labels.records.len(), 5);
     let afc = labels.records.iter().find(|r| r.id == "sb-afc").unwrap();
@@ -441,19 +442,7 @@ async fn serve_with(
 async fn the_cost_target_and_the_decision_log_work_through_the_scheduler() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool_file(dir.path(), &replay_pair(None, None));
-    let labels = label(
-        &pool,
-        &mini_squad(),
-        "mini",
-        &LabelOptions {
-            concurrency: 2,
-            limit: None,
-            progress: false,
-            articles: None,
-        },
-    )
-    .await
-    .unwrap();
+    let labels = label_fixture(&pool, &mini_squad()).await;
     // A bank whose ends are "always strong" (lambda 0: cost 10) and "always cheap" (lambda 50:
     // cost 1), so a target of 5.5 needs both.
     let mut options = options(Mode::Route, &[]);

@@ -12,6 +12,8 @@ pub mod registry;
 
 pub use registry::{Registry, RegistryError};
 
+use registry::lock;
+
 use crate::core::cost_target::{CostTarget, CostWindow, Move};
 use crate::core::decision::DecisionParams;
 use crate::core::learned::{LearnedPolicy, PolicyFile, digest};
@@ -218,10 +220,6 @@ impl Scheduler {
     pub fn target_cost(&self) -> Option<f64> {
         self.config.target_cost
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serves `Router` and `Pool` on `listener` until `shutdown` completes, reaping expired leases

@@ -137,7 +137,9 @@ impl Replica {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a std mutex, recovering the data from a poisoned one (every critical section here is a
+/// few plain assignments: a panic cannot leave them half done).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
