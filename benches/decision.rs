@@ -1,5 +1,6 @@
 //! Cost of one routing decision on the request path's pure part: prior-policy scoring plus
-//! `decide` (exclusions, ranking, replica order, attempt plan), for pools of growing size.
+//! `decide` (exclusions, load term, ranking, replica choice, attempt plan), for pools of growing
+//! size; and the shipped learned policy (featurize + score + decide) on the default pool.
 //!
 //! Run: `cargo bench --bench decision`
 
@@ -12,7 +13,8 @@ use std::hint::black_box;
 /// (id, cost, prior accuracy) per expert.
 type ExpertSpecs = Vec<(String, f64, f64)>;
 
-/// A synthetic pool: costs spread over 1..100, accuracies over 0.4..0.9, every ninth replica down.
+/// A synthetic pool: costs spread over 1..100, accuracies over 0.4..0.9, every ninth replica
+/// down, loads 0..7 of a limit of 8 (some replicas saturated), latencies 1..5 ms.
 fn pool(experts: usize, replicas: usize) -> (ExpertSpecs, Vec<Vec<ReplicaLoad>>) {
     let specs = (0..experts)
         .map(|i| {
@@ -25,7 +27,9 @@ fn pool(experts: usize, replicas: usize) -> (ExpertSpecs, Vec<Vec<ReplicaLoad>>)
         .map(|i| {
             (0..replicas)
                 .map(|r| ReplicaLoad {
-                    in_flight: ((i + r) % 4) as u32,
+                    in_flight: ((i * 3 + r) % 9) as u32,
+                    limit: 8,
+                    rtt: 0.001 * (1 + (i + r) % 5) as f64,
                     available: (i + r) % 9 != 0,
                 })
                 .collect()
@@ -43,7 +47,7 @@ fn bench_decision(c: &mut Criterion) {
     )
     .unwrap();
     let mut group = c.benchmark_group("score_and_decide");
-    for (experts, replicas) in [(5, 1), (50, 10), (500, 1)] {
+    for (experts, replicas) in [(5, 1), (5, 20), (50, 20), (500, 20)] {
         let (specs, loads) = pool(experts, replicas);
         let policy =
             PriorPolicy::new(0.1, specs.iter().map(|(id, _, a)| (id.clone(), *a))).unwrap();
@@ -52,7 +56,7 @@ fn bench_decision(c: &mut Criterion) {
             .map(|(id, cost, _)| ExpertMeta { id, cost: *cost })
             .collect();
         let mut scores = Vec::with_capacity(experts);
-        let mut rotation = 0usize;
+        let mut seed = 0u64;
         group.bench_with_input(
             BenchmarkId::from_parameter(format!("{experts}x{replicas}")),
             &experts,
@@ -69,9 +73,9 @@ fn bench_decision(c: &mut Criterion) {
                             replicas: r,
                         })
                         .collect();
-                    rotation = rotation.wrapping_add(1);
+                    seed = seed.wrapping_add(1);
                     let params = DecisionParams {
-                        rotation,
+                        seed,
                         ..DecisionParams::default()
                     };
                     black_box(decide(&candidates, &params).unwrap())
@@ -108,10 +112,7 @@ fn bench_learned(c: &mut Criterion) {
             cost: a.cost,
         })
         .collect();
-    let loads = vec![ReplicaLoad {
-        in_flight: 0,
-        available: true,
-    }];
+    let loads = vec![ReplicaLoad::idle(0.001)];
     let probes = [Some("Denver Broncos"), Some("Denver Broncos")];
     let mut scores = Vec::new();
     let mut group = c.benchmark_group("learned_defer_policy");

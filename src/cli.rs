@@ -104,6 +104,54 @@ pub struct UpArgs {
     pub pool: Option<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+}
+
+/// Dispatch knobs shared by `l2d up` and `l2d scheduler`.
+#[derive(Debug, Args)]
+pub struct DispatchArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464); off when unset.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Calls in flight per replica unless the pool file or the replica says otherwise; beyond
+    /// it the replica is saturated and work goes elsewhere (or RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight: u32,
+    /// Weight of the load term in the decision (0 ignores load until saturation).
+    #[arg(long, default_value_t = 0.02)]
+    pub load_weight: f64,
+    /// Consecutive failed calls that eject a replica (exponential backoff from 1 s to 30 s).
+    #[arg(long, default_value_t = 5)]
+    pub eject_after: u32,
+    /// How often static and DNS replicas get a gRPC health check (0s: never).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    /// How often the pool file's DNS names are resolved again.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_interval: Duration,
+}
+
+impl DispatchArgs {
+    fn apply(&self, config: &mut SchedulerConfig) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be at least 1");
+        anyhow::ensure!(
+            self.load_weight.is_finite() && self.load_weight >= 0.0,
+            "--load-weight must be a finite number >= 0, got {}",
+            self.load_weight
+        );
+        anyhow::ensure!(self.eject_after > 0, "--eject-after must be at least 1");
+        anyhow::ensure!(
+            !self.dns_interval.is_zero(),
+            "--dns-interval must be longer than 0s"
+        );
+        config.replicas.max_in_flight = self.max_in_flight;
+        config.replicas.health.consecutive_failures = self.eject_after;
+        config.load_weight = self.load_weight;
+        config.health_interval = self.health_interval;
+        config.dns_interval = self.dns_interval;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +167,8 @@ pub struct SchedulerArgs {
     pub lease_ttl: Duration,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +235,13 @@ pub struct ExpertArgs {
     /// Lease TTL to ask for (default: the scheduler's).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lease_ttl: Option<Duration>,
+    /// Answer at most this many queries at once; others queue (reported as the queue depth).
+    /// Announced to the scheduler, which then sends no more. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrency: u32,
+    /// Add this latency to every answer (to stand in for a slower model in drills and tests).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -510,19 +567,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.policy.policy.is_none() && !args.policy.prior {
                 args.policy.policy = Some(default_policy_path());
             }
-            run_scheduler(
-                args.listen,
-                Some(pool),
-                args.policy,
-                SchedulerConfig::default(),
-                true,
-            )
-            .await
+            let mut config = SchedulerConfig::default();
+            args.dispatch.apply(&mut config)?;
+            let metrics = args.dispatch.metrics_listen;
+            run_scheduler(args.listen, Some(pool), args.policy, config, metrics, true).await
         }
         Command::Scheduler(args) => {
             let mut config = SchedulerConfig::default();
-            config.leases.default_ttl = config.leases.grant(Some(args.lease_ttl));
-            run_scheduler(args.listen, args.pool, args.policy, config, false).await
+            config.replicas.leases.default_ttl = config.replicas.leases.grant(Some(args.lease_ttl));
+            args.dispatch.apply(&mut config)?;
+            let metrics = args.dispatch.metrics_listen;
+            run_scheduler(args.listen, args.pool, args.policy, config, metrics, false).await
         }
         Command::Expert(args) => run_expert(args).await,
         Command::Ask(args) => ask(args).await,
@@ -545,6 +600,7 @@ async fn run_scheduler(
     pool_path: Option<PathBuf>,
     policy: PolicyArgs,
     config: SchedulerConfig,
+    metrics_listen: Option<SocketAddr>,
     banner: bool,
 ) -> anyhow::Result<()> {
     let pool = match &pool_path {
@@ -599,8 +655,27 @@ async fn run_scheduler(
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
     let local = cluster::start_pool(&pool, &scheduler).await?;
     let address = listener.local_addr()?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|listener| {
+        let s = scheduler.clone();
+        tokio::spawn(crate::telemetry::serve_metrics(
+            listener,
+            move || s.publish_metrics(),
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
     if banner {
         let active = scheduler.policy();
         eprintln!(
@@ -616,6 +691,10 @@ async fn run_scheduler(
         eprintln!("l2d: stop with Ctrl-C");
     }
     let served = scheduler::serve(listener, scheduler, shutdown_signal()).await;
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     local.shutdown().await?;
     served
 }
@@ -648,6 +727,7 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         accuracy: None,
         backend,
         placement: Placement::InProcess { replicas: 1 },
+        max_in_flight: None,
     };
     let backend = cluster::build_backend(&spec, &DatasetCache::default())?;
     let listener = TcpListener::bind(args.listen)
@@ -659,7 +739,9 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         advertise: args.advertise.unwrap_or_else(|| bound.to_string()),
         lease_ttl: args.lease_ttl,
     });
-    let node = ExpertNode::new(spec.id, spec.cost, backend);
+    let node = ExpertNode::new(spec.id, spec.cost, backend)
+        .with_max_concurrency(args.max_concurrency)
+        .with_delay(args.delay);
     expert::serve(listener, node, registration, shutdown_signal()).await
 }
 
@@ -989,54 +1071,60 @@ async fn pool_status(router: &str, json: bool) -> anyhow::Result<()> {
 
 /// The pool as a text table: one line per replica (or per expert without one).
 pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
-    let mut rows = vec![[
-        "EXPERT".to_string(),
-        "COST".into(),
-        "REPLICA".into(),
-        "ORIGIN".into(),
-        "LEASE".into(),
-        "IN-FLIGHT".into(),
-        "ANSWERED".into(),
-        "FAILED".into(),
-    ]];
+    const HEADER: [&str; 11] = [
+        "EXPERT",
+        "COST",
+        "REPLICA",
+        "ORIGIN",
+        "STATE",
+        "IN-FLIGHT",
+        "QUEUE",
+        "RTT",
+        "ERRORS",
+        "ANSWERED",
+        "FAILED",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![HEADER.iter().map(|h| h.to_string()).collect()];
     for e in &pool.experts {
         if e.replicas.is_empty() {
-            rows.push([
-                e.expert_id.clone(),
-                e.cost.to_string(),
-                "(none)".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ]);
+            let mut row = vec![e.expert_id.clone(), e.cost.to_string(), "(none)".into()];
+            row.resize(HEADER.len(), "-".into());
+            rows.push(row);
         }
         for r in &e.replicas {
             let origin = match Origin::try_from(r.origin) {
                 Ok(Origin::Static) => "static",
                 Ok(Origin::InProcess) => "in-process",
                 Ok(Origin::Registered) => "registered",
+                Ok(Origin::Dns) => "dns",
                 _ => "?",
             };
-            let lease = if r.lease_id.is_empty() {
-                "-".to_string()
+            let state = if r.ejected_ms > 0 {
+                format!("ejected {:.1}s", r.ejected_ms as f64 / 1000.0)
+            } else if !r.lease_id.is_empty() {
+                format!("lease {:.1}s", r.lease_remaining_ms as f64 / 1000.0)
             } else {
-                format!("{:.1}s", r.lease_remaining_ms as f64 / 1000.0)
+                "ready".into()
             };
-            rows.push([
+            let queue = r
+                .reported
+                .map_or("-".to_string(), |l| l.queue_depth.to_string());
+            rows.push(vec![
                 e.expert_id.clone(),
                 e.cost.to_string(),
                 r.address.clone(),
                 origin.into(),
-                lease,
-                r.in_flight.to_string(),
+                state,
+                format!("{}/{}", r.in_flight, r.max_in_flight),
+                queue,
+                format!("{:.2}ms", r.rtt_ms),
+                format!("{:.0}%", r.error_rate * 100.0),
                 r.answered_total.to_string(),
                 r.failed_total.to_string(),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..HEADER.len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

@@ -8,7 +8,7 @@ use crate::expert::typed::TypedReader;
 use crate::expert::{Backend, ExpertNode};
 use crate::grpc::pb::replica_state::Origin;
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Registry, Scheduler};
 use crate::squad::DatasetCache;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -98,11 +98,12 @@ pub async fn spawn_local_experts(pool: &PoolFile) -> anyhow::Result<LocalExperts
     Ok(local)
 }
 
-/// Every address at which an expert of `pool` can be reached: its in-process replicas in
-/// `local`, or its static address.
+/// Every fixed address at which an expert of `pool` can be reached: its in-process replicas in
+/// `local`, or its static addresses (none for DNS placement: see [`resolve`]).
 pub fn expert_addresses(spec: &ExpertSpec, local: &LocalExperts) -> Vec<SocketAddr> {
-    match spec.placement {
-        Placement::Remote { address } => vec![address],
+    match &spec.placement {
+        Placement::Remote { addresses } => addresses.clone(),
+        Placement::Dns { .. } => Vec::new(),
         Placement::InProcess { .. } => local
             .addresses
             .iter()
@@ -113,7 +114,8 @@ pub fn expert_addresses(spec: &ExpertSpec, local: &LocalExperts) -> Vec<SocketAd
 }
 
 /// Declares every expert of `pool` in the scheduler, spawns the in-process replicas on
-/// `127.0.0.1:0`, and adds them and the static addresses to the registry.
+/// `127.0.0.1:0`, adds them and the static addresses to the registry, resolves DNS names once
+/// and hands them to the scheduler to resolve again periodically.
 pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Result<LocalExperts> {
     let local = spawn_local_experts(pool).await?;
     let registry = &scheduler.registry;
@@ -122,10 +124,52 @@ pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Resul
         let origin = match spec.placement {
             Placement::Remote { .. } => Origin::Static,
             Placement::InProcess { .. } => Origin::InProcess,
+            Placement::Dns { ref name } => {
+                let target = DnsTarget {
+                    expert_id: spec.id.clone(),
+                    name: name.clone(),
+                    max_in_flight: spec.max_in_flight,
+                };
+                // A name that does not resolve yet (its pods are starting) is not fatal: the
+                // expert waits, unavailable, for the next resolution.
+                if let Err(e) = target.sync(registry).await {
+                    tracing::warn!(expert = %spec.id, %name, error = %e, "DNS name does not resolve yet");
+                }
+                scheduler.add_dns_target(target);
+                continue;
+            }
         };
         for address in expert_addresses(spec, &local) {
-            registry.add_fixed_replica(&spec.id, &address.to_string(), origin)?;
+            registry.add_fixed_replica(
+                &spec.id,
+                &address.to_string(),
+                origin,
+                spec.max_in_flight,
+            )?;
         }
     }
     Ok(local)
+}
+
+/// An expert whose replicas are every address a DNS name resolves to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsTarget {
+    pub expert_id: String,
+    /// `host:port`.
+    pub name: String,
+    pub max_in_flight: Option<u32>,
+}
+
+impl DnsTarget {
+    /// Resolves the name and makes the expert's DNS replicas match: (added, removed).
+    pub async fn sync(&self, registry: &Registry) -> anyhow::Result<(usize, usize)> {
+        let mut addresses: Vec<String> = tokio::net::lookup_host(&self.name)
+            .await
+            .with_context(|| format!("cannot resolve {}", self.name))?
+            .map(|a| a.to_string())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(registry.sync_dns(&self.expert_id, &addresses, self.max_in_flight)?)
+    }
 }

@@ -18,6 +18,7 @@
 //! | [`report`] | `experts-report`: every expert of a pool over a data set, through gRPC | cluster, squad |
 //! | [`train`] | labelling through gRPC, the split by article, fitting the bank, evaluation beside baselines, plots, off-policy evaluation | core, report |
 //! | [`demo`] | `l2d demo`: the shipped policy through a live scheduler beside the baselines | all of the above |
+//! | [`telemetry`] | Prometheus metrics: names, handles, the `/metrics` endpoint | metrics |
 //! | [`grpc`] | generated contracts, the error → status table, deadlines, server scaffolding, the typed client | tonic |
 //!
 //! The command line lives in [`cli`]; the binary (`src/main.rs`) only parses and reports errors.
@@ -38,6 +39,7 @@ pub mod pool_file;
 pub mod report;
 pub mod scheduler;
 pub mod squad;
+pub mod telemetry;
 pub mod train;
 
 pub use grpc::client::{Ask, RouterClient};

@@ -10,7 +10,13 @@
 //! accuracy = 0.862                 # optional prior P(correct), used by the prior policy
 //! replicas = 1                     # in-process copies (default 1; 0: replicas join by registration)
 //! # address = "127.0.0.1:50061"    # a running worker instead of in-process copies
+//! # addresses = ["127.0.0.1:50061", "127.0.0.1:50062"]   # several running workers
+//! # dns = "l2d-expert-bert:50061"  # every address a name resolves to (re-resolved periodically),
+//! #                                # e.g. a Kubernetes headless Service
+//! # max_in_flight = 16             # calls the scheduler sends one replica at once (default 64)
 //! ```
+//!
+//! `replicas`, `address`, `addresses` and `dns` are exclusive: one way to place an expert.
 //!
 //! Relative paths resolve from the pool file's folder. Errors name the file, the expert and the
 //! field. Parsing is separate from reading ([`PoolFile::parse`] takes text), so tests need no files.
@@ -34,6 +40,8 @@ pub struct ExpertSpec {
     pub accuracy: Option<f64>,
     pub backend: BackendSpec,
     pub placement: Placement,
+    /// Per-replica concurrency limit at the scheduler (`None`: the scheduler's default).
+    pub max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,8 +71,10 @@ impl BackendSpec {
 pub enum Placement {
     /// `replicas` copies served inside this process on loopback (0: none; replicas register).
     InProcess { replicas: u32 },
-    /// A worker already running at this address.
-    Remote { address: SocketAddr },
+    /// Workers already running at these addresses.
+    Remote { addresses: Vec<SocketAddr> },
+    /// Workers at every address `host:port` resolves to, resolved again periodically.
+    Dns { name: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +112,10 @@ struct RawExpert {
     data: Option<PathBuf>,
     accuracy: Option<f64>,
     address: Option<String>,
+    addresses: Option<Vec<String>>,
+    dns: Option<String>,
     replicas: Option<i64>,
+    max_in_flight: Option<i64>,
 }
 
 const BACKENDS: &[&str] = &["replay", "lexical", "typed"];
@@ -230,33 +243,72 @@ fn expert_spec(
             ));
         }
     };
-    let placement = match (raw.address, raw.replicas) {
-        (Some(_), Some(_)) => {
+    let given: Vec<&str> = [
+        ("replicas", raw.replicas.is_some()),
+        ("address", raw.address.is_some()),
+        ("addresses", raw.addresses.is_some()),
+        ("dns", raw.dns.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| *name)
+    .collect();
+    if given.len() > 1 {
+        return Err(field_error(
+            given[1],
+            format!(
+                "`{}` and `{}` both place the expert; use one of replicas, address, addresses, dns",
+                given[0], given[1]
+            ),
+        ));
+    }
+    let socket = |field: &str, address: &str| -> Result<SocketAddr, PoolFileError> {
+        address.parse().map_err(|e| {
+            field_error(
+                field,
+                format!("{address:?} is not an IP:port socket address ({e})"),
+            )
+        })
+    };
+    let placement = if let Some(address) = &raw.address {
+        Placement::Remote {
+            addresses: vec![socket("address", address)?],
+        }
+    } else if let Some(list) = &raw.addresses {
+        if list.is_empty() || list.len() > 256 {
             return Err(field_error(
-                "replicas",
-                "an expert with an `address` runs elsewhere; `replicas` counts in-process copies"
-                    .into(),
+                "addresses",
+                format!("must list 1 to 256 addresses, got {}", list.len()),
             ));
         }
-        (Some(address), None) => Placement::Remote {
-            address: address.parse().map_err(|e| {
-                field_error(
-                    "address",
-                    format!("{address:?} is not an IP:port socket address ({e})"),
-                )
-            })?,
-        },
-        (None, replicas) => {
-            let replicas = replicas.unwrap_or(1);
-            if !(0..=64).contains(&replicas) {
-                return Err(field_error(
-                    "replicas",
-                    format!("must be between 0 and 64, got {replicas}"),
-                ));
-            }
-            Placement::InProcess {
-                replicas: replicas as u32,
-            }
+        let addresses = list
+            .iter()
+            .map(|a| socket("addresses", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Placement::Remote { addresses }
+    } else if let Some(name) = raw.dns {
+        check_dns_name(&name).map_err(|m| field_error("dns", m))?;
+        Placement::Dns { name }
+    } else {
+        let replicas = raw.replicas.unwrap_or(1);
+        if !(0..=64).contains(&replicas) {
+            return Err(field_error(
+                "replicas",
+                format!("must be between 0 and 64, got {replicas}"),
+            ));
+        }
+        Placement::InProcess {
+            replicas: replicas as u32,
+        }
+    };
+    let max_in_flight = match raw.max_in_flight {
+        None => None,
+        Some(n) if (1..=65_536).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return Err(field_error(
+                "max_in_flight",
+                format!("must be between 1 and 65536, got {n}"),
+            ));
         }
     };
     Ok(ExpertSpec {
@@ -265,7 +317,29 @@ fn expert_spec(
         accuracy: raw.accuracy,
         backend,
         placement,
+        max_in_flight,
     })
+}
+
+/// `host:port` with a plausible DNS host name (letters, digits, '-', '.') and a numeric port.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let (host, port) = name
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{name:?} has no port; expected host:port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{name:?} has no valid port; expected host:port"))?;
+    let plausible = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !plausible {
+        return Err(format!("{host:?} is not a DNS host name"));
+    }
+    Ok(())
 }
 
 /// Expert ids appear in metrics labels, logs and file names: keep them short and plain.
@@ -331,7 +405,7 @@ mod tests {
         assert_eq!(
             pool.experts[1].placement,
             Placement::Remote {
-                address: "127.0.0.1:7000".parse().unwrap()
+                addresses: vec!["127.0.0.1:7000".parse().unwrap()]
             }
         );
     }
@@ -377,6 +451,34 @@ mod tests {
             e.contains("field `address`: \"localhost\" is not an IP:port"),
             "{e}"
         );
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\naddress = \"127.0.0.1:1\"\nreplicas = 2\n"
+        ));
+        assert!(
+            e.contains("field `address`: `replicas` and `address` both place the expert"),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\ndns = \"a b:80\"\n"));
+        assert!(
+            e.contains("field `dns`: \"a b\" is not a DNS host name"),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\ndns = \"svc\"\n"));
+        assert!(e.contains("field `dns`: \"svc\" has no port"), "{e}");
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\naddresses = []\n"));
+        assert!(e.contains("field `addresses`: must list 1 to 256"), "{e}");
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\naddresses = [\"127.0.0.1:1\", \"x\"]\n"
+        ));
+        assert!(
+            e.contains("field `addresses`: \"x\" is not an IP:port"),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\nmax_in_flight = 0\n"));
+        assert!(
+            e.contains("field `max_in_flight`: must be between 1 and 65536, got 0"),
+            "{e}"
+        );
         let e = err(&format!("[[expert]]\n{OK}cost = 1\nreplicas = -2\n"));
         assert!(
             e.contains("field `replicas`: must be between 0 and 64"),
@@ -413,6 +515,32 @@ mod tests {
             "[[expert]]\nid = \"lex\"\nbackend = \"lexical\"\ncost = 1\npredictions = \"p.json\"\n",
         );
         assert!(e.ends_with("field `predictions`: only replay experts read files; a lexical expert computes its answers"), "{e}");
+    }
+
+    #[test]
+    fn experts_can_be_placed_on_many_addresses_or_a_dns_name() {
+        let pool = parse(&format!(
+            "[[expert]]\n{OK}cost = 1\naddresses = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nmax_in_flight = 8\n\
+             [[expert]]\nid = \"y\"\nbackend = \"lexical\"\ncost = 1\ndns = \"l2d-expert-y.l2d.svc:50061\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            pool.experts[0].placement,
+            Placement::Remote {
+                addresses: vec![
+                    "127.0.0.1:1".parse().unwrap(),
+                    "127.0.0.1:2".parse().unwrap()
+                ]
+            }
+        );
+        assert_eq!(pool.experts[0].max_in_flight, Some(8));
+        assert_eq!(
+            pool.experts[1].placement,
+            Placement::Dns {
+                name: "l2d-expert-y.l2d.svc:50061".into()
+            }
+        );
+        assert_eq!(pool.experts[1].max_in_flight, None);
     }
 
     #[test]

@@ -293,6 +293,7 @@ async fn registered_experts_serve_until_their_lease_lapses() {
             backend: "replay".into(),
             version: "test".into(),
             lease_ttl_ms: 200,
+            max_in_flight: 0,
         })
         .await
         .unwrap()
@@ -450,6 +451,7 @@ async fn registration_input_is_validated() {
         backend: "replay".into(),
         version: "test".into(),
         lease_ttl_ms: 0,
+        max_in_flight: 0,
     };
     let cases = [
         (
@@ -673,6 +675,7 @@ async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
             "slow",
             &expert_addr.to_string(),
             pb::replica_state::Origin::Static,
+            None,
         )
         .unwrap();
     let mut router = RouterClient::from_channel(node.channel().await);

@@ -1,29 +1,96 @@
 //! The dispatch decision: given the policy's scores and the live state of every expert's
 //! replicas, which (expert, replica) pairs to try, in order.
 //!
-//! Pure: a function of its inputs, property-tested below. The scheduler's shell snapshots the
-//! registry, asks the policy for scores, calls [`decide`], then walks [`Plan::attempts`].
+//! Pure: a function of its inputs (randomness is passed in as `seed`), property-tested below.
+//! The scheduler's shell snapshots the registry, asks the policy for scores, calls [`decide`],
+//! then walks [`Plan::attempts`].
 //!
-//! Rules, in order:
-//! 1. An expert is *excluded* when its declared cost exceeds the request's budget, or when none
-//!    of its replicas is available. Excluded experts are never attempted.
-//! 2. Eligible experts are ranked by the policy's expected deferral cost (lower first); experts
-//!    the policy did not score come after every scored one, cheapest first. Ties go to the
-//!    cheaper expert, then to pool order.
-//! 3. Within an expert, available replicas are tried least in-flight first; equal loads are
-//!    broken by `rotation` (the shell passes a request counter) so idle replicas share work.
+//! # The formula
+//!
+//! A replica is *usable* when it is available (lease held, not ejected, health check passing)
+//! and not saturated (`in_flight < limit`). For each expert `e`:
+//!
+//! ```text
+//! u(e)        = min over usable replicas r of in_flight(r) / limit(r)      (0 with no limit)
+//! load(e)     = load_weight · u(e) / (1 − u(e))
+//! adjusted(e) = expected_cost(e) + load(e)
+//! ```
+//!
+//! `expected_cost` is the policy's score (expected error + λ × cost for the learned policy).
+//! `u/(1−u)` is the mean queueing delay of an M/M/1 server at utilisation `u`, in service times:
+//! negligible at light load, unbounded as the best replica nears its limit, so work shifts to
+//! the next-best expert before anything queues. `load_weight` (default 0.02) converts it into
+//! the score's units: at `u = 0.5` the term is 0.02, at `u = 0.9` it is 0.18.
+//!
+//! # The rules, in order
+//!
+//! 1. An expert is *excluded* when its declared cost exceeds the request's budget, when none of
+//!    its replicas is available, or when every available replica is saturated. Excluded experts
+//!    are never attempted.
+//! 2. Eligible experts are ranked by `adjusted` (lower first); experts the policy did not score
+//!    come after every scored one, cheapest first, then by `load`. Ties go to the cheaper
+//!    expert, then to pool order. Only the experts the plan can reach are sorted (a partial
+//!    selection: linear in the pool size); the rest of [`Plan::ranked`] follows in pool order.
+//! 3. Within an expert, the replica is chosen on its PeakEWMA load `rtt · (in_flight + 1)`
+//!    (tower's and linkerd's balancer cost): by a full scan when the expert has at most
+//!    `full_scan_up_to` usable replicas (ties broken by distance from `seed`, so idle replicas
+//!    share work), otherwise by power of two choices (two replicas drawn from `seed`, the
+//!    cheaper first).
 //! 4. Each expert gets up to `tries_per_expert` attempts on distinct replicas (a retry on another
 //!    replica), then the next expert is the fallback; at most `max_attempts` in total.
 
 use std::cmp::Ordering;
 
 /// What the decision knows about one replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplicaLoad {
-    /// Calls in flight from this scheduler.
+    /// Calls outstanding on this replica: the larger of this scheduler's own count and what
+    /// the replica last reported (its in-flight plus its queue).
     pub in_flight: u32,
-    /// False when the replica must not receive traffic (lease expired, draining, ejected).
+    /// Concurrency limit: with `in_flight >= limit` the replica is saturated. `u32::MAX` for none.
+    pub limit: u32,
+    /// PeakEWMA latency estimate, seconds.
+    pub rtt: f64,
+    /// False when the replica must not receive traffic (lease expired, ejected, unhealthy).
     pub available: bool,
+}
+
+impl ReplicaLoad {
+    /// An available, idle replica with no limit and `rtt` seconds of expected latency.
+    pub const fn idle(rtt: f64) -> Self {
+        Self {
+            in_flight: 0,
+            limit: u32::MAX,
+            rtt,
+            available: true,
+        }
+    }
+
+    pub fn saturated(&self) -> bool {
+        self.in_flight >= self.limit
+    }
+
+    pub fn usable(&self) -> bool {
+        self.available && !self.saturated()
+    }
+
+    /// In-flight over the limit, in [0, 1].
+    pub fn utilisation(&self) -> f64 {
+        if self.limit == u32::MAX || self.limit == 0 {
+            return if self.saturated() { 1.0 } else { 0.0 };
+        }
+        (f64::from(self.in_flight) / f64::from(self.limit)).min(1.0)
+    }
+
+    /// PeakEWMA balancer cost: expected latency times the calls it would queue behind.
+    pub fn cost(&self) -> f64 {
+        let rtt = if self.rtt.is_finite() && self.rtt >= 0.0 {
+            self.rtt
+        } else {
+            f64::MAX
+        };
+        rtt * (f64::from(self.in_flight) + 1.0)
+    }
 }
 
 /// One expert of the pool as the decision sees it.
@@ -42,10 +109,15 @@ pub struct DecisionParams {
     pub budget: Option<f64>,
     pub max_attempts: usize,
     pub tries_per_expert: usize,
-    /// Tie-break among equally loaded replicas.
-    pub rotation: usize,
+    /// Random bits for replica choice (power of two choices, tie-breaks); the shell passes a
+    /// different value per request.
+    pub seed: u64,
     /// ε of ε-greedy exploration (see [`explore`]); 0 for none.
     pub explore: f64,
+    /// Weight of the load term in the score's units (see the module docs).
+    pub load_weight: f64,
+    /// Experts with at most this many usable replicas get a full scan; more use two choices.
+    pub full_scan_up_to: usize,
 }
 
 impl Default for DecisionParams {
@@ -54,8 +126,10 @@ impl Default for DecisionParams {
             budget: None,
             max_attempts: 4,
             tries_per_expert: 2,
-            rotation: 0,
+            seed: 0,
             explore: 0.0,
+            load_weight: 0.02,
+            full_scan_up_to: 8,
         }
     }
 }
@@ -64,6 +138,7 @@ impl Default for DecisionParams {
 pub enum Exclusion {
     OverBudget,
     NoAvailableReplica,
+    Saturated,
 }
 
 impl Exclusion {
@@ -71,6 +146,7 @@ impl Exclusion {
         match self {
             Exclusion::OverBudget => "over budget",
             Exclusion::NoAvailableReplica => "no available replica",
+            Exclusion::Saturated => "every replica at its concurrency limit",
         }
     }
 }
@@ -82,12 +158,14 @@ pub struct Attempt {
     pub replica: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Eligible experts, best first.
+    /// Eligible experts: the ones the plan reaches best first, then the others in pool order.
     pub ranked: Vec<usize>,
     /// Excluded experts and why, in pool order.
     pub excluded: Vec<(usize, Exclusion)>,
+    /// The load term added to each candidate's score (0 for excluded ones), by pool index.
+    pub load: Vec<f64>,
     /// The calls to make, in order, until one succeeds. Never empty.
     pub attempts: Vec<Attempt>,
 }
@@ -107,7 +185,35 @@ pub enum DecisionError {
     OverBudget { budget: f64, cheapest: f64 },
     #[error("no expert has an available replica ({over_budget} more are over budget)")]
     NoAvailableReplica { over_budget: usize },
+    #[error(
+        "every eligible expert is at its concurrency limit ({saturated} saturated); retry in {:.0} ms",
+        retry_after * 1e3
+    )]
+    Saturated {
+        saturated: usize,
+        /// Seconds until a slot is likely free: the fastest saturated replica's latency.
+        retry_after: f64,
+    },
 }
+
+/// The load term of an expert (see the module docs); infinite when no replica is usable.
+pub fn load_term(replicas: &[ReplicaLoad], load_weight: f64) -> f64 {
+    let u = replicas
+        .iter()
+        .filter(|r| r.usable())
+        .map(ReplicaLoad::utilisation)
+        .fold(f64::INFINITY, f64::min);
+    if !u.is_finite() {
+        return f64::INFINITY;
+    }
+    if u <= 0.0 {
+        return 0.0;
+    }
+    load_weight.max(0.0) * u / (1.0 - u).max(1e-9)
+}
+
+/// Smallest and largest hint for retrying a saturated pool.
+const RETRY_AFTER_RANGE: (f64, f64) = (0.005, 1.0);
 
 pub fn decide(
     candidates: &[Candidate<'_>],
@@ -118,37 +224,39 @@ pub fn decide(
     }
     let mut ranked = Vec::with_capacity(candidates.len());
     let mut excluded = Vec::new();
+    let mut load = vec![0.0; candidates.len()];
     for (i, c) in candidates.iter().enumerate() {
         if params.budget.is_some_and(|b| c.cost > b) {
             excluded.push((i, Exclusion::OverBudget));
         } else if !c.replicas.iter().any(|r| r.available) {
             excluded.push((i, Exclusion::NoAvailableReplica));
+        } else if !c.replicas.iter().any(ReplicaLoad::usable) {
+            excluded.push((i, Exclusion::Saturated));
         } else {
+            load[i] = load_term(c.replicas, params.load_weight);
             ranked.push(i);
         }
     }
     if ranked.is_empty() {
-        let over_budget = excluded
-            .iter()
-            .filter(|(_, e)| *e == Exclusion::OverBudget)
-            .count();
-        return Err(match params.budget {
-            Some(budget) if over_budget == candidates.len() => DecisionError::OverBudget {
-                budget,
-                cheapest: candidates
-                    .iter()
-                    .map(|c| c.cost)
-                    .fold(f64::INFINITY, f64::min),
-            },
-            _ => DecisionError::NoAvailableReplica { over_budget },
-        });
+        return Err(nothing_eligible(candidates, &excluded, params));
     }
-    ranked.sort_by(|&a, &b| rank_order(a, &candidates[a], b, &candidates[b]));
+    let order =
+        |&a: &usize, &b: &usize| rank_order(a, &candidates[a], load[a], b, &candidates[b], load[b]);
+    // Only the first `reach` experts can appear in the plan: select them, sort only them.
+    let reach = params.max_attempts.max(1).min(ranked.len());
+    if reach < ranked.len() {
+        ranked.select_nth_unstable_by(reach - 1, order);
+        let (head, tail) = ranked.split_at_mut(reach);
+        head.sort_unstable_by(order);
+        tail.sort_unstable();
+    } else {
+        ranked.sort_unstable_by(order);
+    }
 
     let mut attempts = Vec::new();
     let mut replica_order = Vec::new();
-    'experts: for &e in &ranked {
-        order_replicas(candidates[e].replicas, params.rotation, &mut replica_order);
+    'experts: for &e in &ranked[..reach] {
+        order_replicas(candidates[e].replicas, params, e, &mut replica_order);
         for &r in replica_order.iter().take(params.tries_per_expert.max(1)) {
             if attempts.len() >= params.max_attempts.max(1) {
                 break 'experts;
@@ -162,8 +270,46 @@ pub fn decide(
     Ok(Plan {
         ranked,
         excluded,
+        load,
         attempts,
     })
+}
+
+fn nothing_eligible(
+    candidates: &[Candidate<'_>],
+    excluded: &[(usize, Exclusion)],
+    params: &DecisionParams,
+) -> DecisionError {
+    let count = |kind| excluded.iter().filter(|(_, e)| *e == kind).count();
+    let (over_budget, saturated) = (count(Exclusion::OverBudget), count(Exclusion::Saturated));
+    if saturated > 0 {
+        let fastest = excluded
+            .iter()
+            .filter(|(_, e)| *e == Exclusion::Saturated)
+            .flat_map(|&(i, _)| candidates[i].replicas.iter().filter(|r| r.available))
+            .map(|r| r.rtt)
+            .filter(|rtt| rtt.is_finite())
+            .fold(f64::INFINITY, f64::min);
+        let (lo, hi) = RETRY_AFTER_RANGE;
+        return DecisionError::Saturated {
+            saturated,
+            retry_after: if fastest.is_finite() {
+                fastest.clamp(lo, hi)
+            } else {
+                hi
+            },
+        };
+    }
+    match params.budget {
+        Some(budget) if over_budget == candidates.len() => DecisionError::OverBudget {
+            budget,
+            cheapest: candidates
+                .iter()
+                .map(|c| c.cost)
+                .fold(f64::INFINITY, f64::min),
+        },
+        _ => DecisionError::NoAvailableReplica { over_budget },
+    }
 }
 
 /// ε-greedy exploration (beyond the paper, for off-policy evaluation): with probability
@@ -189,10 +335,10 @@ pub fn explore(
         greedy
     };
     if chosen != greedy {
-        // The drawn expert's attempts first, on its least-loaded available replicas (computed
-        // afresh: max_attempts may have cut it from the plan); the plan's others follow.
+        // The drawn expert's attempts first, on its best usable replicas (computed afresh:
+        // max_attempts may have cut it from the plan); the plan's others follow.
         let mut order = Vec::new();
-        order_replicas(candidates[chosen].replicas, params.rotation, &mut order);
+        order_replicas(candidates[chosen].replicas, params, chosen, &mut order);
         let mut attempts: Vec<Attempt> = order
             .iter()
             .take(params.tries_per_expert.max(1))
@@ -214,24 +360,76 @@ fn usable(score: Option<f64>) -> Option<f64> {
     score.filter(|s| s.is_finite())
 }
 
-fn rank_order(a: usize, ca: &Candidate<'_>, b: usize, cb: &Candidate<'_>) -> Ordering {
+fn rank_order(
+    a: usize,
+    ca: &Candidate<'_>,
+    la: f64,
+    b: usize,
+    cb: &Candidate<'_>,
+    lb: f64,
+) -> Ordering {
     let (sa, sb) = (usable(ca.expected_cost), usable(cb.expected_cost));
     let by_score = match (sa, sb) {
-        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(x), Some(y)) => (x + la).total_cmp(&(y + lb)),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
+        (None, None) => ca.cost.total_cmp(&cb.cost).then(la.total_cmp(&lb)),
     };
     by_score.then(ca.cost.total_cmp(&cb.cost)).then(a.cmp(&b))
 }
 
-/// Available replicas, least in-flight first; ties broken by distance from `rotation`.
-fn order_replicas(replicas: &[ReplicaLoad], rotation: usize, out: &mut Vec<usize>) {
+/// SplitMix64: a well-mixed 64-bit value from a seed (for the two choices).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The usable replicas of one expert in the order to try them (see rule 3).
+fn order_replicas(
+    replicas: &[ReplicaLoad],
+    params: &DecisionParams,
+    expert: usize,
+    out: &mut Vec<usize>,
+) {
     out.clear();
-    out.extend((0..replicas.len()).filter(|&r| replicas[r].available));
-    let n = replicas.len().max(1);
-    let start = rotation % n;
-    out.sort_by_key(|&r| (replicas[r].in_flight, (r + n - start) % n));
+    out.extend((0..replicas.len()).filter(|&r| replicas[r].usable()));
+    let n = out.len();
+    if n <= 1 {
+        return;
+    }
+    let by_cost = |a: usize, b: usize| replicas[a].cost().total_cmp(&replicas[b].cost());
+    if n <= params.full_scan_up_to.max(1) {
+        let len = replicas.len();
+        let start = (params.seed % len as u64) as usize;
+        out.sort_by(|&a, &b| {
+            by_cost(a, b).then(((a + len - start) % len).cmp(&((b + len - start) % len)))
+        });
+        return;
+    }
+    // Power of two choices: two distinct draws, the cheaper first; further tries (if any) take
+    // the next replicas after them in index order.
+    let bits = mix(params.seed ^ (expert as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let i = (bits % n as u64) as usize;
+    let j = (i + 1 + ((bits >> 32) % (n as u64 - 1)) as usize) % n;
+    let (first, second) = if by_cost(out[j], out[i]) == Ordering::Less {
+        (out[j], out[i])
+    } else {
+        (out[i], out[j])
+    };
+    if params.tries_per_expert <= 2 {
+        out.clear();
+        out.extend([first, second]);
+        return;
+    }
+    let rest: Vec<usize> = (1..n)
+        .map(|k| out[(i + k) % n])
+        .filter(|&r| r != first && r != second)
+        .collect();
+    out.clear();
+    out.extend([first, second]);
+    out.extend(rest);
 }
 
 #[cfg(test)]
@@ -239,14 +437,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const UP: ReplicaLoad = ReplicaLoad {
-        in_flight: 0,
-        available: true,
-    };
+    const UP: ReplicaLoad = ReplicaLoad::idle(0.01);
     const DOWN: ReplicaLoad = ReplicaLoad {
-        in_flight: 0,
         available: false,
+        ..UP
     };
+
+    fn busy(in_flight: u32, limit: u32) -> ReplicaLoad {
+        ReplicaLoad {
+            in_flight,
+            limit,
+            ..UP
+        }
+    }
 
     fn cand(cost: f64, score: Option<f64>, replicas: &[ReplicaLoad]) -> Candidate<'_> {
         Candidate {
@@ -254,6 +457,13 @@ mod tests {
             expected_cost: score,
             replicas,
         }
+    }
+
+    fn pairs(plan: &Plan) -> Vec<(usize, usize)> {
+        plan.attempts
+            .iter()
+            .map(|a| (a.expert, a.replica))
+            .collect()
     }
 
     #[test]
@@ -268,12 +478,7 @@ mod tests {
         let plan = decide(&cands, &DecisionParams::default()).unwrap();
         assert_eq!(plan.ranked, vec![1, 2, 0]);
         assert_eq!(plan.chosen(), 1);
-        let attempts: Vec<(usize, usize)> = plan
-            .attempts
-            .iter()
-            .map(|a| (a.expert, a.replica))
-            .collect();
-        assert_eq!(attempts, vec![(1, 0), (1, 1), (2, 0), (0, 0)]);
+        assert_eq!(pairs(&plan), vec![(1, 0), (1, 1), (2, 0), (0, 0)]);
     }
 
     #[test]
@@ -290,13 +495,15 @@ mod tests {
     }
 
     #[test]
-    fn budget_and_availability_exclude_with_reasons() {
+    fn budget_availability_and_saturation_exclude_with_reasons() {
         let one = [UP];
         let down = [DOWN, DOWN];
+        let full = [busy(4, 4), DOWN];
         let cands = [
             cand(1.0, Some(0.6), &one),
             cand(20.0, Some(0.2), &down),
             cand(100.0, Some(0.1), &one),
+            cand(30.0, Some(0.0), &full),
         ];
         let params = DecisionParams {
             budget: Some(50.0),
@@ -308,9 +515,37 @@ mod tests {
             plan.excluded,
             vec![
                 (1, Exclusion::NoAvailableReplica),
-                (2, Exclusion::OverBudget)
+                (2, Exclusion::OverBudget),
+                (3, Exclusion::Saturated),
             ]
         );
+    }
+
+    #[test]
+    fn a_loaded_expert_costs_more_and_a_saturated_one_sheds_to_the_next() {
+        // The strong expert scores 0.10 against 0.15: preferred while idle.
+        let cheap = [UP];
+        let ask = |strong_in_flight: u32| {
+            let strong = [busy(strong_in_flight, 10)];
+            let cands = [
+                cand(1.0, Some(0.15), &cheap),
+                cand(100.0, Some(0.10), &strong),
+            ];
+            let params = DecisionParams {
+                load_weight: 0.02,
+                ..DecisionParams::default()
+            };
+            decide(&cands, &params).map(|p| (p.chosen(), p.load[1]))
+        };
+        assert_eq!(ask(0), Ok((1, 0.0)));
+        // u = 0.5: load 0.02, still preferred (0.12 < 0.15).
+        let (chosen, load) = ask(5).unwrap();
+        assert_eq!(chosen, 1);
+        assert!((load - 0.02).abs() < 1e-12);
+        // u = 0.8: load 0.08, 0.18 > 0.15: the cheap expert takes it.
+        assert_eq!(ask(8).unwrap().0, 0);
+        // Saturated: excluded, the cheap one answers.
+        assert_eq!(ask(10).unwrap().0, 0);
     }
 
     #[test]
@@ -340,22 +575,43 @@ mod tests {
             decide(&[cand(1.0, None, &down), cand(5.0, None, &one)], &some_over),
             Err(DecisionError::NoAvailableReplica { over_budget: 1 })
         );
+        // Everything saturated: a retry hint from the fastest saturated replica.
+        let slow = [ReplicaLoad {
+            rtt: 0.2,
+            ..busy(2, 2)
+        }];
+        let fast = [ReplicaLoad {
+            rtt: 0.05,
+            ..busy(1, 1)
+        }];
+        assert_eq!(
+            decide(
+                &[
+                    cand(1.0, None, &slow),
+                    cand(5.0, None, &fast),
+                    cand(5.0, None, &down)
+                ],
+                &DecisionParams::default()
+            ),
+            Err(DecisionError::Saturated {
+                saturated: 2,
+                retry_after: 0.05
+            })
+        );
     }
 
     #[test]
-    fn replicas_least_loaded_first_and_rotation_spreads_ties() {
+    fn replicas_by_peak_ewma_cost_and_the_seed_spreads_ties() {
         let reps = [
-            ReplicaLoad {
-                in_flight: 3,
-                available: true,
-            },
+            ReplicaLoad { in_flight: 3, ..UP },
             UP,
             UP,
+            ReplicaLoad { rtt: 0.5, ..UP },
         ];
         let cands = [cand(1.0, None, &reps)];
-        let first = |rotation| {
+        let first = |seed| {
             let p = DecisionParams {
-                rotation,
+                seed,
                 ..DecisionParams::default()
             };
             decide(&cands, &p).unwrap().attempts[0].replica
@@ -363,10 +619,45 @@ mod tests {
         assert_eq!(first(0), 1);
         assert_eq!(first(1), 1);
         assert_eq!(first(2), 2);
+        // A slow replica is last even when idle: 0.5 × 1 > 0.01 × 4.
+        let p = DecisionParams {
+            tries_per_expert: 4,
+            ..DecisionParams::default()
+        };
+        let order: Vec<usize> = decide(&cands, &p)
+            .unwrap()
+            .attempts
+            .iter()
+            .map(|a| a.replica)
+            .collect();
+        assert_eq!(order, vec![1, 2, 0, 3]);
     }
 
-    /// (cost, policy score, replicas as (in-flight, available)) per expert.
-    type RawCandidate = (f64, Option<f64>, Vec<(u32, bool)>);
+    #[test]
+    fn many_replicas_use_two_choices_and_keep_the_cheaper_of_the_pair() {
+        let mut reps = vec![UP; 20];
+        reps[7] = ReplicaLoad { rtt: 1.0, ..UP };
+        reps[3] = DOWN;
+        let cands = [cand(1.0, None, &reps)];
+        let mut firsts = std::collections::HashSet::new();
+        for seed in 0..200 {
+            let p = DecisionParams {
+                seed,
+                ..DecisionParams::default()
+            };
+            let plan = decide(&cands, &p).unwrap();
+            let [a, b] = [plan.attempts[0].replica, plan.attempts[1].replica];
+            assert_ne!(a, b);
+            assert!(reps[a].cost() <= reps[b].cost());
+            assert_ne!(a, 3);
+            assert_ne!(b, 3);
+            firsts.insert(a);
+        }
+        // The slow replica is only ever first if drawn with... never: any partner is cheaper.
+        assert!(!firsts.contains(&7));
+        // The draws spread over the pool.
+        assert!(firsts.len() >= 15, "{firsts:?}");
+    }
 
     #[test]
     fn exploration_reorders_the_plan_and_reports_the_propensity() {
@@ -394,39 +685,53 @@ mod tests {
         assert_eq!(explored.attempts.len(), plan.attempts.len());
     }
 
+    /// (cost, policy score, replicas as (in-flight, limit, rtt, available)) per expert.
+    type RawCandidate = (f64, Option<f64>, Vec<(u32, u32, f64, bool)>);
+
     fn arb_candidates() -> impl Strategy<Value = Vec<RawCandidate>> {
         prop::collection::vec(
             (
                 0.1f64..200.0,
                 prop::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
-                prop::collection::vec((0u32..8, any::<bool>()), 0..5),
+                prop::collection::vec(
+                    (
+                        0u32..8,
+                        prop_oneof![1u32..8, Just(u32::MAX)],
+                        prop_oneof![0.0f64..1.0, Just(f64::NAN)],
+                        any::<bool>(),
+                    ),
+                    0..12,
+                ),
             ),
-            0..8,
+            0..10,
         )
     }
 
     proptest! {
         #[test]
-        fn plans_only_name_eligible_options_and_start_with_the_best(
+        fn plans_never_name_excluded_options_and_start_with_the_best(
             raw in arb_candidates(),
             budget in prop::option::of(0.1f64..200.0),
             max_attempts in 1usize..6,
-            tries_per_expert in 1usize..3,
-            rotation in 0usize..10,
+            tries_per_expert in 1usize..4,
+            seed in any::<u64>(),
+            load_weight in 0.0f64..0.5,
+            full_scan_up_to in 1usize..10,
             draw in 0.0f64..1.0,
         ) {
             let replicas: Vec<Vec<ReplicaLoad>> = raw
                 .iter()
-                .map(|(_, _, r)| r.iter().map(|&(in_flight, available)| ReplicaLoad { in_flight, available }).collect())
+                .map(|(_, _, r)| r.iter().map(|&(in_flight, limit, rtt, available)| ReplicaLoad { in_flight, limit, rtt, available }).collect())
                 .collect();
             let cands: Vec<Candidate<'_>> = raw
                 .iter()
                 .zip(&replicas)
                 .map(|((cost, score, _), r)| Candidate { cost: *cost, expected_cost: *score, replicas: r })
                 .collect();
-            let params = DecisionParams { budget, max_attempts, tries_per_expert, rotation, explore: 0.0 };
+            let params = DecisionParams { budget, max_attempts, tries_per_expert, seed, explore: 0.0, load_weight, full_scan_up_to };
+            // Eligible: within budget, with a replica neither ejected nor saturated.
             let eligible = |c: &Candidate<'_>| {
-                budget.is_none_or(|b| c.cost <= b) && c.replicas.iter().any(|r| r.available)
+                budget.is_none_or(|b| c.cost <= b) && c.replicas.iter().any(|r| r.usable())
             };
             match decide(&cands, &params) {
                 Ok(plan) => {
@@ -434,26 +739,30 @@ mod tests {
                     prop_assert!(plan.attempts.len() <= max_attempts);
                     for a in &plan.attempts {
                         prop_assert!(eligible(&cands[a.expert]));
-                        prop_assert!(cands[a.expert].replicas[a.replica].available);
+                        prop_assert!(cands[a.expert].replicas[a.replica].usable());
                     }
-                    let mut pairs: Vec<_> = plan.attempts.iter().map(|a| (a.expert, a.replica)).collect();
-                    pairs.sort_unstable();
-                    pairs.dedup();
-                    prop_assert_eq!(pairs.len(), plan.attempts.len());
+                    let mut attempted = pairs(&plan);
+                    attempted.sort_unstable();
+                    attempted.dedup();
+                    prop_assert_eq!(attempted.len(), plan.attempts.len());
                     prop_assert_eq!(plan.ranked.len() + plan.excluded.len(), cands.len());
-                    // The first attempt is a best-scored eligible expert.
-                    let best = cands.iter().filter(|c| eligible(c)).filter_map(|c| usable(c.expected_cost)).fold(f64::INFINITY, f64::min);
+                    // The first attempt is a best eligible expert by score + load term.
+                    let adjusted = |i: usize| usable(cands[i].expected_cost).map(|s| s + load_term(cands[i].replicas, load_weight));
+                    let best = (0..cands.len()).filter(|&i| eligible(&cands[i])).filter_map(adjusted).fold(f64::INFINITY, f64::min);
                     let chosen = &cands[plan.chosen()];
                     if best.is_finite() {
-                        prop_assert_eq!(usable(chosen.expected_cost), Some(best));
+                        prop_assert_eq!(adjusted(plan.chosen()), Some(best));
                     } else {
                         let cheapest = cands.iter().filter(|c| eligible(c)).map(|c| c.cost).fold(f64::INFINITY, f64::min);
                         prop_assert_eq!(chosen.cost, cheapest);
                     }
-                    // The first replica of the chosen expert is a least-loaded available one.
-                    let min_load = chosen.replicas.iter().filter(|r| r.available).map(|r| r.in_flight).min().unwrap();
-                    prop_assert_eq!(chosen.replicas[plan.attempts[0].replica].in_flight, min_load);
-                    // Exploration keeps every guarantee: eligible experts, available replicas,
+                    // With a full scan, the first replica has the lowest PeakEWMA cost.
+                    let usable_count = chosen.replicas.iter().filter(|r| r.usable()).count();
+                    if usable_count <= full_scan_up_to {
+                        let min_cost = chosen.replicas.iter().filter(|r| r.usable()).map(ReplicaLoad::cost).fold(f64::INFINITY, f64::min);
+                        prop_assert_eq!(chosen.replicas[plan.attempts[0].replica].cost(), min_cost);
+                    }
+                    // Exploration keeps every guarantee: eligible experts, usable replicas,
                     // the attempt budget; its propensity is a probability.
                     let mut explored = plan.clone();
                     let explore_params = DecisionParams { explore: 1.0, ..params };
@@ -462,8 +771,12 @@ mod tests {
                     prop_assert!(!explored.attempts.is_empty() && explored.attempts.len() <= max_attempts);
                     for a in &explored.attempts {
                         prop_assert!(eligible(&cands[a.expert]));
-                        prop_assert!(cands[a.expert].replicas[a.replica].available);
+                        prop_assert!(cands[a.expert].replicas[a.replica].usable());
                     }
+                }
+                Err(DecisionError::Saturated { retry_after, .. }) => {
+                    prop_assert!(cands.iter().all(|c| !eligible(c)));
+                    prop_assert!(retry_after.is_finite() && retry_after > 0.0);
                 }
                 Err(_) => prop_assert!(cands.iter().all(|c| !eligible(c))),
             }

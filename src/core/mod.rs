@@ -18,4 +18,5 @@ pub mod policy;
 pub mod query;
 pub mod reading;
 pub mod rejector;
+pub mod replica_health;
 pub mod text;

@@ -26,6 +26,8 @@ pub struct Announcement {
     pub expert_id: String,
     pub cost: f64,
     pub backend: String,
+    /// The node's concurrency limit (0: none), so the scheduler sends no more than it takes.
+    pub max_in_flight: u32,
 }
 
 impl Announcement {
@@ -34,6 +36,7 @@ impl Announcement {
             expert_id: node.id().to_owned(),
             cost: node.cost(),
             backend: node.backend_kind().to_owned(),
+            max_in_flight: node.max_concurrency(),
         }
     }
 }
@@ -74,6 +77,7 @@ pub async fn keep_lease(
         backend: announcement.backend.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         lease_ttl_ms: registration.lease_ttl.map_or(0, |d| d.as_millis() as u64),
+        max_in_flight: announcement.max_in_flight,
     };
     let mut backoff = Duration::from_millis(100);
     loop {

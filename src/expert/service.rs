@@ -1,6 +1,8 @@
 //! The `Expert` gRPC service around a [`Backend`], and the node's `serve` entry point.
 //!
-//! Concurrency: load counters are atomics shared with the registration task; nothing locks.
+//! Concurrency: load counters are atomics shared with the registration task. With a concurrency
+//! limit, queries beyond it wait for a slot on a semaphore (counted as the queue depth the worker
+//! reports); a cancelled call leaves the queue or frees its slot when its future is dropped.
 
 use super::Backend;
 use super::registration::{self, Registration};
@@ -10,14 +12,16 @@ use crate::grpc::server;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 /// Live load of one worker, reported to the scheduler with every heartbeat.
 #[derive(Debug, Default)]
 pub struct LoadCounters {
     in_flight: AtomicU32,
+    queued: AtomicU32,
     answered_total: AtomicU64,
 }
 
@@ -25,24 +29,25 @@ impl LoadCounters {
     pub fn report(&self) -> pb::LoadReport {
         pb::LoadReport {
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            queue_depth: 0,
+            queue_depth: self.queued.load(Ordering::Relaxed),
             answered_total: self.answered_total.load(Ordering::Relaxed),
         }
     }
 }
 
-struct InFlight<'a>(&'a LoadCounters);
+/// Adds one to a counter for as long as it lives.
+struct Counted<'a>(&'a AtomicU32);
 
-impl<'a> InFlight<'a> {
-    fn enter(load: &'a LoadCounters) -> Self {
-        load.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(load)
+impl<'a> Counted<'a> {
+    fn enter(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -53,6 +58,8 @@ pub struct ExpertNode {
     backend: Arc<dyn Backend>,
     limits: QueryLimits,
     load: Arc<LoadCounters>,
+    slots: Option<(u32, Semaphore)>,
+    delay: Duration,
 }
 
 impl ExpertNode {
@@ -63,7 +70,27 @@ impl ExpertNode {
             backend,
             limits: QueryLimits::default(),
             load: Arc::default(),
+            slots: None,
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Answers at most `limit` queries at once; the others wait in a queue (reported as the
+    /// queue depth). 0: no limit.
+    pub fn with_max_concurrency(mut self, limit: u32) -> Self {
+        self.slots = (limit > 0).then(|| (limit, Semaphore::new(limit as usize)));
+        self
+    }
+
+    /// Adds `delay` to every answer (a stand-in for a slow model in drills and tests).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// The concurrency limit, 0 for none.
+    pub fn max_concurrency(&self) -> u32 {
+        self.slots.as_ref().map_or(0, |(limit, _)| *limit)
     }
 
     pub fn id(&self) -> &str {
@@ -91,8 +118,23 @@ impl expert_server::Expert for Arc<ExpertNode> {
     ) -> Result<Response<pb::AnswerResponse>, Status> {
         let msg = request.into_inner();
         let query = Query::new(msg.question, msg.context, msg.id, &self.limits)?;
-        let _in_flight = InFlight::enter(&self.load);
+        let _slot = match &self.slots {
+            None => None,
+            Some((_, semaphore)) => {
+                let _queued = Counted::enter(&self.load.queued);
+                Some(
+                    semaphore
+                        .acquire()
+                        .await
+                        .map_err(|_| Status::unavailable("the expert is shutting down"))?,
+                )
+            }
+        };
+        let _in_flight = Counted::enter(&self.load.in_flight);
         let started = Instant::now();
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let answer = self.backend.answer(&query);
         let micros = started.elapsed().as_micros() as u64;
         let answer = answer.inspect_err(|e| {
@@ -121,6 +163,9 @@ impl expert_server::Expert for Arc<ExpertNode> {
             cost: self.cost,
             version: env!("CARGO_PKG_VERSION").into(),
             detail: self.backend.detail(),
+            in_flight: self.load.in_flight.load(Ordering::Relaxed),
+            queue_depth: self.load.queued.load(Ordering::Relaxed),
+            max_concurrency: self.max_concurrency(),
         }))
     }
 }

@@ -7,6 +7,11 @@ pub mod deadline;
 pub mod server;
 pub mod status;
 
+/// Largest gRPC message every l2d server and client accepts or sends: a query's largest context
+/// (256 KiB by default) and question fit many times over; anything bigger is refused with
+/// RESOURCE_EXHAUSTED before it is decoded.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Messages and services generated from `proto/l2d/v1/*.proto`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

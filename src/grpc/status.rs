@@ -18,9 +18,29 @@ impl From<DecisionError> for Status {
             DecisionError::EmptyPool | DecisionError::NoAvailableReplica { .. } => {
                 Code::Unavailable
             }
+            DecisionError::Saturated { retry_after, .. } => {
+                return resource_exhausted(
+                    e.to_string(),
+                    std::time::Duration::from_secs_f64(retry_after),
+                );
+            }
         };
         Status::new(code, e.to_string())
     }
+}
+
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail (how long to wait before retrying),
+/// which gRPC clients in every language can read; the message says it too.
+pub fn resource_exhausted(message: String, retry_after: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_retry_info(Some(retry_after));
+    Status::with_error_details(Code::ResourceExhausted, message, details)
+}
+
+/// The retry delay a status carries in its `google.rpc.RetryInfo` detail, if any.
+pub fn retry_after(status: &Status) -> Option<std::time::Duration> {
+    use tonic_types::StatusExt;
+    status.get_details_retry_info()?.retry_delay
 }
 
 impl From<crate::expert::BackendError> for Status {

@@ -278,6 +278,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                         &spec.id,
                         &a.to_string(),
                         pb::replica_state::Origin::InProcess,
+                        None,
                     );
                 }
             }

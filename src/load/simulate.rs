@@ -92,7 +92,7 @@ pub fn simulate(
                 q.retain(|&done| done > now);
                 loads[e].push(ReplicaLoad {
                     in_flight: q.len() as u32,
-                    available: true,
+                    ..ReplicaLoad::idle(costs[e] * unit.as_secs_f64())
                 });
             }
         }
@@ -108,7 +108,7 @@ pub fn simulate(
         let plan = decide(
             &candidates,
             &DecisionParams {
-                rotation: i,
+                seed: i as u64,
                 ..DecisionParams::default()
             },
         )?;

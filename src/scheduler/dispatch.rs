@@ -12,11 +12,12 @@ use crate::core::policy::ExpertMeta;
 use crate::core::query::Query;
 use crate::grpc::deadline::request_timeout;
 use crate::grpc::pb::{self, router_server::Router};
-use crate::grpc::status::{code_name, worth_another_try};
+use crate::grpc::status::{code_name, resource_exhausted, worth_another_try};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 pub struct RouterService {
     scheduler: Arc<Scheduler>,
@@ -48,9 +49,15 @@ fn deadline_margin(total: Duration) -> Duration {
 struct CallOutcome {
     result: Result<pb::AnswerResponse, Status>,
     replica: String,
+    /// The call was never sent: the replica's slots were all taken when we got to it.
+    not_sent: bool,
 }
 
-/// Calls `group`'s replica `replica` with the remaining deadline, counting it in flight.
+/// Status of a call skipped because its replica was at its concurrency limit.
+const REPLICA_FULL: &str = "replica at its concurrency limit; not sent";
+
+/// Calls `group`'s replica `replica` with the remaining deadline, holding one of its slots for
+/// the duration, and records the outcome on the replica (PeakEWMA, errors, ejection, metrics).
 async fn call_replica(
     group: &ExpertGroup,
     replica: usize,
@@ -59,13 +66,17 @@ async fn call_replica(
 ) -> CallOutcome {
     let replica = &group.replicas[replica];
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let outcome = |result| CallOutcome {
+    let outcome = |result, not_sent| CallOutcome {
         result,
         replica: replica.address.clone(),
+        not_sent,
     };
     if remaining.is_some_and(|r| r.is_zero()) {
-        return outcome(Err(Status::deadline_exceeded("deadline passed")));
+        return outcome(Err(Status::deadline_exceeded("deadline passed")), true);
     }
+    let Some(_slot) = replica.try_begin_call() else {
+        return outcome(Err(Status::resource_exhausted(REPLICA_FULL)), true);
+    };
     let mut call = Request::new(pb::AnswerRequest {
         question: query.question().to_owned(),
         context: query.context().to_owned(),
@@ -75,7 +86,7 @@ async fn call_replica(
         call.set_timeout(r);
     }
     let mut client = replica.client.clone();
-    let _in_flight = replica.begin_call();
+    let started = Instant::now();
     let result = match remaining {
         None => client.answer(call).await,
         Some(r) => match tokio::time::timeout(r, client.answer(call)).await {
@@ -83,11 +94,18 @@ async fn call_replica(
             Err(_) => Err(Status::deadline_exceeded("deadline passed")),
         },
     };
-    match &result {
-        Ok(_) => replica.record_success(),
-        Err(_) => replica.record_failure(),
+    let now = Instant::now();
+    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    if let Some(length) = replica.record_call(code, now - started, now) {
+        tracing::warn!(
+            expert = %group.entry.id,
+            replica = %replica.address,
+            code = code_name(code),
+            ejected_ms = length.as_millis() as u64,
+            "replica ejected after consecutive failures"
+        );
     }
-    outcome(result.map(Response::into_inner))
+    outcome(result.map(Response::into_inner), false)
 }
 
 /// A probe's answer: the call made (with retries on other replicas), and its cost.
@@ -105,17 +123,10 @@ async fn run_probe(
     query: &Query,
     deadline: Option<Instant>,
     tries: usize,
-    rotation: usize,
+    seed: u64,
 ) -> ProbeResult {
     let now = Instant::now();
-    let loads: Vec<ReplicaLoad> = group
-        .replicas
-        .iter()
-        .map(|r| ReplicaLoad {
-            in_flight: r.in_flight(),
-            available: r.is_available(now),
-        })
-        .collect();
+    let loads: Vec<ReplicaLoad> = group.replicas.iter().map(|r| r.load(now)).collect();
     let single = [Candidate {
         cost: group.entry.cost,
         expected_cost: None,
@@ -125,8 +136,8 @@ async fn run_probe(
         budget: None,
         max_attempts: tries,
         tries_per_expert: tries,
-        rotation,
-        explore: 0.0,
+        seed,
+        ..DecisionParams::default()
     };
     let mut fallbacks = Vec::new();
     let mut charged = 0.0;
@@ -157,6 +168,9 @@ async fn run_probe(
                     group.entry.charge(group.entry.cost);
                 }
                 fallbacks.push(fallback(group, &out.replica, &status));
+                if !worth_another_try(status.code()) {
+                    break;
+                }
             }
         }
     }
@@ -180,6 +194,12 @@ async fn run_probe(
 }
 
 fn fallback(group: &ExpertGroup, replica: &str, status: &Status) -> pb::Fallback {
+    metrics::counter!(
+        "l2d_fallbacks_total",
+        "expert" => group.entry.id.clone(),
+        "code" => code_name(status.code())
+    )
+    .increment(1);
     pb::Fallback {
         expert_id: group.entry.id.clone(),
         replica: replica.to_owned(),
@@ -190,14 +210,39 @@ fn fallback(group: &ExpertGroup, replica: &str, status: &Status) -> pb::Fallback
 
 /// Every available replica of an expert is one option; a probe that already answered is one
 /// option needing no call.
-const ANSWERED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad {
-    in_flight: 0,
-    available: true,
-}];
+const ANSWERED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad::idle(0.0)];
 const FAILED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad {
-    in_flight: 0,
     available: false,
+    ..ReplicaLoad::idle(0.0)
 }];
+
+/// The header carrying a request id, accepted from the client and always returned.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The client's request id when it sent a usable one (1–64 visible ASCII characters), else a
+/// fresh one from the request counter.
+fn request_id<T>(request: &Request<T>, number: u64) -> String {
+    request
+        .metadata()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{number:x}"), str::to_owned)
+}
+
+fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
+    if let Ok(value) = id.parse() {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+fn status_with_request_id(mut status: Status, id: &str) -> Status {
+    if let Ok(value) = id.parse() {
+        status.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    status
+}
 
 #[tonic::async_trait]
 impl Router for RouterService {
@@ -207,12 +252,43 @@ impl Router for RouterService {
     ) -> Result<Response<pb::AskResponse>, Status> {
         let started = Instant::now();
         let deadline = request_timeout(&request).map(|t| started + t - deadline_margin(t));
-        let msg = request.into_inner();
+        let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
+        let request_id = request_id(&request, number);
+        let span = tracing::info_span!("ask", request_id = %request_id);
+        let result = self
+            .answer(
+                request.into_inner(),
+                number,
+                request_id.clone(),
+                started,
+                deadline,
+            )
+            .instrument(span)
+            .await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        metrics::counter!("l2d_asks_total", "code" => code_name(code)).increment(1);
+        self.scheduler
+            .ask_duration
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(answer) => Ok(with_request_id(Response::new(answer), &request_id)),
+            Err(status) => Err(status_with_request_id(status, &request_id)),
+        }
+    }
+}
+
+impl RouterService {
+    async fn answer(
+        &self,
+        msg: pb::AskRequest,
+        number: u64,
+        request_id: String,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<pb::AskResponse, Status> {
         let config = &self.scheduler.config;
         let query = Query::new(msg.question, msg.context, msg.id, &config.limits)?;
         let budget = check_budget(msg.budget)?;
-        let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
-        let request_id = format!("{number:x}");
         let snapshot = self.scheduler.registry.snapshot();
         let policy = self.scheduler.policy();
         let lambda = policy.0.lambda();
@@ -246,7 +322,7 @@ impl Router for RouterService {
                             &query,
                             deadline,
                             config.tries_per_expert,
-                            number as usize,
+                            number,
                         )
                         .await,
                     ),
@@ -278,15 +354,7 @@ impl Router for RouterService {
         let loads: Vec<Vec<ReplicaLoad>> = snapshot
             .experts
             .iter()
-            .map(|g| {
-                g.replicas
-                    .iter()
-                    .map(|r| ReplicaLoad {
-                        in_flight: r.in_flight(),
-                        available: r.is_available(now),
-                    })
-                    .collect()
-            })
+            .map(|g| g.replicas.iter().map(|r| r.load(now)).collect())
             .collect();
         let probe_of = |i: usize| probe_groups.iter().position(|g| *g == Some(i));
         let candidates: Vec<Candidate<'_>> = snapshot
@@ -315,8 +383,10 @@ impl Router for RouterService {
             budget: budget.map(|b| b - probe_cost),
             max_attempts: config.max_attempts,
             tries_per_expert: config.tries_per_expert,
-            rotation: number as usize,
+            seed: number,
             explore: config.explore,
+            load_weight: config.load_weight,
+            ..DecisionParams::default()
         };
         let mut plan = decide(&candidates, &params).inspect_err(|e| {
             tracing::info!(request_id, %query, error = %e, "no expert can take the query");
@@ -328,6 +398,7 @@ impl Router for RouterService {
         } else {
             1.0
         };
+        snapshot.experts[plan.chosen()].entry.record_decision();
         let mut decision = decision_record(&snapshot, &scores, &plan, &policy.0.identity().id);
         if plan.chosen() != greedy {
             decision.reason = format!(
@@ -382,6 +453,7 @@ impl Router for RouterService {
             "decision"
         );
 
+        let mut skipped_full = 0;
         for attempt in &plan.attempts {
             let group = &snapshot.experts[attempt.expert];
             // Keeping a probe's answer needs no call.
@@ -394,11 +466,19 @@ impl Router for RouterService {
                     .unwrap_or_default();
                 self.scheduler.record_cost(charged);
                 log(Some(&group.entry.id), charged);
-                return Ok(Response::new(answer_response(
+                return Ok(answer_response(
                     answer, group, charged, decision, request_id, replica,
-                )));
+                ));
             }
             let out = call_replica(group, attempt.replica, &query, deadline).await;
+            if out.not_sent {
+                // Its slots filled after the decision: no compute spent, try the next option.
+                skipped_full += 1;
+                decision
+                    .fallbacks
+                    .push(fallback(group, &out.replica, &out.result.unwrap_err()));
+                continue;
+            }
             match out.result {
                 Ok(answer) => {
                     charged += group.entry.cost;
@@ -413,14 +493,14 @@ impl Router for RouterService {
                         micros = started.elapsed().as_micros() as u64,
                         "answered"
                     );
-                    return Ok(Response::new(answer_response(
+                    return Ok(answer_response(
                         answer,
                         group,
                         charged,
                         decision,
                         request_id,
                         out.replica,
-                    )));
+                    ));
                 }
                 Err(status) => {
                     if charges_compute(status.code()) {
@@ -455,6 +535,25 @@ impl Router for RouterService {
             }
         }
         log(None, charged);
+        if skipped_full == plan.attempts.len() {
+            // Every option filled up between the decision and the calls: shed, with a hint.
+            let retry = plan
+                .attempts
+                .iter()
+                .map(|a| loads[a.expert].get(a.replica).map_or(0.0, |r| r.rtt))
+                .fold(f64::INFINITY, f64::min);
+            return Err(resource_exhausted(
+                format!(
+                    "every replica the decision chose is at its concurrency limit ({} tried)",
+                    skipped_full
+                ),
+                Duration::from_secs_f64(if retry.is_finite() {
+                    retry.clamp(0.005, 1.0)
+                } else {
+                    0.05
+                }),
+            ));
+        }
         Err(every_attempt_failed(&decision))
     }
 }
@@ -542,6 +641,7 @@ fn decision_record(
         cost: group.entry.cost,
         eligible: true,
         excluded_because: String::new(),
+        load: plan.load[i],
     };
     let mut records: Vec<pb::ExpertScore> = plan
         .ranked

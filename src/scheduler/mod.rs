@@ -10,14 +10,13 @@ pub mod dispatch;
 mod pool_service;
 pub mod registry;
 
-pub use registry::{Registry, RegistryError};
+pub use registry::{Registry, RegistryError, ReplicaPolicy};
 
 use registry::lock;
 
 use crate::core::cost_target::{CostTarget, CostWindow, Move};
 use crate::core::decision::DecisionParams;
 use crate::core::learned::{LearnedPolicy, PolicyFile, digest};
-use crate::core::lease::LeasePolicy;
 use crate::core::policy::Policy;
 use crate::core::query::QueryLimits;
 use crate::grpc::pb::{pool_server::PoolServer, router_server::RouterServer};
@@ -36,7 +35,14 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub limits: QueryLimits,
-    pub leases: LeasePolicy,
+    /// Leases, outlier ejection, PeakEWMA, and the default per-replica concurrency limit.
+    pub replicas: ReplicaPolicy,
+    /// Weight of the load term in the decision (see [`crate::core::decision`]).
+    pub load_weight: f64,
+    /// How often static and DNS replicas get a `grpc.health.v1` check (zero: never).
+    pub health_interval: Duration,
+    /// How often DNS names of the pool file are resolved again.
+    pub dns_interval: Duration,
     /// Attempts per request (first try, retry on another replica, fallbacks), in total.
     pub max_attempts: usize,
     /// Attempts on distinct replicas of one expert before falling back to the next expert.
@@ -62,7 +68,10 @@ impl Default for SchedulerConfig {
         let decision = DecisionParams::default();
         Self {
             limits: QueryLimits::default(),
-            leases: LeasePolicy::default(),
+            replicas: ReplicaPolicy::default(),
+            load_weight: decision.load_weight,
+            health_interval: Duration::from_secs(5),
+            dns_interval: Duration::from_secs(5),
             max_attempts: decision.max_attempts,
             tries_per_expert: decision.tries_per_expert,
             reap_interval: Duration::from_millis(100),
@@ -117,6 +126,9 @@ pub struct Scheduler {
     recent_costs: Mutex<CostWindow>,
     target: Option<Mutex<CostTarget>>,
     decisions: Option<decision_log::DecisionLog>,
+    ask_duration: metrics::Histogram,
+    /// DNS names resolved again every `dns_interval`.
+    dns_targets: Mutex<Vec<crate::cluster::DnsTarget>>,
 }
 
 impl Scheduler {
@@ -131,11 +143,15 @@ impl Scheduler {
         source: PolicySource,
         digest: String,
     ) -> Self {
+        // Metric handles made before the recorder exists would be no-ops.
+        crate::telemetry::install();
         let target = config
             .target_cost
             .map(|t| Mutex::new(CostTarget::new(t, config.target_window, 0.05)));
         Self {
-            registry: Arc::new(Registry::new(config.leases)),
+            ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
+            dns_targets: Mutex::new(Vec::new()),
+            registry: Arc::new(Registry::new(config.replicas)),
             policy: ArcSwap::from_pointee(ActivePolicy(policy)),
             source,
             loaded_digest: Mutex::new(digest),
@@ -220,6 +236,26 @@ impl Scheduler {
     pub fn target_cost(&self) -> Option<f64> {
         self.config.target_cost
     }
+
+    /// Resolves `target` again every `dns_interval` while serving.
+    pub fn add_dns_target(&self, target: crate::cluster::DnsTarget) {
+        lock(&self.dns_targets).push(target);
+    }
+
+    /// Publishes the state gauges (PeakEWMA, ejections, realised cost, lambda) for a scrape.
+    pub fn publish_metrics(&self) {
+        let now = Instant::now();
+        for group in &self.registry.snapshot().experts {
+            for replica in &group.replicas {
+                replica.publish_metrics(now);
+            }
+        }
+        metrics::gauge!("l2d_cost_realized").set(self.realized_cost());
+        if let Some(target) = self.target_cost() {
+            metrics::gauge!("l2d_cost_target").set(target);
+        }
+        metrics::gauge!("l2d_policy_lambda").set(self.policy().0.lambda());
+    }
 }
 
 /// Serves `Router` and `Pool` on `listener` until `shutdown` completes, reaping expired leases
@@ -237,8 +273,13 @@ pub async fn serve(
         .add_service(PoolServer::new(pool_service::PoolService::new(
             scheduler.clone(),
         )));
-    let reaper = tokio::spawn(reap_leases(scheduler.clone()));
-    let watcher = tokio::spawn(watch_policy(scheduler.clone()));
+    let tasks = [
+        tokio::spawn(reap_leases(scheduler.clone())),
+        tokio::spawn(watch_policy(scheduler.clone())),
+        tokio::spawn(resolve_dns(scheduler.clone())),
+        tokio::spawn(check_health(scheduler.clone())),
+        tokio::spawn(crate::telemetry::upkeep(Duration::from_secs(5))),
+    ];
     tracing::info!(
         address = %listener.local_addr()?,
         policy = %scheduler.policy().0.identity().id,
@@ -253,8 +294,9 @@ pub async fn serve(
         shutdown,
     )
     .await;
-    reaper.abort();
-    watcher.abort();
+    for task in tasks {
+        task.abort();
+    }
     result
 }
 
@@ -273,12 +315,20 @@ async fn watch_policy(scheduler: Arc<Scheduler>) {
         let s = scheduler.clone();
         let result = tokio::task::spawn_blocking(move || s.reload_policy()).await;
         match result {
-            Ok(Ok(_)) => last_error.clear(),
-            Ok(Err(e)) if e != last_error => {
-                tracing::error!(error = %e, "policy reload failed; the previous policy stays active");
-                last_error = e;
+            Ok(Ok(changed)) => {
+                if changed {
+                    metrics::counter!("l2d_policy_reloads_total", "result" => "ok").increment(1);
+                }
+                last_error.clear();
             }
-            _ => {}
+            Ok(Err(e)) => {
+                if e != last_error {
+                    metrics::counter!("l2d_policy_reloads_total", "result" => "error").increment(1);
+                    tracing::error!(error = %e, "policy reload failed; the previous policy stays active");
+                    last_error = e;
+                }
+            }
+            Err(_) => {}
         }
     }
 }
@@ -291,5 +341,80 @@ async fn reap_leases(scheduler: Arc<Scheduler>) {
         for (expert, address) in scheduler.registry.reap_expired(Instant::now()) {
             tracing::warn!(%expert, %address, "lease expired; replica removed from the pool");
         }
+    }
+}
+
+/// Resolves the pool file's DNS names again every `dns_interval`: new addresses join, vanished
+/// ones leave. A failed resolution keeps the replicas known so far.
+async fn resolve_dns(scheduler: Arc<Scheduler>) {
+    let mut tick = tokio::time::interval(scheduler.config.dns_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let targets = lock(&scheduler.dns_targets).clone();
+        for target in targets {
+            match target.sync(&scheduler.registry).await {
+                Ok((0, 0)) => {}
+                Ok((added, removed)) => tracing::info!(
+                    expert = %target.expert_id,
+                    name = %target.name,
+                    added,
+                    removed,
+                    "DNS replicas changed"
+                ),
+                Err(e) => tracing::warn!(
+                    expert = %target.expert_id,
+                    name = %target.name,
+                    error = %format!("{e:#}"),
+                    "DNS resolution failed; keeping the replicas known so far"
+                ),
+            }
+        }
+    }
+}
+
+/// Asks every static and DNS replica `grpc.health.v1.Health/Check("l2d.v1.Expert")` every
+/// `health_interval`: a replica not SERVING is ejected (with the ejection backoff) until a check
+/// passes. Registered replicas prove their health with heartbeats; in-process ones share our fate.
+async fn check_health(scheduler: Arc<Scheduler>) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let every = scheduler.config.health_interval;
+    if every.is_zero() {
+        return;
+    }
+    let timeout = every.min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = scheduler.registry.snapshot();
+        let checks = snapshot.experts.iter().flat_map(|g| {
+            g.replicas
+                .iter()
+                .filter(|r| matches!(r.origin, registry::Origin::Static | registry::Origin::Dns))
+        });
+        let checks = checks.map(|replica| async move {
+            let mut client = HealthClient::new(replica.channel.clone());
+            let mut request = tonic::Request::new(HealthCheckRequest {
+                service: "l2d.v1.Expert".into(),
+            });
+            request.set_timeout(timeout);
+            let serving = matches!(
+                tokio::time::timeout(timeout, client.check(request)).await,
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+            );
+            if let Some(length) = replica.record_health_check(serving, Instant::now()) {
+                tracing::warn!(
+                    expert = %replica.expert_id,
+                    replica = %replica.address,
+                    ejected_ms = length.as_millis() as u64,
+                    "health check failed; replica ejected"
+                );
+            }
+        });
+        futures_util::future::join_all(checks).await;
     }
 }

@@ -1,6 +1,7 @@
 //! The `Pool` service: registration with leases, heartbeats, listing, the policy's identity.
 //! Translates and validates at the edge; the registry does the work.
 
+use super::registry::Join;
 use super::{RegistryError, Scheduler};
 use crate::core::lease::LeasePolicy;
 use crate::grpc::pb::{self, pool_server::Pool};
@@ -68,11 +69,14 @@ impl Pool for PoolService {
         }
         let requested = (msg.lease_ttl_ms > 0).then(|| Duration::from_millis(msg.lease_ttl_ms));
         let granted = self.scheduler.registry.register(
-            &msg.expert_id,
-            &msg.address,
-            msg.cost,
-            &msg.backend,
-            requested,
+            Join {
+                expert_id: &msg.expert_id,
+                address: &msg.address,
+                cost: msg.cost,
+                backend: &msg.backend,
+                requested_ttl: requested,
+                limit: (msg.max_in_flight > 0).then_some(msg.max_in_flight),
+            },
             Instant::now(),
         )?;
         tracing::info!(

@@ -5,13 +5,18 @@
 //! `ArcSwap`, rebuilt after every membership change, and updates per-replica atomics. Leases sit
 //! behind a std `Mutex`, held for a few instructions and never across an `.await`.
 
+use crate::core::decision::ReplicaLoad;
 use crate::core::lease::{Lease, LeasePolicy};
-use crate::grpc::pb::{self, expert_client::ExpertClient, replica_state::Origin};
+use crate::core::replica_health::{FailureOutcome, HealthParams, ReplicaHealth};
+pub use crate::grpc::pb::replica_state::Origin;
+use crate::grpc::pb::{self, expert_client::ExpertClient};
+use crate::telemetry::{ExpertMetrics, ReplicaMetrics};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -44,12 +49,26 @@ pub struct ExpertEntry {
     answered: AtomicU64,
     /// Cost charged, in millionths of a cost unit (atomic add of a float).
     charged_micro_units: AtomicU64,
+    metrics: ExpertMetrics,
 }
 
 impl ExpertEntry {
+    fn new(id: &str, cost: f64, backend: &str, declared: bool) -> Self {
+        Self {
+            id: id.to_owned(),
+            cost,
+            backend: backend.to_owned(),
+            declared,
+            answered: AtomicU64::new(0),
+            charged_micro_units: AtomicU64::new(0),
+            metrics: ExpertMetrics::new(id),
+        }
+    }
+
     /// An answer through the scheduler, charged at `cost`.
     pub fn record_answer(&self, cost: f64) {
         self.answered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.answers.increment(1);
         self.charge(cost);
     }
 
@@ -57,6 +76,12 @@ impl ExpertEntry {
     pub fn charge(&self, cost: f64) {
         self.charged_micro_units
             .fetch_add((cost * 1e6).round() as u64, Ordering::Relaxed);
+        self.metrics.cost_charged.increment(cost);
+    }
+
+    /// The query's first choice was this expert.
+    pub fn record_decision(&self) {
+        self.metrics.decisions.increment(1);
     }
 
     pub fn answered_total(&self) -> u64 {
@@ -76,11 +101,18 @@ pub struct Replica {
     pub address: String,
     pub origin: Origin,
     pub client: ExpertClient<Channel>,
+    /// The connection, for health checks.
+    pub channel: Channel,
+    /// Calls this scheduler sends to the replica at once, at most.
+    pub limit: u32,
     lease: Option<(String, Mutex<Lease>)>,
     in_flight: AtomicU32,
     answered: AtomicU64,
     failed: AtomicU64,
     reported: Mutex<pb::LoadReport>,
+    health: Mutex<ReplicaHealth>,
+    health_params: HealthParams,
+    metrics: ReplicaMetrics,
 }
 
 /// Counts a call in flight to a replica for as long as it lives (also when the call is
@@ -89,34 +121,142 @@ pub struct InFlightGuard<'a>(&'a Replica);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.0.metrics.in_flight.set(f64::from(now));
+    }
+}
+
+/// How a finished call reflects on the replica's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallVerdict {
+    /// Answered (an answer, or a clear refusal such as NOT_FOUND: the replica works).
+    Healthy,
+    /// The caller's deadline ran out: latency is observed, the replica is not blamed.
+    TimedOut,
+    /// Unreachable, reset, internal error: counts toward ejection.
+    Unhealthy,
+}
+
+impl CallVerdict {
+    pub fn of(code: Code) -> Self {
+        match code {
+            Code::Ok
+            | Code::NotFound
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange => CallVerdict::Healthy,
+            Code::DeadlineExceeded | Code::Cancelled => CallVerdict::TimedOut,
+            _ => CallVerdict::Unhealthy,
+        }
     }
 }
 
 impl Replica {
-    pub fn begin_call(&self) -> InFlightGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self)
+    /// Takes one of the replica's slots, or `None` when it is at its limit (the decision saw a
+    /// slot free, but a concurrent request took it first).
+    pub fn try_begin_call(&self) -> Option<InFlightGuard<'_>> {
+        let limit = self.limit;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|before| {
+                self.metrics.in_flight.set(f64::from(before + 1));
+                InFlightGuard(self)
+            })
     }
 
+    /// Calls this scheduler has in flight to the replica.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn record_success(&self) {
-        self.answered.fetch_add(1, Ordering::Relaxed);
+    /// Records a finished call: counters, PeakEWMA, error rate, ejection. Returns the ejection
+    /// length when this call ejected the replica.
+    pub fn record_call(&self, code: Code, latency: Duration, now: Instant) -> Option<Duration> {
+        let verdict = CallVerdict::of(code);
+        if code == Code::Ok {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.record(code, latency);
+        let mut health = lock(&self.health);
+        match verdict {
+            CallVerdict::Healthy => {
+                health.observe_latency(latency, now, &self.health_params);
+                health.record_success();
+                None
+            }
+            CallVerdict::TimedOut => {
+                health.observe_latency(latency, now, &self.health_params);
+                None
+            }
+            CallVerdict::Unhealthy => match health.record_failure(now, &self.health_params) {
+                FailureOutcome::Ejected(length) => {
+                    self.metrics.ejections.increment(1);
+                    Some(length)
+                }
+                FailureOutcome::Counted => None,
+            },
+        }
     }
 
-    pub fn record_failure(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
+    /// The result of an active health check; returns the ejection length when it ejected.
+    pub fn record_health_check(&self, serving: bool, now: Instant) -> Option<Duration> {
+        let mut health = lock(&self.health);
+        match (serving, health.is_ejected(now)) {
+            (true, true) => {
+                health.readmit();
+                None
+            }
+            (false, false) => {
+                self.metrics.ejections.increment(1);
+                Some(health.eject(now, &self.health_params))
+            }
+            _ => None,
+        }
     }
 
-    /// A registered replica is available while its lease holds; others always are.
+    /// May receive traffic: a registered replica while its lease holds, any replica while it
+    /// is not ejected.
     pub fn is_available(&self, now: Instant) -> bool {
-        match &self.lease {
+        let leased = match &self.lease {
             None => true,
             Some((_, lease)) => !lock(lease).is_expired(now),
+        };
+        leased && !lock(&self.health).is_ejected(now)
+    }
+
+    /// What the decision needs to know about this replica now.
+    pub fn load(&self, now: Instant) -> ReplicaLoad {
+        let queued = if self.lease.is_some() {
+            lock(&self.reported).queue_depth
+        } else {
+            0
+        };
+        let (rtt, ejected) = {
+            let health = lock(&self.health);
+            (health.rtt(now, &self.health_params), health.is_ejected(now))
+        };
+        let leased = match &self.lease {
+            None => true,
+            Some((_, lease)) => !lock(lease).is_expired(now),
+        };
+        ReplicaLoad {
+            in_flight: self.in_flight().saturating_add(queued),
+            limit: self.limit,
+            rtt,
+            available: leased && !ejected,
         }
+    }
+
+    /// Publishes the replica's state gauges (at scrape time).
+    pub fn publish_metrics(&self, now: Instant) {
+        let health = lock(&self.health);
+        self.metrics
+            .publish_state(health.rtt(now, &self.health_params), health.is_ejected(now));
     }
 
     fn state(&self, now: Instant) -> pb::ReplicaState {
@@ -124,6 +264,7 @@ impl Replica {
             None => (String::new(), 0),
             Some((id, lease)) => (id.clone(), lock(lease).remaining(now).as_millis() as u64),
         };
+        let health = lock(&self.health).clone();
         pb::ReplicaState {
             address: self.address.clone(),
             origin: self.origin as i32,
@@ -133,6 +274,10 @@ impl Replica {
             reported: self.lease.as_ref().map(|_| *lock(&self.reported)),
             answered_total: self.answered.load(Ordering::Relaxed),
             failed_total: self.failed.load(Ordering::Relaxed),
+            max_in_flight: self.limit,
+            rtt_ms: health.rtt(now, &self.health_params) * 1e3,
+            error_rate: health.error_rate(),
+            ejected_ms: health.ejected_for(now).as_millis() as u64,
         }
     }
 }
@@ -157,6 +302,18 @@ pub struct PoolSnapshot {
     pub experts: Vec<ExpertGroup>,
 }
 
+/// A worker asking to join (the fields of `Pool.Register`, validated).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Join<'a> {
+    pub expert_id: &'a str,
+    pub address: &'a str,
+    pub cost: f64,
+    pub backend: &'a str,
+    pub requested_ttl: Option<Duration>,
+    /// Calls it accepts at once (`None`: the registry's default).
+    pub limit: Option<u32>,
+}
+
 /// What a successful registration grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {
@@ -174,10 +331,31 @@ pub struct Registry {
     snapshot: ArcSwap<PoolSnapshot>,
     rebuild: Mutex<()>,
     lease_policy: LeasePolicy,
+    health: HealthParams,
+    default_limit: u32,
+}
+
+/// How the registry treats replicas: leases, health, and the default concurrency limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaPolicy {
+    pub leases: LeasePolicy,
+    pub health: HealthParams,
+    /// Calls in flight per replica when neither the pool file nor the replica says otherwise.
+    pub max_in_flight: u32,
+}
+
+impl Default for ReplicaPolicy {
+    fn default() -> Self {
+        Self {
+            leases: LeasePolicy::default(),
+            health: HealthParams::default(),
+            max_in_flight: 64,
+        }
+    }
 }
 
 impl Registry {
-    pub fn new(lease_policy: LeasePolicy) -> Self {
+    pub fn new(policy: ReplicaPolicy) -> Self {
         Self {
             experts: DashMap::new(),
             declared_order: Mutex::new(Vec::new()),
@@ -186,7 +364,9 @@ impl Registry {
             next_key: AtomicU64::new(1),
             snapshot: ArcSwap::from_pointee(PoolSnapshot::default()),
             rebuild: Mutex::new(()),
-            lease_policy,
+            lease_policy: policy.leases,
+            health: policy.health,
+            default_limit: policy.max_in_flight.max(1),
         }
     }
 
@@ -200,16 +380,9 @@ impl Registry {
 
     /// Declares an expert from the pool file: it stays in the pool even with no replica.
     pub fn declare_expert(&self, id: &str, cost: f64, backend: &str) {
-        self.experts.entry(id.to_owned()).or_insert_with(|| {
-            Arc::new(ExpertEntry {
-                id: id.to_owned(),
-                cost,
-                backend: backend.to_owned(),
-                declared: true,
-                answered: AtomicU64::new(0),
-                charged_micro_units: AtomicU64::new(0),
-            })
-        });
+        self.experts
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(ExpertEntry::new(id, cost, backend, true)));
         let mut order = lock(&self.declared_order);
         if !order.iter().any(|known| known == id) {
             order.push(id.to_owned());
@@ -218,47 +391,83 @@ impl Registry {
         self.rebuild_snapshot();
     }
 
-    /// Adds a replica that needs no lease (in-process, or a static address from the pool file).
+    /// Adds a replica that needs no lease (in-process, or a static address from the pool file),
+    /// accepting at most `limit` calls at once (`None`: the registry's default).
     pub fn add_fixed_replica(
         &self,
         expert_id: &str,
         address: &str,
         origin: Origin,
+        limit: Option<u32>,
     ) -> Result<(), RegistryError> {
-        if !self.experts.contains_key(expert_id) {
-            return Err(RegistryError::Invalid {
-                field: "expert_id",
-                message: format!("expert {expert_id:?} is not declared"),
-            });
-        }
-        self.insert_replica(expert_id, address, origin, None)?;
+        self.check_declared(expert_id)?;
+        self.insert_replica(expert_id, address, origin, None, limit)?;
         self.rebuild_snapshot();
         Ok(())
     }
 
-    /// A worker joins the pool with a lease (the `Pool.Register` call, validated at the edge).
-    pub fn register(
+    fn check_declared(&self, expert_id: &str) -> Result<(), RegistryError> {
+        if self.experts.contains_key(expert_id) {
+            Ok(())
+        } else {
+            Err(RegistryError::Invalid {
+                field: "expert_id",
+                message: format!("expert {expert_id:?} is not declared"),
+            })
+        }
+    }
+
+    /// Makes the DNS-discovered replicas of `expert_id` exactly `addresses`: new ones join,
+    /// vanished ones leave (their in-flight calls finish on the `Arc` they hold). Returns
+    /// (added, removed).
+    pub fn sync_dns(
         &self,
         expert_id: &str,
-        address: &str,
-        cost: f64,
-        backend: &str,
-        requested_ttl: Option<Duration>,
-        now: Instant,
-    ) -> Result<Granted, RegistryError> {
+        addresses: &[String],
+        limit: Option<u32>,
+    ) -> Result<(usize, usize), RegistryError> {
+        self.check_declared(expert_id)?;
+        let known: Vec<(u64, String)> = self
+            .replicas
+            .iter()
+            .filter(|r| r.expert_id == expert_id && r.origin == Origin::Dns)
+            .map(|r| (r.key, r.address.clone()))
+            .collect();
+        let gone: Vec<u64> = known
+            .iter()
+            .filter(|(_, a)| !addresses.contains(a))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut added = 0;
+        for address in addresses {
+            if !known.iter().any(|(_, a)| a == address) {
+                self.insert_replica(expert_id, address, Origin::Dns, None, limit)?;
+                added += 1;
+            }
+        }
+        for key in &gone {
+            self.remove_replica(*key);
+        }
+        if added > 0 || !gone.is_empty() {
+            self.rebuild_snapshot();
+        }
+        Ok((added, gone.len()))
+    }
+
+    /// A worker joins the pool with a lease (the `Pool.Register` call, validated at the edge).
+    pub fn register(&self, join: Join<'_>, now: Instant) -> Result<Granted, RegistryError> {
+        let Join {
+            expert_id,
+            address,
+            cost,
+            backend,
+            requested_ttl,
+            limit,
+        } = join;
         let entry = self
             .experts
             .entry(expert_id.to_owned())
-            .or_insert_with(|| {
-                Arc::new(ExpertEntry {
-                    id: expert_id.to_owned(),
-                    cost,
-                    backend: backend.to_owned(),
-                    declared: false,
-                    answered: AtomicU64::new(0),
-                    charged_micro_units: AtomicU64::new(0),
-                })
-            })
+            .or_insert_with(|| Arc::new(ExpertEntry::new(expert_id, cost, backend, false)))
             .clone();
         if (entry.cost - cost).abs() > 1e-9 * entry.cost.max(1.0) {
             return Err(RegistryError::CostConflict {
@@ -285,6 +494,7 @@ impl Registry {
             address,
             Origin::Registered,
             Some((lease_id.clone(), Lease::new(ttl, now))),
+            limit,
         )?;
         self.rebuild_snapshot();
         Ok(Granted { lease_id, ttl })
@@ -374,6 +584,7 @@ impl Registry {
         address: &str,
         origin: Origin,
         lease: Option<(String, Lease)>,
+        limit: Option<u32>,
     ) -> Result<(), RegistryError> {
         let endpoint = Endpoint::from_shared(crate::expert::registration::endpoint_uri(address))
             .map_err(|e| RegistryError::Invalid {
@@ -386,17 +597,25 @@ impl Registry {
         if let Some((lease_id, _)) = &lease {
             self.leases.insert(lease_id.clone(), key);
         }
+        let channel = endpoint.connect_lazy();
         let replica = Replica {
             key,
             expert_id: expert_id.to_owned(),
             address: address.to_owned(),
             origin,
-            client: ExpertClient::new(endpoint.connect_lazy()),
+            channel: channel.clone(),
+            client: ExpertClient::new(channel)
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+            limit: limit.filter(|&l| l > 0).unwrap_or(self.default_limit),
             lease: lease.map(|(id, lease)| (id, Mutex::new(lease))),
             in_flight: AtomicU32::new(0),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reported: Mutex::new(pb::LoadReport::default()),
+            health: Mutex::new(ReplicaHealth::new()),
+            health_params: self.health,
+            metrics: ReplicaMetrics::new(expert_id, address),
         };
         self.replicas.insert(key, Arc::new(replica));
         Ok(())
@@ -465,7 +684,24 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        Registry::new(LeasePolicy::default())
+        Registry::new(ReplicaPolicy::default())
+    }
+
+    fn join<'a>(
+        expert_id: &'a str,
+        address: &'a str,
+        cost: f64,
+        backend: &'a str,
+        requested_ttl: Option<Duration>,
+    ) -> Join<'a> {
+        Join {
+            expert_id,
+            address,
+            cost,
+            backend,
+            requested_ttl,
+            limit: None,
+        }
     }
 
     #[tokio::test]
@@ -474,10 +710,16 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
         let a = reg
-            .register("bert", "127.0.0.1:9001", 100.0, "replay", Some(ttl), t0)
+            .register(
+                join("bert", "127.0.0.1:9001", 100.0, "replay", Some(ttl)),
+                t0,
+            )
             .unwrap();
         let b = reg
-            .register("bert", "127.0.0.1:9002", 100.0, "replay", Some(ttl), t0)
+            .register(
+                join("bert", "127.0.0.1:9002", 100.0, "replay", Some(ttl)),
+                t0,
+            )
             .unwrap();
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 2);
         reg.heartbeat(&a.lease_id, None, t0 + Duration::from_millis(800))
@@ -503,7 +745,7 @@ mod tests {
         reg.declare_expert("lr", 1.0, "replay");
         reg.declare_expert("bert", 100.0, "replay");
         let now = Instant::now();
-        reg.register("aaa", "127.0.0.1:9003", 3.0, "lexical", None, now)
+        reg.register(join("aaa", "127.0.0.1:9003", 3.0, "lexical", None), now)
             .unwrap();
         let ids: Vec<String> = reg
             .snapshot()
@@ -513,7 +755,7 @@ mod tests {
             .collect();
         assert_eq!(ids, ["lr", "bert", "aaa"]);
         let err = reg
-            .register("bert", "127.0.0.1:9004", 50.0, "replay", None, now)
+            .register(join("bert", "127.0.0.1:9004", 50.0, "replay", None), now)
             .unwrap_err();
         assert!(matches!(err, RegistryError::CostConflict { known, .. } if known == 100.0));
     }
@@ -523,10 +765,10 @@ mod tests {
         let reg = registry();
         let now = Instant::now();
         let first = reg
-            .register("x", "127.0.0.1:9005", 1.0, "replay", None, now)
+            .register(join("x", "127.0.0.1:9005", 1.0, "replay", None), now)
             .unwrap();
         let second = reg
-            .register("x", "127.0.0.1:9005", 1.0, "replay", None, now)
+            .register(join("x", "127.0.0.1:9005", 1.0, "replay", None), now)
             .unwrap();
         assert_ne!(first.lease_id, second.lease_id);
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 1);
@@ -539,11 +781,13 @@ mod tests {
         let reg = registry();
         let t0 = Instant::now();
         reg.register(
-            "x",
-            "127.0.0.1:9006",
-            1.0,
-            "replay",
-            Some(Duration::from_secs(1)),
+            join(
+                "x",
+                "127.0.0.1:9006",
+                1.0,
+                "replay",
+                Some(Duration::from_secs(1)),
+            ),
             t0,
         )
         .unwrap();
@@ -551,5 +795,99 @@ mod tests {
         let replica = &snap.experts[0].replicas[0];
         assert!(replica.is_available(t0));
         assert!(!replica.is_available(t0 + Duration::from_secs(2)));
+    }
+
+    #[tokio::test]
+    async fn dns_replicas_follow_the_resolved_addresses() {
+        let reg = registry();
+        reg.declare_expert("bert", 100.0, "replay");
+        let addrs = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            reg.sync_dns(
+                "bert",
+                &addrs(&["10.0.0.1:50061", "10.0.0.2:50061"]),
+                Some(4)
+            ),
+            Ok((2, 0))
+        );
+        assert_eq!(
+            reg.sync_dns(
+                "bert",
+                &addrs(&["10.0.0.2:50061", "10.0.0.3:50061"]),
+                Some(4)
+            ),
+            Ok((1, 1))
+        );
+        let snap = reg.snapshot();
+        let mut known: Vec<&str> = snap.experts[0]
+            .replicas
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        known.sort();
+        assert_eq!(known, ["10.0.0.2:50061", "10.0.0.3:50061"]);
+        assert!(
+            snap.experts[0]
+                .replicas
+                .iter()
+                .all(|r| r.limit == 4 && r.origin == Origin::Dns)
+        );
+        assert_eq!(
+            reg.sync_dns("bert", &addrs(&["10.0.0.2:50061", "10.0.0.3:50061"]), None),
+            Ok((0, 0))
+        );
+        assert!(reg.sync_dns("nobody", &[], None).is_err());
+    }
+
+    #[tokio::test]
+    async fn slots_are_bounded_by_the_limit_and_freed_on_drop() {
+        let reg = registry();
+        reg.declare_expert("x", 1.0, "replay");
+        reg.add_fixed_replica("x", "127.0.0.1:9007", Origin::Static, Some(2))
+            .unwrap();
+        let snap = reg.snapshot();
+        let replica = &snap.experts[0].replicas[0];
+        let a = replica.try_begin_call().unwrap();
+        let b = replica.try_begin_call().unwrap();
+        assert!(replica.try_begin_call().is_none());
+        assert!(replica.load(Instant::now()).saturated());
+        drop(a);
+        assert_eq!(replica.in_flight(), 1);
+        let _c = replica.try_begin_call().unwrap();
+        drop(b);
+        assert_eq!(replica.in_flight(), 1);
+    }
+
+    #[tokio::test]
+    async fn failing_calls_eject_a_replica_and_a_passing_health_check_readmits_it() {
+        let reg = registry();
+        reg.declare_expert("x", 1.0, "replay");
+        reg.add_fixed_replica("x", "127.0.0.1:9008", Origin::Static, None)
+            .unwrap();
+        let snap = reg.snapshot();
+        let replica = &snap.experts[0].replicas[0];
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        // A refusal (NOT_FOUND) is a working replica; a deadline is the caller's choice.
+        for _ in 0..10 {
+            assert_eq!(replica.record_call(Code::NotFound, ms, t0), None);
+            assert_eq!(replica.record_call(Code::DeadlineExceeded, ms, t0), None);
+        }
+        assert!(replica.is_available(t0));
+        for _ in 0..4 {
+            assert_eq!(replica.record_call(Code::Unavailable, ms, t0), None);
+        }
+        assert_eq!(
+            replica.record_call(Code::Unavailable, ms, t0),
+            Some(Duration::from_secs(1))
+        );
+        assert!(!replica.is_available(t0));
+        assert!(!replica.load(t0).available);
+        assert!(reg.states(t0)[0].replicas[0].ejected_ms > 0);
+        assert_eq!(replica.record_health_check(true, t0), None);
+        assert!(replica.is_available(t0));
+        // A failed check ejects at once.
+        assert!(replica.record_health_check(false, t0).is_some());
+        assert!(!replica.is_available(t0));
     }
 }
