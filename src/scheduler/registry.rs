@@ -222,11 +222,14 @@ impl Replica {
     /// May receive traffic: a registered replica while its lease holds, any replica while it
     /// is not ejected.
     pub fn is_available(&self, now: Instant) -> bool {
-        let leased = match &self.lease {
-            None => true,
-            Some((_, lease)) => !lock(lease).is_expired(now),
-        };
-        leased && !lock(&self.health).is_ejected(now)
+        !self.lease_expired(now) && !lock(&self.health).is_ejected(now)
+    }
+
+    /// A registered replica whose lease ran out (ejected replicas stay: they come back).
+    pub fn lease_expired(&self, now: Instant) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|(_, lease)| lock(lease).is_expired(now))
     }
 
     /// What the decision needs to know about this replica now.
@@ -240,15 +243,11 @@ impl Replica {
             let health = lock(&self.health);
             (health.rtt(now, &self.health_params), health.is_ejected(now))
         };
-        let leased = match &self.lease {
-            None => true,
-            Some((_, lease)) => !lock(lease).is_expired(now),
-        };
         ReplicaLoad {
             in_flight: self.in_flight().saturating_add(queued),
             limit: self.limit,
             rtt,
-            available: leased && !ejected,
+            available: !self.lease_expired(now) && !ejected,
         }
     }
 
@@ -546,7 +545,7 @@ impl Registry {
         let expired: Vec<Arc<Replica>> = self
             .replicas
             .iter()
-            .filter(|r| !r.is_available(now))
+            .filter(|r| r.lease_expired(now))
             .map(|r| r.clone())
             .collect();
         if expired.is_empty() {
@@ -884,6 +883,9 @@ mod tests {
         assert!(!replica.is_available(t0));
         assert!(!replica.load(t0).available);
         assert!(reg.states(t0)[0].replicas[0].ejected_ms > 0);
+        // Ejected is not gone: the reaper only removes lapsed leases.
+        assert!(reg.reap_expired(t0).is_empty());
+        assert_eq!(reg.snapshot().experts[0].replicas.len(), 1);
         assert_eq!(replica.record_health_check(true, t0), None);
         assert!(replica.is_available(t0));
         // A failed check ejects at once.

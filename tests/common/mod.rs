@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use l2d::core::policy::PriorPolicy;
 use l2d::expert::replay::ReplayBackend;
 use l2d::expert::{ExpertNode, Registration};
