@@ -10,6 +10,10 @@ use l2d::core::policy::{ExpertMeta, Policy, PriorPolicy};
 use l2d::core::query::{Query, QueryLimits};
 use std::hint::black_box;
 
+/// The binary's allocator (src/main.rs), so allocations cost here what they cost the scheduler.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// (id, cost, prior accuracy) per expert.
 type ExpertSpecs = Vec<(String, f64, f64)>;
 

@@ -356,6 +356,48 @@ async fn a_short_deadline_ends_with_deadline_exceeded_and_frees_the_experts_slot
     assert_eq!(listed.experts[0].replicas[0].in_flight, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_client_call_cancels_the_expert_call() {
+    let (_stuck, addr) = expert("strong", &["--delay", "1h", "--max-concurrency", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = pool_entry("strong", 0.9, &addresses(&[&addr]));
+    let (_s, router, _) = scheduler(dir.path(), &body, &[]);
+    let describe = |mut client: ExpertClient<tonic::transport::Channel>| async move {
+        client
+            .describe(pb::DescribeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let direct = ExpertClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    // No deadline anywhere: only the cancellation can end the expert's call.
+    let (id, question, context) = questions().remove(0);
+    let mut client = RouterClient::connect(&router).await.unwrap();
+    let call = tokio::spawn(async move { client.ask(Ask::new(question, context).id(id)).await });
+    common::eventually(
+        Duration::from_secs(10),
+        "the call to reach the expert",
+        || {
+            let direct = direct.clone();
+            async move { describe(direct).await.in_flight == 1 }
+        },
+    )
+    .await;
+    call.abort();
+    common::eventually(
+        Duration::from_secs(10),
+        "the expert's call to be cancelled",
+        || {
+            let direct = direct.clone();
+            async move { describe(direct).await.in_flight == 0 }
+        },
+    )
+    .await;
+}
+
 /// `GET /metrics` over a plain TCP connection.
 fn scrape(address: &str) -> String {
     let mut stream = std::net::TcpStream::connect(address).unwrap();

@@ -122,16 +122,13 @@ fn ln1p(x: usize) -> f64 {
 /// Features of one query; `probe_answers` holds the probes' answers in defer mode (`None` for a
 /// probe that failed), and is empty in route mode.
 pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) -> Features {
-    let p = Passage::new(question, context);
+    let p = Passage::terms_only(question, context);
     let kind = answer_type(&p.question_tokens, question);
-    let q_lower: Vec<String> = p
-        .question_tokens
+    // Wh-words are ASCII: a case-insensitive compare equals comparing the lower-cased word.
+    let q_words: Vec<&str> = p.question_tokens.iter().map(|t| t.text(question)).collect();
+    let wh = q_words
         .iter()
-        .map(|t| t.text(question).to_lowercase())
-        .collect();
-    let wh = q_lower
-        .iter()
-        .find_map(|w| WH_WORDS.iter().position(|x| x == w));
+        .find_map(|w| WH_WORDS.iter().position(|x| x.eq_ignore_ascii_case(w)));
     let mut dense = Vec::with_capacity(dense_len(probe_answers.len()));
     for i in 0..WH_WORDS.len() {
         dense.push(f64::from(u8::from(wh == Some(i))));
@@ -145,9 +142,10 @@ pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) 
     ] {
         dense.push(f64::from(u8::from(kind == k)));
     }
-    let how_many = q_lower
-        .windows(2)
-        .any(|w| w[0] == "how" && (w[1] == "many" || w[1] == "much"));
+    let how_many = q_words.windows(2).any(|w| {
+        w[0].eq_ignore_ascii_case("how")
+            && (w[1].eq_ignore_ascii_case("many") || w[1].eq_ignore_ascii_case("much"))
+    });
     dense.push(f64::from(u8::from(how_many)));
     dense.push(ln1p(p.question_tokens.len()));
     dense.push(ln1p(p.tokens.len()));

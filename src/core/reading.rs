@@ -6,10 +6,14 @@
 //! baseline of the SQuAD paper: `ln(1 + 1 / count of the term in the context)`, so a term that
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
-use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize};
+use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize, tokenize_stemming};
 
 /// At most this many distinct question terms are tracked (a bit per term).
 const MAX_TERMS: usize = 64;
+
+fn fingerprint(word: &str) -> (usize, u8) {
+    (word.len(), word.as_bytes().first().copied().unwrap_or(0))
+}
 
 pub struct Passage<'a> {
     pub context: &'a str,
@@ -28,8 +32,18 @@ pub struct Passage<'a> {
 
 impl<'a> Passage<'a> {
     pub fn new(question: &'a str, context: &'a str) -> Self {
+        Self::analyse(question, context, true)
+    }
+
+    /// Like [`Passage::new`], but context tokens that cannot carry a question term keep an
+    /// empty stem (their first letter starts no term): the same `term_of`, weights, matches and
+    /// sentences, for less work. For callers that read no context stems (the featurizer).
+    pub fn terms_only(question: &'a str, context: &'a str) -> Self {
+        Self::analyse(question, context, false)
+    }
+
+    fn analyse(question: &'a str, context: &'a str, stem_all: bool) -> Self {
         let question_tokens = tokenize(question);
-        let tokens = tokenize(context);
         // A question has a handful of terms: a linear scan beats hashing every context token.
         let mut terms: Vec<&str> = Vec::new();
         for t in &question_tokens {
@@ -41,9 +55,25 @@ impl<'a> Passage<'a> {
                 terms.push(&t.stem);
             }
         }
+        // A stem starts with its word's first character lower-cased (ASCII) or, for a word
+        // starting beyond ASCII, is always computed.
+        let initials: Vec<u8> = terms.iter().filter_map(|t| t.bytes().next()).collect();
+        let tokens = tokenize_stemming(context, |c| {
+            stem_all || !c.is_ascii() || initials.contains(&(c as u8).to_ascii_lowercase())
+        });
+        // Compare a cheap fingerprint (length and first byte) before the bytes: most context
+        // tokens differ from every term in one of them.
+        let prints: Vec<(usize, u8)> = terms.iter().map(|t| fingerprint(t)).collect();
         let term_of: Vec<Option<u8>> = tokens
             .iter()
-            .map(|t| terms.iter().position(|q| *q == t.stem).map(|i| i as u8))
+            .map(|t| {
+                let print = fingerprint(&t.stem);
+                prints
+                    .iter()
+                    .zip(&terms)
+                    .position(|(p, q)| *p == print && *q == t.stem.as_str())
+                    .map(|i| i as u8)
+            })
             .collect();
         let mut counts = vec![0u32; terms.len()];
         for term in term_of.iter().flatten() {
@@ -180,6 +210,53 @@ impl<'a> Passage<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Words that stem alike in different cases and inflections, beyond ASCII too.
+    const VOCABULARY: &[&str] = &[
+        "Panthers",
+        "panther",
+        "Panther's",
+        "defeated",
+        "Defeat",
+        "ÉCOLE",
+        "école",
+        "Zürich",
+        "zurich",
+        "Über",
+        "über",
+        "the",
+        "The",
+        "won",
+        "1,000",
+        "running",
+        "Runs",
+        "studies",
+        "Study",
+        "?",
+        ".",
+        ",",
+        "Levi's",
+        "Ángel",
+        "ángel",
+    ];
+
+    proptest! {
+        /// The featurizer's lean analysis finds exactly the terms the full one finds.
+        #[test]
+        fn terms_only_matches_the_full_analysis(
+            question in prop::collection::vec(prop::sample::select(VOCABULARY), 0..8),
+            context in prop::collection::vec(prop::sample::select(VOCABULARY), 0..60),
+        ) {
+            let (question, context) = (question.join(" "), context.join(" "));
+            let full = Passage::new(&question, &context);
+            let lean = Passage::terms_only(&question, &context);
+            prop_assert_eq!(&lean.term_of, &full.term_of);
+            prop_assert_eq!(&lean.weights, &full.weights);
+            prop_assert_eq!(&lean.matches, &full.matches);
+            prop_assert_eq!(&lean.sentences, &full.sentences);
+        }
+    }
 
     const CONTEXT: &str =
         "The Denver Broncos defeated the Carolina Panthers. The Panthers played well.";

@@ -36,10 +36,18 @@ impl Token {
 
 /// Splits `text` into tokens.
 pub fn tokenize(text: &str) -> Vec<Token> {
+    tokenize_stemming(text, |_| true)
+}
+
+/// Splits `text` into tokens, stemming only the words and numbers whose first character
+/// passes `stem_if` (the others get an empty stem). A stem starts with its word's first
+/// character lower-cased, so a caller matching stems against a few known terms skips the words
+/// that cannot match.
+pub fn tokenize_stemming(text: &str, stem_if: impl Fn(char) -> bool) -> Vec<Token> {
     if text.is_ascii() {
         // Byte offsets are character offsets: no index table needed.
         let bytes = text.as_bytes();
-        scan(text, bytes.len(), |i| char::from(bytes[i]), |i| i)
+        scan(text, bytes.len(), |i| char::from(bytes[i]), |i| i, stem_if)
     } else {
         let chars: Vec<(usize, char)> = text.char_indices().collect();
         scan(
@@ -47,6 +55,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
             chars.len(),
             |i| chars[i].1,
             |i| chars.get(i).map_or(text.len(), |&(b, _)| b),
+            stem_if,
         )
     }
 }
@@ -58,6 +67,7 @@ fn scan(
     len: usize,
     char_at: impl Fn(usize) -> char,
     byte_at: impl Fn(usize) -> usize,
+    stem_if: impl Fn(char) -> bool,
 ) -> Vec<Token> {
     let mut tokens = Vec::with_capacity(len / 5 + 1);
     let mut i = 0;
@@ -105,7 +115,7 @@ fn scan(
         tokens.push(Token {
             kind,
             // Punctuation never matches a term: no stem to allocate.
-            stem: if kind == TokenKind::Punct {
+            stem: if kind == TokenKind::Punct || !stem_if(char_at(start)) {
                 CompactString::default()
             } else {
                 stem(raw)
@@ -131,8 +141,14 @@ pub fn stem(word: &str) -> CompactString {
     } else {
         CompactString::from(word.to_lowercase())
     };
+    // Suffix tests byte by byte: these suffixes are a few bytes long, and a library memcmp call
+    // per test cost more than the comparison.
+    let ends = |w: &CompactString, suffix: &[u8]| {
+        let b = w.as_bytes();
+        b.len() >= suffix.len() && b[b.len() - suffix.len()..].iter().eq(suffix.iter())
+    };
     for suffix in ["'s", "’s"] {
-        if w.ends_with(suffix) {
+        if ends(&w, suffix.as_bytes()) {
             w.truncate(w.len() - suffix.len());
         }
     }
@@ -141,14 +157,14 @@ pub fn stem(word: &str) -> CompactString {
     } else {
         w.chars().count()
     };
-    if n > 4 && w.ends_with("ies") {
+    if n > 4 && ends(&w, b"ies") {
         w.truncate(w.len() - 3);
         w.push('y');
-    } else if n > 5 && w.ends_with("ing") {
+    } else if n > 5 && ends(&w, b"ing") {
         w.truncate(w.len() - 3);
-    } else if n > 4 && w.ends_with("ed") {
+    } else if n > 4 && ends(&w, b"ed") {
         w.truncate(w.len() - 2);
-    } else if n > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") {
+    } else if n > 3 && ends(&w, b"s") && !ends(&w, b"ss") && !ends(&w, b"us") {
         w.truncate(w.len() - 1);
     }
     w
@@ -165,9 +181,11 @@ const STOP_WORDS: &[&str] = &[
     "which", "while", "who", "whom", "whose", "why", "will", "with", "would", "you",
 ];
 
+const LONGEST_STOP_WORD: usize = 7;
+
 /// Function words that carry no topic (compared on stems).
 pub fn is_stop_word(stem: &str) -> bool {
-    STOP_WORDS.binary_search(&stem).is_ok()
+    stem.len() <= LONGEST_STOP_WORD && STOP_WORDS.binary_search(&stem).is_ok()
 }
 
 /// Token ranges `[start, end)` of the sentences of `tokens` (split after `.`, `!`, `?`).
@@ -195,6 +213,10 @@ mod tests {
         assert!(
             STOP_WORDS.windows(2).all(|w| w[0] < w[1]),
             "keep STOP_WORDS sorted"
+        );
+        assert_eq!(
+            STOP_WORDS.iter().map(|w| w.len()).max(),
+            Some(LONGEST_STOP_WORD)
         );
         assert!(is_stop_word("the") && is_stop_word(&stem("was")) && !is_stop_word("bronco"));
     }

@@ -655,7 +655,11 @@ fn decision_record(
     }));
     let chosen = plan.chosen();
     let eligible = plan.ranked.len();
+    let load = plan.load[chosen];
     let mut reason = match scores[chosen].filter(|s| s.is_finite()) {
+        Some(s) if load > 0.0 => format!(
+            "best policy score plus load ({s:.4} + {load:.4}) among {eligible} eligible experts"
+        ),
         Some(s) => {
             format!("best policy score ({s:.4}) among {eligible} eligible experts")
         }
