@@ -665,3 +665,36 @@ fn the_training_commands_work_from_the_command_line() {
             .contains("policy file format \"\" is not \"l2d-policy/1\"")
     );
 }
+
+/// The featurizer is versioned: policy files trained with one version are refused by another.
+/// This pins what version `FEATURIZER_VERSION` computes on the fixture's questions (with and
+/// without probe answers), so a change to the features cannot land without a new version.
+#[test]
+fn the_featurizer_computes_what_its_version_computed() {
+    use l2d::core::features::{FEATURIZER_VERSION, featurize};
+    // FNV-1a over the values' bits: stable across Rust releases, unlike `DefaultHasher`.
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |x: u64| {
+        for byte in x.to_le_bytes() {
+            digest ^= u64::from(byte);
+            digest = digest.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    let dataset = l2d::squad::Dataset::load(&common::fixture("mini-squad.json")).unwrap();
+    for (_, paragraph, q) in dataset.questions() {
+        let answer = q.answers.first().map(|a| a.text.as_str());
+        for probes in [vec![], vec![answer, Some("Denver"), None]] {
+            let f = featurize(&q.question, &paragraph.context, &probes);
+            f.dense.iter().for_each(|x| mix(x.to_bits()));
+            for (bucket, value) in &f.hashed {
+                mix(u64::from(*bucket));
+                mix(value.to_bits());
+            }
+        }
+    }
+    assert_eq!(FEATURIZER_VERSION, "l2d-features-v1");
+    assert_eq!(
+        digest, 10_605_670_789_293_865_985,
+        "the features changed: bump FEATURIZER_VERSION and retrain the shipped policy"
+    );
+}

@@ -161,9 +161,20 @@ pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) 
 
     // Best sentence by BM25, and how many question terms it holds.
     let ranks = p.sentence_bm25();
-    let mut order: Vec<usize> = (0..ranks.len()).collect();
-    order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
-    let best = order.first().map(|&s| p.sentences[s]);
+    // The two best sentences (higher score first, then earlier): one pass, no sort.
+    let mut first: Option<usize> = None;
+    let mut runner_up: Option<usize> = None;
+    let beats =
+        |a: usize, b: Option<usize>| b.is_none_or(|b| ranks[a].total_cmp(&ranks[b]).is_gt());
+    for s in 0..ranks.len() {
+        if beats(s, first) {
+            runner_up = first;
+            first = Some(s);
+        } else if beats(s, runner_up) {
+            runner_up = Some(s);
+        }
+    }
+    let best = first.map(|s| p.sentences[s]);
     let in_best = best.map_or(0, |(lo, hi)| {
         let mut seen = 0u64;
         for t in p.term_of[lo..hi].iter().flatten() {
@@ -176,8 +187,8 @@ pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) 
     } else {
         in_best as f64 / terms as f64
     });
-    let top = order.first().map_or(0.0, |&s| ranks[s]);
-    let second = order.get(1).map_or(0.0, |&s| ranks[s]);
+    let top = first.map_or(0.0, |s| ranks[s]);
+    let second = runner_up.map_or(0.0, |s| ranks[s]);
     dense.push(top);
     dense.push(top - second);
     dense.push(f64::from(u8::from(
@@ -274,9 +285,14 @@ pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) 
         .map(|t| t.stem.as_str())
         .collect();
     let wh_name = wh.map_or("none", |i| WH_WORDS[i]);
-    let kind_name = format!("{kind:?}");
+    let kind_name = match kind {
+        AnswerType::Date => "Date",
+        AnswerType::Number => "Number",
+        AnswerType::Name => "Name",
+        AnswerType::Other => "Other",
+    };
     let mut keys: Vec<u32> = Vec::with_capacity(stems.len() * 2 + 1);
-    keys.push(bucket(&["wh×type", wh_name, &kind_name]));
+    keys.push(bucket(&["wh×type", wh_name, kind_name]));
     for (i, s) in stems.iter().enumerate() {
         keys.push(bucket(&["1", s]));
         if let Some(next) = stems.get(i + 1) {

@@ -165,22 +165,24 @@ impl<'a> Passage<'a> {
         let n = p.sentences.len() as f64;
         let avg_len = p.tokens.len() as f64 / n.max(1.0);
         let terms = p.weights.len();
+        if terms == 0 {
+            return vec![0.0; p.sentences.len()];
+        }
         let mut doc_freq = vec![0u32; terms];
-        let mut tf: Vec<Vec<u32>> = Vec::with_capacity(p.sentences.len());
-        for &(lo, hi) in &p.sentences {
-            let mut counts = vec![0u32; terms];
+        // Term counts per sentence, one row of `terms` counts per sentence in one buffer.
+        let mut tf = vec![0u32; terms * p.sentences.len()];
+        for (&(lo, hi), counts) in p.sentences.iter().zip(tf.chunks_mut(terms)) {
             for term in p.term_of[lo..hi].iter().flatten() {
                 counts[*term as usize] += 1;
             }
-            for (df, &c) in doc_freq.iter_mut().zip(&counts) {
+            for (df, &c) in doc_freq.iter_mut().zip(counts.iter()) {
                 *df += u32::from(c > 0);
             }
-            tf.push(counts);
         }
         let (k1, b) = (1.2, 0.75);
         p.sentences
             .iter()
-            .zip(&tf)
+            .zip(tf.chunks(terms))
             .map(|(&(lo, hi), counts)| {
                 let len = (hi - lo) as f64;
                 counts

@@ -183,9 +183,37 @@ const STOP_WORDS: &[&str] = &[
 
 const LONGEST_STOP_WORD: usize = 7;
 
+/// A word of at most 7 bytes as one integer, big-endian and zero-padded: integers compare
+/// like the words (for words without NUL bytes), and a comparison is one instruction.
+const fn pack(word: &[u8]) -> u64 {
+    let mut key = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        key <<= 8;
+        if i < word.len() {
+            key |= word[i] as u64;
+        }
+        i += 1;
+    }
+    key
+}
+
+/// [`STOP_WORDS`] packed, in the same (sorted) order.
+const STOP_KEYS: [u64; STOP_WORDS.len()] = {
+    let mut keys = [0u64; STOP_WORDS.len()];
+    let mut i = 0;
+    while i < STOP_WORDS.len() {
+        keys[i] = pack(STOP_WORDS[i].as_bytes());
+        i += 1;
+    }
+    keys
+};
+
 /// Function words that carry no topic (compared on stems).
 pub fn is_stop_word(stem: &str) -> bool {
-    stem.len() <= LONGEST_STOP_WORD && STOP_WORDS.binary_search(&stem).is_ok()
+    stem.len() <= LONGEST_STOP_WORD
+        && !stem.as_bytes().contains(&0)
+        && STOP_KEYS.binary_search(&pack(stem.as_bytes())).is_ok()
 }
 
 /// Token ranges `[start, end)` of the sentences of `tokens` (split after `.`, `!`, `?`).
@@ -218,6 +246,12 @@ mod tests {
             STOP_WORDS.iter().map(|w| w.len()).max(),
             Some(LONGEST_STOP_WORD)
         );
+        assert!(STOP_KEYS.windows(2).all(|k| k[0] < k[1]));
+        for w in STOP_WORDS {
+            assert!(is_stop_word(w));
+            assert!(!is_stop_word(&format!("{w}x")) || STOP_WORDS.contains(&&*format!("{w}x")));
+        }
+        assert!(!is_stop_word("") && !is_stop_word("zz") && !is_stop_word("a\0"));
         assert!(is_stop_word("the") && is_stop_word(&stem("was")) && !is_stop_word("bronco"));
     }
 
