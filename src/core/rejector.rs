@@ -15,16 +15,27 @@ use serde::{Deserialize, Serialize};
 
 /// A linear rejector: `r_j(x) = bias_j + dense_j · z(x) + Σ_{(h, v) ∈ hashed(x)} hashed_j[h] · v`,
 /// where `z` is the standardised dense feature vector.
+///
+/// Weights are written with single precision (the shortest decimal that reads back as the same
+/// `f32`) and read back as `f64`: seven significant digits are far more than the fit resolves,
+/// and they halve the file (a policy must fit a 1 MiB Kubernetes ConfigMap).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearRejector {
     pub agents: usize,
     pub dense_len: usize,
     pub hash_buckets: usize,
+    #[serde(serialize_with = "single_precision")]
     pub bias: Vec<f64>,
     /// Row-major `agents × dense_len`.
+    #[serde(serialize_with = "single_precision")]
     pub dense: Vec<f64>,
     /// Row-major `agents × hash_buckets`.
+    #[serde(serialize_with = "single_precision")]
     pub hashed: Vec<f64>,
+}
+
+fn single_precision<S: serde::Serializer>(weights: &[f64], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(weights.iter().map(|&w| w as f32))
 }
 
 impl LinearRejector {
