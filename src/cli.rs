@@ -130,6 +130,9 @@ pub struct DispatchArgs {
     /// How often the pool file's DNS names are resolved again.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub dns_interval: Duration,
+    /// After SIGTERM: report NOT_SERVING on health, keep serving this long, then drain.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
 }
 
 impl DispatchArgs {
@@ -150,6 +153,7 @@ impl DispatchArgs {
         config.load_weight = self.load_weight;
         config.health_interval = self.health_interval;
         config.dns_interval = self.dns_interval;
+        config.drain_delay = self.drain_delay;
         Ok(())
     }
 }
@@ -214,9 +218,13 @@ pub struct ExpertArgs {
     /// Expert id (letters, digits, '-', '_', '.').
     #[arg(long)]
     pub id: String,
+    /// Take the backend, files and cost of expert --id from this pool file (the one the
+    /// scheduler reads), instead of --backend/--predictions/--data/--cost.
+    #[arg(long, conflicts_with_all = ["backend", "predictions", "data", "cost"])]
+    pub pool: Option<PathBuf>,
     /// replay (recorded answers), lexical or typed (live readers).
-    #[arg(long, value_enum)]
-    pub backend: BackendKind,
+    #[arg(long, value_enum, required_unless_present = "pool")]
+    pub backend: Option<BackendKind>,
     /// Recorded answers, {question id: answer text} (replay backend).
     #[arg(long)]
     pub predictions: Option<PathBuf>,
@@ -224,8 +232,8 @@ pub struct ExpertArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Declared relative cost of one call (> 0).
-    #[arg(long, allow_negative_numbers = true)]
-    pub cost: f64,
+    #[arg(long, allow_negative_numbers = true, required_unless_present = "pool")]
+    pub cost: Option<f64>,
     /// Join this scheduler's pool (host:port) with a lease kept alive by heartbeats.
     #[arg(long)]
     pub register: Option<String>,
@@ -242,6 +250,9 @@ pub struct ExpertArgs {
     /// Add this latency to every answer (to stand in for a slower model in drills and tests).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub delay: Duration,
+    /// After SIGTERM (and leaving the pool): report NOT_SERVING, keep serving this long, drain.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -704,33 +715,24 @@ async fn run_scheduler(
 
 async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
     check_expert_id(&args.id).map_err(|m| anyhow::anyhow!("--id: {m}"))?;
-    if !(args.cost.is_finite() && args.cost > 0.0) {
-        bail!("--cost must be a positive finite number, got {}", args.cost);
-    }
-    let backend = match args.backend {
-        BackendKind::Replay => BackendSpec::Replay {
-            predictions: args
-                .predictions
-                .context("--predictions is required with --backend replay")?,
-            data: args.data,
-        },
-        BackendKind::Lexical | BackendKind::Typed
-            if args.predictions.is_some() || args.data.is_some() =>
-        {
-            bail!(
-                "--predictions and --data are for --backend replay; live readers compute their answers"
-            )
+    let spec = match &args.pool {
+        Some(path) => {
+            let pool = PoolFile::load(path)?;
+            let known: Vec<&str> = pool.experts.iter().map(|e| e.id.as_str()).collect();
+            pool.experts
+                .iter()
+                .find(|e| e.id == args.id)
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "pool file {} has no expert {:?} (it has: {})",
+                        path.display(),
+                        args.id,
+                        known.join(", ")
+                    )
+                })?
         }
-        BackendKind::Lexical => BackendSpec::Lexical,
-        BackendKind::Typed => BackendSpec::Typed,
-    };
-    let spec = ExpertSpec {
-        id: args.id,
-        cost: args.cost,
-        accuracy: None,
-        backend,
-        placement: Placement::InProcess { replicas: 1 },
-        max_in_flight: None,
+        None => expert_spec_from_flags(&args)?,
     };
     let backend = cluster::build_backend(&spec, &DatasetCache::default())?;
     let listener = TcpListener::bind(args.listen)
@@ -744,8 +746,46 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
     });
     let node = ExpertNode::new(spec.id, spec.cost, backend)
         .with_max_concurrency(args.max_concurrency)
-        .with_delay(args.delay);
+        .with_delay(args.delay)
+        .with_drain_delay(args.drain_delay);
     expert::serve(listener, node, registration, shutdown_signal()).await
+}
+
+/// An expert described by `l2d expert` flags.
+fn expert_spec_from_flags(args: &ExpertArgs) -> anyhow::Result<ExpertSpec> {
+    let cost = args.cost.context("--cost is required without --pool")?;
+    if !(cost.is_finite() && cost > 0.0) {
+        bail!("--cost must be a positive finite number, got {cost}");
+    }
+    let backend = match args
+        .backend
+        .context("--backend is required without --pool")?
+    {
+        BackendKind::Replay => BackendSpec::Replay {
+            predictions: args
+                .predictions
+                .clone()
+                .context("--predictions is required with --backend replay")?,
+            data: args.data.clone(),
+        },
+        BackendKind::Lexical | BackendKind::Typed
+            if args.predictions.is_some() || args.data.is_some() =>
+        {
+            bail!(
+                "--predictions and --data are for --backend replay; live readers compute their answers"
+            )
+        }
+        BackendKind::Lexical => BackendSpec::Lexical,
+        BackendKind::Typed => BackendSpec::Typed,
+    };
+    Ok(ExpertSpec {
+        id: args.id.clone(),
+        cost,
+        accuracy: None,
+        backend,
+        placement: Placement::InProcess { replicas: 1 },
+        max_in_flight: None,
+    })
 }
 
 async fn ask(args: AskArgs) -> anyhow::Result<()> {

@@ -148,6 +148,7 @@ pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Resul
             )?;
         }
     }
+    scheduler.set_pool_file(pool.clone());
     Ok(local)
 }
 

@@ -24,6 +24,7 @@
 //! | `l2d_cost_target` | gauge | the live cost target, when set |
 //! | `l2d_policy_lambda` | gauge | the price of compute in force |
 //! | `l2d_policy_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `l2d_pool_reloads_total` | counter | `result` (`ok`, `error`) |
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

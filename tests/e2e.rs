@@ -698,3 +698,90 @@ async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
     node.stop().await;
     let _ = tokio::task::spawn_blocking(move || expert.join()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_file_changes_apply_while_serving_and_bad_ones_are_refused_whole() {
+    let strong = spawn_replay_expert("strong", 10.0, "strong-predictions.json", None).await;
+    let cheap = spawn_replay_expert("cheap", 1.0, "cheap-predictions.json", None).await;
+    let entry = |id: &str, file: &str, cost: u32, placement: String| {
+        format!(
+            "[[expert]]\nid = \"{id}\"\nbackend = \"replay\"\npredictions = \"FIXTURES/{file}\"\ncost = {cost}\n{placement}\n"
+        )
+    };
+    let strong_at = |extra: &str| {
+        entry(
+            "strong",
+            "strong-predictions.json",
+            10,
+            format!("address = \"{}\"\n{extra}", strong.addr),
+        )
+    };
+    let cheap_at = |cost: u32| {
+        entry(
+            "cheap",
+            "cheap-predictions.json",
+            cost,
+            format!("addresses = [\"{}\"]", cheap.addr),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path(), &strong_at(""));
+    let config = SchedulerConfig {
+        policy_poll: Duration::from_millis(50),
+        ..SchedulerConfig::default()
+    };
+    let (node, scheduler, _local) = spawn_scheduler(config, Some(&pool), 0.1).await;
+    let write = |body: String| {
+        let body = body.replace("FIXTURES", fixture("").to_str().unwrap());
+        std::fs::write(&pool.path, body).unwrap();
+    };
+    let experts = || {
+        let snapshot = scheduler.registry.snapshot();
+        snapshot
+            .experts
+            .iter()
+            .map(|g| {
+                let limits: Vec<u32> = g.replicas.iter().map(|r| r.limit()).collect();
+                (g.entry.id.clone(), limits)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(experts(), [("strong".to_string(), vec![64])]);
+
+    // Seen by the watcher: a new expert, and a new limit for the old one.
+    write(strong_at("max_in_flight = 3") + &cheap_at(1));
+    eventually(Duration::from_secs(10), "the pool file reload", || async {
+        experts()
+            == [
+                ("strong".to_string(), vec![3]),
+                ("cheap".to_string(), vec![64]),
+            ]
+    })
+    .await;
+    let mut router = RouterClient::from_channel(node.channel().await);
+    let ask = Ask::new(SB_AFC, SB_CONTEXT).id("sb-afc");
+    let answered = router.ask(ask.clone()).await;
+    assert!(answered.is_ok(), "{answered:?}");
+
+    // Refused whole: a cost change needs a restart; a file that does not parse.
+    write(strong_at("") + &cheap_at(2));
+    let err = scheduler.reload_pool().unwrap_err();
+    assert!(
+        err.contains("expert \"cheap\": cost 1 → 2 needs a restart"),
+        "{err}"
+    );
+    write("[[expert]\n".into());
+    let err = scheduler.reload_pool().unwrap_err();
+    assert!(err.contains("TOML parse error"), "{err}");
+    assert_eq!(experts().len(), 2);
+    assert_eq!(experts()[0].1, vec![3]);
+
+    // Removing an expert takes its replicas out; queries still find the other one.
+    write(strong_at(""));
+    let changes = scheduler.reload_pool().unwrap().unwrap();
+    assert_eq!(changes.removed, ["cheap"]);
+    assert_eq!(changes.updated, ["strong"]);
+    assert_eq!(experts(), [("strong".to_string(), vec![64])]);
+    assert_eq!(router.ask(ask).await.unwrap().expert_id, "strong");
+    assert!(scheduler.reload_pool().unwrap().is_none(), "unchanged file");
+}

@@ -60,6 +60,7 @@ pub struct ExpertNode {
     load: Arc<LoadCounters>,
     slots: Option<(u32, Semaphore)>,
     delay: Duration,
+    drain_delay: Duration,
 }
 
 impl ExpertNode {
@@ -72,7 +73,15 @@ impl ExpertNode {
             load: Arc::default(),
             slots: None,
             delay: Duration::ZERO,
+            drain_delay: Duration::ZERO,
         }
+    }
+
+    /// After a stop signal (and leaving the pool): report NOT_SERVING, keep serving this long,
+    /// then drain.
+    pub fn with_drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
     }
 
     /// Answers at most `limit` queries at once; the others wait in a queue (reported as the
@@ -170,6 +179,9 @@ impl expert_server::Expert for Arc<ExpertNode> {
     }
 }
 
+/// The gRPC service an expert serves, as named in `grpc.health.v1` (besides "", the server).
+pub const SERVICES: &[&str] = &["l2d.v1.Expert"];
+
 /// Serves `node` on `listener` until `shutdown` completes. With a [`Registration`], the node
 /// joins the scheduler's pool, keeps its lease, and leaves the pool before draining.
 pub async fn serve(
@@ -207,5 +219,6 @@ pub async fn serve(
             })
         }
     };
-    server::serve(listener, routes, reporter, &["l2d.v1.Expert"], shutdown).await
+    let drain_delay = node.drain_delay;
+    server::serve(listener, routes, reporter, SERVICES, shutdown, drain_delay).await
 }

@@ -25,13 +25,16 @@ pub fn standard_routes() -> anyhow::Result<(HealthReporter, Routes)> {
 }
 
 /// Marks `services` (and the whole server, the empty name) as serving, runs the server until
-/// `shutdown` completes, and marks them not serving before in-flight calls drain.
+/// `shutdown` completes, then marks them not serving, keeps accepting calls for `drain_delay`
+/// (so load balancers and Kubernetes endpoints see the change before the listener closes), and
+/// drains the calls in flight.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     reporter: HealthReporter,
     services: &[&str],
     shutdown: impl Future<Output = ()> + Send,
+    drain_delay: std::time::Duration,
 ) -> anyhow::Result<()> {
     for name in std::iter::once(&"").chain(services) {
         reporter
@@ -45,6 +48,13 @@ pub async fn serve(
             reporter
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
+        }
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                delay_ms = drain_delay.as_millis() as u64,
+                "not serving; draining after the delay"
+            );
+            tokio::time::sleep(drain_delay).await;
         }
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

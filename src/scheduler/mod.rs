@@ -7,6 +7,7 @@
 
 pub mod decision_log;
 pub mod dispatch;
+pub mod pool_reload;
 mod pool_service;
 pub mod registry;
 
@@ -61,6 +62,8 @@ pub struct SchedulerConfig {
     pub explore_seed: u64,
     /// Append one JSON line per decision here.
     pub decision_log: Option<PathBuf>,
+    /// After a stop signal: report NOT_SERVING, keep serving this long, then drain.
+    pub drain_delay: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -81,6 +84,7 @@ impl Default for SchedulerConfig {
             explore: 0.0,
             explore_seed: 0x5eed,
             decision_log: None,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Scheduler {
     ask_duration: metrics::Histogram,
     /// DNS names resolved again every `dns_interval`.
     dns_targets: Mutex<Vec<crate::cluster::DnsTarget>>,
+    /// The pool file in force and the digest of its bytes (reloaded when they change).
+    pool_file: Mutex<Option<(crate::pool_file::PoolFile, String)>>,
 }
 
 impl Scheduler {
@@ -151,6 +157,7 @@ impl Scheduler {
         Self {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
             dns_targets: Mutex::new(Vec::new()),
+            pool_file: Mutex::new(None),
             registry: Arc::new(Registry::new(config.replicas)),
             policy: ArcSwap::from_pointee(ActivePolicy(policy)),
             source,
@@ -239,7 +246,49 @@ impl Scheduler {
 
     /// Resolves `target` again every `dns_interval` while serving.
     pub fn add_dns_target(&self, target: crate::cluster::DnsTarget) {
-        lock(&self.dns_targets).push(target);
+        self.set_dns_target(&target.expert_id.clone(), Some(target));
+    }
+
+    /// Replaces (or, with `None`, forgets) the DNS name of `expert_id`.
+    pub fn set_dns_target(&self, expert_id: &str, target: Option<crate::cluster::DnsTarget>) {
+        let mut targets = lock(&self.dns_targets);
+        targets.retain(|t| t.expert_id != expert_id);
+        targets.extend(target);
+    }
+
+    /// Remembers the pool file the registry was built from, so changes to it are applied while
+    /// serving (`pool.path` empty: nothing to watch).
+    pub fn set_pool_file(&self, pool: crate::pool_file::PoolFile) {
+        if pool.path.as_os_str().is_empty() {
+            return;
+        }
+        let digest = std::fs::read(&pool.path)
+            .map(|bytes| digest(&bytes))
+            .unwrap_or_default();
+        *lock(&self.pool_file) = Some((pool, digest));
+    }
+
+    /// Re-reads the pool file: `Ok(None)` when unchanged, `Ok(Some(changes))` when applied; on
+    /// error (unreadable, invalid, or a change that needs a restart) the pool stays as it was.
+    pub fn reload_pool(&self) -> Result<Option<pool_reload::Changes>, String> {
+        let mut current = lock(&self.pool_file);
+        let Some((old, old_digest)) = current.as_ref() else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&old.path)
+            .map_err(|e| format!("cannot read pool file {}: {e}", old.path.display()))?;
+        let new_digest = digest(&bytes);
+        if new_digest == *old_digest {
+            return Ok(None);
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("pool file {} is not UTF-8", old.path.display()))?;
+        let new = crate::pool_file::PoolFile::parse(&text, &old.path).map_err(|e| e.to_string())?;
+        pool_reload::check(old, &new)
+            .map_err(|e| format!("pool file {}: {e}", old.path.display()))?;
+        let changes = pool_reload::apply(self, old, &new)?;
+        *current = Some((new, new_digest));
+        Ok(Some(changes))
     }
 
     /// Publishes the state gauges (PeakEWMA, ejections, realised cost, lambda) for a scrape.
@@ -257,6 +306,9 @@ impl Scheduler {
         metrics::gauge!("l2d_policy_lambda").set(self.policy().0.lambda());
     }
 }
+
+/// The gRPC services a scheduler serves, as named in `grpc.health.v1` (besides "", the server).
+pub const SERVICES: &[&str] = &["l2d.v1.Router", "l2d.v1.Pool"];
 
 /// Serves `Router` and `Pool` on `listener` until `shutdown` completes, reaping expired leases
 /// in the background.
@@ -276,6 +328,7 @@ pub async fn serve(
     let tasks = [
         tokio::spawn(reap_leases(scheduler.clone())),
         tokio::spawn(watch_policy(scheduler.clone())),
+        tokio::spawn(watch_pool(scheduler.clone())),
         tokio::spawn(resolve_dns(scheduler.clone())),
         tokio::spawn(check_health(scheduler.clone())),
         tokio::spawn(crate::telemetry::upkeep(Duration::from_secs(5))),
@@ -290,8 +343,9 @@ pub async fn serve(
         listener,
         routes,
         reporter,
-        &["l2d.v1.Router", "l2d.v1.Pool"],
+        SERVICES,
         shutdown,
+        scheduler.config.drain_delay,
     )
     .await;
     for task in tasks {
@@ -340,6 +394,42 @@ async fn reap_leases(scheduler: Arc<Scheduler>) {
         tick.tick().await;
         for (expert, address) in scheduler.registry.reap_expired(Instant::now()) {
             tracing::warn!(%expert, %address, "lease expired; replica removed from the pool");
+        }
+    }
+}
+
+/// Applies changes to the pool file (polled like the policy file). A bad file or a change that
+/// needs a restart is logged once and exported as `l2d_pool_reloads_total{result="error"}`.
+async fn watch_pool(scheduler: Arc<Scheduler>) {
+    if lock(&scheduler.pool_file).is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(scheduler.config.policy_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        let s = scheduler.clone();
+        match tokio::task::spawn_blocking(move || s.reload_pool()).await {
+            Ok(Ok(Some(changes))) => {
+                metrics::counter!("l2d_pool_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    updated = ?changes.updated,
+                    "pool file reloaded"
+                );
+                last_error.clear();
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                if e != last_error {
+                    metrics::counter!("l2d_pool_reloads_total", "result" => "error").increment(1);
+                    tracing::error!(error = %e, "pool file reload failed; the pool stays as it was");
+                    last_error = e;
+                }
+            }
+            Err(_) => {}
         }
     }
 }

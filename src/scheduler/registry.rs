@@ -103,8 +103,8 @@ pub struct Replica {
     pub client: ExpertClient<Channel>,
     /// The connection, for health checks.
     pub channel: Channel,
-    /// Calls this scheduler sends to the replica at once, at most.
-    pub limit: u32,
+    /// Calls this scheduler sends to the replica at once, at most (changed by a pool reload).
+    limit: AtomicU32,
     lease: Option<(String, Mutex<Lease>)>,
     in_flight: AtomicU32,
     answered: AtomicU64,
@@ -155,7 +155,7 @@ impl Replica {
     /// Takes one of the replica's slots, or `None` when it is at its limit (the decision saw a
     /// slot free, but a concurrent request took it first).
     pub fn try_begin_call(&self) -> Option<InFlightGuard<'_>> {
-        let limit = self.limit;
+        let limit = self.limit();
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
@@ -165,6 +165,11 @@ impl Replica {
                 self.metrics.in_flight.set(f64::from(before + 1));
                 InFlightGuard(self)
             })
+    }
+
+    /// Calls this scheduler may have in flight to the replica at once.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// Calls this scheduler has in flight to the replica.
@@ -245,7 +250,7 @@ impl Replica {
         };
         ReplicaLoad {
             in_flight: self.in_flight().saturating_add(queued),
-            limit: self.limit,
+            limit: self.limit(),
             rtt,
             available: !self.lease_expired(now) && !ejected,
         }
@@ -273,7 +278,7 @@ impl Replica {
             reported: self.lease.as_ref().map(|_| *lock(&self.reported)),
             answered_total: self.answered.load(Ordering::Relaxed),
             failed_total: self.failed.load(Ordering::Relaxed),
-            max_in_flight: self.limit,
+            max_in_flight: self.limit(),
             rtt_ms: health.rtt(now, &self.health_params) * 1e3,
             error_rate: health.error_rate(),
             ejected_ms: health.ejected_for(now).as_millis() as u64,
@@ -416,6 +421,53 @@ impl Registry {
         }
     }
 
+    /// Makes the static replicas of `expert_id` exactly `addresses` (a pool-file reload):
+    /// (added, removed).
+    pub fn sync_static(
+        &self,
+        expert_id: &str,
+        addresses: &[String],
+        limit: Option<u32>,
+    ) -> Result<(usize, usize), RegistryError> {
+        self.sync_origin(expert_id, Origin::Static, addresses, limit)
+    }
+
+    /// Sets the concurrency limit of the expert's replicas of `origins` (`None`: the default).
+    pub fn set_limit(&self, expert_id: &str, origins: &[Origin], limit: Option<u32>) {
+        let limit = limit.filter(|&l| l > 0).unwrap_or(self.default_limit);
+        for r in self.replicas.iter() {
+            if r.expert_id == expert_id && origins.contains(&r.origin) {
+                r.limit.store(limit, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Removes a declared expert and its static and DNS replicas (a pool-file reload). Replicas
+    /// that registered themselves stay, and keep the expert in the pool.
+    pub fn undeclare(&self, expert_id: &str) {
+        let keys: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|r| {
+                r.expert_id == expert_id && matches!(r.origin, Origin::Static | Origin::Dns)
+            })
+            .map(|r| r.key)
+            .collect();
+        for key in keys {
+            self.remove_replica(key);
+        }
+        if self.replicas.iter().any(|r| r.expert_id == expert_id) {
+            if let Some(mut entry) = self.experts.get_mut(expert_id) {
+                let old = entry.value();
+                *entry = Arc::new(ExpertEntry::new(&old.id, old.cost, &old.backend, false));
+            }
+        } else {
+            self.experts.remove(expert_id);
+        }
+        lock(&self.declared_order).retain(|id| id != expert_id);
+        self.rebuild_snapshot();
+    }
+
     /// Makes the DNS-discovered replicas of `expert_id` exactly `addresses`: new ones join,
     /// vanished ones leave (their in-flight calls finish on the `Arc` they hold). Returns
     /// (added, removed).
@@ -425,11 +477,21 @@ impl Registry {
         addresses: &[String],
         limit: Option<u32>,
     ) -> Result<(usize, usize), RegistryError> {
+        self.sync_origin(expert_id, Origin::Dns, addresses, limit)
+    }
+
+    fn sync_origin(
+        &self,
+        expert_id: &str,
+        origin: Origin,
+        addresses: &[String],
+        limit: Option<u32>,
+    ) -> Result<(usize, usize), RegistryError> {
         self.check_declared(expert_id)?;
         let known: Vec<(u64, String)> = self
             .replicas
             .iter()
-            .filter(|r| r.expert_id == expert_id && r.origin == Origin::Dns)
+            .filter(|r| r.expert_id == expert_id && r.origin == origin)
             .map(|r| (r.key, r.address.clone()))
             .collect();
         let gone: Vec<u64> = known
@@ -440,7 +502,7 @@ impl Registry {
         let mut added = 0;
         for address in addresses {
             if !known.iter().any(|(_, a)| a == address) {
-                self.insert_replica(expert_id, address, Origin::Dns, None, limit)?;
+                self.insert_replica(expert_id, address, origin, None, limit)?;
                 added += 1;
             }
         }
@@ -606,7 +668,7 @@ impl Registry {
             client: ExpertClient::new(channel)
                 .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
-            limit: limit.filter(|&l| l > 0).unwrap_or(self.default_limit),
+            limit: AtomicU32::new(limit.filter(|&l| l > 0).unwrap_or(self.default_limit)),
             lease: lease.map(|(id, lease)| (id, Mutex::new(lease))),
             in_flight: AtomicU32::new(0),
             answered: AtomicU64::new(0),
@@ -829,7 +891,7 @@ mod tests {
             snap.experts[0]
                 .replicas
                 .iter()
-                .all(|r| r.limit == 4 && r.origin == Origin::Dns)
+                .all(|r| r.limit() == 4 && r.origin == Origin::Dns)
         );
         assert_eq!(
             reg.sync_dns("bert", &addrs(&["10.0.0.2:50061", "10.0.0.3:50061"]), None),
