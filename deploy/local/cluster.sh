@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# A multi-process l2d cluster on loopback, mirroring the production topology: one scheduler
-# process, and one worker process per expert of the default pool that joins the scheduler's pool
-# by registration (lease + heartbeats). Ctrl-C stops everything (workers leave the pool first).
+# A multi-process l2d cluster on loopback, mirroring the Kubernetes topology (deploy/k8s): one
+# scheduler process with the shipped policy and Prometheus metrics, and separate worker processes
+# for every expert of the default pool (L2D_REPLICAS each), which read their entry from the same
+# pool file and join the scheduler's pool by registration (lease + heartbeats) where Kubernetes
+# uses a headless Service. Ctrl-C stops everything (workers leave the pool first).
 #
-#   deploy/local/cluster.sh            # scheduler on 127.0.0.1:50051
-#   L2D_PORT=6000 deploy/local/cluster.sh
+#   deploy/local/cluster.sh                          # scheduler on 127.0.0.1:50051
+#   L2D_PORT=6000 L2D_REPLICAS=2 deploy/local/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 port=${L2D_PORT:-50051}
+replicas=${L2D_REPLICAS:-1}
+pool=deploy/local/pool.toml
 cargo build --release --quiet
 bin=target/release/l2d
-data=data/squad-v1.1
 workers=()
 scheduler=
 cleanup() {
@@ -23,24 +26,21 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$bin" scheduler --listen "127.0.0.1:$port" --pool deploy/local/pool.toml &
+"$bin" scheduler --listen "127.0.0.1:$port" --pool "$pool" --policy policies/squad-v1.1.json \
+  --metrics-listen "127.0.0.1:$((port + 1))" &
 scheduler=$!
 sleep 0.5
 
 next=$((port + 10))
-while read -r id cost file; do
-  "$bin" expert --listen "127.0.0.1:$next" --id "$id" --backend replay \
-    --predictions "$data/predictions/$file" --data "$data/dev.json" --cost "$cost" \
-    --register "127.0.0.1:$port" &
-  workers+=($!)
-  next=$((next + 1))
-done <<'POOL'
-lr 1 logistic-regression.json
-match-lstm 5 match-lstm-ensemble.json
-rnet-plus 20 rnet-plus-ensemble.json
-slqa-plus 25 slqa-plus-ensemble.json
-bert-large 100 bert-large-ensemble.json
-POOL
+for id in lr match-lstm rnet-plus slqa-plus bert-large; do
+  for _ in $(seq "$replicas"); do
+    "$bin" expert --listen "127.0.0.1:$next" --pool "$pool" --id "$id" \
+      --register "127.0.0.1:$port" &
+    workers+=($!)
+    next=$((next + 1))
+  done
+done
 
 echo "l2d: cluster up; try: $bin pool status --router 127.0.0.1:$port" >&2
+echo "l2d: metrics at http://127.0.0.1:$((port + 1))/metrics" >&2
 wait

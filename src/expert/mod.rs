@@ -12,7 +12,7 @@ mod service;
 pub mod typed;
 
 pub use registration::Registration;
-pub use service::{ExpertNode, LoadCounters, serve};
+pub use service::{ExpertNode, LoadCounters, SERVICES, serve};
 
 use crate::core::query::Query;
 

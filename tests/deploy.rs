@@ -1,0 +1,274 @@
+//! The Kubernetes manifests against the binary they run: every overlay of `deploy/k8s` is
+//! rendered with `kubectl kustomize`, and the ports, gRPC health service names, configuration
+//! paths and files in it must match what `l2d` serves and reads. One source of truth: a port or
+//! path changed on one side only fails here.
+//!
+//! Needs `kubectl` (kustomize is built in); skipped without it unless `L2D_REQUIRE_KUBECTL=1`
+//! (`.ci/run` sets it). Schema validation is `deploy/k8s/validate.sh` (kubernetes-validate).
+
+use l2d::core::learned::PolicyFile;
+use l2d::pool_file::{BackendSpec, Placement, PoolFile};
+use serde_yaml_ng::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The rendered objects of an overlay, or `None` when kubectl is missing (and allowed to be).
+fn render(overlay: &str) -> Option<Vec<Value>> {
+    let dir = repo().join("deploy/k8s/overlays").join(overlay);
+    let out = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+        Ok(out) => out,
+        Err(e) if std::env::var("L2D_REQUIRE_KUBECTL").is_ok_and(|v| v == "1") => {
+            panic!("kubectl is required (L2D_REQUIRE_KUBECTL=1): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: no kubectl ({e})");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    Some(
+        serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+            .collect(),
+    )
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+/// The value following `flag` in a container's args.
+fn arg<'a>(container: &'a Value, flag: &str) -> &'a str {
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    args[at + 1]
+}
+
+fn port_of(address: &str) -> u64 {
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+fn container_port(container: &Value, name: &str) -> u64 {
+    container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port named {name}"))["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The content of the ConfigMap file mounted where `path` is read, checking the mount.
+fn mounted_file<'a>(objects: &'a [Value], pod: &Value, container: &Value, path: &str) -> &'a str {
+    let path = Path::new(path);
+    let (dir, file) = (path.parent().unwrap(), path.file_name().unwrap());
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(str_of(&m["mountPath"])) == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {}", dir.display()));
+    assert!(
+        mount["subPath"].is_null(),
+        "subPath mounts never see ConfigMap edits"
+    );
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let config_map = find(objects, "ConfigMap", str_of(&volume["configMap"]["name"]));
+    str_of(&config_map["data"][file.to_str().unwrap()])
+}
+
+/// Checks one container's gRPC port, probes and health service names.
+fn check_grpc(container: &Value, listen_port: u64, services: &[&str]) {
+    assert_eq!(container_port(container, "grpc"), listen_port);
+    let ready = &container["readinessProbe"]["grpc"];
+    assert_eq!(ready["port"].as_u64(), Some(listen_port));
+    assert!(
+        services.contains(&str_of(&ready["service"])),
+        "readiness asks for {:?}, the binary serves {services:?}",
+        ready["service"]
+    );
+    let live = &container["livenessProbe"]["grpc"];
+    assert_eq!(live["port"].as_u64(), Some(listen_port));
+    // No service name: the server as a whole, which every l2d node reports.
+    assert!(live["service"].is_null());
+}
+
+fn check_pod_security(name: &str, pod: &Value) {
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+    for c in pod["containers"].as_sequence().unwrap() {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{name}");
+        assert!(c["resources"]["requests"].is_mapping(), "{name}");
+        assert!(c["resources"]["limits"].is_mapping(), "{name}");
+    }
+}
+
+fn seconds(duration: &str) -> u64 {
+    humantime::parse_duration(duration).unwrap().as_secs()
+}
+
+fn check_overlay(overlay: &str) {
+    let Some(objects) = render(overlay) else {
+        return;
+    };
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY data /usr/share/l2d/data"));
+
+    // The scheduler: ports, probes, metrics, configuration.
+    let deployment = find(&objects, "Deployment", "l2d-scheduler");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"][0], "scheduler");
+    let grpc_port = port_of(arg(c, "--listen"));
+    check_grpc(c, grpc_port, l2d::scheduler::SERVICES);
+    let metrics_port = port_of(arg(c, "--metrics-listen"));
+    assert_eq!(container_port(c, "metrics"), metrics_port);
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], metrics_port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let service = find(&objects, "Service", "l2d-scheduler");
+    for (name, port) in [("grpc", grpc_port), ("metrics", metrics_port)] {
+        let p = service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        assert_eq!(p["port"].as_u64(), Some(port));
+        assert_eq!(p["targetPort"], name);
+        assert!(p["appProtocol"].is_string());
+    }
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap() > seconds(arg(c, "--drain-delay"))
+    );
+    check_pod_security("scheduler", pod);
+    let pool_text = mounted_file(&objects, pod, c, arg(c, "--pool"));
+    let policy_text = mounted_file(&objects, pod, c, arg(c, "--policy"));
+
+    // The policy in the ConfigMap is the shipped one, byte for byte, and loads.
+    let shipped = std::fs::read_to_string(repo().join("policies/squad-v1.1.json")).unwrap();
+    assert!(
+        policy_text == shipped,
+        "deploy/k8s/base/config/policy.json differs from policies/squad-v1.1.json: copy it again"
+    );
+    let policy = PolicyFile::parse(policy_text).unwrap();
+
+    // The pool file: every expert behind a headless Service and a Deployment serving its entry.
+    let pool = PoolFile::parse(pool_text, Path::new("/etc/l2d/pool/pool.toml")).unwrap();
+    let ids: Vec<&str> = pool.experts.iter().map(|e| e.id.as_str()).collect();
+    let policy_ids: Vec<&str> = policy.experts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, policy_ids, "the policy's experts are the pool's");
+    for spec in &pool.experts {
+        let Placement::Dns { name } = &spec.placement else {
+            panic!("expert {} is not placed by DNS", spec.id)
+        };
+        let (host, port) = name.rsplit_once(':').unwrap();
+        let port: u64 = port.parse().unwrap();
+        let service = find(&objects, "Service", host);
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{host} is not headless"
+        );
+        let service_port = &service["spec"]["ports"][0];
+        assert_eq!(service_port["port"].as_u64(), Some(port));
+        let deployment = find(&objects, "Deployment", host);
+        let pod = &deployment["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["args"][0], "expert");
+        assert_eq!(arg(c, "--id"), spec.id);
+        let listen = port_of(arg(c, "--listen"));
+        assert_eq!(listen, port);
+        check_grpc(c, listen, l2d::expert::SERVICES);
+        assert_eq!(service_port["targetPort"], "grpc");
+        // The Service selects exactly this expert's pods.
+        let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in service["spec"]["selector"].as_mapping().unwrap() {
+            assert_eq!(&labels[k.as_str().unwrap()], v);
+        }
+        assert_eq!(labels["l2d.dev/expert"], spec.id.as_str());
+        assert_eq!(mounted_file(&objects, pod, c, arg(c, "--pool")), pool_text);
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap()
+                > seconds(arg(c, "--drain-delay"))
+        );
+        check_pod_security(&spec.id, pod);
+        // The files it serves are in the image: /usr/share/l2d/ is the repository's root.
+        let BackendSpec::Replay { predictions, data } = &spec.backend else {
+            continue;
+        };
+        for path in std::iter::once(predictions).chain(data) {
+            let inside = path.strip_prefix("/usr/share/l2d").unwrap();
+            assert!(
+                repo().join(inside).exists(),
+                "{} is not in the image",
+                path.display()
+            );
+        }
+    }
+
+    // Only the scheduler reaches the experts.
+    let policy = find(&objects, "NetworkPolicy", "l2d-experts");
+    let scheduler_labels =
+        &find(&objects, "Deployment", "l2d-scheduler")["spec"]["template"]["metadata"]["labels"];
+    let from = &policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"];
+    for (k, v) in from.as_mapping().unwrap() {
+        assert_eq!(&scheduler_labels[k.as_str().unwrap()], v);
+    }
+
+    // The load test aims at the scheduler's Service and gRPC port.
+    let job = find(&objects, "Job", "l2d-load");
+    let pod = &job["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"][0], "load");
+    assert_eq!(arg(c, "--router"), format!("l2d-scheduler:{grpc_port}"));
+    assert!(
+        repo()
+            .join(arg(c, "--data").strip_prefix("/usr/share/l2d/").unwrap())
+            .exists()
+    );
+    check_pod_security("load", pod);
+}
+
+#[test]
+fn the_dev_overlay_matches_the_binary() {
+    check_overlay("dev");
+}
+
+#[test]
+fn the_prod_overlay_matches_the_binary() {
+    check_overlay("prod");
+}
