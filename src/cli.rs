@@ -133,6 +133,10 @@ pub struct DispatchArgs {
     /// After SIGTERM: report NOT_SERVING on health, keep serving this long, then drain.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
+    /// Longest wait for one expert call before trying elsewhere (a hung replica), within the
+    /// caller's deadline.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub try_timeout: Duration,
 }
 
 impl DispatchArgs {
@@ -154,6 +158,11 @@ impl DispatchArgs {
         config.health_interval = self.health_interval;
         config.dns_interval = self.dns_interval;
         config.drain_delay = self.drain_delay;
+        anyhow::ensure!(
+            !self.try_timeout.is_zero(),
+            "--try-timeout must be longer than 0s"
+        );
+        config.try_timeout = self.try_timeout;
         Ok(())
     }
 }
@@ -253,6 +262,17 @@ pub struct ExpertArgs {
     /// After SIGTERM (and leaving the pool): report NOT_SERVING, keep serving this long, drain.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
+    /// Misbehave on purpose, for fault drills: `empty` answers nothing, `malformed` returns
+    /// spans outside the context.
+    #[arg(long, value_enum, default_value = "none")]
+    pub fault: FaultKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultKind {
+    None,
+    Empty,
+    Malformed,
 }
 
 #[derive(Debug, Args)]
@@ -747,7 +767,12 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
     let node = ExpertNode::new(spec.id, spec.cost, backend)
         .with_max_concurrency(args.max_concurrency)
         .with_delay(args.delay)
-        .with_drain_delay(args.drain_delay);
+        .with_drain_delay(args.drain_delay)
+        .with_fault(match args.fault {
+            FaultKind::None => expert::Fault::None,
+            FaultKind::Empty => expert::Fault::Empty,
+            FaultKind::Malformed => expert::Fault::Malformed,
+        });
     expert::serve(listener, node, registration, shutdown_signal()).await
 }
 

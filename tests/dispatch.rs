@@ -1,233 +1,18 @@
 //! Load- and cost-aware dispatch over real processes: separate `l2d expert` workers and an
-//! `l2d scheduler` on loopback. A replica killed under load loses no call, a slow replica loses
-//! its share, a saturated expert sheds to the next one (or the scheduler answers
+//! `l2d scheduler` on loopback (a replica killed under load: `tests/faults.rs`). A slow replica
+//! loses its share, a saturated expert sheds to the next one (or the scheduler answers
 //! RESOURCE_EXHAUSTED with a retry hint), a short deadline ends promptly and frees the expert's
 //! slot, DNS names become replicas, and `/metrics` tells what happened without query text.
 
 mod common;
 
-use common::fixture;
-use common::process::Proc;
+use common::cluster::*;
 use l2d::grpc::status::retry_after;
 use l2d::pb::{self, expert_client::ExpertClient, pool_client::PoolClient};
-use l2d::squad::Dataset;
 use l2d::{Ask, RouterClient};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::Path;
 use std::time::Duration;
 use tonic::Code;
-
-/// An `l2d expert` replaying the strong (cost 10) or cheap (cost 1) fixture recordings.
-fn expert(id: &str, extra: &[&str]) -> (Proc, String) {
-    let (predictions, cost) = match id {
-        "strong" => ("strong-predictions.json", "10"),
-        _ => ("cheap-predictions.json", "1"),
-    };
-    let predictions = fixture(predictions);
-    let data = fixture("mini-squad.json");
-    let mut args = vec![
-        "expert",
-        "--listen",
-        "127.0.0.1:0",
-        "--id",
-        id,
-        "--backend",
-        "replay",
-        "--predictions",
-        predictions.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--cost",
-        cost,
-    ];
-    args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&args);
-    let address = proc.address_in("expert serving");
-    (proc, address)
-}
-
-/// Pool-file text placing `id` (replay, prior accuracy) on `placement` lines.
-fn pool_entry(id: &str, accuracy: f64, placement: &str) -> String {
-    let (predictions, cost) = match id {
-        "strong" => ("strong-predictions.json", 10),
-        _ => ("cheap-predictions.json", 1),
-    };
-    format!(
-        "[[expert]]\nid = \"{id}\"\nbackend = \"replay\"\npredictions = \"{}\"\ncost = {cost}\naccuracy = {accuracy}\n{placement}\n",
-        fixture(predictions).display()
-    )
-}
-
-fn addresses(list: &[&str]) -> String {
-    let quoted: Vec<String> = list.iter().map(|a| format!("\"{a}\"")).collect();
-    format!("addresses = [{}]", quoted.join(", "))
-}
-
-/// A scheduler process on the pool `body` (prior policy), with metrics on a free port.
-fn scheduler(dir: &Path, body: &str, extra: &[&str]) -> (Proc, String, String) {
-    let path = dir.join("pool.toml");
-    std::fs::write(&path, body).unwrap();
-    let mut args = vec![
-        "scheduler",
-        "--listen",
-        "127.0.0.1:0",
-        "--pool",
-        path.to_str().unwrap(),
-        "--prior",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&args);
-    let metrics = proc.address_in("metrics serving");
-    let router = proc.address_in("scheduler serving");
-    (proc, router, metrics)
-}
-
-/// The fixture's questions (the strong recordings answer all of them).
-fn questions() -> Vec<(String, String, String)> {
-    let data = Dataset::load(&fixture("mini-squad.json")).unwrap();
-    data.questions()
-        .map(|(_, p, q)| (q.id.clone(), q.question.clone(), p.context.clone()))
-        .collect()
-}
-
-/// The fixture's questions the cheap recordings answer too.
-fn questions_both_answer() -> Vec<(String, String, String)> {
-    let text = std::fs::read_to_string(fixture("cheap-predictions.json")).unwrap();
-    let cheap: HashMap<String, String> = serde_json::from_str(&text).unwrap();
-    questions()
-        .into_iter()
-        .filter(|(id, _, _)| cheap.contains_key(id))
-        .collect()
-}
-
-/// Sends `total` asks from `concurrency` tasks, calling `midway` once after `trigger` answers.
-/// Returns every outcome.
-async fn load(
-    router: &str,
-    questions: Vec<(String, String, String)>,
-    total: usize,
-    concurrency: usize,
-    trigger: usize,
-    midway: impl FnOnce() + Send + 'static,
-) -> Vec<Result<pb::AskResponse, tonic::Status>> {
-    let questions = std::sync::Arc::new(questions);
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let midway = std::sync::Arc::new(std::sync::Mutex::new(Some(midway)));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (questions, next, done, midway) = (
-            questions.clone(),
-            next.clone(),
-            done.clone(),
-            midway.clone(),
-        );
-        let mut client = RouterClient::connect(router).await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    return outcomes;
-                }
-                let (id, question, context) = &questions[i % questions.len()];
-                let ask = Ask::new(question.as_str(), context.as_str())
-                    .id(id.as_str())
-                    .timeout(Duration::from_secs(10));
-                outcomes.push(client.ask(ask).await);
-                if done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == trigger
-                    && let Some(f) = midway.lock().unwrap().take()
-                {
-                    f();
-                }
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
-
-fn by_replica(outcomes: &[Result<pb::AskResponse, tonic::Status>]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for r in outcomes.iter().flatten() {
-        *counts.entry(r.replica.clone()).or_default() += 1;
-    }
-    counts
-}
-
-fn failures(outcomes: &[Result<pb::AskResponse, tonic::Status>]) -> Vec<String> {
-    outcomes
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .map(|s| format!("{:?}: {}", s.code(), s.message()))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_under_load_loses_no_call() {
-    let (a, addr_a) = expert("strong", &[]);
-    let (_b, addr_b) = expert("strong", &[]);
-    let (_c, addr_c) = expert("cheap", &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let body = pool_entry("strong", 0.9, &addresses(&[&addr_a, &addr_b]))
-        + &pool_entry("cheap", 0.5, &addresses(&[&addr_c]));
-    // Health checks slowed down: the killed replica must be found out by the calls themselves.
-    let (_s, router, _) = scheduler(dir.path(), &body, &["--health-interval", "60s"]);
-
-    let pid = a.child.id();
-    let outcomes = load(&router, questions(), 600, 4, 150, move || {
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
-    })
-    .await;
-    assert_eq!(outcomes.len(), 600);
-    assert_eq!(failures(&outcomes), Vec::<String>::new());
-    let counts = by_replica(&outcomes);
-    assert!(counts.get(&addr_a).copied().unwrap_or(0) > 0, "{counts:?}");
-    assert!(counts.get(&addr_b).copied().unwrap_or(0) > 0, "{counts:?}");
-    // The calls that hit the dead replica were retried elsewhere, and said so.
-    let retried: Vec<&pb::AskResponse> = outcomes
-        .iter()
-        .flatten()
-        .filter(|r| {
-            r.decision
-                .as_ref()
-                .is_some_and(|d| d.fallbacks.iter().any(|f| f.replica == addr_a))
-        })
-        .collect();
-    assert!(
-        !retried.is_empty(),
-        "no call recorded a fallback from the killed replica"
-    );
-    assert!(retried.iter().all(|r| r.replica != addr_a));
-    drop(a);
-
-    // The pool shows the dead replica's failures, and ejected it.
-    let mut pool = PoolClient::connect(format!("http://{router}"))
-        .await
-        .unwrap();
-    let listed = pool
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let dead = listed
-        .experts
-        .iter()
-        .flat_map(|e| &e.replicas)
-        .find(|r| r.address == addr_a)
-        .unwrap_or_else(|| panic!("{addr_a} not in {listed:?}"));
-    assert!(dead.failed_total >= 1, "{dead:?}");
-    assert!(dead.error_rate > 0.0, "{dead:?}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_gets_a_smaller_share() {
@@ -396,17 +181,6 @@ async fn cancelling_the_client_call_cancels_the_expert_call() {
         },
     )
     .await;
-}
-
-/// `GET /metrics` over a plain TCP connection.
-fn scrape(address: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: l2d\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

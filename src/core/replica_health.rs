@@ -106,6 +106,15 @@ impl ReplicaHealth {
         self.rtt_stamp = Some(now);
     }
 
+    /// Folds in the latency of a failed call only if it is a peak: a call that hung until a
+    /// timeout says the replica is at least that slow, while a fast failure (a refused
+    /// connection) says nothing about its speed and must not make it look fast.
+    pub fn observe_failure_latency(&mut self, latency: Duration, now: Instant, p: &HealthParams) {
+        if latency.as_secs_f64() > self.rtt(now, p) {
+            self.observe_latency(latency, now, p);
+        }
+    }
+
     /// The PeakEWMA estimate at `now`, in seconds (decayed toward zero since the last update).
     pub fn rtt(&self, now: Instant, p: &HealthParams) -> f64 {
         match (self.rtt, self.rtt_stamp) {
@@ -186,6 +195,18 @@ mod tests {
         // Unused, it fades toward zero.
         let faded = h.rtt(t1 + 3 * p.decay, &p);
         assert!((faded - expected * (-3f64).exp()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn failures_only_raise_the_estimate() {
+        let p = HealthParams::default();
+        let t0 = Instant::now();
+        let mut h = ReplicaHealth::new();
+        h.observe_latency(10 * MS, t0, &p);
+        h.observe_failure_latency(MS, t0, &p);
+        assert!((h.rtt(t0, &p) - 0.010).abs() < 1e-12);
+        h.observe_failure_latency(300 * MS, t0, &p);
+        assert!((h.rtt(t0, &p) - 0.300).abs() < 1e-12);
     }
 
     #[test]

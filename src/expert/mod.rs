@@ -12,7 +12,7 @@ mod service;
 pub mod typed;
 
 pub use registration::Registration;
-pub use service::{ExpertNode, LoadCounters, SERVICES, serve};
+pub use service::{ExpertNode, Fault, LoadCounters, SERVICES, serve};
 
 use crate::core::query::Query;
 

@@ -61,6 +61,18 @@ pub struct ExpertNode {
     slots: Option<(u32, Semaphore)>,
     delay: Duration,
     drain_delay: Duration,
+    fault: Fault,
+}
+
+/// A deliberate misbehaviour, for fault drills and tests (`l2d expert --fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Every answer is empty ("no answer").
+    Empty,
+    /// Every answer's span lies outside the context and does not match its text.
+    Malformed,
 }
 
 impl ExpertNode {
@@ -74,7 +86,14 @@ impl ExpertNode {
             slots: None,
             delay: Duration::ZERO,
             drain_delay: Duration::ZERO,
+            fault: Fault::None,
         }
+    }
+
+    /// Misbehaves on purpose (fault drills and tests).
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
     }
 
     /// After a stop signal (and leaving the pool): report NOT_SERVING, keep serving this long,
@@ -150,9 +169,14 @@ impl expert_server::Expert for Arc<ExpertNode> {
             tracing::debug!(expert = %self.id, %query, error = %e, "no answer");
         })?;
         self.load.answered_total.fetch_add(1, Ordering::Relaxed);
+        let (text, span) = match self.fault {
+            Fault::None => (answer.text, answer.span),
+            Fault::Empty => (String::new(), None),
+            Fault::Malformed => (answer.text, Some((u32::MAX - 1, u32::MAX))),
+        };
         Ok(Response::new(pb::AnswerResponse {
-            text: answer.text,
-            span: answer.span.map(|(start, end)| pb::Span { start, end }),
+            text,
+            span: span.map(|(start, end)| pb::Span { start, end }),
             score: answer.score,
             compute: Some(pb::Compute {
                 units: answer.compute_units,

@@ -63,6 +63,7 @@ async fn call_replica(
     replica: usize,
     query: &Query,
     deadline: Option<Instant>,
+    try_timeout: Duration,
 ) -> CallOutcome {
     let replica = &group.replicas[replica];
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -82,17 +83,23 @@ async fn call_replica(
         context: query.context().to_owned(),
         id: query.id().map(str::to_owned),
     });
-    if let Some(r) = remaining {
-        call.set_timeout(r);
-    }
+    // The caller's deadline, or the try timeout if it comes first (a hung replica must not hold
+    // the request: the plan moves on to another replica).
+    let wait = remaining.map_or(try_timeout, |r| r.min(try_timeout));
+    let caller_limited = remaining.is_some_and(|r| r <= try_timeout);
+    call.set_timeout(wait);
     let mut client = replica.client.clone();
     let started = Instant::now();
-    let result = match remaining {
-        None => client.answer(call).await,
-        Some(r) => match tokio::time::timeout(r, client.answer(call)).await {
-            Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded("deadline passed")),
-        },
+    // tonic's client enforces the grpc-timeout it sends too (CANCELLED "Timeout expired"), racing
+    // the local timer: any failure once the wait is over is the wait's.
+    let result = match tokio::time::timeout(wait, client.answer(call)).await {
+        Ok(Ok(answer)) => check_answer(answer.into_inner(), query),
+        Ok(Err(status)) if started.elapsed() < wait => Err(status),
+        _ if caller_limited => Err(Status::deadline_exceeded("deadline passed")),
+        _ => Err(Status::unavailable(format!(
+            "no answer within the try timeout of {} ms",
+            try_timeout.as_millis()
+        ))),
     };
     let now = Instant::now();
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
@@ -105,7 +112,21 @@ async fn call_replica(
             "replica ejected after consecutive failures"
         );
     }
-    outcome(result.map(Response::into_inner), false)
+    outcome(result, false)
+}
+
+/// An answer whose span does not lie in the context is a broken expert, not an answer.
+fn check_answer(answer: pb::AnswerResponse, query: &Query) -> Result<pb::AnswerResponse, Status> {
+    if let Some(span) = &answer.span {
+        let chars = query.context().chars().count() as u64;
+        if span.start > span.end || u64::from(span.end) > chars {
+            return Err(Status::internal(format!(
+                "malformed answer: span [{}, {}) outside the context of {chars} characters",
+                span.start, span.end
+            )));
+        }
+    }
+    Ok(answer)
 }
 
 /// A probe's answer: the call made (with retries on other replicas), and its cost.
@@ -124,6 +145,7 @@ async fn run_probe(
     deadline: Option<Instant>,
     tries: usize,
     seed: u64,
+    try_timeout: Duration,
 ) -> ProbeResult {
     let now = Instant::now();
     let loads: Vec<ReplicaLoad> = group.replicas.iter().map(|r| r.load(now)).collect();
@@ -145,7 +167,7 @@ async fn run_probe(
         .map(|p| p.attempts)
         .unwrap_or_default();
     for attempt in attempts {
-        let out = call_replica(group, attempt.replica, query, deadline).await;
+        let out = call_replica(group, attempt.replica, query, deadline, try_timeout).await;
         match out.result {
             Ok(answer) => {
                 charged += group.entry.cost;
@@ -323,6 +345,7 @@ impl RouterService {
                             deadline,
                             config.tries_per_expert,
                             number,
+                            config.try_timeout,
                         )
                         .await,
                     ),
@@ -470,7 +493,8 @@ impl RouterService {
                     answer, group, charged, decision, request_id, replica,
                 ));
             }
-            let out = call_replica(group, attempt.replica, &query, deadline).await;
+            let out =
+                call_replica(group, attempt.replica, &query, deadline, config.try_timeout).await;
             if out.not_sent {
                 // Its slots filled after the decision: no compute spent, try the next option.
                 skipped_full += 1;

@@ -64,6 +64,9 @@ pub struct SchedulerConfig {
     pub decision_log: Option<PathBuf>,
     /// After a stop signal: report NOT_SERVING, keep serving this long, then drain.
     pub drain_delay: Duration,
+    /// Longest wait for one expert call before the attempt counts as failed (a hung replica)
+    /// and the plan moves on, within the caller's deadline.
+    pub try_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -85,6 +88,7 @@ impl Default for SchedulerConfig {
             explore_seed: 0x5eed,
             decision_log: None,
             drain_delay: Duration::ZERO,
+            try_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -198,13 +198,16 @@ impl Replica {
                 health.observe_latency(latency, now, &self.health_params);
                 None
             }
-            CallVerdict::Unhealthy => match health.record_failure(now, &self.health_params) {
-                FailureOutcome::Ejected(length) => {
-                    self.metrics.ejections.increment(1);
-                    Some(length)
+            CallVerdict::Unhealthy => {
+                health.observe_failure_latency(latency, now, &self.health_params);
+                match health.record_failure(now, &self.health_params) {
+                    FailureOutcome::Ejected(length) => {
+                        self.metrics.ejections.increment(1);
+                        Some(length)
+                    }
+                    FailureOutcome::Counted => None,
                 }
-                FailureOutcome::Counted => None,
-            },
+            }
         }
     }
 

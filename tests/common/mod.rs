@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod process;
 
 use l2d::core::policy::PriorPolicy;
