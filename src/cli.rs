@@ -137,6 +137,124 @@ pub struct DispatchArgs {
     /// caller's deadline.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub try_timeout: Duration,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// CA of the experts' certificates: call experts over TLS.
+    #[arg(long)]
+    pub expert_tls_ca: Option<PathBuf>,
+    /// Certificate and key to present to experts (mutual TLS).
+    #[arg(long, requires = "expert_tls_key", requires = "expert_tls_ca")]
+    pub expert_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "expert_tls_cert")]
+    pub expert_tls_key: Option<PathBuf>,
+    /// Name expected in the experts' certificates (default: the host dialled).
+    #[arg(long, requires = "expert_tls_ca")]
+    pub expert_tls_domain: Option<String>,
+    /// Pool mutations (Register, Heartbeat, Deregister, ReloadPolicy) need this bearer token
+    /// (read from the file) or an allowed client certificate.
+    #[arg(long)]
+    pub pool_token_file: Option<PathBuf>,
+    /// Client-certificate identities (common name or DNS/URI SAN) allowed to change the pool.
+    #[arg(long, value_delimiter = ',')]
+    pub pool_identities: Vec<String>,
+    /// Router.Ask needs this bearer token (read from the file) or an allowed client certificate.
+    #[arg(long)]
+    pub router_token_file: Option<PathBuf>,
+    /// Client-certificate identities allowed to call Router.Ask.
+    #[arg(long, value_delimiter = ',')]
+    pub router_identities: Vec<String>,
+}
+
+/// TLS on a node's gRPC listener.
+#[derive(Debug, Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate (chain) for this node's listener: serve TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Demand client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    fn config(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::server_config(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// TLS of a client: the server's CA, a client identity, the expected name.
+fn client_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    domain: Option<&str>,
+) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    Ok(Some(crate::grpc::tls::client_config(
+        ca,
+        cert.zip(key),
+        domain,
+    )?))
+}
+
+/// A secret read from a file (surrounding white space trimmed), refused when empty.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// TLS and credentials of a command that calls a scheduler.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// CA of the scheduler's certificate: connect over TLS.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Certificate and key to present (mutual TLS).
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Name expected in the scheduler's certificate (default: the host dialled).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+    /// Send `authorization: Bearer TOKEN` with the token in this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        client_tls(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_domain.as_deref(),
+        )
+    }
+
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        self.token_file.as_deref().map(read_token).transpose()
+    }
 }
 
 impl DispatchArgs {
@@ -163,6 +281,29 @@ impl DispatchArgs {
             "--try-timeout must be longer than 0s"
         );
         config.try_timeout = self.try_timeout;
+        config.tls = self.tls.config()?;
+        config.expert_tls = client_tls(
+            self.expert_tls_ca.as_deref(),
+            self.expert_tls_cert.as_deref(),
+            self.expert_tls_key.as_deref(),
+            self.expert_tls_domain.as_deref(),
+        )?;
+        config.pool_access = crate::scheduler::access::Access {
+            token: self
+                .pool_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+            identities: self.pool_identities.clone(),
+        };
+        config.router_access = crate::scheduler::access::Access {
+            token: self
+                .router_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+            identities: self.router_identities.clone(),
+        };
         Ok(())
     }
 }
@@ -266,6 +407,22 @@ pub struct ExpertArgs {
     /// spans outside the context.
     #[arg(long, value_enum, default_value = "none")]
     pub fault: FaultKind,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// CA of the scheduler's certificate: register over TLS.
+    #[arg(long, requires = "register")]
+    pub scheduler_tls_ca: Option<PathBuf>,
+    /// Certificate and key to present to the scheduler (mutual TLS).
+    #[arg(long, requires = "scheduler_tls_key", requires = "scheduler_tls_ca")]
+    pub scheduler_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "scheduler_tls_cert")]
+    pub scheduler_tls_key: Option<PathBuf>,
+    /// Name expected in the scheduler's certificate (default: the host dialled).
+    #[arg(long, requires = "scheduler_tls_ca")]
+    pub scheduler_tls_domain: Option<String>,
+    /// Bearer token for the scheduler's Pool calls, read from this file.
+    #[arg(long, requires = "register")]
+    pub pool_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -304,6 +461,8 @@ pub struct AskArgs {
     /// Print the full response as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -476,6 +635,8 @@ pub struct LoadArgs {
     /// Report this process's resident memory at the start and the end (e.g. the scheduler's pid).
     #[arg(long)]
     pub watch_pid: Option<u32>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -537,6 +698,8 @@ pub enum PoolCommand {
         /// Print the response as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -624,8 +787,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Pool {
-            command: PoolCommand::Status { router, json },
-        } => pool_status(&router, json).await,
+            command:
+                PoolCommand::Status {
+                    router,
+                    json,
+                    client,
+                },
+        } => pool_status(&router, json, &client).await,
     }
 }
 
@@ -759,15 +927,29 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
+    let scheduler_tls = client_tls(
+        args.scheduler_tls_ca.as_deref(),
+        args.scheduler_tls_cert.as_deref(),
+        args.scheduler_tls_key.as_deref(),
+        args.scheduler_tls_domain.as_deref(),
+    )?;
+    let token = args
+        .pool_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
     let registration = args.register.map(|scheduler| Registration {
         scheduler,
         advertise: args.advertise.unwrap_or_else(|| bound.to_string()),
         lease_ttl: args.lease_ttl,
+        tls: scheduler_tls,
+        token,
     });
     let node = ExpertNode::new(spec.id, spec.cost, backend)
         .with_max_concurrency(args.max_concurrency)
         .with_delay(args.delay)
         .with_drain_delay(args.drain_delay)
+        .with_tls(args.tls.config()?)
         .with_fault(match args.fault {
             FaultKind::None => expert::Fault::None,
             FaultKind::Empty => expert::Fault::Empty,
@@ -833,9 +1015,10 @@ async fn ask(args: AskArgs) -> anyhow::Result<()> {
     let question = question.context("--question is required (or --data with --id)")?;
     let context =
         context.context("--context or --context-file is required (or --data with --id)")?;
-    let mut client = RouterClient::connect(&args.router)
-        .await
-        .with_context(|| format!("cannot connect to the scheduler at {}", args.router))?;
+    let mut client =
+        RouterClient::connect_with(&args.router, args.client.tls()?, args.client.token()?)
+            .await
+            .with_context(|| format!("cannot connect to the scheduler at {}", args.router))?;
     let mut request = Ask::new(question, context).timeout(args.timeout);
     if let Some(id) = args.id {
         request = request.id(id);
@@ -1029,6 +1212,8 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         limit: args.limit,
         timeout: args.timeout,
         progress: std::io::stderr().is_terminal(),
+        tls: args.client.tls()?,
+        token: args.client.token()?,
     };
     let rss_start = args.watch_pid.and_then(rss_kib);
     let report = run(
@@ -1117,13 +1302,12 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pool_status(router: &str, json: bool) -> anyhow::Result<()> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(crate::expert::registration::endpoint_uri(router))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to the scheduler at {router}"))?;
+async fn pool_status(router: &str, json: bool, client: &ClientArgs) -> anyhow::Result<()> {
+    let channel = crate::grpc::tls::endpoint(router, client.tls()?.as_ref())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the scheduler at {router}"))?;
     let pool = PoolClient::new(channel)
         .list_pool(pb::ListPoolRequest {})
         .await

@@ -360,6 +360,8 @@ async fn a_worker_keeps_its_lease_with_heartbeats_and_leaves_on_shutdown() {
         scheduler: node.addr.to_string(),
         advertise: String::new(),
         lease_ttl: Some(Duration::from_millis(600)),
+        tls: None,
+        token: None,
     };
     // The advertised address must be the worker's own: bind first, then tell it.
     let expert = {

@@ -23,6 +23,8 @@ fn options(address: String, rps: Option<f64>, limit: u64) -> LoadOptions {
         limit: Some(limit),
         timeout: Duration::from_secs(10),
         progress: false,
+        tls: None,
+        token: None,
     }
 }
 

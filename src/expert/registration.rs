@@ -7,7 +7,41 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Adds `authorization: Bearer TOKEN` to every call, when there is a token.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    /// `None` when there is no token; an error for a token that cannot be sent as metadata.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let value = token
+            .map(|t| format!("Bearer {}", t.trim()).parse())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the token must be visible ASCII"))?;
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Pool = PoolClient<InterceptedService<Channel, BearerToken>>;
 
 /// Where and how to join a pool.
 #[derive(Debug, Clone)]
@@ -18,6 +52,10 @@ pub struct Registration {
     pub advertise: String,
     /// Requested lease TTL; `None` takes the scheduler's default.
     pub lease_ttl: Option<Duration>,
+    /// TLS to the scheduler (mutual TLS with a client identity).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Bearer token for the scheduler's `Pool` mutations, if it asks for one.
+    pub token: Option<String>,
 }
 
 /// What the worker tells the scheduler about itself.
@@ -59,7 +97,10 @@ pub async fn keep_lease(
     load: Arc<LoadCounters>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let channel = match Endpoint::from_shared(endpoint_uri(&registration.scheduler)) {
+    let channel = match crate::grpc::tls::endpoint(
+        &registration.scheduler,
+        registration.tls.as_ref(),
+    ) {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
@@ -69,7 +110,15 @@ pub async fn keep_lease(
             return;
         }
     };
-    let mut client = PoolClient::new(channel);
+    let token = match BearerToken::new(registration.token.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::error!(error = %e, "bad pool token; not registering");
+            return;
+        }
+    };
+    let mut client = PoolClient::with_interceptor(channel, token)
+        .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES);
     let request = pb::RegisterRequest {
         expert_id: announcement.expert_id.clone(),
         address: registration.advertise.clone(),
@@ -137,7 +186,7 @@ pub async fn keep_lease(
 }
 
 async fn register(
-    client: &mut PoolClient<Channel>,
+    client: &mut Pool,
     request: &pb::RegisterRequest,
 ) -> Result<pb::RegisterResponse, tonic::Status> {
     client
@@ -146,7 +195,7 @@ async fn register(
         .map(tonic::Response::into_inner)
 }
 
-async fn deregister(client: &mut PoolClient<Channel>, lease_id: &str) {
+async fn deregister(client: &mut Pool, lease_id: &str) {
     let request = pb::DeregisterRequest {
         lease_id: lease_id.to_owned(),
     };

@@ -62,6 +62,7 @@ pub struct ExpertNode {
     delay: Duration,
     drain_delay: Duration,
     fault: Fault,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// A deliberate misbehaviour, for fault drills and tests (`l2d expert --fault`).
@@ -87,7 +88,14 @@ impl ExpertNode {
             delay: Duration::ZERO,
             drain_delay: Duration::ZERO,
             fault: Fault::None,
+            tls: None,
         }
+    }
+
+    /// Serves over TLS (mutual TLS when the configuration has a client CA).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Misbehaves on purpose (fault drills and tests).
@@ -216,7 +224,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let node = Arc::new(node);
     let (reporter, routes) = server::standard_routes()?;
-    let routes = routes.add_service(expert_server::ExpertServer::new(node.clone()));
+    let routes = routes.add_service(
+        expert_server::ExpertServer::new(node.clone())
+            .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+    );
     tracing::info!(
         expert = %node.id,
         backend = node.backend.kind(),
@@ -243,6 +255,9 @@ pub async fn serve(
             })
         }
     };
-    let drain_delay = node.drain_delay;
-    server::serve(listener, routes, reporter, SERVICES, shutdown, drain_delay).await
+    let options = server::ServeOptions {
+        drain_delay: node.drain_delay,
+        tls: node.tls.clone(),
+    };
+    server::serve(listener, routes, reporter, SERVICES, shutdown, &options).await
 }

@@ -24,9 +24,8 @@
 //! ```
 
 use super::pb::{self, router_client};
-use crate::expert::registration::endpoint_uri;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// One query for [`RouterClient::ask`], built up with optional settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,22 +70,38 @@ impl Ask {
 #[derive(Debug, Clone)]
 pub struct RouterClient {
     inner: router_client::RouterClient<Channel>,
+    /// `authorization` metadata sent with every call.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl RouterClient {
     /// Connects to `address` (`host:port` or an `http://` URI).
     pub async fn connect(address: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint_uri(address))?
+        Self::connect_with(address, None, None).await
+    }
+
+    /// Connects over TLS when `tls` is given, sending `authorization: Bearer TOKEN` with every
+    /// call when `token` is (a token that is not visible ASCII is not sent).
+    pub async fn connect_with(
+        address: &str,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        token: Option<String>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = crate::grpc::tls::endpoint(address, tls.as_ref())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await?;
-        Ok(Self::from_channel(channel))
+        let mut client = Self::from_channel(channel);
+        client.token = token.and_then(|t| format!("Bearer {t}").parse().ok());
+        Ok(client)
     }
 
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            inner: router_client::RouterClient::new(channel),
+            inner: router_client::RouterClient::new(channel)
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+            token: None,
         }
     }
 
@@ -95,6 +110,11 @@ impl RouterClient {
         let mut request = tonic::Request::new(ask.request);
         if let Some(timeout) = ask.timeout {
             request.set_timeout(timeout);
+        }
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(self.inner.ask(request).await?.into_inner())
     }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod deadline;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 /// Largest gRPC message every l2d server and client accepts or sends: a query's largest context
 /// (256 KiB by default) and question fit many times over; anything bigger is refused with

@@ -24,6 +24,15 @@ pub fn standard_routes() -> anyhow::Result<(HealthReporter, Routes)> {
     Ok((reporter, routes))
 }
 
+/// How a node serves, beyond its services.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// After the stop signal: report NOT_SERVING, keep serving this long, then drain.
+    pub drain_delay: std::time::Duration,
+    /// TLS (and, with a client CA, mutual TLS) on the listener; plain HTTP/2 without.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
 /// Marks `services` (and the whole server, the empty name) as serving, runs the server until
 /// `shutdown` completes, then marks them not serving, keeps accepting calls for `drain_delay`
 /// (so load balancers and Kubernetes endpoints see the change before the listener closes), and
@@ -34,8 +43,9 @@ pub async fn serve(
     reporter: HealthReporter,
     services: &[&str],
     shutdown: impl Future<Output = ()> + Send,
-    drain_delay: std::time::Duration,
+    options: &ServeOptions,
 ) -> anyhow::Result<()> {
+    let drain_delay = options.drain_delay;
     for name in std::iter::once(&"").chain(services) {
         reporter
             .set_service_status(*name, ServingStatus::Serving)
@@ -58,7 +68,11 @@ pub async fn serve(
         }
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    builder
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;

@@ -175,6 +175,8 @@ async fn measure(
         limit: None,
         timeout: Duration::from_secs(10),
         progress: false,
+        tls: None,
+        token: None,
     };
     let latency = run(&options(1, 1), queries.clone(), version).await?;
     let saturated = run(&options(args.saturate, 4), queries.clone(), version).await?;

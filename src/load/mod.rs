@@ -12,7 +12,6 @@ pub mod simulate;
 pub mod tally;
 
 use crate::core::metric::{MetricVersion, score};
-use crate::expert::registration::endpoint_uri;
 use crate::grpc::pb::{self, expert_client::ExpertClient, router_client::RouterClient};
 use crate::grpc::status::code_name;
 use crate::report::progress_bar;
@@ -22,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally::{Answered, Failed, LoadReport, Outcome, Tally};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Which service the generator calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +46,10 @@ pub struct LoadOptions {
     pub limit: Option<u64>,
     pub timeout: Duration,
     pub progress: bool,
+    /// TLS to the target (mutual TLS with a client identity).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
 }
 
 /// One query to replay.
@@ -78,7 +81,11 @@ pub fn intended_offset(i: u64, rps: f64) -> Duration {
 
 #[derive(Clone)]
 enum Client {
-    Router(RouterClient<Channel>),
+    /// With the `authorization` value to send, if any.
+    Router(
+        RouterClient<Channel>,
+        Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ),
     Expert(ExpertClient<Channel>),
 }
 
@@ -93,7 +100,7 @@ impl Client {
             message: s.message().to_owned(),
         };
         match self {
-            Client::Router(c) => {
+            Client::Router(c, token) => {
                 let mut r = tonic::Request::new(pb::AskRequest {
                     question: q.question.clone(),
                     context: q.context.clone(),
@@ -101,6 +108,9 @@ impl Client {
                     budget: None,
                 });
                 r.set_timeout(timeout);
+                if let Some(token) = token {
+                    r.metadata_mut().insert("authorization", token.clone());
+                }
                 let a = c.ask(r).await.map_err(fail)?.into_inner();
                 Ok((a.expert_id, a.cost, a.text))
             }
@@ -122,14 +132,22 @@ impl Client {
 async fn connect(options: &LoadOptions) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::new();
     for _ in 0..options.connections.max(1) {
-        let channel = Endpoint::from_shared(endpoint_uri(&options.address))?
+        let channel = crate::grpc::tls::endpoint(&options.address, options.tls.as_ref())?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", options.address))?;
         clients.push(match options.target {
-            Target::Router => Client::Router(RouterClient::new(channel)),
+            Target::Router => Client::Router(
+                RouterClient::new(channel),
+                options
+                    .token
+                    .as_ref()
+                    .map(|t| format!("Bearer {t}").parse())
+                    .transpose()
+                    .map_err(|_| anyhow::anyhow!("the token must be visible ASCII"))?,
+            ),
             Target::Expert => Client::Expert(ExpertClient::new(channel)),
         });
     }

@@ -273,6 +273,10 @@ impl Router for RouterService {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let started = Instant::now();
+        self.scheduler
+            .config
+            .router_access
+            .check(&request, "Router.Ask")?;
         let deadline = request_timeout(&request).map(|t| started + t - deadline_margin(t));
         let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request_id(&request, number);

@@ -5,6 +5,7 @@
 //! pure [`crate::core::decision::decide`], and walks the plan over gRPC. Membership changes go
 //! through [`Registry`]; a background task reaps expired leases.
 
+pub mod access;
 pub mod decision_log;
 pub mod dispatch;
 pub mod pool_reload;
@@ -67,6 +68,14 @@ pub struct SchedulerConfig {
     /// Longest wait for one expert call before the attempt counts as failed (a hung replica)
     /// and the plan moves on, within the caller's deadline.
     pub try_timeout: Duration,
+    /// TLS on the scheduler's listener (mutual TLS with a client CA).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// TLS for the scheduler's calls to experts.
+    pub expert_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Who may call the `Pool` mutations.
+    pub pool_access: access::Access,
+    /// Who may call `Router.Ask` (open by default).
+    pub router_access: access::Access,
 }
 
 impl Default for SchedulerConfig {
@@ -89,6 +98,10 @@ impl Default for SchedulerConfig {
             decision_log: None,
             drain_delay: Duration::ZERO,
             try_timeout: Duration::from_secs(10),
+            tls: None,
+            expert_tls: None,
+            pool_access: access::Access::default(),
+            router_access: access::Access::default(),
         }
     }
 }
@@ -162,7 +175,9 @@ impl Scheduler {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
-            registry: Arc::new(Registry::new(config.replicas)),
+            registry: Arc::new(
+                Registry::new(config.replicas).with_client_tls(config.expert_tls.clone()),
+            ),
             policy: ArcSwap::from_pointee(ActivePolicy(policy)),
             source,
             loaded_digest: Mutex::new(digest),
@@ -323,12 +338,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (reporter, routes) = server::standard_routes()?;
     let routes = routes
-        .add_service(RouterServer::new(dispatch::RouterService::new(
-            scheduler.clone(),
-        )))
-        .add_service(PoolServer::new(pool_service::PoolService::new(
-            scheduler.clone(),
-        )));
+        .add_service(
+            RouterServer::new(dispatch::RouterService::new(scheduler.clone()))
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            PoolServer::new(pool_service::PoolService::new(scheduler.clone()))
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+        );
     let tasks = [
         tokio::spawn(reap_leases(scheduler.clone())),
         tokio::spawn(watch_policy(scheduler.clone())),
@@ -349,7 +368,10 @@ pub async fn serve(
         reporter,
         SERVICES,
         shutdown,
-        scheduler.config.drain_delay,
+        &server::ServeOptions {
+            drain_delay: scheduler.config.drain_delay,
+            tls: scheduler.config.tls.clone(),
+        },
     )
     .await;
     for task in tasks {

@@ -55,6 +55,10 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.scheduler
+            .config()
+            .pool_access
+            .check(&request, "Pool.Register")?;
         let msg = request.into_inner();
         check_expert_id(&msg.expert_id).map_err(|m| invalid("expert_id", m))?;
         check_address(&msg.address)?;
@@ -97,6 +101,10 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.scheduler
+            .config()
+            .pool_access
+            .check(&request, "Pool.Heartbeat")?;
         let msg = request.into_inner();
         let ttl = self
             .scheduler
@@ -111,6 +119,10 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        self.scheduler
+            .config()
+            .pool_access
+            .check(&request, "Pool.Deregister")?;
         let msg = request.into_inner();
         self.scheduler.registry.deregister(&msg.lease_id)?;
         tracing::info!(lease = %msg.lease_id, "replica deregistered");
@@ -129,8 +141,12 @@ impl Pool for PoolService {
 
     async fn reload_policy(
         &self,
-        _request: Request<pb::ReloadPolicyRequest>,
+        request: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::PolicyInfo>, Status> {
+        self.scheduler
+            .config()
+            .pool_access
+            .check(&request, "Pool.ReloadPolicy")?;
         let scheduler = self.scheduler.clone();
         let result = tokio::task::spawn_blocking(move || scheduler.reload_policy())
             .await

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RegistryError {
@@ -340,6 +340,7 @@ pub struct Registry {
     lease_policy: LeasePolicy,
     health: HealthParams,
     default_limit: u32,
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// How the registry treats replicas: leases, health, and the default concurrency limit.
@@ -374,7 +375,14 @@ impl Registry {
             lease_policy: policy.leases,
             health: policy.health,
             default_limit: policy.max_in_flight.max(1),
+            client_tls: None,
         }
+    }
+
+    /// Calls replicas over TLS with this configuration.
+    pub fn with_client_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.client_tls = tls;
+        self
     }
 
     pub fn lease_policy(&self) -> &LeasePolicy {
@@ -650,7 +658,7 @@ impl Registry {
         lease: Option<(String, Lease)>,
         limit: Option<u32>,
     ) -> Result<(), RegistryError> {
-        let endpoint = Endpoint::from_shared(crate::expert::registration::endpoint_uri(address))
+        let endpoint = crate::grpc::tls::endpoint(address, self.client_tls.as_ref())
             .map_err(|e| RegistryError::Invalid {
                 field: "address",
                 message: format!("{address:?} is not a usable address ({e})"),

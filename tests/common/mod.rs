@@ -65,7 +65,7 @@ impl Drop for Node {
     }
 }
 
-async fn spawn_node<F>(run: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Node
+pub async fn spawn_node<F>(run: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Node
 where
     F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {

@@ -1,0 +1,324 @@
+//! TLS, mutual TLS and who may change the pool, over real gRPC on loopback with certificates
+//! made in the test (rcgen): a client → scheduler → expert round trip with mutual TLS on both
+//! hops, plain and certificate-less clients refused, Pool mutations refused without a token or
+//! an allowed certificate (UNAUTHENTICATED / PERMISSION_DENIED), Ask protected separately.
+
+mod common;
+
+use common::*;
+use l2d::core::policy::PriorPolicy;
+use l2d::expert::ExpertNode;
+use l2d::expert::replay::ReplayBackend;
+use l2d::grpc::tls::{client_config, endpoint, server_config};
+use l2d::pb::{self, pool_client::PoolClient};
+use l2d::scheduler::access::Access;
+use l2d::scheduler::{Scheduler, SchedulerConfig};
+use l2d::{Ask, RouterClient};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tonic::Code;
+use tonic::transport::{Channel, ClientTlsConfig};
+
+/// A CA and certificates it signed, as PEM files in a temporary folder.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "l2d test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        // A CA nobody trusts, for a forged client.
+        let rogue_key = KeyPair::generate().unwrap();
+        let mut rogue = CertificateParams::new(Vec::<String>::new()).unwrap();
+        rogue.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let rogue_issuer = Issuer::new(rogue, rogue_key);
+        let issue = |name: &str, sans: &[&str], issuer: &Issuer<'_, KeyPair>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.signed_by(&key, issuer).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.der")), cert.der()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        };
+        issue("server", &["localhost", "127.0.0.1"], &issuer);
+        issue("scheduler", &["l2d-scheduler"], &issuer);
+        issue("expert-bert", &["expert-bert"], &issuer);
+        issue("intruder", &["intruder"], &issuer);
+        issue("forged", &["expert-bert"], &rogue_issuer);
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A server's TLS with the server certificate, demanding client certificates.
+    fn server(&self) -> tonic::transport::ServerTlsConfig {
+        server_config(
+            &self.path("server.pem"),
+            &self.path("server.key"),
+            Some(&self.path("ca.pem")),
+        )
+        .unwrap()
+    }
+
+    /// A client's TLS trusting the CA, presenting `who`'s certificate (if any).
+    fn client(&self, who: Option<&str>) -> ClientTlsConfig {
+        let (cert, key) = match who {
+            Some(w) => (
+                self.path(&format!("{w}.pem")),
+                self.path(&format!("{w}.key")),
+            ),
+            None => (PathBuf::new(), PathBuf::new()),
+        };
+        let identity = who.map(|_| (cert.as_path(), key.as_path()));
+        client_config(&self.path("ca.pem"), identity, None).unwrap()
+    }
+}
+
+async fn pool_client(address: &str, tls: Option<&ClientTlsConfig>) -> PoolClient<Channel> {
+    PoolClient::new(endpoint(address, tls).unwrap().connect().await.unwrap())
+}
+
+fn register_request(token: Option<&str>) -> tonic::Request<pb::RegisterRequest> {
+    let mut request = tonic::Request::new(pb::RegisterRequest {
+        expert_id: "late".into(),
+        address: "127.0.0.1:9".into(),
+        cost: 3.0,
+        backend: "replay".into(),
+        version: "test".into(),
+        lease_ttl_ms: 0,
+        max_in_flight: 0,
+    });
+    if let Some(t) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    request
+}
+
+/// A scheduler over one TLS replay expert ("strong"), both demanding client certificates.
+async fn tls_cluster(pki: &Pki, config: SchedulerConfig) -> (Node, Node, Arc<Scheduler>) {
+    let backend = ReplayBackend::load(
+        &fixture("strong-predictions.json"),
+        Some(mini_squad()),
+        10.0,
+    )
+    .unwrap();
+    let node = ExpertNode::new("strong", 10.0, Arc::new(backend)).with_tls(Some(pki.server()));
+    let expert = spawn_node(move |listener, stopped| {
+        l2d::expert::serve(listener, node, None, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    let scheduler = Arc::new(Scheduler::new(
+        config,
+        Box::new(PriorPolicy::new(0.1, [("strong".to_string(), 0.9)]).unwrap()),
+    ));
+    scheduler.registry.declare_expert("strong", 10.0, "replay");
+    scheduler
+        .registry
+        .add_fixed_replica(
+            "strong",
+            &expert.addr.to_string(),
+            pb::replica_state::Origin::Static,
+            None,
+        )
+        .unwrap();
+    let s = scheduler.clone();
+    let node = spawn_node(move |listener, stopped| {
+        l2d::scheduler::serve(listener, s, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    (node, expert, scheduler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_end_to_end_and_pool_mutations_need_an_allowed_identity_or_the_token() {
+    let pki = Pki::new();
+    let config = SchedulerConfig {
+        tls: Some(pki.server()),
+        expert_tls: Some(pki.client(Some("scheduler"))),
+        pool_access: Access {
+            token: Some("s3cret".into()),
+            identities: vec!["expert-bert".into()],
+        },
+        ..SchedulerConfig::default()
+    };
+    let (scheduler, expert, _) = tls_cluster(&pki, config).await;
+    let address = scheduler.addr.to_string();
+
+    // Client → scheduler → expert, mutual TLS on both hops.
+    let mut router = RouterClient::connect_with(&address, Some(pki.client(Some("intruder"))), None)
+        .await
+        .unwrap();
+    let answer = router
+        .ask(
+            Ask::new(
+                "Which NFL team represented the AFC at Super Bowl 50?",
+                "ctx",
+            )
+            .id("sb-afc"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.expert_id, "strong");
+    assert_eq!(answer.text, "Denver Broncos");
+
+    // Refused before any call: plain HTTP/2, TLS without a client certificate, a certificate
+    // from another CA; and the expert refuses a client without the scheduler's certificate.
+    assert!(
+        RouterClient::connect(&address).await.is_err() || {
+            let mut plain = RouterClient::connect(&address).await.unwrap();
+            plain.ask(Ask::new("q", "c")).await.is_err()
+        }
+    );
+    for tls in [pki.client(None), pki.client(Some("forged"))] {
+        let refused = match RouterClient::connect_with(&address, Some(tls), None).await {
+            Err(_) => true,
+            Ok(mut c) => c.ask(Ask::new("q", "c").id("sb-afc")).await.is_err(),
+        };
+        assert!(refused);
+    }
+    let direct = endpoint(&expert.addr.to_string(), Some(&pki.client(None)))
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match direct {
+        Err(_) => true,
+        Ok(channel) => l2d::pb::expert_client::ExpertClient::new(channel)
+            .describe(pb::DescribeRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "the expert answered a client without a certificate"
+    );
+
+    // Pool mutations: an allowed certificate, or the token; reading stays open.
+    let intruder_tls = pki.client(Some("intruder"));
+    let mut intruder = pool_client(&address, Some(&intruder_tls)).await;
+    let denied = intruder.register(register_request(None)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("intruder"), "{denied:?}");
+    let wrong = intruder
+        .register(register_request(Some("guess")))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    let reload = intruder
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(reload.code(), Code::PermissionDenied);
+    intruder
+        .register(register_request(Some("s3cret")))
+        .await
+        .unwrap();
+    intruder.list_pool(pb::ListPoolRequest {}).await.unwrap();
+    let bert_tls = pki.client(Some("expert-bert"));
+    let mut bert = pool_client(&address, Some(&bert_tls)).await;
+    let granted = bert
+        .register(register_request(None))
+        .await
+        .unwrap()
+        .into_inner();
+    bert.deregister(pb::DeregisterRequest {
+        lease_id: granted.lease_id,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_pool_and_ask_separately_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path(), &replay_pair(Some(0.5), Some(0.9)));
+    let config = SchedulerConfig {
+        pool_access: Access {
+            token: Some("pool-token".into()),
+            identities: vec![],
+        },
+        router_access: Access {
+            token: Some("ask-token".into()),
+            identities: vec![],
+        },
+        ..SchedulerConfig::default()
+    };
+    let (node, _, _local) = spawn_scheduler(config, Some(&pool), 0.1).await;
+    let address = node.addr.to_string();
+    let mut pools = pool_client(&address, None).await;
+    let missing = pools.register(register_request(None)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(
+        missing.message().contains("needs credentials"),
+        "{missing:?}"
+    );
+    // The Ask token does not open the Pool.
+    let other = pools
+        .register(register_request(Some("ask-token")))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::Unauthenticated);
+    for (beat, code) in [
+        (None, Code::Unauthenticated),
+        (Some("pool-token"), Code::NotFound),
+    ] {
+        let mut request = tonic::Request::new(pb::HeartbeatRequest {
+            lease_id: "lease-unknown".into(),
+            load: None,
+        });
+        if let Some(t) = beat {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        assert_eq!(pools.heartbeat(request).await.unwrap_err().code(), code);
+    }
+    pools
+        .register(register_request(Some("pool-token")))
+        .await
+        .unwrap();
+
+    let ask = Ask::new(
+        "Which NFL team represented the AFC at Super Bowl 50?",
+        "ctx",
+    )
+    .id("sb-afc");
+    let mut open = RouterClient::connect(&address).await.unwrap();
+    assert_eq!(
+        open.ask(ask.clone()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut with_token = RouterClient::connect_with(&address, None, Some("ask-token".into()))
+        .await
+        .unwrap();
+    assert_eq!(with_token.ask(ask).await.unwrap().text, "Denver Broncos");
+}
+
+#[test]
+fn certificate_identities_are_read_from_the_common_name_and_the_san() {
+    let pki = Pki::new();
+    let der = std::fs::read(pki.path("expert-bert.der")).unwrap();
+    let mut ids = l2d::grpc::tls::certificate_identities(&der);
+    ids.sort();
+    assert_eq!(ids, ["expert-bert", "expert-bert"]);
+    assert!(l2d::grpc::tls::certificate_identities(b"not a certificate").is_empty());
+}
