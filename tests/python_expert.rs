@@ -131,3 +131,74 @@ async fn a_python_expert_registers_and_answers_through_the_router() {
     assert!(listed.experts.is_empty(), "{listed:?}");
     node.stop().await;
 }
+
+/// `examples/python_client/conformance.py` (grpcio, grpcio-health-checking, grpcio-reflection)
+/// checks a scheduler's health service, reflection, and `Router.Ask`'s documented status codes,
+/// with and without deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_finds_the_documented_contract() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path(), &replay_pair(Some(0.5), Some(0.9)));
+    let (node, _scheduler, _local) =
+        spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;
+
+    // A second scheduler whose only expert takes an hour.
+    let backend = l2d::expert::replay::ReplayBackend::load(
+        &fixture("strong-predictions.json"),
+        Some(mini_squad()),
+        10.0,
+    )
+    .unwrap();
+    let slow = l2d::expert::ExpertNode::new("strong", 10.0, std::sync::Arc::new(backend))
+        .with_delay(Duration::from_secs(3600));
+    let slow_expert = spawn_node(move |listener, stopped| {
+        l2d::expert::serve(listener, slow, None, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    let (slow_node, slow_scheduler, _none) =
+        spawn_scheduler(SchedulerConfig::default(), None, 0.1).await;
+    slow_scheduler
+        .registry
+        .declare_expert("strong", 10.0, "replay");
+    slow_scheduler
+        .registry
+        .add_fixed_replica(
+            "strong",
+            &slow_expert.addr.to_string(),
+            pb::replica_state::Origin::Static,
+            None,
+        )
+        .unwrap();
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python_client/conformance.py"
+    );
+    let router = node.addr.to_string();
+    let slow_router = slow_node.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args([script, "--router", &router, "--slow-router", &slow_router])
+            .output()
+            .expect("run the python client")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("conformance: every check passed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 15,
+        "{stdout}"
+    );
+}

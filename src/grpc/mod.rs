@@ -9,8 +9,8 @@ pub mod status;
 pub mod tls;
 
 /// Largest gRPC message every l2d server and client accepts or sends: a query's largest context
-/// (256 KiB by default) and question fit many times over; anything bigger is refused with
-/// RESOURCE_EXHAUSTED before it is decoded.
+/// (256 KiB by default) and question fit many times over. A bigger message is refused from its
+/// length prefix, before its body is read (tonic answers OUT_OF_RANGE).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Messages and services generated from `proto/l2d/v1/*.proto`.
