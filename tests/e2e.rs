@@ -787,3 +787,68 @@ async fn pool_file_changes_apply_while_serving_and_bad_ones_are_refused_whole() 
     assert_eq!(router.ask(ask).await.unwrap().expert_id, "strong");
     assert!(scheduler.reload_pool().unwrap().is_none(), "unchanged file");
 }
+
+/// Raw bytes through gRPC, to send what no generated client can: invalid UTF-8 in a string.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_and_garbage_at_the_wire_get_a_status_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path(), &replay_pair(Some(0.5), Some(0.9)));
+    let (node, _s, _local) = spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;
+    let mut grpc = tonic::client::Grpc::new(node.channel().await);
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/l2d.v1.Router/Ask");
+    // Field 1 (question), length 3, bytes that are not UTF-8; then bytes that are no protobuf.
+    for body in [vec![0x0a, 0x03, 0xff, 0xfe, 0xfd], vec![0xff; 64]] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(tonic::Request::new(body), path.clone(), RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+        assert!(status.message().contains("decode"), "{status:?}");
+    }
+    let mut router = RouterClient::from_channel(node.channel().await);
+    let ask = Ask::new(SB_AFC, SB_CONTEXT).id("sb-afc");
+    assert_eq!(router.ask(ask).await.unwrap().text, "Denver Broncos");
+}
