@@ -15,6 +15,23 @@ use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_replicas_share_the_work() {
+    let (_a, addr_a) = expert("strong", &[]);
+    let (_b, addr_b) = expert("strong", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = pool_entry("strong", 0.9, &addresses(&[&addr_a, &addr_b]));
+    let (_s, router, _) = scheduler(dir.path(), &body, &[]);
+    let outcomes = load(&router, questions(), 400, 4, usize::MAX, || {}).await;
+    assert_eq!(failures(&outcomes), Vec::<String>::new());
+    let counts = by_replica(&outcomes);
+    for addr in [&addr_a, &addr_b] {
+        let n = counts.get(addr).copied().unwrap_or(0);
+        // An even split is 200 each.
+        assert!(n >= 80, "{addr} answered {n} of 400: {counts:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_gets_a_smaller_share() {
     let (_fast, addr_fast) = expert("strong", &[]);
     let (_slow, addr_slow) = expert("strong", &["--delay", "20ms"]);

@@ -30,7 +30,7 @@ pids+=("$scheduler")
 sleep 0.5
 worker() { # id port
   "$bin" expert --listen "127.0.0.1:$2" --pool "$pool" --id "$1" --register "127.0.0.1:$port" \
-    2>> "$out/workers.log" &
+    > /dev/null 2>> "$out/workers.log" &
   echo $!
 }
 next=$((port + 10))

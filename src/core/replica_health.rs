@@ -117,9 +117,17 @@ impl ReplicaHealth {
 
     /// The PeakEWMA estimate at `now`, in seconds (decayed toward zero since the last update).
     pub fn rtt(&self, now: Instant, p: &HealthParams) -> f64 {
+        self.measured_rtt(now, p)
+            .unwrap_or(p.default_rtt.as_secs_f64())
+    }
+
+    /// The estimate at `now`, `None` before the first measurement.
+    pub fn measured_rtt(&self, now: Instant, p: &HealthParams) -> Option<f64> {
         match (self.rtt, self.rtt_stamp) {
-            (Some(rtt), Some(stamp)) => rtt * keep(now.saturating_duration_since(stamp), p.decay),
-            _ => p.default_rtt.as_secs_f64(),
+            (Some(rtt), Some(stamp)) => {
+                Some(rtt * keep(now.saturating_duration_since(stamp), p.decay))
+            }
+            _ => None,
         }
     }
 

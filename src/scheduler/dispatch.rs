@@ -148,7 +148,7 @@ async fn run_probe(
     try_timeout: Duration,
 ) -> ProbeResult {
     let now = Instant::now();
-    let loads: Vec<ReplicaLoad> = group.replicas.iter().map(|r| r.load(now)).collect();
+    let loads: Vec<ReplicaLoad> = group.loads(now);
     let single = [Candidate {
         cost: group.entry.cost,
         expected_cost: None,
@@ -378,11 +378,7 @@ impl RouterService {
         let mut scores = Vec::with_capacity(metas.len());
         policy.0.score(&query, &probe_texts, &metas, &mut scores);
         let now = Instant::now();
-        let loads: Vec<Vec<ReplicaLoad>> = snapshot
-            .experts
-            .iter()
-            .map(|g| g.replicas.iter().map(|r| r.load(now)).collect())
-            .collect();
+        let loads: Vec<Vec<ReplicaLoad>> = snapshot.experts.iter().map(|g| g.loads(now)).collect();
         let probe_of = |i: usize| probe_groups.iter().position(|g| *g == Some(i));
         let candidates: Vec<Candidate<'_>> = snapshot
             .experts

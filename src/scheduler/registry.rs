@@ -240,8 +240,9 @@ impl Replica {
             .is_some_and(|(_, lease)| lock(lease).is_expired(now))
     }
 
-    /// What the decision needs to know about this replica now.
-    pub fn load(&self, now: Instant) -> ReplicaLoad {
+    /// What the decision needs to know about this replica now; `rtt` is NaN before the first
+    /// measurement (see [`ExpertGroup::loads`]).
+    fn load(&self, now: Instant) -> ReplicaLoad {
         let queued = if self.lease.is_some() {
             lock(&self.reported).queue_depth
         } else {
@@ -249,7 +250,12 @@ impl Replica {
         };
         let (rtt, ejected) = {
             let health = lock(&self.health);
-            (health.rtt(now, &self.health_params), health.is_ejected(now))
+            (
+                health
+                    .measured_rtt(now, &self.health_params)
+                    .unwrap_or(f64::NAN),
+                health.is_ejected(now),
+            )
         };
         ReplicaLoad {
             in_flight: self.in_flight().saturating_add(queued),
@@ -300,6 +306,32 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct ExpertGroup {
     pub entry: Arc<ExpertEntry>,
     pub replicas: Vec<Arc<Replica>>,
+}
+
+impl ExpertGroup {
+    /// What the decision knows about each replica now. A replica not measured yet is given its
+    /// measured siblings' mean latency (the default, 30 ms, when none is measured): a new or
+    /// idle replica of an expert whose others answer in a millisecond must get its share at
+    /// once, not wait behind a pessimistic default that nothing would ever correct.
+    pub fn loads(&self, now: Instant) -> Vec<ReplicaLoad> {
+        let mut loads: Vec<ReplicaLoad> = self.replicas.iter().map(|r| r.load(now)).collect();
+        let measured: Vec<f64> = loads
+            .iter()
+            .map(|l| l.rtt)
+            .filter(|r| !r.is_nan())
+            .collect();
+        let fill = if measured.is_empty() {
+            self.replicas
+                .first()
+                .map_or(0.03, |r| r.health_params.default_rtt.as_secs_f64())
+        } else {
+            measured.iter().sum::<f64>() / measured.len() as f64
+        };
+        for l in loads.iter_mut().filter(|l| l.rtt.is_nan()) {
+            l.rtt = fill;
+        }
+        loads
+    }
 }
 
 /// The pool at one moment: immutable, cheap to read, replaced on membership change.
@@ -922,7 +954,7 @@ mod tests {
         let a = replica.try_begin_call().unwrap();
         let b = replica.try_begin_call().unwrap();
         assert!(replica.try_begin_call().is_none());
-        assert!(replica.load(Instant::now()).saturated());
+        assert!(snap.experts[0].loads(Instant::now())[0].saturated());
         drop(a);
         assert_eq!(replica.in_flight(), 1);
         let _c = replica.try_begin_call().unwrap();
@@ -954,7 +986,7 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert!(!replica.is_available(t0));
-        assert!(!replica.load(t0).available);
+        assert!(!snap.experts[0].loads(t0)[0].available);
         assert!(reg.states(t0)[0].replicas[0].ejected_ms > 0);
         // Ejected is not gone: the reaper only removes lapsed leases.
         assert!(reg.reap_expired(t0).is_empty());
@@ -964,5 +996,28 @@ mod tests {
         // A failed check ejects at once.
         assert!(replica.record_health_check(false, t0).is_some());
         assert!(!replica.is_available(t0));
+    }
+
+    #[tokio::test]
+    async fn an_unmeasured_replica_is_given_its_siblings_latency() {
+        let reg = registry();
+        reg.declare_expert("x", 1.0, "replay");
+        for port in [9011, 9012] {
+            reg.add_fixed_replica("x", &format!("127.0.0.1:{port}"), Origin::Static, None)
+                .unwrap();
+        }
+        let snap = reg.snapshot();
+        let t0 = Instant::now();
+        // Nothing measured: the default for both.
+        assert!(
+            snap.experts[0]
+                .loads(t0)
+                .iter()
+                .all(|l| (l.rtt - 0.030).abs() < 1e-12)
+        );
+        snap.experts[0].replicas[0].record_call(Code::Ok, Duration::from_millis(1), t0);
+        let loads = snap.experts[0].loads(t0);
+        assert!((loads[0].rtt - 0.001).abs() < 1e-12);
+        assert_eq!(loads[1].rtt, loads[0].rtt);
     }
 }
