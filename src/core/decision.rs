@@ -33,8 +33,8 @@
 //!    selection: linear in the pool size); the rest of [`Plan::ranked`] follows in pool order.
 //! 3. Within an expert, the replica is chosen on its PeakEWMA load `rtt · (in_flight + 1)`
 //!    (tower's and linkerd's balancer cost): by a full scan when the expert has at most
-//!    `full_scan_up_to` usable replicas (ties broken by distance from `seed`, so idle replicas
-//!    share work), otherwise by power of two choices (two replicas drawn from `seed`, the
+//!    `full_scan_up_to` usable replicas (ties broken by distance from a position drawn from
+//!    `seed`, so idle replicas share work), otherwise by power of two choices (two replicas drawn from `seed`, the
 //!    cheaper first).
 //! 4. Each expert gets up to `tries_per_expert` attempts on distinct replicas (a retry on another
 //!    replica), then the next expert is the fallback; at most `max_attempts` in total.
@@ -402,7 +402,9 @@ fn order_replicas(
     let by_cost = |a: usize, b: usize| replicas[a].cost().total_cmp(&replicas[b].cost());
     if n <= params.full_scan_up_to.max(1) {
         let len = replicas.len();
-        let start = (params.seed % len as u64) as usize;
+        // Mixed, so periodic traffic (the same query every N requests) does not always land on
+        // the same replica of a tie.
+        let start = (mix(params.seed ^ expert as u64) % len as u64) as usize;
         out.sort_by(|&a, &b| {
             by_cost(a, b).then(((a + len - start) % len).cmp(&((b + len - start) % len)))
         });
@@ -478,7 +480,12 @@ mod tests {
         let plan = decide(&cands, &DecisionParams::default()).unwrap();
         assert_eq!(plan.ranked, vec![1, 2, 0]);
         assert_eq!(plan.chosen(), 1);
-        assert_eq!(pairs(&plan), vec![(1, 0), (1, 1), (2, 0), (0, 0)]);
+        let attempts = pairs(&plan);
+        // Both replicas of the best expert (in an order the seed picks), then the fallbacks.
+        let mut retry = attempts[..2].to_vec();
+        retry.sort_unstable();
+        assert_eq!(retry, vec![(1, 0), (1, 1)]);
+        assert_eq!(attempts[2..], [(2, 0), (0, 0)]);
     }
 
     #[test]
@@ -616,9 +623,9 @@ mod tests {
             };
             decide(&cands, &p).unwrap().attempts[0].replica
         };
-        assert_eq!(first(0), 1);
-        assert_eq!(first(1), 1);
-        assert_eq!(first(2), 2);
+        // Always an idle fast replica; the seed spreads the tie between them.
+        let firsts: std::collections::HashSet<usize> = (0..64).map(first).collect();
+        assert_eq!(firsts, [1, 2].into_iter().collect());
         // A slow replica is last even when idle: 0.5 × 1 > 0.01 × 4.
         let p = DecisionParams {
             tries_per_expert: 4,
@@ -630,7 +637,10 @@ mod tests {
             .iter()
             .map(|a| a.replica)
             .collect();
-        assert_eq!(order, vec![1, 2, 0, 3]);
+        let mut idle = order[..2].to_vec();
+        idle.sort_unstable();
+        assert_eq!(idle, vec![1, 2]);
+        assert_eq!(order[2..], [0, 3]);
     }
 
     #[test]
