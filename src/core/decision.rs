@@ -212,8 +212,20 @@ pub fn load_term(replicas: &[ReplicaLoad], load_weight: f64) -> f64 {
     load_weight.max(0.0) * u / (1.0 - u).max(1e-9)
 }
 
-/// Smallest and largest hint for retrying a saturated pool.
-const RETRY_AFTER_RANGE: (f64, f64) = (0.005, 1.0);
+/// How long a caller shed by a saturated pool should wait, in seconds: the fastest of the
+/// saturated replicas' latencies (about when a slot frees), between 5 ms and 1 s; 1 s when none
+/// is known.
+pub fn retry_after(latencies: impl IntoIterator<Item = f64>) -> f64 {
+    let fastest = latencies
+        .into_iter()
+        .filter(|rtt| rtt.is_finite())
+        .fold(f64::INFINITY, f64::min);
+    if fastest.is_finite() {
+        fastest.clamp(0.005, 1.0)
+    } else {
+        1.0
+    }
+}
 
 pub fn decide(
     candidates: &[Candidate<'_>],
@@ -283,21 +295,14 @@ fn nothing_eligible(
     let count = |kind| excluded.iter().filter(|(_, e)| *e == kind).count();
     let (over_budget, saturated) = (count(Exclusion::OverBudget), count(Exclusion::Saturated));
     if saturated > 0 {
-        let fastest = excluded
+        let latencies = excluded
             .iter()
             .filter(|(_, e)| *e == Exclusion::Saturated)
             .flat_map(|&(i, _)| candidates[i].replicas.iter().filter(|r| r.available))
-            .map(|r| r.rtt)
-            .filter(|rtt| rtt.is_finite())
-            .fold(f64::INFINITY, f64::min);
-        let (lo, hi) = RETRY_AFTER_RANGE;
+            .map(|r| r.rtt);
         return DecisionError::Saturated {
             saturated,
-            retry_after: if fastest.is_finite() {
-                fastest.clamp(lo, hi)
-            } else {
-                hi
-            },
+            retry_after: retry_after(latencies),
         };
     }
     match params.budget {

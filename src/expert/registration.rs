@@ -79,15 +79,6 @@ impl Announcement {
     }
 }
 
-/// Turns `host:port` into an `http://` URI; full URIs pass through.
-pub fn endpoint_uri(address: &str) -> String {
-    if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    }
-}
-
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` fires (or its sender is dropped), then deregisters.

@@ -7,7 +7,9 @@
 use super::Scheduler;
 use super::decision_log::{LoggedDecision, uniform_pair};
 use super::registry::{ExpertGroup, PoolSnapshot};
-use crate::core::decision::{Candidate, DecisionParams, Plan, ReplicaLoad, decide, explore};
+use crate::core::decision::{
+    Candidate, DecisionParams, Plan, ReplicaLoad, decide, explore, retry_after,
+};
 use crate::core::policy::ExpertMeta;
 use crate::core::query::Query;
 use crate::grpc::deadline::request_timeout;
@@ -561,21 +563,16 @@ impl RouterService {
         log(None, charged);
         if skipped_full == plan.attempts.len() {
             // Every option filled up between the decision and the calls: shed, with a hint.
-            let retry = plan
+            let latencies = plan
                 .attempts
                 .iter()
-                .map(|a| loads[a.expert].get(a.replica).map_or(0.0, |r| r.rtt))
-                .fold(f64::INFINITY, f64::min);
+                .filter_map(|a| loads[a.expert].get(a.replica).map(|r| r.rtt));
             return Err(resource_exhausted(
                 format!(
                     "every replica the decision chose is at its concurrency limit ({} tried)",
                     skipped_full
                 ),
-                Duration::from_secs_f64(if retry.is_finite() {
-                    retry.clamp(0.005, 1.0)
-                } else {
-                    0.05
-                }),
+                Duration::from_secs_f64(retry_after(latencies)),
             ));
         }
         Err(every_attempt_failed(&decision))
