@@ -810,6 +810,7 @@ async fn run_scheduler(
         None => PoolFile {
             path: PathBuf::new(),
             experts: Vec::new(),
+            digest: String::new(),
         },
     };
     let mut config = config;

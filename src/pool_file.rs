@@ -31,6 +31,8 @@ pub struct PoolFile {
     /// Where the pool was read from (for messages).
     pub path: PathBuf,
     pub experts: Vec<ExpertSpec>,
+    /// Digest of the text it was parsed from (a reload compares it with the file's).
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +177,7 @@ impl PoolFile {
         Ok(Self {
             path: path.to_owned(),
             experts,
+            digest: crate::core::learned::digest(text.as_bytes()),
         })
     }
 }

@@ -150,8 +150,8 @@ pub struct Scheduler {
     ask_duration: metrics::Histogram,
     /// DNS names resolved again every `dns_interval`.
     dns_targets: Mutex<Vec<crate::cluster::DnsTarget>>,
-    /// The pool file in force and the digest of its bytes (reloaded when they change).
-    pool_file: Mutex<Option<(crate::pool_file::PoolFile, String)>>,
+    /// The pool file in force (reloaded when the file's digest changes).
+    pool_file: Mutex<Option<crate::pool_file::PoolFile>>,
 }
 
 impl Scheduler {
@@ -278,26 +278,21 @@ impl Scheduler {
     /// Remembers the pool file the registry was built from, so changes to it are applied while
     /// serving (`pool.path` empty: nothing to watch).
     pub fn set_pool_file(&self, pool: crate::pool_file::PoolFile) {
-        if pool.path.as_os_str().is_empty() {
-            return;
+        if !pool.path.as_os_str().is_empty() {
+            *lock(&self.pool_file) = Some(pool);
         }
-        let digest = std::fs::read(&pool.path)
-            .map(|bytes| digest(&bytes))
-            .unwrap_or_default();
-        *lock(&self.pool_file) = Some((pool, digest));
     }
 
     /// Re-reads the pool file: `Ok(None)` when unchanged, `Ok(Some(changes))` when applied; on
     /// error (unreadable, invalid, or a change that needs a restart) the pool stays as it was.
     pub fn reload_pool(&self) -> Result<Option<pool_reload::Changes>, String> {
         let mut current = lock(&self.pool_file);
-        let Some((old, old_digest)) = current.as_ref() else {
+        let Some(old) = current.as_ref() else {
             return Ok(None);
         };
         let bytes = std::fs::read(&old.path)
             .map_err(|e| format!("cannot read pool file {}: {e}", old.path.display()))?;
-        let new_digest = digest(&bytes);
-        if new_digest == *old_digest {
+        if digest(&bytes) == old.digest {
             return Ok(None);
         }
         let text = String::from_utf8(bytes)
@@ -306,7 +301,7 @@ impl Scheduler {
         pool_reload::check(old, &new)
             .map_err(|e| format!("pool file {}: {e}", old.path.display()))?;
         let changes = pool_reload::apply(self, old, &new)?;
-        *current = Some((new, new_digest));
+        *current = Some(new);
         Ok(Some(changes))
     }
 
@@ -348,14 +343,37 @@ pub async fn serve(
                 .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
         );
-    let tasks = [
+    let mut tasks = vec![
         tokio::spawn(reap_leases(scheduler.clone())),
-        tokio::spawn(watch_policy(scheduler.clone())),
-        tokio::spawn(watch_pool(scheduler.clone())),
         tokio::spawn(resolve_dns(scheduler.clone())),
         tokio::spawn(check_health(scheduler.clone())),
         tokio::spawn(crate::telemetry::upkeep(Duration::from_secs(5))),
     ];
+    if scheduler.source != PolicySource::Fixed {
+        tasks.push(tokio::spawn(watch_file(
+            scheduler.clone(),
+            "l2d_policy_reloads_total",
+            |s| s.reload_policy().map(|changed| changed.then_some(())),
+            |_| {},
+            "policy reload failed; the previous policy stays active",
+        )));
+    }
+    if lock(&scheduler.pool_file).is_some() {
+        tasks.push(tokio::spawn(watch_file(
+            scheduler.clone(),
+            "l2d_pool_reloads_total",
+            Scheduler::reload_pool,
+            |changes| {
+                tracing::info!(
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    updated = ?changes.updated,
+                    "pool file reloaded"
+                )
+            },
+            "pool file reload failed; the pool stays as it was",
+        )));
+    }
     tracing::info!(
         address = %listener.local_addr()?,
         policy = %scheduler.policy().0.identity().id,
@@ -380,31 +398,41 @@ pub async fn serve(
     result
 }
 
-/// Reloads the policy file when its content changes (polling, which also sees Kubernetes
-/// ConfigMap updates, made by swapping a symlink). A bad file is logged and the old policy
-/// stays.
-async fn watch_policy(scheduler: Arc<Scheduler>) {
-    if scheduler.source == PolicySource::Fixed {
-        return;
-    }
-    let mut tick = tokio::time::interval(scheduler.config.policy_poll);
+/// A periodic tick that waits out a missed tick instead of bursting to catch up.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Re-reads a file the scheduler serves from (the policy, the pool) every `policy_poll`:
+/// polling also sees Kubernetes ConfigMap updates, made by swapping a symlink. `reload` returns
+/// what changed, `None` when the file did not, or why it refused the file; a refusal is logged
+/// once per distinct reason with `refused`, and every outcome is counted in `metric`
+/// (`result="ok"` for an applied change, `result="error"` for a refusal).
+async fn watch_file<T: Send + 'static>(
+    scheduler: Arc<Scheduler>,
+    metric: &'static str,
+    reload: fn(&Scheduler) -> Result<Option<T>, String>,
+    applied: fn(&T),
+    refused: &'static str,
+) {
+    let mut tick = ticker(scheduler.config.policy_poll);
     let mut last_error = String::new();
     loop {
         tick.tick().await;
         let s = scheduler.clone();
-        let result = tokio::task::spawn_blocking(move || s.reload_policy()).await;
-        match result {
-            Ok(Ok(changed)) => {
-                if changed {
-                    metrics::counter!("l2d_policy_reloads_total", "result" => "ok").increment(1);
-                }
+        match tokio::task::spawn_blocking(move || reload(&s)).await {
+            Ok(Ok(Some(change))) => {
+                metrics::counter!(metric, "result" => "ok").increment(1);
+                applied(&change);
                 last_error.clear();
             }
+            Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 if e != last_error {
-                    metrics::counter!("l2d_policy_reloads_total", "result" => "error").increment(1);
-                    tracing::error!(error = %e, "policy reload failed; the previous policy stays active");
+                    metrics::counter!(metric, "result" => "error").increment(1);
+                    tracing::error!(error = %e, "{refused}");
                     last_error = e;
                 }
             }
@@ -414,8 +442,7 @@ async fn watch_policy(scheduler: Arc<Scheduler>) {
 }
 
 async fn reap_leases(scheduler: Arc<Scheduler>) {
-    let mut tick = tokio::time::interval(scheduler.config.reap_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(scheduler.config.reap_interval);
     loop {
         tick.tick().await;
         for (expert, address) in scheduler.registry.reap_expired(Instant::now()) {
@@ -424,47 +451,10 @@ async fn reap_leases(scheduler: Arc<Scheduler>) {
     }
 }
 
-/// Applies changes to the pool file (polled like the policy file). A bad file or a change that
-/// needs a restart is logged once and exported as `l2d_pool_reloads_total{result="error"}`.
-async fn watch_pool(scheduler: Arc<Scheduler>) {
-    if lock(&scheduler.pool_file).is_none() {
-        return;
-    }
-    let mut tick = tokio::time::interval(scheduler.config.policy_poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error = String::new();
-    loop {
-        tick.tick().await;
-        let s = scheduler.clone();
-        match tokio::task::spawn_blocking(move || s.reload_pool()).await {
-            Ok(Ok(Some(changes))) => {
-                metrics::counter!("l2d_pool_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(
-                    added = ?changes.added,
-                    removed = ?changes.removed,
-                    updated = ?changes.updated,
-                    "pool file reloaded"
-                );
-                last_error.clear();
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                if e != last_error {
-                    metrics::counter!("l2d_pool_reloads_total", "result" => "error").increment(1);
-                    tracing::error!(error = %e, "pool file reload failed; the pool stays as it was");
-                    last_error = e;
-                }
-            }
-            Err(_) => {}
-        }
-    }
-}
-
 /// Resolves the pool file's DNS names again every `dns_interval`: new addresses join, vanished
 /// ones leave. A failed resolution keeps the replicas known so far.
 async fn resolve_dns(scheduler: Arc<Scheduler>) {
-    let mut tick = tokio::time::interval(scheduler.config.dns_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(scheduler.config.dns_interval);
     tick.tick().await;
     loop {
         tick.tick().await;
@@ -502,8 +492,7 @@ async fn check_health(scheduler: Arc<Scheduler>) {
         return;
     }
     let timeout = every.min(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     loop {
         tick.tick().await;
         let snapshot = scheduler.registry.snapshot();
