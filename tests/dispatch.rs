@@ -8,7 +8,7 @@ mod common;
 
 use common::cluster::*;
 use l2d::grpc::status::retry_after;
-use l2d::pb::{self, expert_client::ExpertClient, pool_client::PoolClient};
+use l2d::pb;
 use l2d::{Ask, RouterClient};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -131,31 +131,16 @@ async fn a_short_deadline_ends_with_deadline_exceeded_and_frees_the_experts_slot
 
     // The expert's own slot is freed (the scheduler cancelled the call), and so is the
     // scheduler's.
-    let mut direct = ExpertClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(10), "the expert's slot to free", || {
-        let mut direct = direct.clone();
-        async move {
-            let d = direct
-                .describe(pb::DescribeRequest {})
-                .await
-                .unwrap()
-                .into_inner();
+    common::eventually(
+        Duration::from_secs(10),
+        "the expert's slot to free",
+        || async {
+            let d = describe(&addr).await;
             d.in_flight == 0 && d.queue_depth == 0 && d.max_concurrency == 1
-        }
-    })
+        },
+    )
     .await;
-    let _ = &mut direct;
-    let mut pool = PoolClient::connect(format!("http://{router}"))
-        .await
-        .unwrap();
-    let listed = pool
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.experts[0].replicas[0].in_flight, 0);
+    assert_eq!(list_pool(&router).await.experts[0].replicas[0].in_flight, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,16 +149,6 @@ async fn cancelling_the_client_call_cancels_the_expert_call() {
     let dir = tempfile::tempdir().unwrap();
     let body = pool_entry("strong", 0.9, &addresses(&[&addr]));
     let (_s, router, _) = scheduler(dir.path(), &body, &[]);
-    let describe = |mut client: ExpertClient<tonic::transport::Channel>| async move {
-        client
-            .describe(pb::DescribeRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let direct = ExpertClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
 
     // No deadline anywhere: only the cancellation can end the expert's call.
     let (id, question, context) = questions().remove(0);
@@ -182,20 +157,14 @@ async fn cancelling_the_client_call_cancels_the_expert_call() {
     common::eventually(
         Duration::from_secs(10),
         "the call to reach the expert",
-        || {
-            let direct = direct.clone();
-            async move { describe(direct).await.in_flight == 1 }
-        },
+        || async { describe(&addr).await.in_flight == 1 },
     )
     .await;
     call.abort();
     common::eventually(
         Duration::from_secs(10),
         "the expert's call to be cancelled",
-        || {
-            let direct = direct.clone();
-            async move { describe(direct).await.in_flight == 0 }
-        },
+        || async { describe(&addr).await.in_flight == 0 },
     )
     .await;
 }
@@ -210,14 +179,7 @@ async fn dns_names_become_replicas_and_metrics_describe_the_traffic_without_quer
 
     let outcomes = load(&router, questions(), 20, 2, usize::MAX, || {}).await;
     assert_eq!(failures(&outcomes), Vec::<String>::new());
-    let mut pool = PoolClient::connect(format!("http://{router}"))
-        .await
-        .unwrap();
-    let listed = pool
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_pool(&router).await;
     let replica = &listed.experts[0].replicas[0];
     assert_eq!(replica.origin, pb::replica_state::Origin::Dns as i32);
     assert_eq!(replica.address, addr);

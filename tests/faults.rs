@@ -7,7 +7,6 @@
 mod common;
 
 use common::cluster::*;
-use common::fixture;
 use common::process::Proc;
 use l2d::pb::{self, pool_client::PoolClient};
 use l2d::{Ask, RouterClient};
@@ -60,14 +59,7 @@ async fn a_replica_killed_under_load_loses_no_call() {
     drop(a);
 
     // The pool shows the dead replica's failures, and ejected it.
-    let mut pool = PoolClient::connect(format!("http://{router}"))
-        .await
-        .unwrap();
-    let listed = pool
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_pool(&router).await;
     let dead = listed
         .experts
         .iter()
@@ -118,26 +110,14 @@ async fn a_frozen_replica_is_timed_out_retried_and_ejected() {
         "no call was timed out on the frozen replica"
     );
     // Its health check fails too: it is ejected, out of the rotation.
-    let pool = PoolClient::connect(format!("http://{router}"))
-        .await
-        .unwrap();
     common::eventually(
         Duration::from_secs(10),
         "the frozen replica's ejection",
-        || {
-            let mut pool = pool.clone();
-            let addr_hung = addr_hung.clone();
-            async move {
-                let listed = pool
-                    .list_pool(pb::ListPoolRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
-                listed.experts[0]
-                    .replicas
-                    .iter()
-                    .any(|r| r.address == addr_hung && r.ejected_ms > 0)
-            }
+        || async {
+            list_pool(&router).await.experts[0]
+                .replicas
+                .iter()
+                .any(|r| r.address == addr_hung && r.ejected_ms > 0)
         },
     )
     .await;
@@ -204,29 +184,9 @@ async fn experts_register_again_with_a_restarted_scheduler() {
         s
     };
     let first = start();
-    let predictions = fixture("strong-predictions.json");
-    let data = fixture("mini-squad.json");
     let mut experts = Vec::new();
     for _ in 0..2 {
-        let mut e = Proc::spawn(&[
-            "expert",
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            "strong",
-            "--backend",
-            "replay",
-            "--predictions",
-            predictions.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--cost",
-            "10",
-            "--register",
-            &router,
-            "--lease-ttl",
-            "1s",
-        ]);
+        let (mut e, _) = expert("strong", &["--register", &router, "--lease-ttl", "1s"]);
         e.wait_for("registered with scheduler");
         experts.push(e);
     }

@@ -248,3 +248,26 @@ pub fn scrape(address: &str) -> String {
     stream.read_to_string(&mut body).unwrap();
     body
 }
+
+/// The scheduler's pool as `Pool.ListPool` reports it.
+pub async fn list_pool(router: &str) -> pb::ListPoolResponse {
+    let mut pool = pb::pool_client::PoolClient::connect(format!("http://{router}"))
+        .await
+        .unwrap();
+    pool.list_pool(pb::ListPoolRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// An expert worker's own account of itself (`Expert.Describe`: identity and live load).
+pub async fn describe(expert: &str) -> pb::DescribeResponse {
+    let mut client = pb::expert_client::ExpertClient::connect(format!("http://{expert}"))
+        .await
+        .unwrap();
+    client
+        .describe(pb::DescribeRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
