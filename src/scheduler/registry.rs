@@ -315,17 +315,16 @@ impl ExpertGroup {
     /// once, not wait behind a pessimistic default that nothing would ever correct.
     pub fn loads(&self, now: Instant) -> Vec<ReplicaLoad> {
         let mut loads: Vec<ReplicaLoad> = self.replicas.iter().map(|r| r.load(now)).collect();
-        let measured: Vec<f64> = loads
+        let (sum, measured) = loads
             .iter()
-            .map(|l| l.rtt)
-            .filter(|r| !r.is_nan())
-            .collect();
-        let fill = if measured.is_empty() {
+            .filter(|l| !l.rtt.is_nan())
+            .fold((0.0, 0usize), |(sum, n), l| (sum + l.rtt, n + 1));
+        let fill = if measured == 0 {
             self.replicas
                 .first()
                 .map_or(0.03, |r| r.health_params.default_rtt.as_secs_f64())
         } else {
-            measured.iter().sum::<f64>() / measured.len() as f64
+            sum / measured as f64
         };
         for l in loads.iter_mut().filter(|l| l.rtt.is_nan()) {
             l.rtt = fill;
