@@ -68,13 +68,14 @@ impl From<crate::scheduler::RegistryError> for Status {
 }
 
 /// Whether a failed expert call is worth trying elsewhere. A query the expert refused as
-/// malformed fails the same way everywhere; every other failure (unreachable, overloaded, no
-/// answer in its recordings, internal error) may succeed on another replica or expert.
+/// malformed fails the same way everywhere, and a deadline that passed has passed; every other
+/// failure (unreachable, overloaded, no answer in its recordings, internal error) may succeed on
+/// another replica or expert. That includes CANCELLED: the scheduler's own cancellation drops
+/// the call instead of returning it, so an expert call ends CANCELLED when its connection died
+/// under it (a killed replica) or when the expert's server ran out of the forwarded deadline,
+/// which the caller checks first.
 pub fn worth_another_try(code: Code) -> bool {
-    !matches!(
-        code,
-        Code::InvalidArgument | Code::Cancelled | Code::DeadlineExceeded
-    )
+    !matches!(code, Code::InvalidArgument | Code::DeadlineExceeded)
 }
 
 /// The canonical upper-case name of a status code, as the gRPC specification spells it.
@@ -133,6 +134,7 @@ mod tests {
         assert!(worth_another_try(Code::Internal));
         assert!(!worth_another_try(Code::InvalidArgument));
         assert!(!worth_another_try(Code::DeadlineExceeded));
+        assert!(worth_another_try(Code::Cancelled));
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
     }
 }
