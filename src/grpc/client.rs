@@ -116,7 +116,10 @@ impl RouterClient {
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
-        Ok(self.inner.ask(request).await?.into_inner())
+        match self.inner.ask(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(crate::grpc::status::client_deadline(status)),
+        }
     }
 
     /// The generated client, for calls this wrapper does not cover.

@@ -67,6 +67,17 @@ impl From<crate::scheduler::RegistryError> for Status {
     }
 }
 
+/// A client's view of a call it gave a deadline: tonic's client enforces that deadline itself
+/// and reports it as CANCELLED "Timeout expired" when it fires before the server's answer
+/// arrives; that is the deadline's, DEADLINE_EXCEEDED, as gRPC specifies for clients.
+pub fn client_deadline(status: Status) -> Status {
+    if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
+        Status::deadline_exceeded("deadline passed before the answer arrived")
+    } else {
+        status
+    }
+}
+
 /// Whether a failed expert call is worth trying elsewhere. A query the expert refused as
 /// malformed fails the same way everywhere, and a deadline that passed has passed; every other
 /// failure (unreachable, overloaded, no answer in its recordings, internal error) may succeed on
@@ -135,6 +146,12 @@ mod tests {
         assert!(!worth_another_try(Code::InvalidArgument));
         assert!(!worth_another_try(Code::DeadlineExceeded));
         assert!(worth_another_try(Code::Cancelled));
+        let local = client_deadline(Status::cancelled("Timeout expired"));
+        assert_eq!(local.code(), Code::DeadlineExceeded);
+        assert_eq!(
+            client_deadline(Status::cancelled("other")).code(),
+            Code::Cancelled
+        );
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
     }
 }

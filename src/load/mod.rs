@@ -95,9 +95,12 @@ impl Client {
         q: &LoadQuery,
         timeout: Duration,
     ) -> Result<(String, f64, String), Failed> {
-        let fail = |s: tonic::Status| Failed {
-            code: code_name(s.code()),
-            message: s.message().to_owned(),
+        let fail = |s: tonic::Status| {
+            let s = crate::grpc::status::client_deadline(s);
+            Failed {
+                code: code_name(s.code()),
+                message: s.message().to_owned(),
+            }
         };
         match self {
             Client::Router(c, token) => {
