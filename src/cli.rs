@@ -151,18 +151,97 @@ pub struct DispatchArgs {
     #[arg(long, requires = "expert_tls_ca")]
     pub expert_tls_domain: Option<String>,
     /// Pool mutations (Register, Heartbeat, Deregister, ReloadPolicy) need this bearer token
-    /// (read from the file) or an allowed client certificate.
+    /// (read from the file, re-read when it changes) or an allowed client certificate. It may
+    /// serve any expert; see --pool-credentials for one credential per expert.
     #[arg(long)]
     pub pool_token_file: Option<PathBuf>,
     /// Client-certificate identities (common name or DNS/URI SAN) allowed to change the pool.
     #[arg(long, value_delimiter = ',')]
     pub pool_identities: Vec<String>,
+    /// A TOML file of pool credentials, each a token file or a certificate identity with the
+    /// expert ids it may serve (see docs/security.md).
+    #[arg(long)]
+    pub pool_credentials: Option<PathBuf>,
     /// Router.Ask needs this bearer token (read from the file) or an allowed client certificate.
     #[arg(long)]
     pub router_token_file: Option<PathBuf>,
     /// Client-certificate identities allowed to call Router.Ask.
     #[arg(long, value_delimiter = ',')]
     pub router_identities: Vec<String>,
+    /// Whether experts may join with Pool.Register ("off" where the pool file places every
+    /// expert, e.g. by DNS in Kubernetes).
+    #[arg(long, value_enum, default_value = "on")]
+    pub registration: Switch,
+    /// Serve Pool.Register without any pool credential on a non-loopback address (refused
+    /// otherwise): anyone who reaches the port can then join the pool as any expert.
+    #[arg(long)]
+    pub insecure_pool: bool,
+    /// Networks (CIDR) and DNS suffixes replicas may register at, comma-separated
+    /// (default: loopback only), e.g. 10.42.0.0/16,l2d.svc.cluster.local.
+    #[arg(long, value_delimiter = ',')]
+    pub register_allow: Vec<String>,
+    /// Registrations per second one credential may make on average (bursts of twice that).
+    #[arg(long, default_value_t = 20.0)]
+    pub register_rate: f64,
+    /// Experts the pool may hold; registrations beyond it get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    pub max_experts: usize,
+    /// Replicas the pool may hold; registrations beyond it get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    pub max_replicas: usize,
+    /// Serve the Pool service on this address instead of the Router's (so a network policy can
+    /// tell the two apart).
+    #[arg(long)]
+    pub pool_listen: Option<SocketAddr>,
+    /// Also serve grpc.health.v1 alone, in plain HTTP/2, here (probes that cannot speak TLS).
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub server_limits: ServerLimitArgs,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// Limits of a node's gRPC listener (see RELIABILITY.md, security).
+#[derive(Debug, Args)]
+pub struct ServerLimitArgs {
+    /// Connections open at once; one more is closed on accept.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Calls open at once on one connection (HTTP/2 max concurrent streams).
+    #[arg(long, default_value_t = 128)]
+    pub max_concurrent_streams: u32,
+    /// Longest a call may take on this node, body included (a shorter grpc-timeout wins).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl ServerLimitArgs {
+    fn limits(&self) -> anyhow::Result<crate::grpc::server::ServerLimits> {
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_streams > 0,
+            "--max-concurrent-streams must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.request_timeout.is_zero(),
+            "--request-timeout must be longer than 0s"
+        );
+        Ok(crate::grpc::server::ServerLimits {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            request_timeout: self.request_timeout,
+            ..crate::grpc::server::ServerLimits::default()
+        })
+    }
 }
 
 /// TLS on a node's gRPC listener.
@@ -180,9 +259,9 @@ pub struct ServerTlsArgs {
 }
 
 impl ServerTlsArgs {
-    fn config(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    fn config(&self) -> anyhow::Result<Option<Arc<crate::grpc::tls::ServerTls>>> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::server_config(
+            (Some(cert), Some(key)) => Ok(Some(crate::grpc::tls::ServerTls::load(
                 cert,
                 key,
                 self.tls_client_ca.as_deref(),
@@ -207,20 +286,6 @@ fn client_tls(
         cert.zip(key),
         domain,
     )?))
-}
-
-/// A secret read from a file (surrounding white space trimmed), refused when empty.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?
-        .trim()
-        .to_owned();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "the token file {} is empty",
-        path.display()
-    );
-    Ok(token)
 }
 
 /// TLS and credentials of a command that calls a scheduler.
@@ -253,7 +318,10 @@ impl ClientArgs {
     }
 
     fn token(&self) -> anyhow::Result<Option<String>> {
-        self.token_file.as_deref().map(read_token).transpose()
+        self.token_file
+            .as_deref()
+            .map(crate::scheduler::access::read_token)
+            .transpose()
     }
 }
 
@@ -288,23 +356,65 @@ impl DispatchArgs {
             self.expert_tls_key.as_deref(),
             self.expert_tls_domain.as_deref(),
         )?;
-        config.pool_access = crate::scheduler::access::Access {
-            token: self
-                .pool_token_file
-                .as_deref()
-                .map(read_token)
-                .transpose()?,
-            identities: self.pool_identities.clone(),
-        };
-        config.router_access = crate::scheduler::access::Access {
-            token: self
-                .router_token_file
-                .as_deref()
-                .map(read_token)
-                .transpose()?,
-            identities: self.router_identities.clone(),
-        };
+        config.gate = Arc::new(self.gate()?);
+        config.insecure_pool = self.insecure_pool;
+        if !self.register_allow.is_empty() {
+            config.register_allow = crate::core::allow_list::AllowList::parse(
+                self.register_allow.iter().map(String::as_str),
+            )
+            .map_err(|e| anyhow::anyhow!("--register-allow: {e}"))?;
+        }
+        anyhow::ensure!(
+            self.register_rate.is_finite() && self.register_rate > 0.0,
+            "--register-rate must be a positive number, got {}",
+            self.register_rate
+        );
+        config.register_rate = self.register_rate;
+        anyhow::ensure!(self.max_experts > 0, "--max-experts must be at least 1");
+        anyhow::ensure!(self.max_replicas > 0, "--max-replicas must be at least 1");
+        config.replicas.max_experts = self.max_experts;
+        config.replicas.max_replicas = self.max_replicas;
+        config.server_limits = self.server_limits.limits()?;
         Ok(())
+    }
+
+    /// The credentials of both surfaces, from the token files, identities and the credentials
+    /// file.
+    fn gate(&self) -> anyhow::Result<crate::scheduler::access::Gate> {
+        use crate::scheduler::access::{Access, Credential, Gate, load_credentials};
+        let mut pool = Vec::new();
+        if let Some(path) = &self.pool_token_file {
+            pool.push(Credential::token_file("pool-token", path)?);
+        }
+        pool.extend(
+            self.pool_identities
+                .iter()
+                .map(|id| Credential::certificate(id)),
+        );
+        if let Some(path) = &self.pool_credentials {
+            for credential in load_credentials(path)? {
+                anyhow::ensure!(
+                    pool.iter().all(|c: &Credential| c.name != credential.name),
+                    "--pool-credentials: the name {:?} is also given by another flag",
+                    credential.name
+                );
+                pool.push(credential);
+            }
+        }
+        let mut router = Vec::new();
+        if let Some(path) = &self.router_token_file {
+            router.push(Credential::token_file("router-token", path)?);
+        }
+        router.extend(
+            self.router_identities
+                .iter()
+                .map(|id| Credential::certificate(id)),
+        );
+        Ok(Gate {
+            pool: Access::new(pool),
+            router: Access::new(router),
+            registration: self.registration == Switch::On,
+        })
     }
 }
 
@@ -766,15 +876,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut config = SchedulerConfig::default();
             args.dispatch.apply(&mut config)?;
-            let metrics = args.dispatch.metrics_listen;
-            run_scheduler(args.listen, Some(pool), args.policy, config, metrics, true).await
+            run_scheduler(
+                args.listen,
+                Some(pool),
+                args.policy,
+                config,
+                &args.dispatch,
+                true,
+            )
+            .await
         }
         Command::Scheduler(args) => {
             let mut config = SchedulerConfig::default();
             config.replicas.leases.default_ttl = config.replicas.leases.grant(Some(args.lease_ttl));
             args.dispatch.apply(&mut config)?;
-            let metrics = args.dispatch.metrics_listen;
-            run_scheduler(args.listen, args.pool, args.policy, config, metrics, false).await
+            run_scheduler(
+                args.listen,
+                args.pool,
+                args.policy,
+                config,
+                &args.dispatch,
+                false,
+            )
+            .await
         }
         Command::Expert(args) => run_expert(args).await,
         Command::Ask(args) => ask(args).await,
@@ -802,9 +926,14 @@ async fn run_scheduler(
     pool_path: Option<PathBuf>,
     policy: PolicyArgs,
     config: SchedulerConfig,
-    metrics_listen: Option<SocketAddr>,
+    dispatch: &DispatchArgs,
     banner: bool,
 ) -> anyhow::Result<()> {
+    let (metrics_listen, pool_listen, health_listen) = (
+        dispatch.metrics_listen,
+        dispatch.pool_listen,
+        dispatch.health_listen,
+    );
     let pool = match &pool_path {
         Some(path) => PoolFile::load(path)?,
         None => PoolFile {
@@ -855,9 +984,20 @@ async fn run_scheduler(
     let mut scheduler = scheduler;
     scheduler.open_decision_log()?;
     let scheduler = Arc::new(scheduler);
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bind = |address: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}{what}"))
+    };
+    let listener = bind(listen, "").await?;
+    let pool_listener = match pool_listen {
+        Some(address) => Some(bind(address, " for Pool").await?),
+        None => None,
+    };
+    let health_listener = match health_listen {
+        Some(address) => Some(bind(address, " for health checks").await?),
+        None => None,
+    };
     let metrics_listener = match metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -893,7 +1033,12 @@ async fn run_scheduler(
         );
         eprintln!("l2d: stop with Ctrl-C");
     }
-    let served = scheduler::serve(listener, scheduler, shutdown_signal()).await;
+    let listeners = scheduler::Listeners {
+        router: listener,
+        pool: pool_listener,
+        health: health_listener,
+    };
+    let served = scheduler::serve_on(listeners, scheduler, shutdown_signal()).await;
     let _ = metrics_stop.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -937,7 +1082,7 @@ async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
     let token = args
         .pool_token_file
         .as_deref()
-        .map(read_token)
+        .map(crate::scheduler::access::read_token)
         .transpose()?;
     let registration = args.register.map(|scheduler| Registration {
         scheduler,

@@ -1,10 +1,14 @@
 //! Prometheus metrics: the process-wide recorder, the names l2d exports, and the `/metrics`
 //! HTTP endpoint.
 //!
-//! Hot-path counters are registered once per replica or expert and kept as handles (an atomic
-//! add per call); gauges that describe state (ejections, PeakEWMA, realised cost) are refreshed
-//! from the registry when Prometheus scrapes. Labels carry expert ids, replica addresses and
-//! status codes only: never query text.
+//! Two kinds of series. Process-wide ones (Ask outcomes and latency, cost, reloads) go through
+//! the `metrics` recorder. Series labelled by expert or replica are *not* registered with it:
+//! their counters are atomics on the registry's entries, written out at scrape time from the
+//! pool as it is then ([`PoolSeries`]). An expert or replica that leaves takes its series
+//! with it, so the number of series follows the live pool (bounded by `--max-experts` and
+//! `--max-replicas`) however many come and go, and no client-supplied string outlives its
+//! replica as a label. Labels carry expert ids, replica addresses and status codes only:
+//! never query text.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -25,10 +29,11 @@
 //! | `l2d_policy_lambda` | gauge | the price of compute in force |
 //! | `l2d_policy_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `l2d_pool_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `l2d_credential_reloads_total` | counter | `result` (`ok`, `error`) |
 
-use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::Code;
 
@@ -72,45 +77,6 @@ fn describe() {
         metrics::Unit::Seconds,
         "Router.Ask latency, from arrival to answer or error"
     );
-    describe_counter!(
-        "l2d_decisions_total",
-        "Queries whose first choice was this expert"
-    );
-    describe_counter!(
-        "l2d_fallbacks_total",
-        "Expert calls that failed and moved the query on (retry or fallback)"
-    );
-    describe_counter!(
-        "l2d_expert_calls_total",
-        "Calls to expert replicas by status code"
-    );
-    describe_histogram!(
-        "l2d_expert_call_duration_seconds",
-        metrics::Unit::Seconds,
-        "Latency of calls to expert replicas"
-    );
-    describe_gauge!(
-        "l2d_replica_in_flight",
-        "Calls in flight from this scheduler to the replica"
-    );
-    describe_gauge!(
-        "l2d_replica_rtt_seconds",
-        metrics::Unit::Seconds,
-        "PeakEWMA latency estimate of the replica"
-    );
-    describe_gauge!(
-        "l2d_replica_ejected",
-        "1 while the replica is ejected as an outlier or failed its health check"
-    );
-    describe_counter!(
-        "l2d_replica_ejections_total",
-        "Times the replica was ejected"
-    );
-    describe_counter!("l2d_answers_total", "Answers returned, by expert");
-    describe_gauge!(
-        "l2d_cost_charged_units",
-        "Cumulative cost charged for calls to the expert (declared cost units)"
-    );
     describe_gauge!(
         "l2d_cost_realized",
         "Mean cost charged per answered query over the recent window"
@@ -121,6 +87,11 @@ fn describe() {
         "The price of compute of the policy in force"
     );
     describe_counter!("l2d_policy_reloads_total", "Policy file reloads, by result");
+    describe_counter!("l2d_pool_reloads_total", "Pool file reloads, by result");
+    describe_counter!(
+        "l2d_credential_reloads_total",
+        "Token file reloads, by result"
+    );
 }
 
 /// Drains histogram buffers now and then, so memory stays flat when nobody scrapes.
@@ -134,83 +105,248 @@ pub async fn upkeep(every: Duration) {
     }
 }
 
-/// The metric handles of one replica.
-#[derive(Debug)]
-pub struct ReplicaMetrics {
-    expert: String,
-    replica: String,
-    ok: Counter,
-    pub latency: Histogram,
-    pub in_flight: Gauge,
-    pub ejections: Counter,
+/// Every gRPC status code, in code order (the index of a code in [`CodeCounts`]).
+const CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
+
+/// A counter per gRPC status code.
+#[derive(Debug, Default)]
+pub struct CodeCounts([AtomicU64; 17]);
+
+impl CodeCounts {
+    pub fn increment(&self, code: Code) {
+        let i = CODES.iter().position(|c| *c == code).unwrap_or(2);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (code name, count) of the codes seen at least once.
+    fn seen(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        CODES.iter().zip(&self.0).filter_map(|(code, n)| {
+            let n = n.load(Ordering::Relaxed);
+            (n > 0).then(|| (code_name(*code), n))
+        })
+    }
 }
 
-impl ReplicaMetrics {
-    pub fn new(expert: &str, replica: &str) -> Self {
-        let labels = [
-            ("expert", expert.to_owned()),
-            ("replica", replica.to_owned()),
-        ];
+/// A latency histogram over [`LATENCY_BUCKETS`], lock-free.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Writes series in the Prometheus text format, each family's `HELP` and `TYPE` once, for
+/// whatever set of experts and replicas exists at scrape time.
+pub struct PoolSeries {
+    families: Vec<(&'static str, &'static str, &'static str, String)>,
+}
+
+/// One series' labels, as `name="value"` pairs.
+pub type Labels<'a> = &'a [(&'a str, &'a str)];
+
+impl Default for PoolSeries {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolSeries {
+    pub fn new() -> Self {
+        let family = |name, kind, help| (name, kind, help, String::new());
         Self {
-            expert: expert.to_owned(),
-            replica: replica.to_owned(),
-            ok: metrics::counter!("l2d_expert_calls_total", "expert" => expert.to_owned(), "replica" => replica.to_owned(), "code" => "OK"),
-            latency: metrics::histogram!("l2d_expert_call_duration_seconds", &labels),
-            in_flight: metrics::gauge!("l2d_replica_in_flight", &labels),
-            ejections: metrics::counter!("l2d_replica_ejections_total", &labels),
+            families: vec![
+                family(
+                    "l2d_decisions_total",
+                    "counter",
+                    "Queries whose first choice was this expert",
+                ),
+                family(
+                    "l2d_answers_total",
+                    "counter",
+                    "Answers returned, by expert",
+                ),
+                family(
+                    "l2d_cost_charged_units",
+                    "gauge",
+                    "Cumulative cost charged for calls to the expert (declared cost units)",
+                ),
+                family(
+                    "l2d_fallbacks_total",
+                    "counter",
+                    "Expert calls that failed and moved the query on (retry or fallback)",
+                ),
+                family(
+                    "l2d_expert_calls_total",
+                    "counter",
+                    "Calls to expert replicas by status code",
+                ),
+                family(
+                    "l2d_expert_call_duration_seconds",
+                    "histogram",
+                    "Latency of calls to expert replicas",
+                ),
+                family(
+                    "l2d_replica_in_flight",
+                    "gauge",
+                    "Calls in flight from this scheduler to the replica",
+                ),
+                family(
+                    "l2d_replica_rtt_seconds",
+                    "gauge",
+                    "PeakEWMA latency estimate of the replica",
+                ),
+                family(
+                    "l2d_replica_ejected",
+                    "gauge",
+                    "1 while the replica is ejected as an outlier or failed its health check",
+                ),
+                family(
+                    "l2d_replica_ejections_total",
+                    "counter",
+                    "Times the replica was ejected",
+                ),
+            ],
         }
     }
 
-    pub fn record(&self, code: Code, latency: Duration) {
-        self.latency.record(latency.as_secs_f64());
-        if code == Code::Ok {
-            self.ok.increment(1);
-        } else {
-            metrics::counter!(
-                "l2d_expert_calls_total",
-                "expert" => self.expert.clone(),
-                "replica" => self.replica.clone(),
-                "code" => code_name(code)
-            )
-            .increment(1);
+    fn body(&mut self, name: &str) -> &mut String {
+        let family = self
+            .families
+            .iter_mut()
+            .find(|f| f.0 == name)
+            .unwrap_or_else(|| panic!("{name} is not a pool series"));
+        &mut family.3
+    }
+
+    /// One sample of `name` (a family listed in [`PoolSeries::new`]).
+    pub fn sample(&mut self, name: &str, labels: Labels<'_>, value: f64) {
+        let body = self.body(name);
+        write_sample(body, name, "", labels, None, value);
+    }
+
+    /// One sample per status code seen, with a `code` label after `labels`.
+    pub fn codes(&mut self, name: &str, labels: Labels<'_>, counts: &CodeCounts) {
+        for (code, n) in counts.seen() {
+            let body = self.body(name);
+            write_sample(body, name, "", labels, Some(("code", code)), n as f64);
         }
     }
 
-    /// State gauges, refreshed at scrape time.
-    pub fn publish_state(&self, rtt_seconds: f64, ejected: bool) {
-        let labels = [
-            ("expert", self.expert.clone()),
-            ("replica", self.replica.clone()),
-        ];
-        metrics::gauge!("l2d_replica_rtt_seconds", &labels).set(rtt_seconds);
-        metrics::gauge!("l2d_replica_ejected", &labels).set(if ejected { 1.0 } else { 0.0 });
+    pub fn histogram(&mut self, name: &str, labels: Labels<'_>, h: &LatencyHistogram) {
+        let body = self.body(name);
+        let mut cumulative = 0;
+        for (le, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            write_sample(
+                body,
+                name,
+                "_bucket",
+                labels,
+                Some(("le", &le.to_string())),
+                cumulative as f64,
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        write_sample(
+            body,
+            name,
+            "_bucket",
+            labels,
+            Some(("le", "+Inf")),
+            count as f64,
+        );
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        write_sample(body, name, "_sum", labels, None, sum);
+        write_sample(body, name, "_count", labels, None, count as f64);
+    }
+
+    /// The text of every family that has a sample.
+    pub fn render(self) -> String {
+        let mut out = String::new();
+        for (name, kind, help, body) in self.families {
+            if !body.is_empty() {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                out.push_str(&body);
+                out.push('\n');
+            }
+        }
+        out
     }
 }
 
-/// The metric handles of one expert.
-#[derive(Debug)]
-pub struct ExpertMetrics {
-    pub decisions: Counter,
-    pub answers: Counter,
-    pub cost_charged: Gauge,
-}
-
-impl ExpertMetrics {
-    pub fn new(expert: &str) -> Self {
-        let label = [("expert", expert.to_owned())];
-        Self {
-            decisions: metrics::counter!("l2d_decisions_total", &label),
-            answers: metrics::counter!("l2d_answers_total", &label),
-            cost_charged: metrics::gauge!("l2d_cost_charged_units", &label),
+fn write_sample(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: Labels<'_>,
+    extra: Option<(&str, &str)>,
+    value: f64,
+) {
+    use std::fmt::Write;
+    out.push_str(name);
+    out.push_str(suffix);
+    let mut all = labels.iter().copied().chain(extra).peekable();
+    if all.peek().is_some() {
+        out.push('{');
+        for (i, (k, v)) in all.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
         }
+        out.push('}');
     }
+    let _ = writeln!(out, " {value}");
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` completes.
-/// `refresh` runs before each render, to publish state gauges.
+/// `refresh` runs before each render, publishes state gauges and returns series rendered
+/// outside the recorder (the pool's), appended to the recorder's.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
-    refresh: impl Fn() + Send + Sync + 'static,
+    refresh: impl Fn() -> String + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use axum::routing::get;
@@ -220,8 +356,9 @@ pub async fn serve_metrics(
         get(move || {
             let refresh = refresh.clone();
             async move {
-                refresh();
-                let body = install().map(|h| h.render()).unwrap_or_default();
+                let pool = refresh();
+                let mut body = install().map(|h| h.render()).unwrap_or_default();
+                body.push_str(&pool);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

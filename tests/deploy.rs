@@ -108,18 +108,40 @@ fn mounted_file<'a>(objects: &'a [Value], pod: &Value, container: &Value, path: 
     str_of(&config_map["data"][file.to_str().unwrap()])
 }
 
-/// Checks one container's gRPC port, probes and health service names.
-fn check_grpc(container: &Value, listen_port: u64, services: &[&str]) {
+/// The Secret mounted (whole, so rotations reach the file) where `path` is read.
+fn mounted_secret<'a>(pod: &'a Value, container: &Value, path: &str) -> &'a str {
+    let dir = Path::new(path).parent().unwrap();
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(str_of(&m["mountPath"])) == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {}", dir.display()));
+    assert!(
+        mount["subPath"].is_null(),
+        "subPath mounts never see rotations"
+    );
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    str_of(&volume["secret"]["secretName"])
+}
+
+/// Checks one container's gRPC port, probes (on `probe_port`) and health service names.
+fn check_grpc(container: &Value, listen_port: u64, probe_port: u64, services: &[&str]) {
     assert_eq!(container_port(container, "grpc"), listen_port);
     let ready = &container["readinessProbe"]["grpc"];
-    assert_eq!(ready["port"].as_u64(), Some(listen_port));
+    assert_eq!(ready["port"].as_u64(), Some(probe_port));
     assert!(
         services.contains(&str_of(&ready["service"])),
         "readiness asks for {:?}, the binary serves {services:?}",
         ready["service"]
     );
     let live = &container["livenessProbe"]["grpc"];
-    assert_eq!(live["port"].as_u64(), Some(listen_port));
+    assert_eq!(live["port"].as_u64(), Some(probe_port));
     // No service name: the server as a whole, which every l2d node reports.
     assert!(live["service"].is_null());
 }
@@ -154,14 +176,27 @@ fn check_overlay(overlay: &str) {
     let c = &pod["containers"][0];
     assert_eq!(c["args"][0], "scheduler");
     let grpc_port = port_of(arg(c, "--listen"));
-    check_grpc(c, grpc_port, l2d::scheduler::SERVICES);
+    // Probes go to the plain health-only listener (kubelet gRPC probes cannot speak TLS).
+    let health_port = port_of(arg(c, "--health-listen"));
+    assert_eq!(container_port(c, "health"), health_port);
+    check_grpc(c, grpc_port, health_port, l2d::scheduler::SERVICES);
+    let pool_port = port_of(arg(c, "--pool-listen"));
+    assert_eq!(container_port(c, "pool"), pool_port);
+    // No open control plane: experts are placed by DNS, registration is off.
+    assert_eq!(arg(c, "--registration"), "off");
+    let args = c["args"].as_sequence().unwrap();
+    assert!(!args.iter().any(|a| a == "--insecure-pool"));
     let metrics_port = port_of(arg(c, "--metrics-listen"));
     assert_eq!(container_port(c, "metrics"), metrics_port);
     let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], metrics_port.to_string());
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
     let service = find(&objects, "Service", "l2d-scheduler");
-    for (name, port) in [("grpc", grpc_port), ("metrics", metrics_port)] {
+    for (name, port) in [
+        ("grpc", grpc_port),
+        ("pool", pool_port),
+        ("metrics", metrics_port),
+    ] {
         let p = service["spec"]["ports"]
             .as_sequence()
             .unwrap()
@@ -176,6 +211,13 @@ fn check_overlay(overlay: &str) {
         pod["terminationGracePeriodSeconds"].as_u64().unwrap() > seconds(arg(c, "--drain-delay"))
     );
     check_pod_security("scheduler", pod);
+    if overlay == "prod" {
+        // Production serves TLS and guards the Pool with a token, both from Secrets.
+        for flag in ["--tls-cert", "--tls-key", "--pool-token-file"] {
+            let secret = mounted_secret(pod, c, arg(c, flag));
+            assert!(secret.starts_with("l2d-"), "{flag}: {secret}");
+        }
+    }
     let pool_text = mounted_file(&objects, pod, c, arg(c, "--pool"));
     let policy_text = mounted_file(&objects, pod, c, arg(c, "--policy"));
 
@@ -212,7 +254,7 @@ fn check_overlay(overlay: &str) {
         assert_eq!(arg(c, "--id"), spec.id);
         let listen = port_of(arg(c, "--listen"));
         assert_eq!(listen, port);
-        check_grpc(c, listen, l2d::expert::SERVICES);
+        check_grpc(c, listen, listen, l2d::expert::SERVICES);
         assert_eq!(service_port["targetPort"], "grpc");
         // The Service selects exactly this expert's pods.
         let labels = &deployment["spec"]["template"]["metadata"]["labels"];
@@ -261,6 +303,9 @@ fn check_overlay(overlay: &str) {
             .exists()
     );
     check_pod_security("load", pod);
+    if overlay == "prod" {
+        mounted_secret(pod, c, arg(c, "--tls-ca"));
+    }
 }
 
 #[test]

@@ -9,9 +9,9 @@ use common::*;
 use l2d::core::policy::PriorPolicy;
 use l2d::expert::ExpertNode;
 use l2d::expert::replay::ReplayBackend;
-use l2d::grpc::tls::{client_config, endpoint, server_config};
+use l2d::grpc::tls::{ServerTls, client_config, endpoint};
 use l2d::pb::{self, pool_client::PoolClient};
-use l2d::scheduler::access::Access;
+use l2d::scheduler::access::{Access, Credential, Gate};
 use l2d::scheduler::{Scheduler, SchedulerConfig};
 use l2d::{Ask, RouterClient};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -65,8 +65,8 @@ impl Pki {
     }
 
     /// A server's TLS with the server certificate, demanding client certificates.
-    fn server(&self) -> tonic::transport::ServerTlsConfig {
-        server_config(
+    fn server(&self) -> Arc<ServerTls> {
+        ServerTls::load(
             &self.path("server.pem"),
             &self.path("server.key"),
             Some(&self.path("ca.pem")),
@@ -93,9 +93,13 @@ async fn pool_client(address: &str, tls: Option<&ClientTlsConfig>) -> PoolClient
 }
 
 fn register_request(token: Option<&str>) -> tonic::Request<pb::RegisterRequest> {
+    register_at("127.0.0.1:9", token)
+}
+
+fn register_at(address: &str, token: Option<&str>) -> tonic::Request<pb::RegisterRequest> {
     let mut request = tonic::Request::new(pb::RegisterRequest {
         expert_id: "late".into(),
-        address: "127.0.0.1:9".into(),
+        address: address.into(),
         cost: 3.0,
         backend: "replay".into(),
         version: "test".into(),
@@ -155,10 +159,14 @@ async fn mutual_tls_end_to_end_and_pool_mutations_need_an_allowed_identity_or_th
     let config = SchedulerConfig {
         tls: Some(pki.server()),
         expert_tls: Some(pki.client(Some("scheduler"))),
-        pool_access: Access {
-            token: Some("s3cret".into()),
-            identities: vec!["expert-bert".into()],
-        },
+        gate: Arc::new(Gate {
+            pool: Access::new(vec![
+                Credential::token("pool-token", "s3cret"),
+                Credential::certificate("expert-bert"),
+            ]),
+            registration: true,
+            ..Gate::default()
+        }),
         ..SchedulerConfig::default()
     };
     let (scheduler, expert, _) = tls_cluster(&pki, config).await;
@@ -236,7 +244,7 @@ async fn mutual_tls_end_to_end_and_pool_mutations_need_an_allowed_identity_or_th
     let bert_tls = pki.client(Some("expert-bert"));
     let mut bert = pool_client(&address, Some(&bert_tls)).await;
     let granted = bert
-        .register(register_request(None))
+        .register(register_at("127.0.0.1:10", None))
         .await
         .unwrap()
         .into_inner();
@@ -252,14 +260,11 @@ async fn tokens_guard_the_pool_and_ask_separately_without_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool_file(dir.path(), &replay_pair(Some(0.5), Some(0.9)));
     let config = SchedulerConfig {
-        pool_access: Access {
-            token: Some("pool-token".into()),
-            identities: vec![],
-        },
-        router_access: Access {
-            token: Some("ask-token".into()),
-            identities: vec![],
-        },
+        gate: Arc::new(Gate {
+            pool: Access::new(vec![Credential::token("pool", "pool-token")]),
+            router: Access::new(vec![Credential::token("client", "ask-token")]),
+            registration: true,
+        }),
         ..SchedulerConfig::default()
     };
     let (node, _, _local) = spawn_scheduler(config, Some(&pool), 0.1).await;

@@ -6,6 +6,7 @@
 //! property-tested without servers. The shells in [`crate::scheduler`] and [`crate::expert`]
 //! gather the inputs, call the core and perform the RPCs.
 
+pub mod allow_list;
 pub mod answer_type;
 pub mod cost_target;
 pub mod decision;
@@ -16,6 +17,7 @@ pub mod metric;
 pub mod offpolicy;
 pub mod policy;
 pub mod query;
+pub mod rate_limit;
 pub mod reading;
 pub mod rejector;
 pub mod replica_health;

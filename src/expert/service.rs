@@ -62,7 +62,7 @@ pub struct ExpertNode {
     delay: Duration,
     drain_delay: Duration,
     fault: Fault,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<crate::grpc::tls::ServerTls>>,
 }
 
 /// A deliberate misbehaviour, for fault drills and tests (`l2d expert --fault`).
@@ -93,7 +93,7 @@ impl ExpertNode {
     }
 
     /// Serves over TLS (mutual TLS when the configuration has a client CA).
-    pub fn with_tls(mut self, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+    pub fn with_tls(mut self, tls: Option<Arc<crate::grpc::tls::ServerTls>>) -> Self {
         self.tls = tls;
         self
     }
@@ -223,11 +223,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node = Arc::new(node);
-    let (reporter, routes) = server::standard_routes()?;
+    let (reporter, routes, _) = server::standard_routes()?;
     let routes = routes.add_service(
         expert_server::ExpertServer::new(node.clone())
-            .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(crate::grpc::query_message_bytes(&node.limits))
+            .max_encoding_message_size(crate::grpc::answer_message_bytes(&node.limits)),
     );
     tracing::info!(
         expert = %node.id,
@@ -258,6 +258,13 @@ pub async fn serve(
     let options = server::ServeOptions {
         drain_delay: node.drain_delay,
         tls: node.tls.clone(),
+        ..server::ServeOptions::default()
     };
+    if let Some(tls) = &node.tls {
+        let watcher = tokio::spawn(server::watch_tls(tls.clone(), Duration::from_secs(2)));
+        let result = server::serve(listener, routes, reporter, SERVICES, shutdown, &options).await;
+        watcher.abort();
+        return result;
+    }
     server::serve(listener, routes, reporter, SERVICES, shutdown, &options).await
 }

@@ -1,17 +1,38 @@
 //! What every l2d node serves besides its own services: gRPC health (`grpc.health.v1`),
-//! reflection (v1 and v1alpha), and a graceful stop. Servers start from an already-bound
-//! listener and a shutdown future, so tests bind `127.0.0.1:0` and stop them cleanly.
+//! reflection (v1 and v1alpha), a graceful stop, and the limits that keep one client from
+//! exhausting the process. Servers start from an already-bound listener and a shutdown future,
+//! so tests bind `127.0.0.1:0` and stop them cleanly.
+//!
+//! # Limits before work
+//!
+//! Every listener counts its connections (beyond [`ServerLimits::max_connections`] a new one is
+//! closed at once), and every connection is HTTP/2 with bounded concurrent streams, bounded
+//! header lists, a cap on streams a client resets before the server sees them (the "rapid
+//! reset" attack), keepalive pings that close a connection whose peer went silent, a maximum
+//! age after which the client is asked to reconnect, and a timeout on each request, body
+//! included. TLS handshakes run off the accept loop, each with a timeout. A node that guards
+//! some calls with credentials passes an [`Authorize`]: it runs on the request's headers,
+//! before the body is read or decoded.
 
+use super::tls::ServerTls;
 use std::future::Future;
-use tokio::net::TcpListener;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tonic::Status;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// Health, reflection v1 and reflection v1alpha, ready to be joined by a node's own services.
-pub fn standard_routes() -> anyhow::Result<(HealthReporter, Routes)> {
+/// Health, reflection v1 and reflection v1alpha, ready to be joined by a node's own services;
+/// and the health service alone (for [`serve_health`]).
+pub fn standard_routes() -> anyhow::Result<(HealthReporter, Routes, Routes)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -20,17 +41,85 @@ pub fn standard_routes() -> anyhow::Result<(HealthReporter, Routes)> {
     };
     let v1 = reflection().build_v1()?;
     let v1alpha = reflection().build_v1alpha()?;
+    let health_only = Routes::new(health.clone());
     let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
-    Ok((reporter, routes))
+    Ok((reporter, routes, health_only))
+}
+
+/// Per-listener and per-connection limits. The defaults suit a node with a few hundred MiB of
+/// memory: see RELIABILITY.md (security) for what they bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    /// Connections open at once on one listener; one more is closed on accept.
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// the same number bounds the calls one connection has in service.
+    pub max_concurrent_streams: u32,
+    /// Bytes of headers one request may carry (SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before the server accepts them, per connection.
+    pub max_pending_reset_streams: usize,
+    /// Longest a request may take from its headers to its answer, body included (a caller's
+    /// shorter `grpc-timeout` wins).
+    pub request_timeout: Duration,
+    /// HTTP/2 ping interval, and how long a ping may go unanswered before the connection closes.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// After this, the server sends GOAWAY and the client reconnects (spreads clients over new
+    /// replicas, bounds a connection's lifetime); calls in flight get the grace period.
+    pub max_connection_age: Duration,
+    pub max_connection_age_grace: Duration,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_concurrent_streams: 128,
+            max_header_list_bytes: 16 * 1024,
+            max_pending_reset_streams: 32,
+            request_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who called, as an [`Authorize`] established it from the request's headers (or its client
+/// certificate); handlers read it from the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The credential's name, the certificate identity, or "anonymous" where no credential is
+    /// needed.
+    pub name: String,
+}
+
+/// Decides on a request's headers, before its body is read: `Ok(Some(caller))` lets it through
+/// with the caller attached, `Ok(None)` lets it through as is, `Err` answers with that status.
+pub trait Authorize: Send + Sync + 'static {
+    fn authorize(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Option<Caller>, Status>;
 }
 
 /// How a node serves, beyond its services.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ServeOptions {
     /// After the stop signal: report NOT_SERVING, keep serving this long, then drain.
-    pub drain_delay: std::time::Duration,
+    pub drain_delay: Duration,
     /// TLS (and, with a client CA, mutual TLS) on the listener; plain HTTP/2 without.
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub tls: Option<Arc<ServerTls>>,
+    pub limits: ServerLimits,
+    /// Checks credentials on headers (none: every call is let through).
+    pub authorize: Option<Arc<dyn Authorize>>,
 }
 
 /// Marks `services` (and the whole server, the empty name) as serving, runs the server until
@@ -45,13 +134,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     options: &ServeOptions,
 ) -> anyhow::Result<()> {
-    let drain_delay = options.drain_delay;
     for name in std::iter::once(&"").chain(services) {
         reporter
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
     let names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    let drain_delay = options.drain_delay;
     let drain = async move {
         shutdown.await;
         for name in std::iter::once("").chain(names.iter().map(String::as_str)) {
@@ -67,16 +156,267 @@ pub async fn serve(
             tokio::time::sleep(drain_delay).await;
         }
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = Server::builder();
-    if let Some(tls) = &options.tls {
-        builder = builder.tls_config(tls.clone())?;
+    serve_routes(listener, routes, drain, options).await
+}
+
+/// Serves `routes` on `listener` with `options`' limits, TLS and authorization until `stop`.
+pub async fn serve_routes(
+    listener: TcpListener,
+    routes: Routes,
+    stop: impl Future<Output = ()> + Send,
+    options: &ServeOptions,
+) -> anyhow::Result<()> {
+    let limits = options.limits;
+    let authorize = options.authorize.clone().map(AuthorizeLayer);
+    let mut server = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.max_concurrent_streams as usize)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.max_connection_age_grace)
+        .layer(tower::util::option_layer(authorize));
+    let router = server.add_routes(routes);
+    match options.tls.clone() {
+        None => {
+            let incoming = accept(listener, limits, |stream| async move { Some(stream) });
+            router.serve_with_incoming_shutdown(incoming, stop).await?;
+        }
+        Some(tls) => {
+            let incoming = accept(listener, limits, move |stream| {
+                let handshake = tls.acceptor().accept(stream);
+                async move {
+                    match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                        Ok(Ok(tls)) => Some(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            None
+                        }
+                    }
+                }
+            });
+            router.serve_with_incoming_shutdown(incoming, stop).await?;
+        }
     }
-    builder
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, drain)
-        .await?;
     Ok(())
+}
+
+/// A connection holding one of its listener's connection slots until it closes.
+pub struct Counted<IO> {
+    io: IO,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<IO: Connected> Connected for Counted<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections on `listener` while the returned stream is alive: each takes a slot of
+/// `limits.max_connections` (none free: closed at once) and goes through `handshake` in its own
+/// task (TLS: with a timeout), so a slow client cannot hold the accept loop.
+fn accept<IO, F, Fut>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    handshake: F,
+) -> impl futures_util::Stream<Item = Result<Counted<IO>, std::io::Error>>
+where
+    IO: Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<IO>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Counted<IO>>(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    tokio::spawn(async move {
+        let mut refused: u64 = 0;
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        limit = limits.max_connections,
+                        refused,
+                        "connection limit reached; closing new connections"
+                    );
+                }
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let ready = handshake(stream);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(io) = ready.await {
+                    let _ = tx.send(Counted { io, _slot: slot }).await;
+                }
+            });
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|io| (Ok(io), rx))
+    })
+}
+
+/// Re-reads `tls`'s files every `every` while the process runs; a change applies to new
+/// connections, a bad file is logged and the previous configuration stays.
+pub async fn watch_tls(tls: Arc<ServerTls>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        let t = tls.clone();
+        match tokio::task::spawn_blocking(move || t.reload()).await {
+            Ok(Ok(true)) => {
+                tracing::info!("TLS certificate reloaded");
+                last_error.clear();
+            }
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(e)) => {
+                let e = format!("{e:#}");
+                if e != last_error {
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays");
+                    last_error = e;
+                }
+            }
+        }
+    }
+}
+
+/// Runs an [`Authorize`] on every request's headers.
+#[derive(Clone)]
+struct AuthorizeLayer(Arc<dyn Authorize>);
+
+impl<S> tower::Layer<S> for AuthorizeLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Authorized<S> {
+        Authorized {
+            inner,
+            authorize: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Authorized<S> {
+    inner: S,
+    authorize: Arc<dyn Authorize>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Authorized<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        S::Future,
+        futures_util::future::Ready<Result<http::Response<R>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let verdict = self.authorize.authorize(
+            request.uri().path(),
+            request.headers(),
+            request.extensions(),
+        );
+        match verdict {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                futures_util::future::Either::Left(self.inner.call(request))
+            }
+            Err(status) => futures_util::future::Either::Right(futures_util::future::ready(Ok(
+                status.into_http(),
+            ))),
+        }
+    }
+}
+
+/// Serves only `grpc.health.v1` (the `health_only` routes of [`standard_routes`]), in plain
+/// HTTP/2, on `listener`: for probes that cannot speak TLS (the kubelet's gRPC probes) beside a
+/// TLS listener. The states are the main server's, drain included.
+pub async fn serve_health(
+    listener: TcpListener,
+    health_only: Routes,
+    stop: impl Future<Output = ()> + Send,
+    limits: ServerLimits,
+) -> anyhow::Result<()> {
+    let options = ServeOptions {
+        limits,
+        ..ServeOptions::default()
+    };
+    serve_routes(listener, health_only, stop, &options).await
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: what a process waits for before draining.

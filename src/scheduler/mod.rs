@@ -68,14 +68,22 @@ pub struct SchedulerConfig {
     /// Longest wait for one expert call before the attempt counts as failed (a hung replica)
     /// and the plan moves on, within the caller's deadline.
     pub try_timeout: Duration,
-    /// TLS on the scheduler's listener (mutual TLS with a client CA).
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// TLS on the scheduler's listeners (mutual TLS with a client CA), re-read when its files
+    /// change.
+    pub tls: Option<Arc<crate::grpc::tls::ServerTls>>,
     /// TLS for the scheduler's calls to experts.
     pub expert_tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Who may call the `Pool` mutations.
-    pub pool_access: access::Access,
-    /// Who may call `Router.Ask` (open by default).
-    pub router_access: access::Access,
+    /// Who may call what (see [`access`]); registration on and both sets open by default.
+    pub gate: Arc<access::Gate>,
+    /// Serve the registration calls with no pool credential on a non-loopback address (the
+    /// scheduler refuses to start so otherwise).
+    pub insecure_pool: bool,
+    /// Addresses replicas may register with (default: loopback only).
+    pub register_allow: crate::core::allow_list::AllowList,
+    /// Registrations per second one credential may make on average (bursts of twice that).
+    pub register_rate: f64,
+    /// Connection, stream, header and time limits of the listeners.
+    pub server_limits: crate::grpc::server::ServerLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -100,8 +108,14 @@ impl Default for SchedulerConfig {
             try_timeout: Duration::from_secs(10),
             tls: None,
             expert_tls: None,
-            pool_access: access::Access::default(),
-            router_access: access::Access::default(),
+            gate: Arc::new(access::Gate {
+                registration: true,
+                ..access::Gate::default()
+            }),
+            insecure_pool: false,
+            register_allow: crate::core::allow_list::AllowList::loopback(),
+            register_rate: 20.0,
+            server_limits: crate::grpc::server::ServerLimits::default(),
         }
     }
 }
@@ -305,24 +319,70 @@ impl Scheduler {
         Ok(Some(changes))
     }
 
-    /// Publishes the state gauges (PeakEWMA, ejections, realised cost, lambda) for a scrape.
-    pub fn publish_metrics(&self) {
-        let now = Instant::now();
-        for group in &self.registry.snapshot().experts {
-            for replica in &group.replicas {
-                replica.publish_metrics(now);
-            }
-        }
+    /// Publishes the state gauges (realised cost, lambda) and returns the pool's series, for a
+    /// scrape.
+    pub fn publish_metrics(&self) -> String {
         metrics::gauge!("l2d_cost_realized").set(self.realized_cost());
         if let Some(target) = self.target_cost() {
             metrics::gauge!("l2d_cost_target").set(target);
         }
         metrics::gauge!("l2d_policy_lambda").set(self.policy().0.lambda());
+        self.registry.render_metrics(Instant::now())
     }
 }
 
 /// The gRPC services a scheduler serves, as named in `grpc.health.v1` (besides "", the server).
 pub const SERVICES: &[&str] = &["l2d.v1.Router", "l2d.v1.Pool"];
+
+/// Where a scheduler serves: `Router` (and `Pool`, unless it has its own listener), and a
+/// plain health-only listener for probes, if any.
+pub struct Listeners {
+    pub router: TcpListener,
+    pub pool: Option<TcpListener>,
+    pub health: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(router: TcpListener) -> Self {
+        Self {
+            router,
+            pool: None,
+            health: None,
+        }
+    }
+}
+
+/// Refuses an open membership surface on a non-loopback address: with registration on and no
+/// pool credential, anyone who reaches the port could join the pool under any expert's id and
+/// receive (and answer) its queries. `--insecure-pool` lets it start, with a warning.
+fn check_exposure(
+    config: &SchedulerConfig,
+    pool_address: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let gate = &config.gate;
+    if gate.registration && gate.pool.is_open() && !pool_address.ip().is_loopback() {
+        anyhow::ensure!(
+            config.insecure_pool,
+            "refusing to serve Pool.Register without credentials on {pool_address}: anyone \
+             reaching it could join the pool as any expert. Give --pool-token-file, \
+             --pool-identities or --pool-credentials, turn registration off \
+             (--registration off), listen on loopback, or accept the risk with --insecure-pool"
+        );
+        tracing::warn!(
+            address = %pool_address,
+            "INSECURE: Pool.Register is open to anyone who reaches this address (--insecure-pool)"
+        );
+    }
+    let tokens = gate.pool.has_tokens() || gate.router.has_tokens();
+    if tokens && config.tls.is_none() && !pool_address.ip().is_loopback() {
+        tracing::warn!(
+            address = %pool_address,
+            "bearer tokens are accepted over plaintext on a non-loopback address: anyone on the \
+             path can read them; serve TLS (--tls-cert, --tls-key)"
+        );
+    }
+    Ok(())
+}
 
 /// Serves `Router` and `Pool` on `listener` until `shutdown` completes, reaping expired leases
 /// in the background.
@@ -331,24 +391,57 @@ pub async fn serve(
     scheduler: Arc<Scheduler>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (reporter, routes) = server::standard_routes()?;
-    let routes = routes
-        .add_service(
-            RouterServer::new(dispatch::RouterService::new(scheduler.clone()))
-                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            PoolServer::new(pool_service::PoolService::new(scheduler.clone()))
-                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
-        );
+    serve_on(listener.into(), scheduler, shutdown).await
+}
+
+/// Serves on `listeners` until `shutdown` completes: the Router (and Pool) with the
+/// configuration's TLS, credentials and limits; reaps expired leases, re-resolves DNS, checks
+/// replicas' health and re-reads the policy, pool, token and certificate files in the
+/// background.
+pub async fn serve_on(
+    listeners: Listeners,
+    scheduler: Arc<Scheduler>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = &scheduler.config;
+    let pool_address = listeners
+        .pool
+        .as_ref()
+        .unwrap_or(&listeners.router)
+        .local_addr()?;
+    check_exposure(config, pool_address)?;
+    let (reporter, routes, health_only) = server::standard_routes()?;
+    let router = RouterServer::new(dispatch::RouterService::new(scheduler.clone()))
+        .max_decoding_message_size(crate::grpc::query_message_bytes(&config.limits))
+        .max_encoding_message_size(crate::grpc::answer_message_bytes(&config.limits));
+    let pool = PoolServer::new(pool_service::PoolService::new(scheduler.clone()))
+        .max_decoding_message_size(crate::grpc::POOL_REQUEST_BYTES)
+        .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES);
+    let options = server::ServeOptions {
+        drain_delay: config.drain_delay,
+        tls: config.tls.clone(),
+        limits: config.server_limits,
+        authorize: Some(config.gate.clone()),
+    };
     let mut tasks = vec![
         tokio::spawn(reap_leases(scheduler.clone())),
         tokio::spawn(resolve_dns(scheduler.clone())),
         tokio::spawn(check_health(scheduler.clone())),
         tokio::spawn(crate::telemetry::upkeep(Duration::from_secs(5))),
+        tokio::spawn(watch_file(
+            scheduler.clone(),
+            "l2d_credential_reloads_total",
+            |s| s.config.gate.refresh().map(|changed| changed.then_some(())),
+            |_| tracing::info!("token file changed; the new token is in force"),
+            "token file reload failed; the previous token stays",
+        )),
     ];
+    if let Some(tls) = &config.tls {
+        tasks.push(tokio::spawn(server::watch_tls(
+            tls.clone(),
+            config.policy_poll,
+        )));
+    }
     if scheduler.source != PolicySource::Fixed {
         tasks.push(tokio::spawn(watch_file(
             scheduler.clone(),
@@ -375,23 +468,58 @@ pub async fn serve(
         )));
     }
     tracing::info!(
-        address = %listener.local_addr()?,
+        address = %listeners.router.local_addr()?,
+        pool_address = %pool_address,
+        registration = config.gate.registration,
+        tls = config.tls.is_some(),
         policy = %scheduler.policy().0.identity().id,
         experts = scheduler.registry.snapshot().experts.len(),
         "scheduler serving"
     );
+    // Every listener stops when the main one has drained.
+    let (stopped, stop) = tokio::sync::watch::channel(false);
+    let stopping = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let mut side = Vec::new();
+    let routes = match listeners.pool {
+        None => routes.add_service(pool),
+        Some(listener) => {
+            let pool_routes = tonic::service::Routes::new(pool);
+            let options = options.clone();
+            let stop = stopping();
+            side.push(tokio::spawn(async move {
+                server::serve_routes(listener, pool_routes, stop, &options).await
+            }));
+            routes
+        }
+    };
+    if let Some(listener) = listeners.health {
+        side.push(tokio::spawn(server::serve_health(
+            listener,
+            health_only,
+            stopping(),
+            config.server_limits,
+        )));
+    }
     let result = server::serve(
-        listener,
-        routes,
+        listeners.router,
+        routes.add_service(router),
         reporter,
         SERVICES,
         shutdown,
-        &server::ServeOptions {
-            drain_delay: scheduler.config.drain_delay,
-            tls: scheduler.config.tls.clone(),
-        },
+        &options,
     )
     .await;
+    let _ = stopped.send(true);
+    for task in side {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %format!("{e:#}"), "a side listener failed");
+        }
+    }
     for task in tasks {
         task.abort();
     }

@@ -1,22 +1,76 @@
 //! The `Pool` service: registration with leases, heartbeats, listing, the policy's identity.
 //! Translates and validates at the edge; the registry does the work.
+//!
+//! Who calls was settled on the request's headers ([`super::access::Gate`]); here a
+//! registration is also checked against what that caller may serve, the address allow-list,
+//! and the caller's registration rate.
 
 use super::registry::Join;
 use super::{RegistryError, Scheduler};
 use crate::core::lease::LeasePolicy;
+use crate::core::rate_limit::TokenBucket;
 use crate::grpc::pb::{self, pool_server::Pool};
+use crate::grpc::server::Caller;
+use crate::grpc::status::resource_exhausted;
 use crate::pool_file::check_expert_id;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 pub struct PoolService {
     scheduler: Arc<Scheduler>,
+    /// Registrations per caller: one bucket per credential name (a bounded set: only
+    /// configured credentials, or "anonymous", get this far).
+    rates: Mutex<HashMap<String, TokenBucket>>,
+}
+
+/// The caller the gate attached (anonymous where none is needed).
+fn caller<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| super::access::ANONYMOUS.to_owned(), |c| c.name.clone())
 }
 
 impl PoolService {
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            rates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// May `who` register as `expert_id` at `address`, now?
+    fn admit(&self, who: &str, expert_id: &str, address: &str) -> Result<(), Status> {
+        let config = self.scheduler.config();
+        if let Some(credential) = config.gate.pool.get(who)
+            && !credential.may_serve(expert_id)
+        {
+            return Err(Status::permission_denied(format!(
+                "credential {who:?} may not serve expert {expert_id:?}"
+            )));
+        }
+        if !config.register_allow.allows(address) {
+            return Err(Status::permission_denied(format!(
+                "address {address:?} is not in the registration allow-list ({})",
+                config.register_allow
+            )));
+        }
+        let now = Instant::now();
+        let mut rates = super::lock(&self.rates);
+        let bucket = rates.entry(who.to_owned()).or_insert_with(|| {
+            TokenBucket::new(config.register_rate, config.register_rate * 2.0, now)
+        });
+        bucket.take(now).map_err(|wait| {
+            resource_exhausted(
+                format!(
+                    "credential {who:?} registers more than {} times a second; retry later",
+                    config.register_rate
+                ),
+                wait,
+            )
+        })
     }
 
     fn policy_info(&self) -> pb::PolicyInfo {
@@ -55,10 +109,7 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        self.scheduler
-            .config()
-            .pool_access
-            .check(&request, "Pool.Register")?;
+        let who = caller(&request);
         let msg = request.into_inner();
         check_expert_id(&msg.expert_id).map_err(|m| invalid("expert_id", m))?;
         check_address(&msg.address)?;
@@ -71,9 +122,11 @@ impl Pool for PoolService {
         if msg.backend.len() > 64 {
             return Err(invalid("backend", "must be at most 64 bytes".into()));
         }
+        self.admit(&who, &msg.expert_id, &msg.address)?;
         let requested = (msg.lease_ttl_ms > 0).then(|| Duration::from_millis(msg.lease_ttl_ms));
         let granted = self.scheduler.registry.register(
             Join {
+                holder: &who,
                 expert_id: &msg.expert_id,
                 address: &msg.address,
                 cost: msg.cost,
@@ -86,7 +139,7 @@ impl Pool for PoolService {
         tracing::info!(
             expert = %msg.expert_id,
             address = %msg.address,
-            lease = %granted.lease_id,
+            holder = %who,
             ttl_ms = granted.ttl.as_millis() as u64,
             "replica registered"
         );
@@ -101,15 +154,12 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        self.scheduler
-            .config()
-            .pool_access
-            .check(&request, "Pool.Heartbeat")?;
+        let who = caller(&request);
         let msg = request.into_inner();
-        let ttl = self
-            .scheduler
-            .registry
-            .heartbeat(&msg.lease_id, msg.load, Instant::now())?;
+        let ttl =
+            self.scheduler
+                .registry
+                .heartbeat(&msg.lease_id, &who, msg.load, Instant::now())?;
         Ok(Response::new(pb::HeartbeatResponse {
             lease_ttl_ms: ttl.as_millis() as u64,
         }))
@@ -119,13 +169,10 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        self.scheduler
-            .config()
-            .pool_access
-            .check(&request, "Pool.Deregister")?;
+        let who = caller(&request);
         let msg = request.into_inner();
-        self.scheduler.registry.deregister(&msg.lease_id)?;
-        tracing::info!(lease = %msg.lease_id, "replica deregistered");
+        self.scheduler.registry.deregister(&msg.lease_id, &who)?;
+        tracing::info!(holder = %who, "replica deregistered");
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
@@ -141,12 +188,8 @@ impl Pool for PoolService {
 
     async fn reload_policy(
         &self,
-        request: Request<pb::ReloadPolicyRequest>,
+        _request: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::PolicyInfo>, Status> {
-        self.scheduler
-            .config()
-            .pool_access
-            .check(&request, "Pool.ReloadPolicy")?;
         let scheduler = self.scheduler.clone();
         let result = tokio::task::spawn_blocking(move || scheduler.reload_policy())
             .await

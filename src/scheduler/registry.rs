@@ -10,7 +10,7 @@ use crate::core::lease::{Lease, LeasePolicy};
 use crate::core::replica_health::{FailureOutcome, HealthParams, ReplicaHealth};
 pub use crate::grpc::pb::replica_state::Origin;
 use crate::grpc::pb::{self, expert_client::ExpertClient};
-use crate::telemetry::{ExpertMetrics, ReplicaMetrics};
+use crate::telemetry::{CodeCounts, LatencyHistogram, PoolSeries};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -36,6 +36,12 @@ pub enum RegistryError {
     },
     #[error("unknown or expired lease {0:?}; register again")]
     UnknownLease(String),
+    #[error("lease {lease:?} was taken by another credential; only its holder may renew or end it")]
+    NotLeaseHolder { lease: String },
+    #[error("address {address:?} is already served by a replica of {holder}; deregister it first")]
+    AddressTaken { address: String, holder: String },
+    #[error("the pool holds its maximum of {limit} {what}; no more can register")]
+    Full { what: &'static str, limit: usize },
 }
 
 /// An expert id and what is known of it, shared by all its replicas.
@@ -49,7 +55,10 @@ pub struct ExpertEntry {
     answered: AtomicU64,
     /// Cost charged, in millionths of a cost unit (atomic add of a float).
     charged_micro_units: AtomicU64,
-    metrics: ExpertMetrics,
+    /// Queries whose first choice it was.
+    decisions: AtomicU64,
+    /// Failed calls that moved a query on, by code.
+    fallbacks: CodeCounts,
 }
 
 impl ExpertEntry {
@@ -61,14 +70,14 @@ impl ExpertEntry {
             declared,
             answered: AtomicU64::new(0),
             charged_micro_units: AtomicU64::new(0),
-            metrics: ExpertMetrics::new(id),
+            decisions: AtomicU64::new(0),
+            fallbacks: CodeCounts::default(),
         }
     }
 
     /// An answer through the scheduler, charged at `cost`.
     pub fn record_answer(&self, cost: f64) {
         self.answered.fetch_add(1, Ordering::Relaxed);
-        self.metrics.answers.increment(1);
         self.charge(cost);
     }
 
@@ -76,12 +85,16 @@ impl ExpertEntry {
     pub fn charge(&self, cost: f64) {
         self.charged_micro_units
             .fetch_add((cost * 1e6).round() as u64, Ordering::Relaxed);
-        self.metrics.cost_charged.increment(cost);
     }
 
     /// The query's first choice was this expert.
     pub fn record_decision(&self) {
-        self.metrics.decisions.increment(1);
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A failed call to it moved a query on (a retry or a fallback).
+    pub fn record_fallback(&self, code: Code) {
+        self.fallbacks.increment(code);
     }
 
     pub fn answered_total(&self) -> u64 {
@@ -105,14 +118,25 @@ pub struct Replica {
     pub channel: Channel,
     /// Calls this scheduler sends to the replica at once, at most (changed by a pool reload).
     limit: AtomicU32,
-    lease: Option<(String, Mutex<Lease>)>,
+    lease: Option<LeaseSlot>,
     in_flight: AtomicU32,
     answered: AtomicU64,
     failed: AtomicU64,
     reported: Mutex<pb::LoadReport>,
     health: Mutex<ReplicaHealth>,
     health_params: HealthParams,
-    metrics: ReplicaMetrics,
+    /// Finished calls by code, their latency, and ejections (written out at scrape time).
+    calls: CodeCounts,
+    latency: LatencyHistogram,
+    ejections: AtomicU64,
+}
+
+/// A registered replica's lease: its id, the credential that took it, its clock.
+#[derive(Debug)]
+struct LeaseSlot {
+    id: String,
+    holder: String,
+    lease: Mutex<Lease>,
 }
 
 /// Counts a call in flight to a replica for as long as it lives (also when the call is
@@ -121,8 +145,7 @@ pub struct InFlightGuard<'a>(&'a Replica);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        let now = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.0.metrics.in_flight.set(f64::from(now));
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -161,10 +184,7 @@ impl Replica {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|before| {
-                self.metrics.in_flight.set(f64::from(before + 1));
-                InFlightGuard(self)
-            })
+            .map(|_| InFlightGuard(self))
     }
 
     /// Calls this scheduler may have in flight to the replica at once.
@@ -186,7 +206,8 @@ impl Replica {
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.metrics.record(code, latency);
+        self.calls.increment(code);
+        self.latency.record(latency);
         let mut health = lock(&self.health);
         match verdict {
             CallVerdict::Healthy => {
@@ -202,7 +223,7 @@ impl Replica {
                 health.observe_failure_latency(latency, now, &self.health_params);
                 match health.record_failure(now, &self.health_params) {
                     FailureOutcome::Ejected(length) => {
-                        self.metrics.ejections.increment(1);
+                        self.ejections.fetch_add(1, Ordering::Relaxed);
                         Some(length)
                     }
                     FailureOutcome::Counted => None,
@@ -220,7 +241,7 @@ impl Replica {
                 None
             }
             (false, false) => {
-                self.metrics.ejections.increment(1);
+                self.ejections.fetch_add(1, Ordering::Relaxed);
                 Some(health.eject(now, &self.health_params))
             }
             _ => None,
@@ -237,7 +258,7 @@ impl Replica {
     pub fn lease_expired(&self, now: Instant) -> bool {
         self.lease
             .as_ref()
-            .is_some_and(|(_, lease)| lock(lease).is_expired(now))
+            .is_some_and(|slot| lock(&slot.lease).is_expired(now))
     }
 
     /// What the decision needs to know about this replica now; `rtt` is NaN before the first
@@ -265,23 +286,36 @@ impl Replica {
         }
     }
 
-    /// Publishes the replica's state gauges (at scrape time).
-    pub fn publish_metrics(&self, now: Instant) {
-        let health = lock(&self.health);
-        self.metrics
-            .publish_state(health.rtt(now, &self.health_params), health.is_ejected(now));
+    /// Writes the replica's series (at scrape time).
+    fn write_series(&self, out: &mut PoolSeries, now: Instant) {
+        let labels: &[(&str, &str)] = &[("expert", &self.expert_id), ("replica", &self.address)];
+        let (rtt, ejected) = {
+            let health = lock(&self.health);
+            (health.rtt(now, &self.health_params), health.is_ejected(now))
+        };
+        out.codes("l2d_expert_calls_total", labels, &self.calls);
+        out.histogram("l2d_expert_call_duration_seconds", labels, &self.latency);
+        out.sample("l2d_replica_in_flight", labels, f64::from(self.in_flight()));
+        out.sample("l2d_replica_rtt_seconds", labels, rtt);
+        out.sample(
+            "l2d_replica_ejected",
+            labels,
+            if ejected { 1.0 } else { 0.0 },
+        );
+        let ejections = self.ejections.load(Ordering::Relaxed) as f64;
+        out.sample("l2d_replica_ejections_total", labels, ejections);
     }
 
     fn state(&self, now: Instant) -> pb::ReplicaState {
-        let (lease_id, lease_remaining_ms) = match &self.lease {
-            None => (String::new(), 0),
-            Some((id, lease)) => (id.clone(), lock(lease).remaining(now).as_millis() as u64),
-        };
+        // Lease ids are not shown: they are the holder's handle on its lease.
+        let lease_remaining_ms = self.lease.as_ref().map_or(0, |slot| {
+            lock(&slot.lease).remaining(now).as_millis() as u64
+        });
         let health = lock(&self.health).clone();
         pb::ReplicaState {
             address: self.address.clone(),
             origin: self.origin as i32,
-            lease_id,
+            lease_id: String::new(),
             lease_remaining_ms,
             in_flight: self.in_flight(),
             reported: self.lease.as_ref().map(|_| *lock(&self.reported)),
@@ -343,6 +377,9 @@ pub struct PoolSnapshot {
 /// A worker asking to join (the fields of `Pool.Register`, validated).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Join<'a> {
+    /// The credential registering (see [`crate::scheduler::access`]): it alone may renew or end
+    /// the lease.
+    pub holder: &'a str,
     pub expert_id: &'a str,
     pub address: &'a str,
     pub cost: f64,
@@ -368,9 +405,13 @@ pub struct Registry {
     next_key: AtomicU64,
     snapshot: ArcSwap<PoolSnapshot>,
     rebuild: Mutex<()>,
+    /// Serialises registrations (see [`Registry::register`]).
+    joining: Mutex<()>,
     lease_policy: LeasePolicy,
     health: HealthParams,
     default_limit: u32,
+    max_experts: usize,
+    max_replicas: usize,
     client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
@@ -381,6 +422,10 @@ pub struct ReplicaPolicy {
     pub health: HealthParams,
     /// Calls in flight per replica when neither the pool file nor the replica says otherwise.
     pub max_in_flight: u32,
+    /// Experts the pool may hold; a registration that would add one more is refused.
+    pub max_experts: usize,
+    /// Replicas (of every origin) the pool may hold; a registration beyond it is refused.
+    pub max_replicas: usize,
 }
 
 impl Default for ReplicaPolicy {
@@ -389,6 +434,8 @@ impl Default for ReplicaPolicy {
             leases: LeasePolicy::default(),
             health: HealthParams::default(),
             max_in_flight: 64,
+            max_experts: 64,
+            max_replicas: 1024,
         }
     }
 }
@@ -403,9 +450,12 @@ impl Registry {
             next_key: AtomicU64::new(1),
             snapshot: ArcSwap::from_pointee(PoolSnapshot::default()),
             rebuild: Mutex::new(()),
+            joining: Mutex::new(()),
             lease_policy: policy.leases,
             health: policy.health,
             default_limit: policy.max_in_flight.max(1),
+            max_experts: policy.max_experts,
+            max_replicas: policy.max_replicas,
             client_tls: None,
         }
     }
@@ -557,9 +607,13 @@ impl Registry {
         Ok((added, gone.len()))
     }
 
-    /// A worker joins the pool with a lease (the `Pool.Register` call, validated at the edge).
+    /// A worker joins the pool with a lease (the `Pool.Register` call, validated and authorised
+    /// at the edge). Re-registering the same expert at the same address under the same holder
+    /// replaces the old lease (a worker that lost it, or raced a restart); an address served by
+    /// anyone else is refused, never taken over.
     pub fn register(&self, join: Join<'_>, now: Instant) -> Result<Granted, RegistryError> {
         let Join {
+            holder,
             expert_id,
             address,
             cost,
@@ -567,63 +621,88 @@ impl Registry {
             requested_ttl,
             limit,
         } = join;
-        let entry = self
-            .experts
-            .entry(expert_id.to_owned())
-            .or_insert_with(|| Arc::new(ExpertEntry::new(expert_id, cost, backend, false)))
-            .clone();
-        if (entry.cost - cost).abs() > 1e-9 * entry.cost.max(1.0) {
+        // One registration at a time: the checks below and the insert must not interleave with
+        // another registration's (two could pass the caps, or take one address, together).
+        let _one_at_a_time = lock(&self.joining);
+        let mut stale = Vec::new();
+        for r in self.replicas.iter().filter(|r| r.address == address) {
+            match &r.lease {
+                Some(slot) if slot.holder == holder && r.expert_id == expert_id => {
+                    stale.push(r.key)
+                }
+                _ => {
+                    return Err(RegistryError::AddressTaken {
+                        address: address.to_owned(),
+                        holder: format!("expert {:?}", r.expert_id),
+                    });
+                }
+            }
+        }
+        let known = self.experts.get(expert_id).map(|e| e.clone());
+        if let Some(entry) = &known
+            && (entry.cost - cost).abs() > 1e-9 * entry.cost.max(1.0)
+        {
             return Err(RegistryError::CostConflict {
                 expert: expert_id.to_owned(),
                 known: entry.cost,
                 declared: cost,
             });
         }
-        // A worker that re-registers at the same address (it lost its lease, or the scheduler
-        // restarted and the worker raced a stale heartbeat) replaces its old entry.
-        let stale: Vec<u64> = self
-            .replicas
-            .iter()
-            .filter(|r| r.expert_id == expert_id && r.address == address && r.lease.is_some())
-            .map(|r| r.key)
-            .collect();
+        if known.is_none() && self.experts.len() >= self.max_experts {
+            return Err(RegistryError::Full {
+                what: "experts",
+                limit: self.max_experts,
+            });
+        }
+        if self.replicas.len() - stale.len() >= self.max_replicas {
+            return Err(RegistryError::Full {
+                what: "replicas",
+                limit: self.max_replicas,
+            });
+        }
         for key in stale {
             self.remove_replica(key);
         }
+        self.experts
+            .entry(expert_id.to_owned())
+            .or_insert_with(|| Arc::new(ExpertEntry::new(expert_id, cost, backend, false)));
         let ttl = self.lease_policy.grant(requested_ttl);
         let lease_id = new_lease_id();
-        self.insert_replica(
-            expert_id,
-            address,
-            Origin::Registered,
-            Some((lease_id.clone(), Lease::new(ttl, now))),
-            limit,
-        )?;
+        let slot = LeaseSlot {
+            id: lease_id.clone(),
+            holder: holder.to_owned(),
+            lease: Mutex::new(Lease::new(ttl, now)),
+        };
+        let inserted =
+            self.insert_replica(expert_id, address, Origin::Registered, Some(slot), limit);
+        if let Err(e) = inserted {
+            self.forget_if_empty(expert_id);
+            return Err(e);
+        }
         self.rebuild_snapshot();
         Ok(Granted { lease_id, ttl })
     }
 
+    /// Renews a lease (only its holder may) and records the load the replica reports.
     pub fn heartbeat(
         &self,
         lease_id: &str,
+        holder: &str,
         load: Option<pb::LoadReport>,
         now: Instant,
     ) -> Result<Duration, RegistryError> {
-        let unknown = || RegistryError::UnknownLease(lease_id.to_owned());
-        let key = *self.leases.get(lease_id).ok_or_else(unknown)?;
-        let replica = self
-            .replicas
-            .get(&key)
-            .map(|r| r.clone())
-            .ok_or_else(unknown)?;
-        let (_, lease) = replica.lease.as_ref().ok_or_else(unknown)?;
-        let mut lease = lock(lease);
+        let replica = self.leased(lease_id, holder)?;
+        let slot = replica
+            .lease
+            .as_ref()
+            .expect("a leased replica has a lease");
+        let mut lease = lock(&slot.lease);
         if lease.is_expired(now) {
             // Expired but not yet reaped: the worker must register again, like after a reap.
             drop(lease);
-            self.remove_replica(key);
+            self.remove_replica(replica.key);
             self.rebuild_snapshot();
-            return Err(unknown());
+            return Err(RegistryError::UnknownLease(lease_id.to_owned()));
         }
         lease.renew(now);
         let ttl = lease.ttl();
@@ -634,14 +713,30 @@ impl Registry {
         Ok(ttl)
     }
 
-    pub fn deregister(&self, lease_id: &str) -> Result<(), RegistryError> {
-        let (_, key) = self
-            .leases
-            .remove(lease_id)
-            .ok_or_else(|| RegistryError::UnknownLease(lease_id.to_owned()))?;
-        self.remove_replica(key);
+    /// Ends a lease (only its holder may).
+    pub fn deregister(&self, lease_id: &str, holder: &str) -> Result<(), RegistryError> {
+        let replica = self.leased(lease_id, holder)?;
+        self.remove_replica(replica.key);
         self.rebuild_snapshot();
         Ok(())
+    }
+
+    /// The replica holding `lease_id`, if `holder` took it.
+    fn leased(&self, lease_id: &str, holder: &str) -> Result<Arc<Replica>, RegistryError> {
+        let unknown = || RegistryError::UnknownLease(lease_id.to_owned());
+        let key = *self.leases.get(lease_id).ok_or_else(unknown)?;
+        let replica = self
+            .replicas
+            .get(&key)
+            .map(|r| r.clone())
+            .ok_or_else(unknown)?;
+        let slot = replica.lease.as_ref().ok_or_else(unknown)?;
+        if slot.holder != holder {
+            return Err(RegistryError::NotLeaseHolder {
+                lease: lease_id.to_owned(),
+            });
+        }
+        Ok(replica)
     }
 
     /// Removes replicas whose lease expired; returns what was removed as (expert, address).
@@ -665,6 +760,25 @@ impl Registry {
             .collect()
     }
 
+    /// The series of every expert and replica in the pool now, in the Prometheus text format:
+    /// one that left has none.
+    pub fn render_metrics(&self, now: Instant) -> String {
+        let mut out = PoolSeries::new();
+        for group in &self.snapshot().experts {
+            let entry = &group.entry;
+            let labels: &[(&str, &str)] = &[("expert", &entry.id)];
+            let decisions = entry.decisions.load(Ordering::Relaxed) as f64;
+            out.sample("l2d_decisions_total", labels, decisions);
+            out.sample("l2d_answers_total", labels, entry.answered_total() as f64);
+            out.sample("l2d_cost_charged_units", labels, entry.cost_charged_total());
+            out.codes("l2d_fallbacks_total", labels, &entry.fallbacks);
+            for replica in &group.replicas {
+                replica.write_series(&mut out, now);
+            }
+        }
+        out.render()
+    }
+
     /// The pool as `Pool.ListPool` reports it.
     pub fn states(&self, now: Instant) -> Vec<pb::ExpertState> {
         self.snapshot()
@@ -686,7 +800,7 @@ impl Registry {
         expert_id: &str,
         address: &str,
         origin: Origin,
-        lease: Option<(String, Lease)>,
+        lease: Option<LeaseSlot>,
         limit: Option<u32>,
     ) -> Result<(), RegistryError> {
         let endpoint = crate::grpc::tls::endpoint(address, self.client_tls.as_ref())
@@ -697,8 +811,8 @@ impl Registry {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        if let Some((lease_id, _)) = &lease {
-            self.leases.insert(lease_id.clone(), key);
+        if let Some(slot) = &lease {
+            self.leases.insert(slot.id.clone(), key);
         }
         let channel = endpoint.connect_lazy();
         let replica = Replica {
@@ -711,24 +825,36 @@ impl Registry {
                 .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
             limit: AtomicU32::new(limit.filter(|&l| l > 0).unwrap_or(self.default_limit)),
-            lease: lease.map(|(id, lease)| (id, Mutex::new(lease))),
+            lease,
             in_flight: AtomicU32::new(0),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reported: Mutex::new(pb::LoadReport::default()),
             health: Mutex::new(ReplicaHealth::new()),
             health_params: self.health,
-            metrics: ReplicaMetrics::new(expert_id, address),
+            calls: CodeCounts::default(),
+            latency: LatencyHistogram::default(),
+            ejections: AtomicU64::new(0),
         };
         self.replicas.insert(key, Arc::new(replica));
         Ok(())
     }
 
+    /// Removes a replica; an expert only registered replicas made (none declared in the pool
+    /// file) leaves with its last replica, so its id and cost are free again.
     fn remove_replica(&self, key: u64) {
-        if let Some((_, replica)) = self.replicas.remove(&key)
-            && let Some((lease_id, _)) = &replica.lease
-        {
-            self.leases.remove(lease_id);
+        if let Some((_, replica)) = self.replicas.remove(&key) {
+            if let Some(slot) = &replica.lease {
+                self.leases.remove(&slot.id);
+            }
+            self.forget_if_empty(&replica.expert_id);
+        }
+    }
+
+    /// Forgets an undeclared expert with no replica left.
+    fn forget_if_empty(&self, expert_id: &str) {
+        if !self.replicas.iter().any(|r| r.expert_id == expert_id) {
+            self.experts.remove_if(expert_id, |_, e| !e.declared);
         }
     }
 
@@ -798,6 +924,7 @@ mod tests {
         requested_ttl: Option<Duration>,
     ) -> Join<'a> {
         Join {
+            holder: "w",
             expert_id,
             address,
             cost,
@@ -825,7 +952,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 2);
-        reg.heartbeat(&a.lease_id, None, t0 + Duration::from_millis(800))
+        reg.heartbeat(&a.lease_id, "w", None, t0 + Duration::from_millis(800))
             .unwrap();
         let reaped = reg.reap_expired(t0 + Duration::from_millis(1200));
         assert_eq!(
@@ -833,13 +960,13 @@ mod tests {
             vec![("bert".to_string(), "127.0.0.1:9002".to_string())]
         );
         assert_eq!(
-            reg.heartbeat(&b.lease_id, None, t0 + Duration::from_millis(1200)),
+            reg.heartbeat(&b.lease_id, "w", None, t0 + Duration::from_millis(1200)),
             Err(RegistryError::UnknownLease(b.lease_id.clone()))
         );
-        reg.deregister(&a.lease_id).unwrap();
+        reg.deregister(&a.lease_id, "w").unwrap();
         // A registered-only expert with no replica left is gone from the pool.
         assert!(reg.snapshot().experts.is_empty());
-        assert!(reg.deregister(&a.lease_id).is_err());
+        assert!(reg.deregister(&a.lease_id, "w").is_err());
     }
 
     #[tokio::test]
@@ -875,8 +1002,8 @@ mod tests {
             .unwrap();
         assert_ne!(first.lease_id, second.lease_id);
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 1);
-        assert!(reg.heartbeat(&first.lease_id, None, now).is_err());
-        assert!(reg.heartbeat(&second.lease_id, None, now).is_ok());
+        assert!(reg.heartbeat(&first.lease_id, "w", None, now).is_err());
+        assert!(reg.heartbeat(&second.lease_id, "w", None, now).is_ok());
     }
 
     #[tokio::test]
