@@ -159,7 +159,7 @@ pub struct DispatchArgs {
     #[arg(long, value_delimiter = ',')]
     pub pool_identities: Vec<String>,
     /// A TOML file of pool credentials, each a token file or a certificate identity with the
-    /// expert ids it may serve (see docs/security.md).
+    /// expert ids it may serve (see docs/deploy.md, "Registration, when it is on").
     #[arg(long)]
     pub pool_credentials: Option<PathBuf>,
     /// Router.Ask needs this bearer token (read from the file) or an allowed client certificate.

@@ -264,7 +264,11 @@ impl PoolSeries {
         }
     }
 
+    /// A histogram's buckets, sum and count; nothing before its first observation.
     pub fn histogram(&mut self, name: &str, labels: Labels<'_>, h: &LatencyHistogram) {
+        if h.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let body = self.body(name);
         let mut cumulative = 0;
         for (le, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {

@@ -1,7 +1,10 @@
 //! TLS, mutual TLS and who may change the pool, over real gRPC on loopback with certificates
 //! made in the test (rcgen): a client → scheduler → expert round trip with mutual TLS on both
 //! hops, plain and certificate-less clients refused, Pool mutations refused without a token or
-//! an allowed certificate (UNAUTHENTICATED / PERMISSION_DENIED), Ask protected separately.
+//! an allowed certificate (UNAUTHENTICATED / PERMISSION_DENIED), Ask protected separately;
+//! credentials bound to the experts they may serve and leases to their holder, registration
+//! off, the address allow-list, the registration rate, and token and certificate files re-read
+//! while serving. (Resource exhaustion: tests/exhaustion.rs.)
 
 mod common;
 
@@ -17,6 +20,7 @@ use l2d::{Ask, RouterClient};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig};
 
@@ -326,4 +330,300 @@ fn certificate_identities_are_read_from_the_common_name_and_the_san() {
     ids.sort();
     assert_eq!(ids, ["expert-bert", "expert-bert"]);
     assert!(l2d::grpc::tls::certificate_identities(b"not a certificate").is_empty());
+}
+
+/// A Register call for `expert_id` at `address`, with a bearer token.
+fn join(expert_id: &str, address: &str, token: &str) -> tonic::Request<pb::RegisterRequest> {
+    let mut request = register_at(address, Some(token));
+    request.get_mut().expert_id = expert_id.into();
+    request
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A scheduler with no experts and the given gate, plus a Pool client to it.
+async fn pool_scheduler(config: SchedulerConfig) -> (Node, PoolClient<tonic::transport::Channel>) {
+    let (node, _, _) = spawn_scheduler(config, None, 0.1).await;
+    let pool = PoolClient::new(node.channel().await);
+    (node, pool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_serves_only_its_experts_and_a_lease_answers_only_to_its_holder() {
+    let config = SchedulerConfig {
+        gate: Arc::new(Gate {
+            pool: Access::new(vec![
+                Credential::token("bert-workers", "b").for_experts(&["bert"]),
+                Credential::token("lr-workers", "l").for_experts(&["lr"]),
+            ]),
+            registration: true,
+            ..Gate::default()
+        }),
+        ..SchedulerConfig::default()
+    };
+    let (node, mut pool) = pool_scheduler(config).await;
+
+    // The lr credential cannot register as bert (answer poisoning).
+    let squat = pool.register(join("bert", "127.0.0.1:7001", "l")).await;
+    assert_eq!(squat.unwrap_err().code(), Code::PermissionDenied);
+    let lease = pool
+        .register(join("bert", "127.0.0.1:7001", "b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease_id;
+
+    // Another holder can neither renew nor end it, nor take its address.
+    let beat = pool
+        .heartbeat(with_token(
+            pb::HeartbeatRequest {
+                lease_id: lease.clone(),
+                load: None,
+            },
+            "l",
+        ))
+        .await;
+    assert_eq!(beat.unwrap_err().code(), Code::PermissionDenied);
+    let end = pool
+        .deregister(with_token(
+            pb::DeregisterRequest {
+                lease_id: lease.clone(),
+            },
+            "l",
+        ))
+        .await;
+    assert_eq!(end.unwrap_err().code(), Code::PermissionDenied);
+    let taken = pool.register(join("lr", "127.0.0.1:7001", "l")).await;
+    let taken = taken.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+
+    // Nobody sees lease ids.
+    let listed = pool
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let replica = &listed.experts[0].replicas[0];
+    assert_eq!(
+        (replica.address.as_str(), replica.lease_id.as_str()),
+        ("127.0.0.1:7001", "")
+    );
+
+    // The holder ends its lease; the expert leaves with it, its id free again at another cost.
+    pool.deregister(with_token(pb::DeregisterRequest { lease_id: lease }, "b"))
+        .await
+        .unwrap();
+    let listed = pool
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.experts.is_empty(), "{listed:?}");
+    let mut again = join("bert", "127.0.0.1:7002", "b");
+    again.get_mut().cost = 50.0;
+    pool.register(again).await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_off_refuses_membership_but_serves_reads() {
+    let config = SchedulerConfig {
+        gate: Arc::new(Gate::default()),
+        ..SchedulerConfig::default()
+    };
+    let (node, mut pool) = pool_scheduler(config).await;
+    let refused = pool.register(register_request(None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    assert!(refused.message().contains("registration is off"));
+    let beat = pool
+        .heartbeat(pb::HeartbeatRequest {
+            lease_id: "lease-x".into(),
+            load: None,
+        })
+        .await;
+    assert_eq!(beat.unwrap_err().code(), Code::Unimplemented);
+    pool.list_pool(pb::ListPoolRequest {}).await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_addresses_must_be_on_the_allow_list() {
+    let (node, mut pool) = pool_scheduler(SchedulerConfig::default()).await;
+    // Loopback only by default: the scheduler cannot be pointed at the cluster's network.
+    for outside in [
+        "10.0.0.7:6379",
+        "kube-dns.kube-system.svc:53",
+        "[fd00::1]:80",
+    ] {
+        let refused = pool.register(register_at(outside, None)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{outside}");
+        assert!(refused.message().contains("allow-list"), "{refused:?}");
+    }
+    pool.register(register_at("localhost:7003", None))
+        .await
+        .unwrap();
+    node.stop().await;
+
+    let config = SchedulerConfig {
+        register_allow: l2d::core::allow_list::AllowList::parse(["10.0.0.0/8", "l2d.svc"]).unwrap(),
+        ..SchedulerConfig::default()
+    };
+    let (node, mut pool) = pool_scheduler(config).await;
+    pool.register(register_at("10.0.0.7:50051", None))
+        .await
+        .unwrap();
+    let mut named = register_at("bert-0.l2d.svc:50051", None);
+    named.get_mut().expert_id = "named".into();
+    pool.register(named).await.unwrap();
+    let refused = pool.register(register_at("127.0.0.1:7004", None)).await;
+    assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_rate_limited_per_credential() {
+    let config = SchedulerConfig {
+        gate: Arc::new(Gate {
+            pool: Access::new(vec![
+                Credential::token("a", "a"),
+                Credential::token("b", "b"),
+            ]),
+            registration: true,
+            ..Gate::default()
+        }),
+        register_rate: 1.0,
+        ..SchedulerConfig::default()
+    };
+    let (node, mut pool) = pool_scheduler(config).await;
+    // A burst of two, then RESOURCE_EXHAUSTED with a hint of when to retry.
+    for port in [7101, 7102] {
+        pool.register(join("x", &format!("127.0.0.1:{port}"), "a"))
+            .await
+            .unwrap();
+    }
+    let limited = pool
+        .register(join("x", "127.0.0.1:7103", "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    let hint = l2d::grpc::status::retry_after(&limited).expect("a retry hint");
+    assert!(
+        hint > Duration::ZERO && hint <= Duration::from_secs(1),
+        "{hint:?}"
+    );
+    // Another credential has its own budget.
+    pool.register(join("x", "127.0.0.1:7104", "b"))
+        .await
+        .unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_is_capped_in_experts_and_replicas() {
+    let mut config = SchedulerConfig::default();
+    config.replicas.max_experts = 2;
+    config.replicas.max_replicas = 3;
+    let (node, mut pool) = pool_scheduler(config).await;
+    let register = |id: &str, port: u16| {
+        let mut r = register_at(&format!("127.0.0.1:{port}"), None);
+        r.get_mut().expert_id = id.into();
+        r
+    };
+    pool.register(register("a", 7201)).await.unwrap();
+    pool.register(register("b", 7202)).await.unwrap();
+    let third = pool.register(register("c", 7203)).await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    pool.register(register("a", 7204)).await.unwrap();
+    let fourth = pool.register(register("a", 7205)).await.unwrap_err();
+    assert_eq!(fourth.code(), Code::ResourceExhausted, "{fourth:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_files_are_re_read_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "first").unwrap();
+    let config = SchedulerConfig {
+        gate: Arc::new(Gate {
+            pool: Access::new(vec![Credential::token_file("ops", &path).unwrap()]),
+            registration: true,
+            ..Gate::default()
+        }),
+        policy_poll: Duration::from_millis(50),
+        ..SchedulerConfig::default()
+    };
+    let (node, mut pool) = pool_scheduler(config).await;
+    pool.register(register_at("127.0.0.1:7301", Some("first")))
+        .await
+        .unwrap();
+    std::fs::write(&path, "second\n").unwrap();
+    let channel = node.channel().await;
+    eventually(Duration::from_secs(10), "the new token", || {
+        let mut pool = PoolClient::new(channel.clone());
+        async move {
+            pool.register(register_at("127.0.0.1:7302", Some("second")))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let old = pool
+        .register(register_at("127.0.0.1:7303", Some("first")))
+        .await;
+    assert_eq!(old.unwrap_err().code(), Code::Unauthenticated);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_re_read_while_serving() {
+    // The scheduler starts with PKI one's certificate; PKI two's files are written over it.
+    let (one, two) = (Pki::new(), Pki::new());
+    let dir = tempfile::tempdir().unwrap();
+    let install = |pki: &Pki| {
+        for name in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::copy(pki.path(name), dir.path().join(name)).unwrap();
+        }
+    };
+    install(&one);
+    let tls = ServerTls::load(
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
+        Some(&dir.path().join("ca.pem")),
+    )
+    .unwrap();
+    let config = SchedulerConfig {
+        tls: Some(tls),
+        policy_poll: Duration::from_millis(50),
+        ..SchedulerConfig::default()
+    };
+    let (node, _, _) = spawn_scheduler(config, None, 0.1).await;
+    let address = node.addr.to_string();
+    let reaches = |pki: &Pki| {
+        let tls = pki.client(Some("scheduler"));
+        let address = address.clone();
+        async move {
+            let Ok(channel) = endpoint(&address, Some(&tls)).unwrap().connect().await else {
+                return false;
+            };
+            PoolClient::new(channel)
+                .list_pool(pb::ListPoolRequest {})
+                .await
+                .is_ok()
+        }
+    };
+    assert!(reaches(&one).await);
+    assert!(!reaches(&two).await, "a client of another CA got through");
+    install(&two);
+    eventually(Duration::from_secs(10), "the new certificate", || {
+        reaches(&two)
+    })
+    .await;
+    assert!(!reaches(&one).await, "the old certificate is still served");
 }

@@ -651,3 +651,38 @@ async fn check_health(scheduler: Arc<Scheduler>) {
         futures_util::future::join_all(checks).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use access::{Access, Credential, Gate};
+
+    #[test]
+    fn an_open_pool_is_refused_off_loopback_unless_told_otherwise() {
+        let anywhere: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let loopback: std::net::SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let open = SchedulerConfig::default();
+        let err = check_exposure(&open, anywhere).unwrap_err().to_string();
+        assert!(err.contains("--insecure-pool"), "{err}");
+        assert!(check_exposure(&open, loopback).is_ok());
+        let insecure = SchedulerConfig {
+            insecure_pool: true,
+            ..SchedulerConfig::default()
+        };
+        assert!(check_exposure(&insecure, anywhere).is_ok());
+        let off = SchedulerConfig {
+            gate: Arc::new(Gate::default()),
+            ..SchedulerConfig::default()
+        };
+        assert!(check_exposure(&off, anywhere).is_ok());
+        let guarded = SchedulerConfig {
+            gate: Arc::new(Gate {
+                pool: Access::new(vec![Credential::token("ops", "t")]),
+                registration: true,
+                ..Gate::default()
+            }),
+            ..SchedulerConfig::default()
+        };
+        assert!(check_exposure(&guarded, anywhere).is_ok());
+    }
+}

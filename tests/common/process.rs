@@ -17,7 +17,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(L2D)
+        Self::spawn_bin(L2D, args)
+    }
+
+    /// `bin` (another build of l2d, for comparisons) with `args`.
+    pub fn spawn_bin(bin: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
