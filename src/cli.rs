@@ -4,7 +4,7 @@
 use crate::cluster;
 use crate::expert::{self, ExpertNode, Registration};
 use crate::grpc::pb::{self, pool_client::PoolClient, replica_state::Origin};
-use crate::grpc::server::shutdown_signal;
+use crate::grpc::server::{ServerLimits, shutdown_signal};
 use crate::grpc::status::code_name;
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile, check_expert_id};
 use crate::scheduler::{self, Scheduler, SchedulerConfig};
@@ -211,18 +211,21 @@ pub enum Switch {
 #[derive(Debug, Args)]
 pub struct ServerLimitArgs {
     /// Connections open at once; one more is closed on accept.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
     pub max_connections: usize,
     /// Calls open at once on one connection (HTTP/2 max concurrent streams).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = ServerLimits::default().max_concurrent_streams)]
     pub max_concurrent_streams: u32,
+    /// Calls in service at once over all connections; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = ServerLimits::default().max_calls_in_service)]
+    pub max_calls_in_service: usize,
     /// Longest a call may take on this node, body included (a shorter grpc-timeout wins).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 }
 
 impl ServerLimitArgs {
-    fn limits(&self) -> anyhow::Result<crate::grpc::server::ServerLimits> {
+    fn limits(&self) -> anyhow::Result<ServerLimits> {
         anyhow::ensure!(
             self.max_connections > 0,
             "--max-connections must be at least 1"
@@ -232,14 +235,19 @@ impl ServerLimitArgs {
             "--max-concurrent-streams must be at least 1"
         );
         anyhow::ensure!(
+            self.max_calls_in_service > 0,
+            "--max-calls-in-service must be at least 1"
+        );
+        anyhow::ensure!(
             !self.request_timeout.is_zero(),
             "--request-timeout must be longer than 0s"
         );
-        Ok(crate::grpc::server::ServerLimits {
+        Ok(ServerLimits {
             max_connections: self.max_connections,
             max_concurrent_streams: self.max_concurrent_streams,
+            max_calls_in_service: self.max_calls_in_service,
             request_timeout: self.request_timeout,
-            ..crate::grpc::server::ServerLimits::default()
+            ..ServerLimits::default()
         })
     }
 }

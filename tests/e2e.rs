@@ -787,10 +787,13 @@ async fn pool_file_changes_apply_while_serving_and_bad_ones_are_refused_whole() 
     assert_eq!(experts()[0].1, vec![3]);
 
     // Removing an expert takes its replicas out; queries still find the other one.
+    // (The file watcher, polling every 50 ms, may apply it before this call does: then this
+    // call finds the file unchanged.)
     write(strong_at(""));
-    let changes = scheduler.reload_pool().unwrap().unwrap();
-    assert_eq!(changes.removed, ["cheap"]);
-    assert_eq!(changes.updated, ["strong"]);
+    if let Some(changes) = scheduler.reload_pool().unwrap() {
+        assert_eq!(changes.removed, ["cheap"]);
+        assert_eq!(changes.updated, ["strong"]);
+    }
     assert_eq!(experts(), [("strong".to_string(), vec![64])]);
     assert_eq!(router.ask(ask).await.unwrap().expert_id, "strong");
     assert!(scheduler.reload_pool().unwrap().is_none(), "unchanged file");

@@ -464,3 +464,118 @@ async fn figures_against_another_build() {
         );
     }
 }
+
+/// A scheduler in this process with `limits`, its one expert "strong" in-process.
+async fn scheduler_with(
+    limits: l2d::grpc::server::ServerLimits,
+) -> (common::Node, l2d::cluster::LocalExperts, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = common::pool_file(dir.path(), &pool_entry("strong", 0.9, ""));
+    let config = l2d::scheduler::SchedulerConfig {
+        server_limits: limits,
+        ..Default::default()
+    };
+    let (node, _, local) = common::spawn_scheduler(config, Some(&pool), 0.1).await;
+    (node, local, dir)
+}
+
+/// Opens an Ask call whose body starts and never ends; returns the gRPC status it ends with.
+async fn unfinished_call(address: &str) -> (h2::SendStream<bytes::Bytes>, Option<String>) {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut ready = client.ready().await.unwrap();
+    let request = http::Request::post("http://l2d/l2d.v1.Router/Ask")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = ready.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 3, 232, 0x0a]), false)
+        .unwrap();
+    // A hang guard, not a timing bound: the body deadline under test is a fraction of it.
+    let response = tokio::time::timeout(Duration::from_secs(20), response).await;
+    let status = match response {
+        Ok(Ok(response)) => {
+            let in_headers = response.headers().get("grpc-status").cloned();
+            let mut recv = response.into_body();
+            while let Some(Ok(_)) = recv.data().await {}
+            let trailers = recv.trailers().await.ok().flatten();
+            in_headers
+                .or_else(|| trailers.and_then(|t| t.get("grpc-status").cloned()))
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+        _ => None,
+    };
+    (body, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_ends_is_cut_off_at_the_body_deadline() {
+    let limits = l2d::grpc::server::ServerLimits {
+        body_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (node, local, _dir) = scheduler_with(limits).await;
+    let (_held, status) = unfinished_call(&node.addr.to_string()).await;
+    assert_eq!(status.as_deref(), Some("4"), "DEADLINE_EXCEEDED expected");
+    node.stop().await;
+    local.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_in_service_limit_are_refused_before_their_body() {
+    let limits = l2d::grpc::server::ServerLimits {
+        max_calls_in_service: 2,
+        body_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (node, local, _dir) = scheduler_with(limits).await;
+    let address = node.addr.to_string();
+    // Two calls hold the two slots with bodies that never end, so a third is refused at once.
+    // (A holder that raced an Ask for a slot was refused itself: it is opened again.)
+    let (id, question, context) = questions().into_iter().next().unwrap();
+    let mut client = RouterClient::from_channel(node.channel().await);
+    let ask = || Ask::new(question.clone(), context.clone()).id(id.clone());
+    let hold = || {
+        let address = address.clone();
+        tokio::spawn(async move { unfinished_call(&address).await })
+    };
+    let mut holders = vec![hold(), hold()];
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the slots never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for h in holders.iter_mut().filter(|h| h.is_finished()) {
+            *h = hold();
+        }
+        match client.ask(ask()).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => break s,
+            _ => {}
+        }
+    };
+    assert!(
+        l2d::grpc::status::retry_after(&refused).is_some(),
+        "{refused:?}"
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    // When their bodies time out, the slots are free again.
+    for h in holders {
+        let (_, status) = h.await.unwrap();
+        assert_eq!(status.as_deref(), Some("4"));
+    }
+    assert_eq!(client.ask(ask()).await.unwrap().expert_id, "strong");
+    node.stop().await;
+    local.shutdown().await.unwrap();
+}

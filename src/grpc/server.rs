@@ -8,11 +8,21 @@
 //! Every listener counts its connections (beyond [`ServerLimits::max_connections`] a new one is
 //! closed at once), and every connection is HTTP/2 with bounded concurrent streams, bounded
 //! header lists, a cap on streams a client resets before the server sees them (the "rapid
-//! reset" attack), keepalive pings that close a connection whose peer went silent, a maximum
-//! age after which the client is asked to reconnect, and a timeout on each request, body
-//! included. TLS handshakes run off the accept loop, each with a timeout. A node that guards
-//! some calls with credentials passes an [`Authorize`]: it runs on the request's headers,
-//! before the body is read or decoded.
+//! reset" attack), small flow-control windows (what a connection can make the server buffer
+//! unread), keepalive pings that close a connection whose peer went silent, a maximum age after
+//! which the client is asked to reconnect, and a timeout on each request. Across connections, at
+//! most [`ServerLimits::max_calls_in_service`] calls are served at once (one more is refused at
+//! once with RESOURCE_EXHAUSTED, before its body is read), and a request's body must arrive
+//! within [`ServerLimits::body_timeout`]. TLS handshakes run off the accept loop, each with a
+//! timeout. A node that guards some calls with credentials passes an [`Authorize`]: it runs on
+//! the request's headers, before the body is read or decoded.
+//!
+//! What that bounds: a call's body is buffered only while the call is in service, and is at
+//! most the service's message limit; data a client sends beyond that waits in the connection's
+//! flow-control window. Memory held for clients is therefore at most about
+//! `max_calls_in_service × message limit + max_connections × connection window` (with the
+//! defaults and `Router.Ask`'s 264 KiB limit: 256 × 264 KiB + 512 × 256 KiB ≈ 194 MiB), whatever
+//! the clients do.
 
 use super::tls::ServerTls;
 use std::future::Future;
@@ -59,6 +69,13 @@ pub struct ServerLimits {
     pub max_header_list_bytes: u32,
     /// Streams a client may open and reset before the server accepts them, per connection.
     pub max_pending_reset_streams: usize,
+    /// Calls in service at once across every connection; health checks are not counted.
+    pub max_calls_in_service: usize,
+    /// Unread bytes a connection, and one of its streams, may send ahead (HTTP/2 windows).
+    pub connection_window_bytes: u32,
+    pub stream_window_bytes: u32,
+    /// Longest a request's body may take to arrive, from its headers.
+    pub body_timeout: Duration,
     /// Longest a request may take from its headers to its answer, body included (a caller's
     /// shorter `grpc-timeout` wins).
     pub request_timeout: Duration,
@@ -76,10 +93,14 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
+            max_connections: 512,
             max_concurrent_streams: 128,
             max_header_list_bytes: 16 * 1024,
             max_pending_reset_streams: 32,
+            max_calls_in_service: 256,
+            connection_window_bytes: 256 * 1024,
+            stream_window_bytes: 256 * 1024,
+            body_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
@@ -167,7 +188,12 @@ pub async fn serve_routes(
     options: &ServeOptions,
 ) -> anyhow::Result<()> {
     let limits = options.limits;
-    let authorize = options.authorize.clone().map(AuthorizeLayer);
+    let guard = GuardLayer {
+        authorize: options.authorize.clone(),
+        in_service: Arc::new(Semaphore::new(limits.max_calls_in_service.max(1))),
+        limit: limits.max_calls_in_service.max(1),
+        body_timeout: limits.body_timeout,
+    };
     let mut server = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .concurrency_limit_per_connection(limits.max_concurrent_streams as usize)
@@ -178,7 +204,9 @@ pub async fn serve_routes(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
-        .layer(tower::util::option_layer(authorize));
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .layer(guard);
     let router = server.add_routes(routes);
     match options.tls.clone() {
         None => {
@@ -345,61 +373,140 @@ pub async fn watch_tls(tls: Arc<ServerTls>, every: Duration) {
     }
 }
 
-/// Runs an [`Authorize`] on every request's headers.
+/// On every request, before its body is read: the [`Authorize`] check, a slot of the calls in
+/// service (health checks excepted), and the body's deadline.
 #[derive(Clone)]
-struct AuthorizeLayer(Arc<dyn Authorize>);
+struct GuardLayer {
+    authorize: Option<Arc<dyn Authorize>>,
+    in_service: Arc<Semaphore>,
+    limit: usize,
+    body_timeout: Duration,
+}
 
-impl<S> tower::Layer<S> for AuthorizeLayer {
-    type Service = Authorized<S>;
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
 
-    fn layer(&self, inner: S) -> Authorized<S> {
-        Authorized {
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
             inner,
-            authorize: self.0.clone(),
+            guard: self.clone(),
         }
     }
 }
 
 #[derive(Clone)]
-struct Authorized<S> {
+struct Guarded<S> {
     inner: S,
-    authorize: Arc<dyn Authorize>,
+    guard: GuardLayer,
 }
 
-impl<S, B, R> tower::Service<http::Request<B>> for Authorized<S>
+type BoxedResponse<R, E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send + 'static>>;
+
+impl<S, R> tower::Service<http::Request<tonic::body::Body>> for Guarded<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
     S::Future: Send + 'static,
-    R: Default,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
 {
     type Response = http::Response<R>;
     type Error = S::Error;
-    type Future = futures_util::future::Either<
-        S::Future,
-        futures_util::future::Ready<Result<http::Response<R>, S::Error>>,
-    >;
+    type Future = BoxedResponse<R, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let verdict = self.authorize.authorize(
-            request.uri().path(),
-            request.headers(),
-            request.extensions(),
-        );
-        match verdict {
-            Ok(caller) => {
-                if let Some(caller) = caller {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let refuse = |status: Status| -> Self::Future {
+            Box::pin(futures_util::future::ready(Ok(status.into_http())))
+        };
+        let guard = &self.guard;
+        if let Some(authorize) = &guard.authorize {
+            match authorize.authorize(
+                request.uri().path(),
+                request.headers(),
+                request.extensions(),
+            ) {
+                Ok(Some(caller)) => {
                     request.extensions_mut().insert(caller);
                 }
-                futures_util::future::Either::Left(self.inner.call(request))
+                Ok(None) => {}
+                Err(status) => return refuse(status),
             }
-            Err(status) => futures_util::future::Either::Right(futures_util::future::ready(Ok(
-                status.into_http(),
-            ))),
         }
+        let permit = if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            None
+        } else {
+            match guard.in_service.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return refuse(super::status::resource_exhausted(
+                        format!(
+                            "this node is serving its limit of {} calls; retry shortly",
+                            guard.limit
+                        ),
+                        Duration::from_millis(100),
+                    ));
+                }
+            }
+        };
+        let timeout = guard.body_timeout;
+        let request = request.map(|body| tonic::body::Body::new(BodyDeadline::new(body, timeout)));
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+/// A request body that must end within a time from the request's headers: a client that
+/// starts a call and trickles (or never finishes) its body cannot hold a slot for longer.
+struct BodyDeadline {
+    inner: tonic::body::Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl BodyDeadline {
+    fn new(inner: tonic::body::Body, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
+impl http_body::Body for BodyDeadline {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "the request body did not arrive within {} ms",
+                self.timeout.as_millis()
+            ))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
