@@ -84,50 +84,39 @@ fn container_port(container: &Value, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The volume mounted (whole, not `subPath`: edits and rotations reach the file) at the folder
+/// where `path` is read.
+fn mounted_volume<'a>(pod: &'a Value, container: &Value, path: &Path) -> &'a Value {
+    let dir = path.parent().unwrap();
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(str_of(&m["mountPath"])) == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {}", dir.display()));
+    assert!(
+        mount["subPath"].is_null(),
+        "subPath mounts never see ConfigMap edits or Secret rotations"
+    );
+    pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap()
+}
+
 /// The content of the ConfigMap file mounted where `path` is read, checking the mount.
 fn mounted_file<'a>(objects: &'a [Value], pod: &Value, container: &Value, path: &str) -> &'a str {
     let path = Path::new(path);
-    let (dir, file) = (path.parent().unwrap(), path.file_name().unwrap());
-    let mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| Path::new(str_of(&m["mountPath"])) == dir)
-        .unwrap_or_else(|| panic!("nothing mounted at {}", dir.display()));
-    assert!(
-        mount["subPath"].is_null(),
-        "subPath mounts never see ConfigMap edits"
-    );
-    let volume = pod["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap();
+    let volume = mounted_volume(pod, container, path);
     let config_map = find(objects, "ConfigMap", str_of(&volume["configMap"]["name"]));
-    str_of(&config_map["data"][file.to_str().unwrap()])
+    str_of(&config_map["data"][path.file_name().unwrap().to_str().unwrap()])
 }
 
-/// The Secret mounted (whole, so rotations reach the file) where `path` is read.
+/// The Secret mounted where `path` is read.
 fn mounted_secret<'a>(pod: &'a Value, container: &Value, path: &str) -> &'a str {
-    let dir = Path::new(path).parent().unwrap();
-    let mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| Path::new(str_of(&m["mountPath"])) == dir)
-        .unwrap_or_else(|| panic!("nothing mounted at {}", dir.display()));
-    assert!(
-        mount["subPath"].is_null(),
-        "subPath mounts never see rotations"
-    );
-    let volume = pod["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap();
-    str_of(&volume["secret"]["secretName"])
+    str_of(&mounted_volume(pod, container, Path::new(path))["secret"]["secretName"])
 }
 
 /// Checks one container's gRPC port, probes (on `probe_port`) and health service names.

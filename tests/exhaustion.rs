@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::cluster::{pool_entry, questions, scrape};
+use common::cluster::{pool_entry, questions, scheduler_of, scrape};
 use common::process::{L2D, Proc};
 use l2d::pb::{self, pool_client::PoolClient};
 use l2d::{Ask, RouterClient};
@@ -40,22 +40,8 @@ struct Target {
 impl Target {
     fn start(bin: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.toml");
-        std::fs::write(&path, pool_entry("strong", 0.9, "")).unwrap();
-        let mut args = vec![
-            "scheduler",
-            "--listen",
-            "127.0.0.1:0",
-            "--pool",
-            path.to_str().unwrap(),
-            "--prior",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let mut proc = Proc::spawn_bin(bin, &args);
-        let metrics = proc.address_in("metrics serving");
-        let router = proc.address_in("scheduler serving");
+        let (proc, router, metrics) =
+            scheduler_of(bin, dir.path(), &pool_entry("strong", 0.9, ""), extra);
         Self {
             proc,
             router,

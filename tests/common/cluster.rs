@@ -60,6 +60,11 @@ pub fn addresses(list: &[&str]) -> String {
 
 /// A scheduler process on the pool `body` (prior policy), with metrics on a free port.
 pub fn scheduler(dir: &Path, body: &str, extra: &[&str]) -> (Proc, String, String) {
+    scheduler_of(super::process::L2D, dir, body, extra)
+}
+
+/// [`scheduler`] with another build of l2d, `bin`.
+pub fn scheduler_of(bin: &str, dir: &Path, body: &str, extra: &[&str]) -> (Proc, String, String) {
     let path = dir.join("pool.toml");
     std::fs::write(&path, body).unwrap();
     let mut args = vec![
@@ -73,7 +78,7 @@ pub fn scheduler(dir: &Path, body: &str, extra: &[&str]) -> (Proc, String, Strin
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&args);
+    let mut proc = Proc::spawn_bin(bin, &args);
     let metrics = proc.address_in("metrics serving");
     let router = proc.address_in("scheduler serving");
     (proc, router, metrics)
