@@ -108,7 +108,7 @@ def main():
     expect_code("a question over the size limit is INVALID_ARGUMENT", lambda: ask(question="x" * 10_000),
                 grpc.StatusCode.INVALID_ARGUMENT)
     # Refused from the length prefix, before the body is read (tonic's code for it: OUT_OF_RANGE).
-    expect_code("a message over the 4 MiB limit is OUT_OF_RANGE", lambda: ask(context="x" * (5 << 20)),
+    expect_code("a message over the query-sized limit (264 KiB) is OUT_OF_RANGE", lambda: ask(context="x" * (5 << 20)),
                 grpc.StatusCode.OUT_OF_RANGE)
 
     if args.slow_router:
