@@ -565,3 +565,59 @@ async fn calls_beyond_the_in_service_limit_are_refused_before_their_body() {
     node.stop().await;
     local.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_and_pool_listeners_share_one_budget_of_calls_in_service() {
+    use std::sync::Arc;
+    let limits = l2d::grpc::server::ServerLimits {
+        max_calls_in_service: 1,
+        body_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let config = l2d::scheduler::SchedulerConfig {
+        server_limits: limits,
+        ..Default::default()
+    };
+    let scheduler = Arc::new(l2d::scheduler::Scheduler::new(
+        config,
+        Box::new(l2d::core::policy::PriorPolicy::new(0.1, []).unwrap()),
+    ));
+    let router = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pool = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (router_address, pool_address) = (router.local_addr().unwrap(), pool.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listeners = l2d::scheduler::Listeners {
+        router,
+        pool: Some(pool),
+        health: None,
+    };
+    let served = tokio::spawn(l2d::scheduler::serve_on(listeners, scheduler, async {
+        let _ = stopped.await;
+    }));
+    // One unfinished call on the Router's port takes the only slot; a Pool call on the other
+    // port is refused until its body deadline frees it.
+    let holder = {
+        let address = router_address.to_string();
+        tokio::spawn(async move { unfinished_call(&address).await })
+    };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut client = PoolClient::connect(format!("http://{pool_address}"))
+        .await
+        .unwrap();
+    loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the slot was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match client.list_pool(pb::ListPoolRequest {}).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => break,
+            _ => assert!(!holder.is_finished(), "the holder was refused"),
+        }
+    }
+    let (_, status) = holder.await.unwrap();
+    assert_eq!(status.as_deref(), Some("4"));
+    client.list_pool(pb::ListPoolRequest {}).await.unwrap();
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}

@@ -131,6 +131,22 @@ pub trait Authorize: Send + Sync + 'static {
     ) -> Result<Option<Caller>, Status>;
 }
 
+/// The connection and in-service slots of a node, shared by all its listeners (the scheduler's
+/// Router, Pool and health ports) so the bounds hold for the process, not per port.
+pub struct Budget {
+    connections: Arc<Semaphore>,
+    in_service: Arc<Semaphore>,
+}
+
+impl Budget {
+    pub fn new(limits: &ServerLimits) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            in_service: Arc::new(Semaphore::new(limits.max_calls_in_service.max(1))),
+        })
+    }
+}
+
 /// How a node serves, beyond its services.
 #[derive(Clone, Default)]
 pub struct ServeOptions {
@@ -141,6 +157,8 @@ pub struct ServeOptions {
     pub limits: ServerLimits,
     /// Checks credentials on headers (none: every call is let through).
     pub authorize: Option<Arc<dyn Authorize>>,
+    /// Slots shared with the node's other listeners (none: this listener's own, from `limits`).
+    pub budget: Option<Arc<Budget>>,
 }
 
 /// Marks `services` (and the whole server, the empty name) as serving, runs the server until
@@ -188,9 +206,13 @@ pub async fn serve_routes(
     options: &ServeOptions,
 ) -> anyhow::Result<()> {
     let limits = options.limits;
+    let budget = options
+        .budget
+        .clone()
+        .unwrap_or_else(|| Budget::new(&limits));
     let guard = GuardLayer {
         authorize: options.authorize.clone(),
-        in_service: Arc::new(Semaphore::new(limits.max_calls_in_service.max(1))),
+        in_service: budget.in_service.clone(),
         limit: limits.max_calls_in_service.max(1),
         body_timeout: limits.body_timeout,
     };
@@ -210,11 +232,18 @@ pub async fn serve_routes(
     let router = server.add_routes(routes);
     match options.tls.clone() {
         None => {
-            let incoming = accept(listener, limits, |stream| async move { Some(stream) });
+            let slots = budget.connections.clone();
+            let incoming = accept(
+                listener,
+                slots,
+                limits,
+                |stream| async move { Some(stream) },
+            );
             router.serve_with_incoming_shutdown(incoming, stop).await?;
         }
         Some(tls) => {
-            let incoming = accept(listener, limits, move |stream| {
+            let slots = budget.connections.clone();
+            let incoming = accept(listener, slots, limits, move |stream| {
                 let handshake = tls.acceptor().accept(stream);
                 async move {
                     match tokio::time::timeout(limits.handshake_timeout, handshake).await {
@@ -295,6 +324,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 /// task (TLS: with a timeout), so a slow client cannot hold the accept loop.
 fn accept<IO, F, Fut>(
     listener: TcpListener,
+    slots: Arc<Semaphore>,
     limits: ServerLimits,
     handshake: F,
 ) -> impl futures_util::Stream<Item = Result<Counted<IO>, std::io::Error>>
@@ -304,7 +334,6 @@ where
     Fut: Future<Output = Option<IO>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Counted<IO>>(64);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::spawn(async move {
         let mut refused: u64 = 0;
         loop {
@@ -513,14 +542,16 @@ impl http_body::Body for BodyDeadline {
 /// Serves only `grpc.health.v1` (the `health_only` routes of [`standard_routes`]), in plain
 /// HTTP/2, on `listener`: for probes that cannot speak TLS (the kubelet's gRPC probes) beside a
 /// TLS listener. The states are the main server's, drain included.
+/// `options`' limits and budget apply; its TLS and authorization do not.
 pub async fn serve_health(
     listener: TcpListener,
     health_only: Routes,
     stop: impl Future<Output = ()> + Send,
-    limits: ServerLimits,
+    options: &ServeOptions,
 ) -> anyhow::Result<()> {
     let options = ServeOptions {
-        limits,
+        limits: options.limits,
+        budget: options.budget.clone(),
         ..ServeOptions::default()
     };
     serve_routes(listener, health_only, stop, &options).await

@@ -422,6 +422,7 @@ pub async fn serve_on(
         tls: config.tls.clone(),
         limits: config.server_limits,
         authorize: Some(config.gate.clone()),
+        budget: Some(server::Budget::new(&config.server_limits)),
     };
     let mut tasks = vec![
         tokio::spawn(reap_leases(scheduler.clone())),
@@ -498,12 +499,11 @@ pub async fn serve_on(
         }
     };
     if let Some(listener) = listeners.health {
-        side.push(tokio::spawn(server::serve_health(
-            listener,
-            health_only,
-            stopping(),
-            config.server_limits,
-        )));
+        let options = options.clone();
+        let stop = stopping();
+        side.push(tokio::spawn(async move {
+            server::serve_health(listener, health_only, stop, &options).await
+        }));
     }
     let result = server::serve(
         listeners.router,

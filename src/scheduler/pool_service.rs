@@ -25,12 +25,16 @@ pub struct PoolService {
     rates: Mutex<HashMap<String, TokenBucket>>,
 }
 
-/// The caller the gate attached (anonymous where none is needed).
-fn caller<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| super::access::ANONYMOUS.to_owned(), |c| c.name.clone())
+/// The caller the gate attached. None attached (the service served without the gate) counts
+/// as anonymous only where the pool needs no credential.
+fn caller<T>(request: &Request<T>, scheduler: &Scheduler) -> Result<String, Status> {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => Ok(caller.name.clone()),
+        None if scheduler.config().gate.pool.is_open() => Ok(super::access::ANONYMOUS.into()),
+        None => Err(Status::unauthenticated(
+            "no credential was checked for this call",
+        )),
+    }
 }
 
 impl PoolService {
@@ -109,7 +113,7 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let who = caller(&request);
+        let who = caller(&request, &self.scheduler)?;
         let msg = request.into_inner();
         check_expert_id(&msg.expert_id).map_err(|m| invalid("expert_id", m))?;
         check_address(&msg.address)?;
@@ -154,7 +158,7 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let who = caller(&request);
+        let who = caller(&request, &self.scheduler)?;
         let msg = request.into_inner();
         let ttl =
             self.scheduler
@@ -169,7 +173,7 @@ impl Pool for PoolService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let who = caller(&request);
+        let who = caller(&request, &self.scheduler)?;
         let msg = request.into_inner();
         self.scheduler.registry.deregister(&msg.lease_id, &who)?;
         tracing::info!(holder = %who, "replica deregistered");
