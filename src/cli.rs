@@ -738,7 +738,7 @@ pub struct LoadArgs {
     /// Time sent but not counted, at the start.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// gRPC connections (HTTP/2) to spread the calls over.
+    /// gRPC connections (HTTP/2) to spread the calls over (at least one per 100 in flight).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// At most this many calls (warm-up included).

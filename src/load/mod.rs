@@ -132,9 +132,20 @@ impl Client {
     }
 }
 
+/// Calls in flight one connection carries at most: l2d servers accept 128 concurrent streams
+/// per connection by default; more calls than that on one connection would wait in the client.
+const CALLS_PER_CONNECTION: usize = 100;
+
+/// `--connections`, or more when the calls in flight would exceed [`CALLS_PER_CONNECTION`] each.
+fn connection_count(connections: usize, concurrency: usize) -> usize {
+    connections
+        .max(concurrency.div_ceil(CALLS_PER_CONNECTION))
+        .max(1)
+}
+
 async fn connect(options: &LoadOptions) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::new();
-    for _ in 0..options.connections.max(1) {
+    for _ in 0..connection_count(options.connections, options.concurrency) {
         let channel = crate::grpc::tls::endpoint(&options.address, options.tls.as_ref())?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
@@ -316,6 +327,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_calls_in_flight_than_a_connection_carries_get_more_connections() {
+        assert_eq!(connection_count(1, 8), 1);
+        assert_eq!(connection_count(1, 100), 1);
+        assert_eq!(connection_count(1, 256), 3);
+        assert_eq!(connection_count(4, 32), 4);
+        assert_eq!(connection_count(0, 0), 1);
+    }
 
     #[test]
     fn open_loop_queries_are_due_at_even_intervals() {
