@@ -660,9 +660,6 @@ impl Registry {
                 limit: self.max_replicas,
             });
         }
-        for key in stale {
-            self.remove_replica(key);
-        }
         self.experts
             .entry(expert_id.to_owned())
             .or_insert_with(|| Arc::new(ExpertEntry::new(expert_id, cost, backend, false)));
@@ -678,6 +675,10 @@ impl Registry {
         if let Err(e) = inserted {
             self.forget_if_empty(expert_id);
             return Err(e);
+        }
+        // The old lease goes after the new one is in, so the expert (and its counters) stays.
+        for key in stale {
+            self.remove_replica(key);
         }
         self.rebuild_snapshot();
         Ok(Granted { lease_id, ttl })
@@ -997,11 +998,14 @@ mod tests {
         let first = reg
             .register(join("x", "127.0.0.1:9005", 1.0, "replay", None), now)
             .unwrap();
+        reg.snapshot().experts[0].entry.record_answer(1.0);
         let second = reg
             .register(join("x", "127.0.0.1:9005", 1.0, "replay", None), now)
             .unwrap();
         assert_ne!(first.lease_id, second.lease_id);
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 1);
+        // The expert stayed across the replacement: its counters too.
+        assert_eq!(reg.snapshot().experts[0].entry.answered_total(), 1);
         assert!(reg.heartbeat(&first.lease_id, "w", None, now).is_err());
         assert!(reg.heartbeat(&second.lease_id, "w", None, now).is_ok());
     }
