@@ -627,3 +627,65 @@ async fn certificates_are_re_read_while_serving() {
     .await;
     assert!(!reaches(&one).await, "the old certificate is still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_and_plain_health_listen_on_their_own_ports_beside_tls() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let pki = Pki::new();
+    let config = SchedulerConfig {
+        tls: Some(pki.server()),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Arc::new(Scheduler::new(
+        config,
+        Box::new(PriorPolicy::new(0.1, []).unwrap()),
+    ));
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (router, pool, health) = (
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+    );
+    let address = |l: &tokio::net::TcpListener| l.local_addr().unwrap().to_string();
+    let (router_at, pool_at, health_at) = (address(&router), address(&pool), address(&health));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listeners = l2d::scheduler::Listeners {
+        router,
+        pool: Some(pool),
+        health: Some(health),
+    };
+    let served = tokio::spawn(l2d::scheduler::serve_on(listeners, scheduler, async {
+        let _ = stopped.await;
+    }));
+    let tls = pki.client(Some("scheduler"));
+
+    // The probe's port: plain HTTP/2, health only, the Router's state.
+    let plain = endpoint(&health_at, None).unwrap().connect().await.unwrap();
+    let status = HealthClient::new(plain.clone())
+        .check(HealthCheckRequest {
+            service: "l2d.v1.Router".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING");
+    let other = PoolClient::new(plain)
+        .list_pool(pb::ListPoolRequest {})
+        .await;
+    assert_eq!(other.unwrap_err().code(), Code::Unimplemented);
+
+    // Pool on its own port (TLS), not on the Router's.
+    pool_client(&pool_at, Some(&tls))
+        .await
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .unwrap();
+    let on_router = pool_client(&router_at, Some(&tls))
+        .await
+        .list_pool(pb::ListPoolRequest {})
+        .await;
+    assert_eq!(on_router.unwrap_err().code(), Code::Unimplemented);
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}
