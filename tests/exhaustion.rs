@@ -375,9 +375,10 @@ async fn twenty_thousand_short_leases_leave_memory_and_metrics_bounded() {
         "registrations: {granted} of 20000 granted; /metrics {baseline} lines before, {} after, largest scrape {largest} bytes; RSS {before:.0} MiB before, peak {peak:.0} MiB",
         metric_lines(&after)
     );
-    // Each wave fills the 64 expert slots at least once: squatters leave with their lease.
+    // Each of the 4 waves fills the 63 expert slots the declared expert leaves (of 64 by
+    // default) at least once: squatters leave with their lease.
     assert!(
-        granted >= 4 * 64,
+        granted >= 4 * 63,
         "only {granted} registrations went through"
     );
     assert!(
