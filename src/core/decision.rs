@@ -39,6 +39,7 @@
 //! 4. Each expert gets up to `tries_per_expert` attempts on distinct replicas (a retry on another
 //!    replica), then the next expert is the fallback; at most `max_attempts` in total.
 
+use super::rng::mix;
 use std::cmp::Ordering;
 
 /// What the decision knows about one replica.
@@ -381,14 +382,6 @@ fn rank_order(
         (None, None) => ca.cost.total_cmp(&cb.cost).then(la.total_cmp(&lb)),
     };
     by_score.then(ca.cost.total_cmp(&cb.cost)).then(a.cmp(&b))
-}
-
-/// SplitMix64: a well-mixed 64-bit value from a seed (for the two choices).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The usable replicas of one expert in the order to try them (see rule 3).

@@ -20,5 +20,6 @@ pub mod query;
 pub mod rate_limit;
 pub mod reading;
 pub mod rejector;
+pub mod rng;
 pub mod replica_health;
 pub mod text;

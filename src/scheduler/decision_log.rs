@@ -58,35 +58,3 @@ impl DecisionLog {
         }
     }
 }
-
-/// Two uniform numbers in [0, 1) from a request number (SplitMix64): exploration draws that are
-/// reproducible from the log.
-pub fn uniform_pair(seed: u64, request: u64) -> (f64, f64) {
-    let mut state = seed ^ request.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (next(), next())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn draws_are_uniform_enough_and_reproducible() {
-        assert_eq!(uniform_pair(1, 7), uniform_pair(1, 7));
-        let n = 100_000u64;
-        let below: usize = (0..n).filter(|&i| uniform_pair(3, i).0 < 0.25).count();
-        assert!((below as f64 / n as f64 - 0.25).abs() < 0.01);
-        assert!((0..1000).all(|i| {
-            let (u, v) = uniform_pair(9, i);
-            (0.0..1.0).contains(&u) && (0.0..1.0).contains(&v)
-        }));
-    }
-}

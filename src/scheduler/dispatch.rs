@@ -5,13 +5,14 @@
 //! expert call (cancelling it) and its in-flight guard.
 
 use super::Scheduler;
-use super::decision_log::{LoggedDecision, uniform_pair};
+use super::decision_log::LoggedDecision;
 use super::registry::{ExpertGroup, PoolSnapshot};
 use crate::core::decision::{
     Candidate, DecisionParams, Plan, ReplicaLoad, decide, explore, retry_after,
 };
 use crate::core::policy::ExpertMeta;
 use crate::core::query::Query;
+use crate::core::rng::uniform_pair;
 use crate::grpc::deadline::request_timeout;
 use crate::grpc::pb::{self, router_server::Router};
 use crate::grpc::status::{code_name, resource_exhausted, worth_another_try};
