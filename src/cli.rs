@@ -2,6 +2,7 @@
 //! and reports errors.
 
 use crate::cluster;
+use crate::defaults::{default_data_path, default_policy_path, default_pool_path};
 use crate::expert::{self, ExpertNode, Registration};
 use crate::grpc::pb::{self, pool_client::PoolClient, replica_state::Origin};
 use crate::grpc::server::{ServerLimits, shutdown_signal};
@@ -821,32 +822,6 @@ pub enum PoolCommand {
     },
 }
 
-/// Where `l2d up` finds its default policy: `policies/squad-v1.1.json`, like the pool.
-pub fn default_policy_path() -> PathBuf {
-    let relative = Path::new("policies/squad-v1.1.json");
-    if relative.exists() {
-        relative.to_owned()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-    }
-}
-
-/// The default pool's data set, `data/squad-v1.1/dev.json`, found like the pool.
-pub fn default_data_path() -> PathBuf {
-    default_pool_path().with_file_name("../data/squad-v1.1/dev.json")
-}
-
-/// Where `l2d up` finds its default pool: the working directory's `pools/`, else the source tree
-/// this binary was built from.
-pub fn default_pool_path() -> PathBuf {
-    let relative = Path::new("pools/squad-v1.1.toml");
-    if relative.exists() {
-        relative.to_owned()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-    }
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => {
@@ -913,7 +888,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score(args),
         Command::Load(args) => load(args).await,
         Command::Simulate(args) => simulate(args).await,
-        Command::Bench(args) => crate::load::bench::bench_command(args).await,
+        Command::Bench(args) => {
+            crate::load::bench::bench_command(crate::load::bench::BenchOptions {
+                duration: args.duration,
+                saturate: args.saturate,
+                json: args.json,
+                write: args.write,
+            })
+            .await
+        }
         Command::ExpertsReport(args) => experts_report(args).await,
         Command::Label(args) => label(args).await,
         Command::Train(args) => train(args),

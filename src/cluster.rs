@@ -8,7 +8,8 @@ use crate::expert::typed::TypedReader;
 use crate::expert::{Backend, ExpertNode};
 use crate::grpc::pb::replica_state::Origin;
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile};
-use crate::scheduler::{Registry, Scheduler};
+use crate::scheduler::Scheduler;
+use crate::scheduler::discovery::DnsTarget;
 use crate::squad::DatasetCache;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -150,27 +151,4 @@ pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Resul
     }
     scheduler.set_pool_file(pool.clone());
     Ok(local)
-}
-
-/// An expert whose replicas are every address a DNS name resolves to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DnsTarget {
-    pub expert_id: String,
-    /// `host:port`.
-    pub name: String,
-    pub max_in_flight: Option<u32>,
-}
-
-impl DnsTarget {
-    /// Resolves the name and makes the expert's DNS replicas match: (added, removed).
-    pub async fn sync(&self, registry: &Registry) -> anyhow::Result<(usize, usize)> {
-        let mut addresses: Vec<String> = tokio::net::lookup_host(&self.name)
-            .await
-            .with_context(|| format!("cannot resolve {}", self.name))?
-            .map(|a| a.to_string())
-            .collect();
-        addresses.sort();
-        addresses.dedup();
-        Ok(registry.sync_dns(&self.expert_id, &addresses, self.max_in_flight)?)
-    }
 }

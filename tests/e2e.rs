@@ -592,7 +592,7 @@ async fn nodes_serve_health_and_reflection() {
 
 #[tokio::test]
 async fn the_shipped_default_pool_serves_squad_dev_with_the_prior_policy() {
-    let pool = l2d::pool_file::PoolFile::load(&l2d::cli::default_pool_path()).unwrap();
+    let pool = l2d::pool_file::PoolFile::load(&l2d::defaults::default_pool_path()).unwrap();
     assert_eq!(pool.experts.len(), 5);
     let (node, _scheduler, local) =
         spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;

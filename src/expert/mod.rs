@@ -11,8 +11,9 @@ pub mod replay;
 mod service;
 pub mod typed;
 
+pub use registration::LoadCounters;
 pub use registration::Registration;
-pub use service::{ExpertNode, Fault, LoadCounters, SERVICES, serve};
+pub use service::{ExpertNode, Fault, SERVICES, serve};
 
 use crate::core::query::Query;
 
@@ -66,6 +67,23 @@ pub enum BackendError {
     CannotResolve(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl crate::core::error_kind::HasKind for BackendError {
+    fn kind(&self) -> crate::core::error_kind::ErrorKind {
+        use crate::core::error_kind::ErrorKind;
+        match self {
+            BackendError::NoAnswer(_) => ErrorKind::NotFound,
+            BackendError::CannotResolve(_) => ErrorKind::Unsatisfiable,
+            BackendError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<BackendError> for tonic::Status {
+    fn from(e: BackendError) -> Self {
+        crate::grpc::status::status_of(&e)
+    }
 }
 
 pub trait Backend: Send + Sync + 'static {

@@ -1,9 +1,9 @@
 //! Keeping a lease with a scheduler: register, heartbeat with the live load, register again when
 //! the scheduler forgot the lease (it restarted, or the lease expired), deregister on shutdown.
 
-use super::service::{ExpertNode, LoadCounters};
 use crate::grpc::pb::{self, pool_client::PoolClient};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -68,13 +68,20 @@ pub struct Announcement {
     pub max_in_flight: u32,
 }
 
-impl Announcement {
-    pub fn of(node: &ExpertNode) -> Self {
-        Self {
-            expert_id: node.id().to_owned(),
-            cost: node.cost(),
-            backend: node.backend_kind().to_owned(),
-            max_in_flight: node.max_concurrency(),
+/// Live load of one worker, reported to the scheduler with every heartbeat.
+#[derive(Debug, Default)]
+pub struct LoadCounters {
+    pub(super) in_flight: AtomicU32,
+    pub(super) queued: AtomicU32,
+    pub(super) answered_total: AtomicU64,
+}
+
+impl LoadCounters {
+    pub fn report(&self) -> pb::LoadReport {
+        pb::LoadReport {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            queue_depth: self.queued.load(Ordering::Relaxed),
+            answered_total: self.answered_total.load(Ordering::Relaxed),
         }
     }
 }

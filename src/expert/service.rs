@@ -5,35 +5,17 @@
 //! reports); a cancelled call leaves the queue or frees its slot when its future is dropped.
 
 use super::Backend;
-use super::registration::{self, Registration};
+use super::registration::{self, Announcement, LoadCounters, Registration};
 use crate::core::query::{Query, QueryLimits};
 use crate::grpc::pb::{self, expert_server};
 use crate::grpc::server;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
-
-/// Live load of one worker, reported to the scheduler with every heartbeat.
-#[derive(Debug, Default)]
-pub struct LoadCounters {
-    in_flight: AtomicU32,
-    queued: AtomicU32,
-    answered_total: AtomicU64,
-}
-
-impl LoadCounters {
-    pub fn report(&self) -> pb::LoadReport {
-        pb::LoadReport {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            queue_depth: self.queued.load(Ordering::Relaxed),
-            answered_total: self.answered_total.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Adds one to a counter for as long as it lives.
 struct Counted<'a>(&'a AtomicU32);
@@ -125,6 +107,16 @@ impl ExpertNode {
     }
 
     /// The concurrency limit, 0 for none.
+    /// What the node tells the scheduler when it registers.
+    pub fn announcement(&self) -> Announcement {
+        Announcement {
+            expert_id: self.id.clone(),
+            cost: self.cost,
+            backend: self.backend_kind().to_owned(),
+            max_in_flight: self.max_concurrency(),
+        }
+    }
+
     pub fn max_concurrency(&self) -> u32 {
         self.slots.as_ref().map_or(0, |(limit, _)| *limit)
     }
@@ -243,7 +235,7 @@ pub async fn serve(
             let (stop, stopped) = tokio::sync::oneshot::channel();
             let task = tokio::spawn(registration::keep_lease(
                 registration,
-                registration::Announcement::of(&node),
+                node.announcement(),
                 node.load.clone(),
                 stopped,
             ));

@@ -2,30 +2,44 @@
 //! and carry no trailing period.
 
 use crate::core::decision::DecisionError;
+use crate::core::error_kind::{ErrorKind, HasKind};
 use crate::core::query::QueryError;
 use tonic::{Code, Status};
 
+/// The table: each kind of domain error and its gRPC code.
+pub fn code_of(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidInput => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unsatisfiable => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Exhausted { .. } => Code::ResourceExhausted,
+        ErrorKind::Forbidden => Code::PermissionDenied,
+        ErrorKind::Conflict => Code::AlreadyExists,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// The status of a domain error: its kind's code, its message, and a retry hint where the
+/// kind carries one.
+pub fn status_of(error: &impl HasKind) -> Status {
+    match error.kind() {
+        ErrorKind::Exhausted {
+            retry_after: Some(wait),
+        } => resource_exhausted(error.to_string(), wait),
+        kind => Status::new(code_of(kind), error.to_string()),
+    }
+}
+
 impl From<QueryError> for Status {
     fn from(e: QueryError) -> Self {
-        Status::invalid_argument(e.to_string())
+        status_of(&e)
     }
 }
 
 impl From<DecisionError> for Status {
     fn from(e: DecisionError) -> Self {
-        let code = match e {
-            DecisionError::OverBudget { .. } => Code::FailedPrecondition,
-            DecisionError::EmptyPool | DecisionError::NoAvailableReplica { .. } => {
-                Code::Unavailable
-            }
-            DecisionError::Saturated { retry_after, .. } => {
-                return resource_exhausted(
-                    e.to_string(),
-                    std::time::Duration::from_secs_f64(retry_after),
-                );
-            }
-        };
-        Status::new(code, e.to_string())
+        status_of(&e)
     }
 }
 
@@ -41,33 +55,6 @@ pub fn resource_exhausted(message: String, retry_after: std::time::Duration) -> 
 pub fn retry_after(status: &Status) -> Option<std::time::Duration> {
     use tonic_types::StatusExt;
     status.get_details_retry_info()?.retry_delay
-}
-
-impl From<crate::expert::BackendError> for Status {
-    fn from(e: crate::expert::BackendError) -> Self {
-        use crate::expert::BackendError as E;
-        let code = match e {
-            E::NoAnswer(_) => Code::NotFound,
-            E::CannotResolve(_) => Code::FailedPrecondition,
-            E::Internal(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
-}
-
-impl From<crate::scheduler::RegistryError> for Status {
-    fn from(e: crate::scheduler::RegistryError) -> Self {
-        use crate::scheduler::RegistryError as E;
-        let code = match e {
-            E::Invalid { .. } => Code::InvalidArgument,
-            E::CostConflict { .. } => Code::FailedPrecondition,
-            E::UnknownLease(_) => Code::NotFound,
-            E::NotLeaseHolder { .. } => Code::PermissionDenied,
-            E::AddressTaken { .. } => Code::AlreadyExists,
-            E::Full { .. } => Code::ResourceExhausted,
-        };
-        Status::new(code, e.to_string())
-    }
 }
 
 /// A client's view of a call it gave a deadline: tonic's client enforces that deadline itself

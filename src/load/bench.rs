@@ -17,9 +17,9 @@
 //! the same cores, load generator included; ratios from one run are what to read.
 
 use super::{LoadOptions, Target, queries, run, tally::LoadReport};
-use crate::cli::{BenchArgs, default_data_path, default_policy_path, default_pool_path};
 use crate::cluster;
 use crate::core::learned::{LossKind, Mode};
+use crate::defaults::{default_data_path, default_policy_path, default_pool_path};
 use crate::grpc::pb::{self, expert_client::ExpertClient, router_server};
 use crate::pool_file::PoolFile;
 use crate::scheduler::{PolicySource, Scheduler, SchedulerConfig, load_policy_file};
@@ -160,7 +160,7 @@ async fn measure(
     name: &str,
     target: Target,
     address: &str,
-    args: &BenchArgs,
+    args: &BenchOptions,
     queries: &Arc<Vec<super::LoadQuery>>,
     version: crate::core::metric::MetricVersion,
 ) -> anyhow::Result<Measured> {
@@ -191,7 +191,7 @@ async fn measure(
     })
 }
 
-pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
     let pool = PoolFile::load(&default_pool_path())?;
     let data = default_data_path();
     let dataset = Dataset::load(&data)?;
@@ -402,7 +402,20 @@ pub fn replace_section(text: &str, section: &str) -> String {
     }
 }
 
-pub async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
+/// What `l2d bench` runs and where it writes.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Each measured phase.
+    pub duration: Duration,
+    /// Calls in flight for the saturated phase.
+    pub saturate: usize,
+    /// Write the figures as JSON here.
+    pub json: Option<std::path::PathBuf>,
+    /// Rewrite the benchmark section of this Markdown file.
+    pub write: Option<std::path::PathBuf>,
+}
+
+pub async fn bench_command(args: BenchOptions) -> anyhow::Result<()> {
     let report = bench(&args).await?;
     let section = markdown(&report);
     print!("{section}");

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod decision_log;
+pub mod discovery;
 pub mod dispatch;
 pub mod pool_reload;
 mod pool_service;
@@ -163,7 +164,7 @@ pub struct Scheduler {
     decisions: Option<decision_log::DecisionLog>,
     ask_duration: metrics::Histogram,
     /// DNS names resolved again every `dns_interval`.
-    dns_targets: Mutex<Vec<crate::cluster::DnsTarget>>,
+    dns_targets: Mutex<Vec<discovery::DnsTarget>>,
     /// The pool file in force (reloaded when the file's digest changes).
     pool_file: Mutex<Option<crate::pool_file::PoolFile>>,
 }
@@ -278,12 +279,12 @@ impl Scheduler {
     }
 
     /// Resolves `target` again every `dns_interval` while serving.
-    pub fn add_dns_target(&self, target: crate::cluster::DnsTarget) {
+    pub fn add_dns_target(&self, target: discovery::DnsTarget) {
         self.set_dns_target(&target.expert_id.clone(), Some(target));
     }
 
     /// Replaces (or, with `None`, forgets) the DNS name of `expert_id`.
-    pub fn set_dns_target(&self, expert_id: &str, target: Option<crate::cluster::DnsTarget>) {
+    pub fn set_dns_target(&self, expert_id: &str, target: Option<discovery::DnsTarget>) {
         let mut targets = lock(&self.dns_targets);
         targets.retain(|t| t.expert_id != expert_id);
         targets.extend(target);

@@ -7,7 +7,7 @@
 //! of those, or does not parse, is refused whole; the pool keeps running as it was.
 
 use super::Scheduler;
-use crate::cluster::DnsTarget;
+use super::discovery::DnsTarget;
 use crate::pool_file::{ExpertSpec, Placement, PoolFile};
 use crate::scheduler::registry::Origin;
 

@@ -44,6 +44,26 @@ pub enum RegistryError {
     Full { what: &'static str, limit: usize },
 }
 
+impl crate::core::error_kind::HasKind for RegistryError {
+    fn kind(&self) -> crate::core::error_kind::ErrorKind {
+        use crate::core::error_kind::ErrorKind;
+        match self {
+            RegistryError::Invalid { .. } => ErrorKind::InvalidInput,
+            RegistryError::CostConflict { .. } => ErrorKind::Unsatisfiable,
+            RegistryError::UnknownLease(_) => ErrorKind::NotFound,
+            RegistryError::NotLeaseHolder { .. } => ErrorKind::Forbidden,
+            RegistryError::AddressTaken { .. } => ErrorKind::Conflict,
+            RegistryError::Full { .. } => ErrorKind::Exhausted { retry_after: None },
+        }
+    }
+}
+
+impl From<RegistryError> for tonic::Status {
+    fn from(e: RegistryError) -> Self {
+        crate::grpc::status::status_of(&e)
+    }
+}
+
 /// An expert id and what is known of it, shared by all its replicas.
 #[derive(Debug)]
 pub struct ExpertEntry {

@@ -1,0 +1,50 @@
+//! What kind of failure an l2d error is, in the domain's words: the one vocabulary every error
+//! type of the core, the registry and the experts maps to. The gRPC edge turns a kind into a
+//! status code in exactly one place (`grpc::status`); nothing else picks a code.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorKind {
+    /// The request itself is malformed (empty, over a limit, not a number it must be).
+    InvalidInput,
+    /// What was asked for does not exist: no answer recorded, an unknown lease.
+    NotFound,
+    /// The request is valid but the system is not in a state to serve it (a budget below every
+    /// price, a cost that contradicts the known one).
+    Unsatisfiable,
+    /// Nothing can serve it now (no expert, no reachable replica); trying later may work.
+    Unavailable,
+    /// A limit is reached; retry after the given time, if known.
+    Exhausted { retry_after: Option<Duration> },
+    /// The caller is known but not allowed this.
+    Forbidden,
+    /// Something is already held by someone else (an address served by another replica).
+    Conflict,
+    /// A bug or a broken peer.
+    Internal,
+}
+
+/// An error that knows its kind.
+pub trait HasKind: std::fmt::Display {
+    fn kind(&self) -> ErrorKind;
+}
+
+impl HasKind for super::query::QueryError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
+}
+
+impl HasKind for super::decision::DecisionError {
+    fn kind(&self) -> ErrorKind {
+        use super::decision::DecisionError as E;
+        match self {
+            E::OverBudget { .. } => ErrorKind::Unsatisfiable,
+            E::EmptyPool | E::NoAvailableReplica { .. } => ErrorKind::Unavailable,
+            E::Saturated { retry_after, .. } => ErrorKind::Exhausted {
+                retry_after: Some(Duration::from_secs_f64(*retry_after)),
+            },
+        }
+    }
+}
