@@ -162,3 +162,20 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The Super Bowl 50 passage of the mini fixture, and its AFC question (id `sb-afc`).
+pub const SB_CONTEXT: &str = "Super Bowl 50 was an American football game. The American Football Conference (AFC) champion Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24-10 to earn their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in Santa Clara, California.";
+pub const SB_AFC: &str = "Which NFL team represented the AFC at Super Bowl 50?";
+
+pub fn answer_request(question: &str, context: &str, id: Option<&str>) -> l2d::pb::AnswerRequest {
+    l2d::pb::AnswerRequest {
+        question: question.into(),
+        context: context.into(),
+        id: id.map(Into::into),
+    }
+}
+
+/// Two in-process replay experts: `cheap` (cost 1, prior 0.6) and `strong` (cost 10, prior 0.95).
+pub fn two_experts() -> String {
+    replay_pair(Some(0.6), Some(0.95))
+}
