@@ -66,7 +66,7 @@ fn bench_decision(c: &mut Criterion) {
             &experts,
             |b, _| {
                 b.iter(|| {
-                    policy.score(black_box(&query), &[], &metas, &mut scores);
+                    policy.score(0, black_box(&query), &[], &metas, &mut scores);
                     let candidates: Vec<Candidate<'_>> = metas
                         .iter()
                         .zip(&scores)
@@ -122,7 +122,13 @@ fn bench_learned(c: &mut Criterion) {
     let mut group = c.benchmark_group("learned_defer_policy");
     group.bench_function("featurize_score_decide", |b| {
         b.iter(|| {
-            policy.score(black_box(&query), &probes, &experts, &mut scores);
+            policy.score(
+                policy.default_position(),
+                black_box(&query),
+                &probes,
+                &experts,
+                &mut scores,
+            );
             let candidates: Vec<Candidate<'_>> = experts
                 .iter()
                 .zip(&scores)

@@ -1016,8 +1016,8 @@ async fn run_scheduler(
             "l2d: scheduler on {address} with {} experts ({} in-process replicas); policy {} at lambda {}",
             pool.experts.len(),
             local.addresses.len(),
-            active.0.identity().id,
-            active.0.lambda()
+            active.identity().id,
+            active.lambda()
         );
         eprintln!(
             "l2d: try  l2d ask --router {address} --data data/squad-v1.1/dev.json --id 56be4db0acb8001400a502ec"

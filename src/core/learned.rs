@@ -11,12 +11,11 @@
 //! score `1 − softmax_j(r(x))` (lower is better, monotone in the estimated expected deferral
 //! cost); experts it does not know get no score and are tried after the known ones.
 
-use super::features::{FEATURIZER_VERSION, HASH_BUCKETS, dense_len, featurize};
+use super::features::{FEATURIZER_VERSION, Features, HASH_BUCKETS, dense_len, featurize};
 use super::policy::{ExpertMeta, Policy, PolicyIdentity};
 use super::query::Query;
 use super::rejector::{LinearRejector, softmax};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const POLICY_FORMAT: &str = "l2d-policy/1";
 
@@ -211,16 +210,19 @@ impl PolicyFile {
         best
     }
 
-    /// Standardised dense and hashed features of a query.
-    pub fn features(
-        &self,
-        question: &str,
-        context: &str,
-        probes: &[Option<&str>],
-    ) -> (Vec<f64>, Vec<(u32, f64)>) {
+    /// Standardised dense and hashed features of a query: the one way serving, `l2d eval` and
+    /// off-policy evaluation turn a query (and its probes' answers) into the rejector's input.
+    pub fn features(&self, question: &str, context: &str, probes: &[Option<&str>]) -> Features {
         let mut f = featurize(question, context, probes);
         self.standardize.apply(&mut f.dense);
-        (f.dense, f.hashed)
+        f
+    }
+
+    /// The rejector's logits at bank entry `entry` for a query's [`PolicyFile::features`].
+    pub fn logits(&self, entry: usize, features: &Features, out: &mut Vec<f64>) {
+        self.bank[entry]
+            .rejector
+            .logits(&features.dense, &features.hashed, out);
     }
 
     /// Softmax of the rejector at bank entry `entry` for a query.
@@ -232,40 +234,40 @@ impl PolicyFile {
         probes: &[Option<&str>],
         out: &mut Vec<f64>,
     ) {
-        let (z, hashed) = self.features(question, context, probes);
-        self.bank[entry].rejector.logits(&z, &hashed, out);
+        let features = self.features(question, context, probes);
+        self.logits(entry, &features, out);
         softmax(out);
     }
 }
 
-/// A policy file serving one entry of its bank at a time (switchable while serving, for a live
-/// cost target).
+/// A policy file, its bank ordered by price of compute: the caller chooses the entry served
+/// (the scheduler, to follow a live cost target).
 #[derive(Debug)]
 pub struct LearnedPolicy {
     file: PolicyFile,
     /// Bank indexes sorted by ascending lambda.
     by_lambda: Vec<usize>,
-    /// Position in `by_lambda` served now.
-    position: AtomicUsize,
+    /// The lambdas in that order.
+    lambdas: Vec<f64>,
+    /// The position of the entry asked for at load.
+    default_position: usize,
     identity: PolicyIdentity,
 }
 
 impl LearnedPolicy {
-    /// Serves the bank entry nearest `lambda` (the file's default when `None`). `digest` names
-    /// the file's content in the policy id.
+    /// Serves the bank entry nearest `lambda` (the file's default when `None`) by default.
+    /// `digest` names the file's content in the policy id.
     pub fn new(file: PolicyFile, lambda: Option<f64>, digest: &str) -> Self {
         let entry = file.nearest(lambda.unwrap_or(file.default_lambda));
         let mut by_lambda: Vec<usize> = (0..file.bank.len()).collect();
         by_lambda.sort_by(|&a, &b| file.bank[a].lambda.total_cmp(&file.bank[b].lambda));
-        let position = by_lambda.iter().position(|&i| i == entry).unwrap_or(0);
+        let default_position = by_lambda.iter().position(|&i| i == entry).unwrap_or(0);
         let mode = match file.mode {
             Mode::Route => "route",
             Mode::Defer => "defer",
         };
-        let lambdas: Vec<String> = by_lambda
-            .iter()
-            .map(|&i| file.bank[i].lambda.to_string())
-            .collect();
+        let lambdas: Vec<f64> = by_lambda.iter().map(|&i| file.bank[i].lambda).collect();
+        let listed: Vec<String> = lambdas.iter().map(f64::to_string).collect();
         let probes = if file.probes.is_empty() {
             "none".to_string()
         } else {
@@ -278,13 +280,14 @@ impl LearnedPolicy {
                 "linear rejector ({}) over {} experts; bank lambdas [{}]; probes: {probes}",
                 file.featurizer,
                 file.experts.len(),
-                lambdas.join(", "),
+                listed.join(", "),
             ),
         };
         Self {
             file,
             by_lambda,
-            position: AtomicUsize::new(position),
+            lambdas,
+            default_position,
             identity,
         }
     }
@@ -293,8 +296,7 @@ impl LearnedPolicy {
         &self.file
     }
 
-    fn entry(&self) -> usize {
-        let position = self.position.load(Ordering::Relaxed);
+    fn entry(&self, position: usize) -> usize {
         self.by_lambda[position.min(self.by_lambda.len() - 1)]
     }
 }
@@ -304,21 +306,12 @@ impl Policy for LearnedPolicy {
         &self.identity
     }
 
-    fn lambda(&self) -> f64 {
-        self.file.bank[self.entry()].lambda
+    fn lambdas(&self) -> &[f64] {
+        &self.lambdas
     }
 
-    fn bank_len(&self) -> usize {
-        self.by_lambda.len()
-    }
-
-    fn bank_position(&self) -> usize {
-        self.position.load(Ordering::Relaxed)
-    }
-
-    fn set_bank_position(&self, position: usize) {
-        let last = self.by_lambda.len() - 1;
-        self.position.store(position.min(last), Ordering::Relaxed);
+    fn default_position(&self) -> usize {
+        self.default_position
     }
 
     fn probes(&self) -> &[String] {
@@ -327,6 +320,7 @@ impl Policy for LearnedPolicy {
 
     fn score(
         &self,
+        position: usize,
         query: &Query,
         probe_answers: &[Option<&str>],
         experts: &[ExpertMeta<'_>],
@@ -334,7 +328,7 @@ impl Policy for LearnedPolicy {
     ) {
         let mut p = Vec::with_capacity(self.file.experts.len());
         self.file.probabilities(
-            self.entry(),
+            self.entry(position),
             query.question(),
             query.context(),
             probe_answers,

@@ -33,23 +33,15 @@ pub struct PolicyIdentity {
 pub trait Policy: Send + Sync {
     fn identity(&self) -> &PolicyIdentity;
 
-    /// The price of compute in force.
-    fn lambda(&self) -> f64;
+    /// The prices of compute the policy can serve at, ascending: a learned policy's bank, one
+    /// price for a fixed policy. A *position* indexes this list; which one is served is the
+    /// caller's state (the scheduler's cost target moves it), not the policy's.
+    fn lambdas(&self) -> &[f64];
 
-    /// How many prices of compute the policy can serve at (entries of a bank, ordered by
-    /// lambda); 1 for a fixed policy.
-    fn bank_len(&self) -> usize {
-        1
-    }
-
-    /// The position in the bank (by ascending lambda) currently served.
-    fn bank_position(&self) -> usize {
+    /// The position served unless the caller moves it (the price the policy was loaded for).
+    fn default_position(&self) -> usize {
         0
     }
-
-    /// Serves the bank entry at `position` (by ascending lambda) from now on; out of range is
-    /// clamped. Fixed policies ignore it.
-    fn set_bank_position(&self, _position: usize) {}
 
     /// Experts whose answers the policy reads before it decides (defer mode: they always run
     /// first and are always charged); empty for a policy that decides from the query alone.
@@ -58,11 +50,13 @@ pub trait Policy: Send + Sync {
     }
 
     /// Fills `out` with one entry per expert of `experts`, in order: the expected deferral cost of
-    /// sending `query` to it (lower is better), or `None` when the policy has no estimate for that
-    /// expert (such experts are tried after every scored one, cheapest first). `probe_answers`
-    /// holds the answers of [`Policy::probes`], in order (`None` for a probe that failed).
+    /// sending `query` to it at the price of `position` (lower is better; out of range is
+    /// clamped), or `None` when the policy has no estimate for that expert (such experts are
+    /// tried after every scored one, cheapest first). `probe_answers` holds the answers of
+    /// [`Policy::probes`], in order (`None` for a probe that failed).
     fn score(
         &self,
+        position: usize,
         query: &Query,
         probe_answers: &[Option<&str>],
         experts: &[ExpertMeta<'_>],
@@ -78,7 +72,8 @@ pub trait Policy: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct PriorPolicy {
     identity: PolicyIdentity,
-    lambda: f64,
+    /// Its one price of compute.
+    lambda: [f64; 1],
     accuracy: HashMap<String, f64>,
 }
 
@@ -120,13 +115,13 @@ impl PriorPolicy {
         };
         Ok(Self {
             identity,
-            lambda,
+            lambda: [lambda],
             accuracy,
         })
     }
 
     pub fn lambda(&self) -> f64 {
-        self.lambda
+        self.lambda[0]
     }
 }
 
@@ -135,12 +130,13 @@ impl Policy for PriorPolicy {
         &self.identity
     }
 
-    fn lambda(&self) -> f64 {
-        self.lambda
+    fn lambdas(&self) -> &[f64] {
+        &self.lambda
     }
 
     fn score(
         &self,
+        _position: usize,
         _query: &Query,
         _probe_answers: &[Option<&str>],
         experts: &[ExpertMeta<'_>],
@@ -155,7 +151,7 @@ impl Policy for PriorPolicy {
             } else {
                 0.0
             };
-            Some((1.0 - accuracy) + self.lambda * price)
+            Some((1.0 - accuracy) + self.lambda() * price)
         }));
     }
 }
@@ -197,7 +193,7 @@ mod tests {
         let q = Query::new("Who?", "Someone.", None, &QueryLimits::default()).unwrap();
         let experts = pool();
         let mut scores = Vec::new();
-        policy.score(&q, &[], &experts, &mut scores);
+        policy.score(0, &q, &[], &experts, &mut scores);
         let (i, _) = scores
             .iter()
             .enumerate()
@@ -219,7 +215,7 @@ mod tests {
     fn score_is_error_plus_priced_cost_and_none_for_unknown_experts() {
         let q = Query::new("Who?", "Someone.", None, &QueryLimits::default()).unwrap();
         let mut scores = vec![Some(42.0)];
-        squad_prior(0.5).score(&q, &[], &pool(), &mut scores);
+        squad_prior(0.5).score(0, &q, &[], &pool(), &mut scores);
         assert_eq!(scores.len(), 6);
         let bert = scores[4].unwrap();
         assert!((bert - (0.138 + 0.5)).abs() < 1e-12, "{bert}");

@@ -97,7 +97,7 @@ pub fn simulate(
             }
         }
         let started = Instant::now();
-        policy.score(&prepared[r], &[], &metas, &mut scores);
+        policy.score(0, &prepared[r], &[], &metas, &mut scores);
         let candidates: Vec<Candidate<'_>> = (0..experts)
             .map(|e| Candidate {
                 cost: costs[e],

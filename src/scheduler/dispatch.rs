@@ -342,10 +342,10 @@ impl RouterService {
         let budget = check_budget(msg.budget)?;
         let snapshot = self.scheduler.registry.snapshot();
         let policy = self.scheduler.policy();
-        let lambda = policy.0.lambda();
+        let lambda = policy.lambda();
 
         // Defer mode: the probes run first (concurrently) and are always charged.
-        let probe_ids = policy.0.probes();
+        let probe_ids = policy.probes();
         let probe_groups: Vec<Option<usize>> = probe_ids
             .iter()
             .map(|id| snapshot.experts.iter().position(|g| &g.entry.id == id))
@@ -401,7 +401,7 @@ impl RouterService {
             })
             .collect();
         let mut scores = Vec::with_capacity(metas.len());
-        policy.0.score(&query, &probe_texts, &metas, &mut scores);
+        policy.score(&query, &probe_texts, &metas, &mut scores);
         let now = Instant::now();
         let loads: Vec<Vec<ReplicaLoad>> = snapshot.experts.iter().map(|g| g.loads(now)).collect();
         let probe_of = |i: usize| probe_groups.iter().position(|g| *g == Some(i));
@@ -447,7 +447,7 @@ impl RouterService {
             1.0
         };
         snapshot.experts[plan.chosen()].entry.record_decision();
-        let mut decision = decision_record(&snapshot, &scores, &plan, &policy.0.identity().id);
+        let mut decision = decision_record(&snapshot, &scores, &plan, &policy.identity().id);
         if plan.chosen() != greedy {
             decision.reason = format!(
                 "exploring (epsilon {}): drew {} over the policy's choice {}",
@@ -461,7 +461,7 @@ impl RouterService {
                 decisions.record(&LoggedDecision {
                     request_id: request_id.clone(),
                     query_id: query.id().map(str::to_owned),
-                    policy_id: policy.0.identity().id.clone(),
+                    policy_id: policy.identity().id.clone(),
                     lambda,
                     eligible: plan
                         .ranked

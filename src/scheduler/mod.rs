@@ -30,7 +30,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -121,8 +121,73 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// The policy slot: swapped whole, read lock-free on every request.
-pub struct ActivePolicy(pub Box<dyn Policy>);
+/// The policy in force and the price of compute it serves at: swapped whole on a reload, read
+/// lock-free on every request. The position along the policy's bank is the scheduler's state
+/// (the cost target moves it), kept here beside the policy it indexes.
+pub struct ActivePolicy {
+    policy: Box<dyn Policy>,
+    position: AtomicUsize,
+}
+
+impl ActivePolicy {
+    /// `policy`, served at `position` (clamped to its bank).
+    pub fn new(policy: Box<dyn Policy>, position: usize) -> Self {
+        let last = policy.lambdas().len().saturating_sub(1);
+        Self {
+            policy,
+            position: AtomicUsize::new(position.min(last)),
+        }
+    }
+
+    pub fn policy(&self) -> &dyn Policy {
+        self.policy.as_ref()
+    }
+
+    pub fn identity(&self) -> &crate::core::policy::PolicyIdentity {
+        self.policy.identity()
+    }
+
+    pub fn probes(&self) -> &[String] {
+        self.policy.probes()
+    }
+
+    /// The position along the bank (by ascending lambda) served now.
+    pub fn position(&self) -> usize {
+        self.position.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Serves `position` from now on (clamped to the bank).
+    pub fn set_position(&self, position: usize) {
+        let last = self.bank_len().saturating_sub(1);
+        self.position
+            .store(position.min(last), AtomicOrdering::Relaxed);
+    }
+
+    pub fn bank_len(&self) -> usize {
+        self.policy.lambdas().len()
+    }
+
+    /// The price of compute in force.
+    pub fn lambda(&self) -> f64 {
+        self.policy
+            .lambdas()
+            .get(self.position())
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    /// The policy's scores at the position in force (see [`Policy::score`]).
+    pub fn score(
+        &self,
+        query: &crate::core::query::Query,
+        probe_answers: &[Option<&str>],
+        experts: &[crate::core::policy::ExpertMeta<'_>],
+        out: &mut Vec<Option<f64>>,
+    ) {
+        self.policy
+            .score(self.position(), query, probe_answers, experts, out);
+    }
+}
 
 /// Where the active policy came from: reloads re-read a file; a policy built in code stays.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,7 +258,10 @@ impl Scheduler {
             registry: Arc::new(
                 Registry::new(config.replicas).with_client_tls(config.expert_tls.clone()),
             ),
-            policy: ArcSwap::from_pointee(ActivePolicy(policy)),
+            policy: ArcSwap::from_pointee({
+                let position = policy.default_position();
+                ActivePolicy::new(policy, position)
+            }),
             source,
             loaded_digest: Mutex::new(digest),
             recent_costs: Mutex::new(CostWindow::new(config.target_window)),
@@ -222,9 +290,12 @@ impl Scheduler {
         self.policy.load_full()
     }
 
-    /// Replaces the active policy; requests already deciding keep the one they loaded.
+    /// Replaces the active policy, served at its default position; requests already deciding
+    /// keep the one they loaded.
     pub fn set_policy(&self, policy: Box<dyn Policy>) {
-        self.policy.store(Arc::new(ActivePolicy(policy)));
+        let position = policy.default_position();
+        self.policy
+            .store(Arc::new(ActivePolicy::new(policy, position)));
     }
 
     /// Re-reads the policy file. `Ok(true)` when a new policy is now active, `Ok(false)` when the
@@ -240,11 +311,14 @@ impl Scheduler {
         }
         // Keep the live cost target's position in the new bank when it has the same length.
         let old = self.policy();
-        if self.target.is_some() && old.0.bank_len() == policy.bank_len() {
-            policy.set_bank_position(old.0.bank_position());
-        }
+        let position = if self.target.is_some() && old.bank_len() == policy.lambdas().len() {
+            old.position()
+        } else {
+            policy.default_position()
+        };
         tracing::info!(policy = %policy.identity().id, path = %path.display(), "policy loaded");
-        self.set_policy(Box::new(policy));
+        self.policy
+            .store(Arc::new(ActivePolicy::new(Box::new(policy), position)));
         *loaded = digest;
         Ok(true)
     }
@@ -254,16 +328,16 @@ impl Scheduler {
         lock(&self.recent_costs).push(cost);
         if let Some(target) = &self.target {
             let policy = self.policy();
-            let (position, len) = (policy.0.bank_position(), policy.0.bank_len());
+            let (position, len) = (policy.position(), policy.bank_len());
             let step = lock(target).record(cost, position, len);
             let next = match step {
                 Some(Move::Cheaper) => position + 1,
                 Some(Move::Dearer) => position.saturating_sub(1),
                 None => return,
             };
-            policy.0.set_bank_position(next);
+            policy.set_position(next);
             tracing::info!(
-                lambda = policy.0.lambda(),
+                lambda = policy.lambda(),
                 "cost target: moved along the policy bank"
             );
         }
@@ -327,7 +401,7 @@ impl Scheduler {
         if let Some(target) = self.target_cost() {
             metrics::gauge!("l2d_cost_target").set(target);
         }
-        metrics::gauge!("l2d_policy_lambda").set(self.policy().0.lambda());
+        metrics::gauge!("l2d_policy_lambda").set(self.policy().lambda());
         self.registry.render_metrics(Instant::now())
     }
 }
@@ -474,7 +548,7 @@ pub async fn serve_on(
         pool_address = %pool_address,
         registration = config.gate.registration,
         tls = config.tls.is_some(),
-        policy = %scheduler.policy().0.identity().id,
+        policy = %scheduler.policy().identity().id,
         experts = scheduler.registry.snapshot().experts.len(),
         "scheduler serving"
     );

@@ -79,15 +79,15 @@ impl PoolService {
 
     fn policy_info(&self) -> pb::PolicyInfo {
         let policy = self.scheduler.policy();
-        let identity = policy.0.identity();
+        let identity = policy.identity();
         pb::PolicyInfo {
             id: identity.id.clone(),
             kind: identity.kind.clone(),
             description: identity.description.clone(),
-            lambda: policy.0.lambda(),
+            lambda: policy.lambda(),
             target_cost: self.scheduler.target_cost(),
             realized_cost: self.scheduler.realized_cost(),
-            probes: policy.0.probes().to_vec(),
+            probes: policy.probes().to_vec(),
         }
     }
 }

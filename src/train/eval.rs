@@ -4,7 +4,7 @@
 //! `experts`, `oracle`, `random_mix`, `question_type_rule`, `cascade`), Markdown and an SVG plot.
 
 use super::labels::{LabelRecord, Labels};
-use super::{extra_cost, probe_indices, record_features};
+use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::features::question_word;
 use crate::core::learned::{Mode, PolicyFile};
 use crate::core::metric::normalize_answer;
@@ -252,18 +252,14 @@ pub fn evaluate(
     // The policy's curve: every bank entry.
     let features: Vec<_> = test_records
         .iter()
-        .map(|r| {
-            let mut f = record_features(r, &probes);
-            policy.standardize.apply(&mut f.dense);
-            f
-        })
+        .map(|r| policy.features(&r.question, &r.context, &probe_answers(r, &probes)))
         .collect();
     let mut logits = Vec::new();
     let mut curve = Vec::new();
-    for entry in &policy.bank {
+    for (e, entry) in policy.bank.iter().enumerate() {
         let mut t = Tally::new(&ids);
         for (r, f) in test_records.iter().zip(&features) {
-            entry.rejector.logits(&f.dense, &f.hashed, &mut logits);
+            policy.logits(e, f, &mut logits);
             let j = argmax(&logits);
             t.add(r, j, probe_cost + extra_cost(labels, &probes, j));
         }

@@ -64,11 +64,19 @@ fn expert_ids(labels: &Labels) -> String {
 
 /// The featurizer's output for a labelled question, with the probes' recorded answers.
 pub fn record_features(record: &LabelRecord, probes: &[usize]) -> Features {
-    let answers: Vec<Option<&str>> = probes
+    featurize(
+        &record.question,
+        &record.context,
+        &probe_answers(record, probes),
+    )
+}
+
+/// What the probe experts answered to a labelled question, in probe order.
+pub fn probe_answers<'a>(record: &'a LabelRecord, probes: &[usize]) -> Vec<Option<&'a str>> {
+    probes
         .iter()
         .map(|&p| record.experts[p].answer.as_deref())
-        .collect();
-    featurize(&record.question, &record.context, &answers)
+        .collect()
 }
 
 /// Cost charged for choosing agent `j` beyond the probes (which are always charged).

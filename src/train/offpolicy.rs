@@ -5,7 +5,7 @@
 //! estimate can be checked.
 
 use super::labels::Labels;
-use super::{extra_cost, probe_indices, record_features};
+use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::learned::PolicyFile;
 use crate::core::offpolicy::{Estimate, Sample, estimate};
 use crate::core::rejector::argmax;
@@ -83,11 +83,12 @@ pub fn evaluate_from_log(
             continue;
         };
         let record = &labels.records[i];
-        let mut f = record_features(record, &probes);
-        policy.standardize.apply(&mut f.dense);
-        policy.bank[entry]
-            .rejector
-            .logits(&f.dense, &f.hashed, &mut logits);
+        let features = policy.features(
+            &record.question,
+            &record.context,
+            &probe_answers(record, &probes),
+        );
+        policy.logits(entry, &features, &mut logits);
         let pick = argmax(&logits);
         direct += record.experts[pick].em;
         cost += probe_cost + extra_cost(labels, &probes, pick);
