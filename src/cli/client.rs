@@ -1,0 +1,291 @@
+//! `l2d ask`, `l2d pool status`, `l2d load`: commands that call a scheduler.
+
+use super::tls_args::ClientArgs;
+use crate::defaults::default_data_path;
+use crate::grpc::pb::{self, pool_client::PoolClient, replica_state::Origin};
+use crate::grpc::status::code_name;
+use crate::squad::Dataset;
+use crate::{Ask, RouterClient};
+use anyhow::{Context, bail};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The scheduler, host:port.
+    #[arg(long)]
+    pub router: String,
+    /// The question (or take it from --data by --id).
+    #[arg(long)]
+    pub question: Option<String>,
+    /// The context passage.
+    #[arg(long, conflicts_with = "context_file")]
+    pub context: Option<String>,
+    /// Read the context passage from a file.
+    #[arg(long)]
+    pub context_file: Option<PathBuf>,
+    /// Query id (replay experts answer by id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A SQuAD file to take the question and context of --id from.
+    #[arg(long, requires = "id")]
+    pub data: Option<PathBuf>,
+    /// Maximum cost for this query.
+    #[arg(long, allow_negative_numbers = true)]
+    pub budget: Option<f64>,
+    /// Deadline of the call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print the full response as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The scheduler to load (Router.Ask), host:port.
+    #[arg(long, required_unless_present = "expert", conflicts_with = "expert")]
+    pub router: Option<String>,
+    /// Load an expert worker directly (Expert.Answer) instead.
+    #[arg(long)]
+    pub expert: Option<String>,
+    /// The SQuAD-format data set to replay (default: data/squad-v1.1/dev.json).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Closed loop: concurrent workers. Open loop: the most calls in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Open loop: send this many requests per second, whatever the replies do.
+    #[arg(long)]
+    pub rps: Option<f64>,
+    /// Measured run time, after the warm-up.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Time sent but not counted, at the start.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// gRPC connections (HTTP/2) to spread the calls over (at least one per 100 in flight).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// At most this many calls (warm-up included).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Deadline of each call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Report this process's resident memory at the start and the end (e.g. the scheduler's pid).
+    #[arg(long)]
+    pub watch_pid: Option<u32>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub(super) async fn ask(args: AskArgs) -> anyhow::Result<()> {
+    let (mut question, mut context) = (args.question, args.context);
+    if let Some(path) = &args.context_file {
+        context = Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read context file {}", path.display()))?,
+        );
+    }
+    if let (Some(path), Some(id)) = (&args.data, &args.id) {
+        let dataset = Dataset::load(path)?;
+        let (_, paragraph, q) = dataset
+            .questions()
+            .find(|(_, _, q)| &q.id == id)
+            .with_context(|| format!("no question with id {id:?} in {}", path.display()))?;
+        question.get_or_insert_with(|| q.question.clone());
+        context.get_or_insert_with(|| paragraph.context.clone());
+    }
+    let question = question.context("--question is required (or --data with --id)")?;
+    let context =
+        context.context("--context or --context-file is required (or --data with --id)")?;
+    let mut client =
+        RouterClient::connect_with(&args.router, args.client.tls()?, args.client.token()?)
+            .await
+            .with_context(|| format!("cannot connect to the scheduler at {}", args.router))?;
+    let mut request = Ask::new(question, context).timeout(args.timeout);
+    if let Some(id) = args.id {
+        request = request.id(id);
+    }
+    if let Some(budget) = args.budget {
+        request = request.budget(budget);
+    }
+    let answer = client
+        .ask(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let text = if answer.text.is_empty() {
+        "(no answer)"
+    } else {
+        answer.text.as_str()
+    };
+    println!("answer:  {text}");
+    println!("expert:  {} at {}", answer.expert_id, answer.replica);
+    println!("cost:    {}", answer.cost);
+    if let Some(decision) = &answer.decision {
+        println!("why:     {}", decision.reason);
+        for f in &decision.fallbacks {
+            println!(
+                "fell back from {} at {}: {}: {}",
+                f.expert_id, f.replica, f.code, f.message
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    use crate::load::{LoadOptions, Target, queries, rss_kib, run};
+    use std::io::IsTerminal;
+    let data = args.data.unwrap_or_else(default_data_path);
+    let dataset = Dataset::load(&data)?;
+    let (target, address) = match (args.router, args.expert) {
+        (Some(r), _) => (Target::Router, r),
+        (None, Some(e)) => (Target::Expert, e),
+        (None, None) => bail!("give --router or --expert"),
+    };
+    let options = LoadOptions {
+        target,
+        address,
+        concurrency: args.concurrency,
+        rps: args.rps,
+        duration: args.duration,
+        warmup: args.warmup,
+        connections: args.connections,
+        limit: args.limit,
+        timeout: args.timeout,
+        progress: std::io::stderr().is_terminal(),
+        tls: args.client.tls()?,
+        token: args.client.token()?,
+    };
+    let rss_start = args.watch_pid.and_then(rss_kib);
+    let report = run(
+        &options,
+        Arc::new(queries(&dataset)),
+        dataset.metric_version(),
+    )
+    .await?;
+    let rss_end = args.watch_pid.and_then(rss_kib);
+    print!("{}", report.to_text());
+    if let (Some(pid), Some(a), Some(b)) = (args.watch_pid, rss_start, rss_end) {
+        println!("RSS of pid {pid}: {a} KiB at the start, {b} KiB at the end");
+    }
+    if let Some(path) = &args.json {
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(a), Some(b)) = (rss_start, rss_end) {
+            json["rss_kib"] = serde_json::json!({ "start": a, "end": b });
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub(super) async fn pool_status(
+    router: &str,
+    json: bool,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let channel = crate::grpc::tls::endpoint(router, client.tls()?.as_ref())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the scheduler at {router}"))?;
+    let pool = PoolClient::new(channel)
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pool)?);
+        return Ok(());
+    }
+    print!("{}", pool_table(&pool));
+    Ok(())
+}
+
+/// The pool as a text table: one line per replica (or per expert without one).
+pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
+    const HEADER: [&str; 11] = [
+        "EXPERT",
+        "COST",
+        "REPLICA",
+        "ORIGIN",
+        "STATE",
+        "IN-FLIGHT",
+        "QUEUE",
+        "RTT",
+        "ERRORS",
+        "ANSWERED",
+        "FAILED",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![HEADER.iter().map(|h| h.to_string()).collect()];
+    for e in &pool.experts {
+        if e.replicas.is_empty() {
+            let mut row = vec![e.expert_id.clone(), e.cost.to_string(), "(none)".into()];
+            row.resize(HEADER.len(), "-".into());
+            rows.push(row);
+        }
+        for r in &e.replicas {
+            let origin = match Origin::try_from(r.origin) {
+                Ok(Origin::Static) => "static",
+                Ok(Origin::InProcess) => "in-process",
+                Ok(Origin::Registered) => "registered",
+                Ok(Origin::Dns) => "dns",
+                _ => "?",
+            };
+            let state = if r.ejected_ms > 0 {
+                format!("ejected {:.1}s", r.ejected_ms as f64 / 1000.0)
+            } else if !r.lease_id.is_empty() {
+                format!("lease {:.1}s", r.lease_remaining_ms as f64 / 1000.0)
+            } else {
+                "ready".into()
+            };
+            let queue = r
+                .reported
+                .map_or("-".to_string(), |l| l.queue_depth.to_string());
+            rows.push(vec![
+                e.expert_id.clone(),
+                e.cost.to_string(),
+                r.address.clone(),
+                origin.into(),
+                state,
+                format!("{}/{}", r.in_flight, r.max_in_flight),
+                queue,
+                format!("{:.2}ms", r.rtt_ms),
+                format!("{:.0}%", r.error_rate * 100.0),
+                r.answered_total.to_string(),
+                r.failed_total.to_string(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..HEADER.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    if let Some(policy) = &pool.policy {
+        out.push_str(&format!("policy: {} ({})\n", policy.id, policy.kind));
+    }
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,179 @@
+//! The `l2d` command line: argument definitions and the commands' bodies, one module per
+//! family of commands. `main.rs` only parses and reports errors.
+//!
+//! | module | commands |
+//! | --- | --- |
+//! | [`serve`] | `up`, `scheduler`, `expert`: the nodes, their flags turned into configurations |
+//! | [`client`] | `ask`, `pool status`, `load` |
+//! | [`train`] | `label`, `train`, `eval`, `score`, `experts-report` |
+//! | [`tools`] | `demo`, `bench`, `simulate` |
+//! | [`tls_args`] | TLS and credentials flags shared by servers and clients |
+
+mod client;
+mod serve;
+mod tls_args;
+mod tools;
+mod train;
+
+pub use client::*;
+pub use serve::*;
+pub use tls_args::*;
+pub use tools::*;
+pub use train::*;
+
+use crate::defaults::{default_data_path, default_policy_path, default_pool_path};
+use crate::scheduler::SchedulerConfig;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "l2d",
+    version,
+    about = "Learning-to-Defer scheduler for a pool of QA experts"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The whole system on built-in defaults: the shipped policy routes the test articles of
+    /// SQuAD v1.1 through the scheduler; prints it beside the baselines.
+    Demo(DemoArgs),
+    /// Run a scheduler and the pool's experts in one process on loopback (the default pool:
+    /// five SQuAD v1.1 systems replaying their recorded answers).
+    Up(UpArgs),
+    /// Run a scheduler node: serves Router and Pool; experts come from --pool or register.
+    Scheduler(SchedulerArgs),
+    /// Run one expert worker node.
+    Expert(ExpertArgs),
+    /// Ask a scheduler one question.
+    Ask(AskArgs),
+    /// Run every expert of a pool over a data set through gRPC: EM, F1, latency, cost.
+    ExpertsReport(ExpertsReportArgs),
+    /// Label a data set: run every expert of a pool on every question, through gRPC.
+    Label(LabelArgs),
+    /// Train the rejector bank (Learning-to-Defer surrogate) from labels.
+    Train(TrainArgs),
+    /// Evaluate a policy on its test articles beside the baselines.
+    Eval(EvalArgs),
+    /// Load-test a scheduler (or an expert) by replaying a SQuAD-format data set.
+    Load(LoadArgs),
+    /// Measure the scheduler against a bare forwarding proxy and a direct expert, in one run.
+    Bench(BenchArgs),
+    /// Simulate the decision on large pools (copies of the labelled experts) on simulated time.
+    Simulate(SimulateArgs),
+    /// Score a predictions file against a SQuAD v1.1/v2.0 file with the official metric.
+    Score(ScoreArgs),
+    /// Inspect a scheduler's pool.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Show every expert and replica the scheduler knows, with live state.
+    Status {
+        /// The scheduler, host:port.
+        #[arg(long)]
+        router: String,
+        /// Print the response as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(args) => {
+            use std::io::IsTerminal;
+            let pool = args.pool.unwrap_or_else(default_pool_path);
+            let policy = args.policy.unwrap_or_else(default_policy_path);
+            let data = args.data.unwrap_or_else(default_data_path);
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&args.explore),
+                "--explore must be in [0, 1], got {}",
+                args.explore
+            );
+            let options = crate::demo::DemoOptions {
+                concurrency: args.concurrency,
+                progress: std::io::stderr().is_terminal(),
+                limit: args.limit,
+                scheduler: SchedulerConfig {
+                    explore: args.explore,
+                    decision_log: args.decision_log,
+                    target_cost: args.target_cost,
+                    // The demo measures the policy's allocation against the offline evaluation:
+                    // no load term (its in-process replicas never near their limits anyway).
+                    load_weight: 0.0,
+                    ..SchedulerConfig::default()
+                },
+            };
+            let result = crate::demo::demo(&pool, &policy, &data, &options).await?;
+            print!("{}", crate::demo::demo_table(&result));
+            Ok(())
+        }
+        Command::Up(mut args) => {
+            let pool = args.pool.unwrap_or_else(default_pool_path);
+            if args.policy.policy.is_none() && !args.policy.prior {
+                args.policy.policy = Some(default_policy_path());
+            }
+            let mut config = SchedulerConfig::default();
+            args.dispatch.apply(&mut config)?;
+            run_scheduler(
+                args.listen,
+                Some(pool),
+                args.policy,
+                config,
+                &args.dispatch,
+                true,
+            )
+            .await
+        }
+        Command::Scheduler(args) => {
+            let mut config = SchedulerConfig::default();
+            config.replicas.leases.default_ttl = config.replicas.leases.grant(Some(args.lease_ttl));
+            args.dispatch.apply(&mut config)?;
+            run_scheduler(
+                args.listen,
+                args.pool,
+                args.policy,
+                config,
+                &args.dispatch,
+                false,
+            )
+            .await
+        }
+        Command::Expert(args) => run_expert(args).await,
+        Command::Ask(args) => ask(args).await,
+        Command::Score(args) => score(args),
+        Command::Load(args) => load(args).await,
+        Command::Simulate(args) => simulate(args).await,
+        Command::Bench(args) => {
+            crate::load::bench::bench_command(crate::load::bench::BenchOptions {
+                duration: args.duration,
+                saturate: args.saturate,
+                json: args.json,
+                write: args.write,
+            })
+            .await
+        }
+        Command::ExpertsReport(args) => experts_report(args).await,
+        Command::Label(args) => label(args).await,
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+        Command::Pool {
+            command:
+                PoolCommand::Status {
+                    router,
+                    json,
+                    client,
+                },
+        } => pool_status(&router, json, &client).await,
+    }
+}

@@ -1,0 +1,697 @@
+//! `l2d up`, `l2d scheduler`, `l2d expert`: the nodes' flags, checked and turned into their
+//! configurations, and the nodes run until a stop signal.
+
+use super::tls_args::{ServerTlsArgs, client_tls};
+use crate::cluster;
+use crate::core::decision::DecisionParams;
+use crate::core::replica_health::HealthParams;
+use crate::expert::{self, ExpertNode, Registration};
+use crate::grpc::server::{ServerLimits, shutdown_signal};
+use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile, check_expert_id};
+use crate::scheduler::ReplicaPolicy;
+use crate::scheduler::{self, Scheduler, SchedulerConfig};
+use crate::squad::DatasetCache;
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address the scheduler listens on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Pool file (default: pools/squad-v1.1.toml).
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+}
+
+/// Dispatch knobs shared by `l2d up` and `l2d scheduler`.
+#[derive(Debug, Args)]
+pub struct DispatchArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464); off when unset.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Calls in flight per replica unless the pool file or the replica says otherwise; beyond
+    /// it the replica is saturated and work goes elsewhere (or RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = ReplicaPolicy::default().max_in_flight)]
+    pub max_in_flight: u32,
+    /// Weight of the load term in the decision (0 ignores load until saturation).
+    #[arg(long, default_value_t = DecisionParams::default().load_weight)]
+    pub load_weight: f64,
+    /// Consecutive failed calls that eject a replica (exponential backoff from 1 s to 30 s).
+    #[arg(long, default_value_t = HealthParams::default().consecutive_failures)]
+    pub eject_after: u32,
+    /// How often static and DNS replicas get a gRPC health check (0s: never).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    /// How often the pool file's DNS names are resolved again.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_interval: Duration,
+    /// After SIGTERM: report NOT_SERVING on health, keep serving this long, then drain.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+    /// Longest wait for one expert call before trying elsewhere (a hung replica), within the
+    /// caller's deadline.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub try_timeout: Duration,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// CA of the experts' certificates: call experts over TLS.
+    #[arg(long)]
+    pub expert_tls_ca: Option<PathBuf>,
+    /// Certificate and key to present to experts (mutual TLS).
+    #[arg(long, requires = "expert_tls_key", requires = "expert_tls_ca")]
+    pub expert_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "expert_tls_cert")]
+    pub expert_tls_key: Option<PathBuf>,
+    /// Name expected in the experts' certificates (default: the host dialled).
+    #[arg(long, requires = "expert_tls_ca")]
+    pub expert_tls_domain: Option<String>,
+    /// Pool mutations (Register, Heartbeat, Deregister, ReloadPolicy) need this bearer token
+    /// (read from the file, re-read when it changes) or an allowed client certificate. It may
+    /// serve any expert; see --pool-credentials for one credential per expert.
+    #[arg(long)]
+    pub pool_token_file: Option<PathBuf>,
+    /// Client-certificate identities (common name or DNS/URI SAN) allowed to change the pool.
+    #[arg(long, value_delimiter = ',')]
+    pub pool_identities: Vec<String>,
+    /// A TOML file of pool credentials, each a token file or a certificate identity with the
+    /// expert ids it may serve (see docs/deploy.md, "Registration, when it is on").
+    #[arg(long)]
+    pub pool_credentials: Option<PathBuf>,
+    /// Router.Ask needs this bearer token (read from the file) or an allowed client certificate.
+    #[arg(long)]
+    pub router_token_file: Option<PathBuf>,
+    /// Client-certificate identities allowed to call Router.Ask.
+    #[arg(long, value_delimiter = ',')]
+    pub router_identities: Vec<String>,
+    /// Whether experts may join with Pool.Register ("off" where the pool file places every
+    /// expert, e.g. by DNS in Kubernetes).
+    #[arg(long, value_enum, default_value = "on")]
+    pub registration: Switch,
+    /// Serve Pool.Register without any pool credential on a non-loopback address (refused
+    /// otherwise): anyone who reaches the port can then join the pool as any expert.
+    #[arg(long)]
+    pub insecure_pool: bool,
+    /// Networks (CIDR) and DNS suffixes replicas may register at, comma-separated
+    /// (default: loopback only), e.g. 10.42.0.0/16,l2d.svc.cluster.local.
+    #[arg(long, value_delimiter = ',')]
+    pub register_allow: Vec<String>,
+    /// Registrations per second one credential may make on average (bursts of twice that).
+    #[arg(long, default_value_t = SchedulerConfig::default().register_rate)]
+    pub register_rate: f64,
+    /// Experts the pool may hold; registrations beyond it get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = ReplicaPolicy::default().max_experts)]
+    pub max_experts: usize,
+    /// Replicas the pool may hold; registrations beyond it get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = ReplicaPolicy::default().max_replicas)]
+    pub max_replicas: usize,
+    /// Serve the Pool service on this address instead of the Router's (so a network policy can
+    /// tell the two apart).
+    #[arg(long)]
+    pub pool_listen: Option<SocketAddr>,
+    /// Also serve grpc.health.v1 alone, in plain HTTP/2, here (probes that cannot speak TLS).
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub server_limits: ServerLimitArgs,
+}
+
+impl DispatchArgs {
+    pub(super) fn apply(&self, config: &mut SchedulerConfig) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be at least 1");
+        anyhow::ensure!(
+            self.load_weight.is_finite() && self.load_weight >= 0.0,
+            "--load-weight must be a finite number >= 0, got {}",
+            self.load_weight
+        );
+        anyhow::ensure!(self.eject_after > 0, "--eject-after must be at least 1");
+        anyhow::ensure!(
+            !self.dns_interval.is_zero(),
+            "--dns-interval must be longer than 0s"
+        );
+        config.replicas.max_in_flight = self.max_in_flight;
+        config.replicas.health.consecutive_failures = self.eject_after;
+        config.load_weight = self.load_weight;
+        config.health_interval = self.health_interval;
+        config.dns_interval = self.dns_interval;
+        config.drain_delay = self.drain_delay;
+        anyhow::ensure!(
+            !self.try_timeout.is_zero(),
+            "--try-timeout must be longer than 0s"
+        );
+        config.try_timeout = self.try_timeout;
+        config.tls = self.tls.config()?;
+        config.expert_tls = client_tls(
+            self.expert_tls_ca.as_deref(),
+            self.expert_tls_cert.as_deref(),
+            self.expert_tls_key.as_deref(),
+            self.expert_tls_domain.as_deref(),
+        )?;
+        config.gate = Arc::new(self.gate()?);
+        config.insecure_pool = self.insecure_pool;
+        if !self.register_allow.is_empty() {
+            config.register_allow = crate::core::allow_list::AllowList::parse(
+                self.register_allow.iter().map(String::as_str),
+            )
+            .map_err(|e| anyhow::anyhow!("--register-allow: {e}"))?;
+        }
+        anyhow::ensure!(
+            self.register_rate.is_finite() && self.register_rate > 0.0,
+            "--register-rate must be a positive number, got {}",
+            self.register_rate
+        );
+        config.register_rate = self.register_rate;
+        anyhow::ensure!(self.max_experts > 0, "--max-experts must be at least 1");
+        anyhow::ensure!(self.max_replicas > 0, "--max-replicas must be at least 1");
+        config.replicas.max_experts = self.max_experts;
+        config.replicas.max_replicas = self.max_replicas;
+        config.server_limits = self.server_limits.limits()?;
+        Ok(())
+    }
+
+    /// The credentials of both surfaces, from the token files, identities and the credentials
+    /// file.
+    pub(super) fn gate(&self) -> anyhow::Result<crate::scheduler::access::Gate> {
+        use crate::scheduler::access::{Access, Credential, Gate, load_credentials};
+        let mut pool = Vec::new();
+        if let Some(path) = &self.pool_token_file {
+            pool.push(Credential::token_file("pool-token", path)?);
+        }
+        pool.extend(
+            self.pool_identities
+                .iter()
+                .map(|id| Credential::certificate(id)),
+        );
+        if let Some(path) = &self.pool_credentials {
+            for credential in load_credentials(path)? {
+                anyhow::ensure!(
+                    pool.iter().all(|c: &Credential| c.name != credential.name),
+                    "--pool-credentials: the name {:?} is also given by another flag",
+                    credential.name
+                );
+                pool.push(credential);
+            }
+        }
+        let mut router = Vec::new();
+        if let Some(path) = &self.router_token_file {
+            router.push(Credential::token_file("router-token", path)?);
+        }
+        router.extend(
+            self.router_identities
+                .iter()
+                .map(|id| Credential::certificate(id)),
+        );
+        Ok(Gate {
+            pool: Access::new(pool),
+            router: Access::new(router),
+            registration: self.registration == Switch::On,
+        })
+    }
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// Limits of a node's gRPC listener (see RELIABILITY.md, security).
+#[derive(Debug, Args)]
+pub struct ServerLimitArgs {
+    /// Connections open at once; one more is closed on accept.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Calls open at once on one connection (HTTP/2 max concurrent streams).
+    #[arg(long, default_value_t = ServerLimits::default().max_concurrent_streams)]
+    pub max_concurrent_streams: u32,
+    /// Calls in service at once over all connections; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = ServerLimits::default().max_calls_in_service)]
+    pub max_calls_in_service: usize,
+    /// Longest a call may take on this node, body included (a shorter grpc-timeout wins).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl ServerLimitArgs {
+    pub(super) fn limits(&self) -> anyhow::Result<ServerLimits> {
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_streams > 0,
+            "--max-concurrent-streams must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_calls_in_service > 0,
+            "--max-calls-in-service must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.request_timeout.is_zero(),
+            "--request-timeout must be longer than 0s"
+        );
+        Ok(ServerLimits {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_calls_in_service: self.max_calls_in_service,
+            request_timeout: self.request_timeout,
+            ..ServerLimits::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on, e.g. 0.0.0.0:50051.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Pool file: experts to declare, spawn in-process, or reach at static addresses.
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// Lease TTL granted to registering experts that ask for none.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// A learned policy file (from `l2d train`), reloaded when it changes.
+    #[arg(long, conflicts_with = "prior")]
+    pub policy: Option<PathBuf>,
+    /// Serve the prior policy (the pool file's declared accuracies) instead of a learned one.
+    #[arg(long)]
+    pub prior: bool,
+    /// Price of compute in accuracy units: an expert is worth its price over a cheaper one when it
+    /// raises P(correct) by more than lambda x (cost difference / max cost). With a learned
+    /// policy, selects the nearest entry of its bank.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lambda: Option<f64>,
+    /// Keep the mean cost per query near this by moving along the learned policy's bank.
+    #[arg(long, allow_negative_numbers = true)]
+    pub target_cost: Option<f64>,
+    /// ε-greedy exploration: the share of queries sent to a uniformly drawn eligible expert
+    /// (logged with its propensity, for off-policy evaluation).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub explore: f64,
+    /// Append one JSON line per decision to this file (no query text).
+    #[arg(long)]
+    pub decision_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Serve recorded answers from a predictions file.
+    Replay,
+    /// The sliding-window reader of the SQuAD paper (live, microseconds).
+    Lexical,
+    /// BM25 sentence ranking plus answer-type rules (live, microseconds).
+    Typed,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpertArgs {
+    /// Address to listen on, e.g. 127.0.0.1:50061 (port 0 picks a free one).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Expert id (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub id: String,
+    /// Take the backend, files and cost of expert --id from this pool file (the one the
+    /// scheduler reads), instead of --backend/--predictions/--data/--cost.
+    #[arg(long, conflicts_with_all = ["backend", "predictions", "data", "cost"])]
+    pub pool: Option<PathBuf>,
+    /// replay (recorded answers), lexical or typed (live readers).
+    #[arg(long, value_enum, required_unless_present = "pool")]
+    pub backend: Option<BackendKind>,
+    /// Recorded answers, {question id: answer text} (replay backend).
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    /// The SQuAD file the recordings belong to: resolves queries sent without an id.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Declared relative cost of one call (> 0).
+    #[arg(long, allow_negative_numbers = true, required_unless_present = "pool")]
+    pub cost: Option<f64>,
+    /// Join this scheduler's pool (host:port) with a lease kept alive by heartbeats.
+    #[arg(long)]
+    pub register: Option<String>,
+    /// Address the scheduler should dial to reach this worker (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Lease TTL to ask for (default: the scheduler's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// Answer at most this many queries at once; others queue (reported as the queue depth).
+    /// Announced to the scheduler, which then sends no more. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrency: u32,
+    /// Add this latency to every answer (to stand in for a slower model in drills and tests).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub delay: Duration,
+    /// After SIGTERM (and leaving the pool): report NOT_SERVING, keep serving this long, drain.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+    /// Misbehave on purpose, for fault drills: `empty` answers nothing, `malformed` returns
+    /// spans outside the context.
+    #[arg(long, value_enum, default_value = "none")]
+    pub fault: FaultKind,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// CA of the scheduler's certificate: register over TLS.
+    #[arg(long, requires = "register")]
+    pub scheduler_tls_ca: Option<PathBuf>,
+    /// Certificate and key to present to the scheduler (mutual TLS).
+    #[arg(long, requires = "scheduler_tls_key", requires = "scheduler_tls_ca")]
+    pub scheduler_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "scheduler_tls_cert")]
+    pub scheduler_tls_key: Option<PathBuf>,
+    /// Name expected in the scheduler's certificate (default: the host dialled).
+    #[arg(long, requires = "scheduler_tls_ca")]
+    pub scheduler_tls_domain: Option<String>,
+    /// Bearer token for the scheduler's Pool calls, read from this file.
+    #[arg(long, requires = "register")]
+    pub pool_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultKind {
+    None,
+    Empty,
+    Malformed,
+}
+
+pub(super) async fn run_scheduler(
+    listen: SocketAddr,
+    pool_path: Option<PathBuf>,
+    policy: PolicyArgs,
+    config: SchedulerConfig,
+    dispatch: &DispatchArgs,
+    banner: bool,
+) -> anyhow::Result<()> {
+    let (metrics_listen, pool_listen, health_listen) = (
+        dispatch.metrics_listen,
+        dispatch.pool_listen,
+        dispatch.health_listen,
+    );
+    let pool = match &pool_path {
+        Some(path) => PoolFile::load(path)?,
+        None => PoolFile {
+            path: PathBuf::new(),
+            experts: Vec::new(),
+            digest: String::new(),
+        },
+    };
+    let mut config = config;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&policy.explore),
+        "--explore must be in [0, 1], got {}",
+        policy.explore
+    );
+    config.explore = policy.explore;
+    config.decision_log = policy.decision_log.clone();
+    if let Some(target) = policy.target_cost {
+        anyhow::ensure!(
+            target.is_finite() && target > 0.0,
+            "--target-cost must be a positive finite number, got {target}"
+        );
+        anyhow::ensure!(
+            policy.policy.is_some(),
+            "--target-cost needs a learned policy bank (--policy FILE)"
+        );
+        config.target_cost = Some(target);
+    }
+    let scheduler = match &policy.policy {
+        Some(path) => {
+            let (learned, digest) = crate::scheduler::load_policy_file(path, policy.lambda)?;
+            let known: Vec<&str> = pool.experts.iter().map(|e| e.id.as_str()).collect();
+            for agent in &learned.file().experts {
+                if !pool.experts.is_empty() && !known.contains(&agent.id.as_str()) {
+                    tracing::warn!(expert = %agent.id, "the policy knows an expert the pool file does not declare; it must register");
+                }
+            }
+            let source = crate::scheduler::PolicySource::File {
+                path: path.clone(),
+                lambda: policy.lambda,
+            };
+            Scheduler::with_source(config, Box::new(learned), source, digest)
+        }
+        None => Scheduler::new(
+            config,
+            Box::new(cluster::prior_policy(&pool, policy.lambda)?),
+        ),
+    };
+    let mut scheduler = scheduler;
+    scheduler.open_decision_log()?;
+    let scheduler = Arc::new(scheduler);
+    let bind = |address: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}{what}"))
+    };
+    let listener = bind(listen, "").await?;
+    let pool_listener = match pool_listen {
+        Some(address) => Some(bind(address, " for Pool").await?),
+        None => None,
+    };
+    let health_listener = match health_listen {
+        Some(address) => Some(bind(address, " for health checks").await?),
+        None => None,
+    };
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    let local = cluster::start_pool(&pool, &scheduler).await?;
+    let address = listener.local_addr()?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|listener| {
+        let s = scheduler.clone();
+        tokio::spawn(crate::telemetry::serve_metrics(
+            listener,
+            move || s.publish_metrics(),
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    if banner {
+        let active = scheduler.policy();
+        eprintln!(
+            "l2d: scheduler on {address} with {} experts ({} in-process replicas); policy {} at lambda {}",
+            pool.experts.len(),
+            local.addresses.len(),
+            active.identity().id,
+            active.lambda()
+        );
+        eprintln!(
+            "l2d: try  l2d ask --router {address} --data data/squad-v1.1/dev.json --id 56be4db0acb8001400a502ec"
+        );
+        eprintln!("l2d: stop with Ctrl-C");
+    }
+    let listeners = scheduler::Listeners {
+        router: listener,
+        pool: pool_listener,
+        health: health_listener,
+    };
+    let served = scheduler::serve_on(listeners, scheduler, shutdown_signal()).await;
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    local.shutdown().await?;
+    served
+}
+
+pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
+    check_expert_id(&args.id).map_err(|m| anyhow::anyhow!("--id: {m}"))?;
+    let spec = match &args.pool {
+        Some(path) => {
+            let pool = PoolFile::load(path)?;
+            let known: Vec<&str> = pool.experts.iter().map(|e| e.id.as_str()).collect();
+            pool.experts
+                .iter()
+                .find(|e| e.id == args.id)
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "pool file {} has no expert {:?} (it has: {})",
+                        path.display(),
+                        args.id,
+                        known.join(", ")
+                    )
+                })?
+        }
+        None => expert_spec_from_flags(&args)?,
+    };
+    let backend = cluster::build_backend(&spec, &DatasetCache::default())?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let scheduler_tls = client_tls(
+        args.scheduler_tls_ca.as_deref(),
+        args.scheduler_tls_cert.as_deref(),
+        args.scheduler_tls_key.as_deref(),
+        args.scheduler_tls_domain.as_deref(),
+    )?;
+    let token = args
+        .pool_token_file
+        .as_deref()
+        .map(crate::scheduler::access::read_token)
+        .transpose()?;
+    let registration = args.register.map(|scheduler| Registration {
+        scheduler,
+        advertise: args.advertise.unwrap_or_else(|| bound.to_string()),
+        lease_ttl: args.lease_ttl,
+        tls: scheduler_tls,
+        token,
+    });
+    let node = ExpertNode::new(spec.id, spec.cost, backend)
+        .with_max_concurrency(args.max_concurrency)
+        .with_delay(args.delay)
+        .with_drain_delay(args.drain_delay)
+        .with_tls(args.tls.config()?)
+        .with_fault(match args.fault {
+            FaultKind::None => expert::Fault::None,
+            FaultKind::Empty => expert::Fault::Empty,
+            FaultKind::Malformed => expert::Fault::Malformed,
+        });
+    expert::serve(listener, node, registration, shutdown_signal()).await
+}
+
+/// An expert described by `l2d expert` flags.
+pub(super) fn expert_spec_from_flags(args: &ExpertArgs) -> anyhow::Result<ExpertSpec> {
+    let cost = args.cost.context("--cost is required without --pool")?;
+    if !(cost.is_finite() && cost > 0.0) {
+        bail!("--cost must be a positive finite number, got {cost}");
+    }
+    let backend = match args
+        .backend
+        .context("--backend is required without --pool")?
+    {
+        BackendKind::Replay => BackendSpec::Replay {
+            predictions: args
+                .predictions
+                .clone()
+                .context("--predictions is required with --backend replay")?,
+            data: args.data.clone(),
+        },
+        BackendKind::Lexical | BackendKind::Typed
+            if args.predictions.is_some() || args.data.is_some() =>
+        {
+            bail!(
+                "--predictions and --data are for --backend replay; live readers compute their answers"
+            )
+        }
+        BackendKind::Lexical => BackendSpec::Lexical,
+        BackendKind::Typed => BackendSpec::Typed,
+    };
+    Ok(ExpertSpec {
+        id: args.id.clone(),
+        cost,
+        accuracy: None,
+        backend,
+        placement: Placement::InProcess { replicas: 1 },
+        max_in_flight: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        dispatch: DispatchArgs,
+    }
+
+    /// The configuration `l2d scheduler` would run with these flags.
+    fn config(flags: &[&str]) -> anyhow::Result<SchedulerConfig> {
+        let parsed = Flags::try_parse_from(std::iter::once("l2d").chain(flags.iter().copied()))?;
+        let mut config = SchedulerConfig::default();
+        parsed.dispatch.apply(&mut config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn no_flags_give_the_configuration_defaults() {
+        let from_flags = config(&[]).unwrap();
+        let default = SchedulerConfig::default();
+        assert_eq!(from_flags.replicas, default.replicas);
+        assert_eq!(from_flags.load_weight, default.load_weight);
+        assert_eq!(from_flags.health_interval, default.health_interval);
+        assert_eq!(from_flags.dns_interval, default.dns_interval);
+        assert_eq!(from_flags.drain_delay, default.drain_delay);
+        assert_eq!(from_flags.try_timeout, default.try_timeout);
+        assert_eq!(from_flags.register_rate, default.register_rate);
+        assert_eq!(from_flags.register_allow, default.register_allow);
+        assert_eq!(from_flags.server_limits, default.server_limits);
+        assert!(from_flags.gate.registration && from_flags.gate.pool.is_open());
+        assert!(!from_flags.insecure_pool && from_flags.tls.is_none());
+    }
+
+    #[test]
+    fn flags_reach_the_configuration() {
+        let c = config(&[
+            "--max-in-flight",
+            "8",
+            "--registration",
+            "off",
+            "--register-allow",
+            "10.0.0.0/8,l2d.svc",
+            "--max-calls-in-service",
+            "32",
+            "--request-timeout",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(c.replicas.max_in_flight, 8);
+        assert!(!c.gate.registration);
+        assert!(c.register_allow.allows("10.1.2.3:1") && c.register_allow.allows("a.l2d.svc:1"));
+        assert_eq!(c.server_limits.max_calls_in_service, 32);
+        assert_eq!(c.server_limits.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_flag_named() {
+        for (flags, says) in [
+            (&["--max-in-flight", "0"][..], "--max-in-flight"),
+            (&["--load-weight=-1"], "--load-weight"),
+            (&["--eject-after", "0"], "--eject-after"),
+            (&["--dns-interval", "0s"], "--dns-interval"),
+            (&["--try-timeout", "0s"], "--try-timeout"),
+            (&["--register-allow", "10.0.0.0/33"], "--register-allow"),
+            (&["--register-rate", "0"], "--register-rate"),
+            (&["--max-experts", "0"], "--max-experts"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-calls-in-service", "0"], "--max-calls-in-service"),
+            (
+                &["--pool-token-file", "/nonexistent/token"],
+                "cannot read the token file",
+            ),
+        ] {
+            let err = format!("{:#}", config(flags).unwrap_err());
+            assert!(err.contains(says), "{flags:?}: {err}");
+        }
+    }
+}

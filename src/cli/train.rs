@@ -1,0 +1,319 @@
+//! `l2d label`, `l2d train`, `l2d eval`, `l2d score`, `l2d experts-report`: the training side.
+
+use crate::defaults::default_pool_path;
+use crate::pool_file::PoolFile;
+use crate::squad::Dataset;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ExpertsReportArgs {
+    /// Pool file (default: pools/squad-v1.1-live.toml, the default pool plus the live readers).
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// The SQuAD-format data set to ask.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Ask only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Calls in flight per expert.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Pool file (default: pools/squad-v1.1.toml).
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// The SQuAD-format data set (v1.1 or v2.0).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write the labels (JSON Lines).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Label only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Calls in flight per expert.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Decide from the query alone, before any expert runs.
+    Route,
+    /// Run the probe experts first; their answers are features; keep one or defer.
+    Defer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LossArg {
+    Em,
+    F1,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Price(s) of compute, comma-separated: one rejector per value, all in one policy file.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        default_value = "0,0.01,0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3,0.5"
+    )]
+    pub lambda: Vec<f64>,
+    /// The lambda served by default (default: the first of --lambda).
+    #[arg(long)]
+    pub default_lambda: Option<f64>,
+    #[arg(long, value_enum, default_value = "route")]
+    pub mode: ModeArg,
+    /// Defer mode: expert ids that always run first, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub probes: Vec<String>,
+    #[arg(long, value_enum, default_value = "em")]
+    pub loss: LossArg,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the example order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seed of the train/test split by article.
+    #[arg(long, default_value_t = 1)]
+    pub split_seed: u64,
+    /// Share of articles held out for evaluation.
+    #[arg(long, default_value_t = 0.5)]
+    pub test_fraction: f64,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 500)]
+    pub epochs: usize,
+    /// Adam's initial step (decayed to zero along a cosine).
+    #[arg(long, default_value_t = 0.05)]
+    pub learning_rate: f64,
+    /// L2 penalty on the weights of the question features.
+    #[arg(long, default_value_t = 1.0)]
+    pub l2: f64,
+    /// L2 penalty on the hashed question n-gram weights (default: --l2).
+    #[arg(long)]
+    pub l2_hashed: Option<f64>,
+    /// Defer mode: L2 penalty on the weights of the probe-answer features.
+    #[arg(long, default_value_t = 0.01)]
+    pub l2_probe: f64,
+    /// Examples per Adam step (0: the whole training set).
+    #[arg(long, default_value_t = 0)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub labels: PathBuf,
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the report as Markdown here.
+    #[arg(long)]
+    pub md: Option<PathBuf>,
+    /// Write the EM-against-cost plot (SVG) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Estimate the policy's EM from a scheduler's decision log instead (off-policy, IPS).
+    #[arg(long)]
+    pub from_log: Option<PathBuf>,
+    /// The hand-written cascade baseline: first,second,fallback expert ids.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "match-lstm,rnet-plus,bert-large"
+    )]
+    pub cascade: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The SQuAD-format data set (v1.1 or v2.0).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Predictions: a JSON object {question id: answer text}.
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// Print one JSON object (exact_match, f1, total, missing; HasAns/NoAns on v2.0).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn experts_report(args: ExpertsReportArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let pool_path = args
+        .pool
+        .unwrap_or_else(|| default_pool_path().with_file_name("squad-v1.1-live.toml"));
+    let pool = PoolFile::load(&pool_path)?;
+    let dataset = Dataset::load(&args.data)?;
+    let options = crate::report::ReportOptions {
+        limit: args.limit,
+        concurrency: args.concurrency,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let reports = crate::report::experts_report(&pool, &dataset, &options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", crate::report::report_table(&reports));
+    }
+    Ok(())
+}
+
+pub(super) async fn label(args: LabelArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let pool = PoolFile::load(&args.pool.unwrap_or_else(default_pool_path))?;
+    let dataset = Dataset::load(&args.data)?;
+    let options = crate::train::labels::LabelOptions {
+        concurrency: args.concurrency,
+        limit: args.limit,
+        progress: std::io::stderr().is_terminal(),
+        articles: None,
+    };
+    let started = std::time::Instant::now();
+    let labels =
+        crate::train::labels::label(&pool, &dataset, &args.data.display().to_string(), &options)
+            .await?;
+    labels.write(&args.out)?;
+    eprintln!(
+        "l2d: labelled {} questions with {} experts in {:.1}s -> {}",
+        labels.records.len(),
+        labels.header.experts.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
+    use crate::core::learned::{LossKind, Mode};
+    let labels = crate::train::labels::Labels::read(&args.labels)?;
+    let options = crate::train::TrainOptions {
+        lambdas: args.lambda,
+        default_lambda: args.default_lambda,
+        mode: match args.mode {
+            ModeArg::Route => Mode::Route,
+            ModeArg::Defer => Mode::Defer,
+        },
+        probes: args.probes,
+        loss: match args.loss {
+            LossArg::Em => LossKind::Em,
+            LossArg::F1 => LossKind::F1,
+        },
+        split_seed: args.split_seed,
+        test_fraction: args.test_fraction,
+        fit: crate::train::fit::FitConfig {
+            epochs: args.epochs,
+            learning_rate: args.learning_rate,
+            l2: args.l2,
+            l2_hashed: args.l2_hashed.unwrap_or(args.l2),
+            l2_probe: args.l2_probe,
+            // Set by train() from the featurizer's layout.
+            probe_features_from: usize::MAX,
+            batch_size: if args.batch_size == 0 {
+                usize::MAX
+            } else {
+                args.batch_size
+            },
+            seed: args.seed,
+        },
+    };
+    let started = std::time::Instant::now();
+    let policy = crate::train::train(&labels, &options)?;
+    std::fs::write(&args.out, serde_json::to_string(&policy)?)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "l2d: trained {} rejector(s) on {} questions of {} train articles in {:.1}s -> {}",
+        policy.bank.len(),
+        policy.training.examples,
+        policy.split.train_articles.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let labels = crate::train::labels::Labels::read(&args.labels)?;
+    let text = std::fs::read_to_string(&args.policy)
+        .with_context(|| format!("cannot read policy file {}", args.policy.display()))?;
+    let policy = crate::core::learned::PolicyFile::parse(&text)
+        .with_context(|| format!("policy file {}", args.policy.display()))?;
+    if let Some(log_path) = &args.from_log {
+        let log = crate::train::offpolicy::read_log(log_path)?;
+        let report = crate::train::offpolicy::evaluate_from_log(&log, &labels, &policy)?;
+        let json = serde_json::to_string_pretty(&report)?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, &json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        println!("{json}");
+        return Ok(());
+    }
+    let cascade: [String; 3] = args
+        .cascade
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--cascade takes three expert ids: first,second,fallback"))?;
+    let report = crate::train::eval::evaluate(
+        &labels,
+        &policy,
+        &crate::train::eval::EvalOptions { cascade },
+    )?;
+    let markdown = crate::train::eval::to_markdown(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.md {
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, crate::train::plot::svg(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{markdown}");
+    Ok(())
+}
+
+pub(super) fn score(args: ScoreArgs) -> anyhow::Result<()> {
+    let dataset = Dataset::load(&args.data)?;
+    let predictions = crate::squad::load_predictions(&args.predictions)?;
+    let evaluation = dataset.evaluate(&predictions);
+    if args.json {
+        println!("{}", serde_json::to_string(&evaluation)?);
+        return Ok(());
+    }
+    println!(
+        "exact_match {:.2}  f1 {:.2}  total {}",
+        evaluation.exact_match, evaluation.f1, evaluation.total
+    );
+    for (name, split) in [("HasAns", evaluation.has_ans), ("NoAns", evaluation.no_ans)] {
+        if let Some(split) = split {
+            println!(
+                "{name:<11} {:.2}  f1 {:.2}  total {}",
+                split.exact, split.f1, split.total
+            );
+        }
+    }
+    if evaluation.missing > 0 {
+        println!(
+            "{} of {} questions have no prediction and score 0",
+            evaluation.missing, evaluation.total
+        );
+    }
+    Ok(())
+}
