@@ -95,17 +95,34 @@ async fn call_replica(
     let started = Instant::now();
     // tonic's client enforces the grpc-timeout it sends too (CANCELLED "Timeout expired"), racing
     // the local timer: any failure once the wait is over is the wait's.
-    let result = match tokio::time::timeout(wait, client.answer(call)).await {
-        Ok(Ok(answer)) => check_answer(answer.into_inner(), query),
-        Ok(Err(status)) if started.elapsed() < wait => Err(from_upstream(status, group, replica)),
-        _ if caller_limited => Err(Status::deadline_exceeded("deadline passed")),
-        _ => Err(Status::unavailable(format!(
-            "no answer within the try timeout of {} ms",
-            try_timeout.as_millis()
-        ))),
+    let (result, upstream_message) = match tokio::time::timeout(wait, client.answer(call)).await {
+        Ok(Ok(answer)) => (check_answer(answer.into_inner(), query), None),
+        Ok(Err(status)) if started.elapsed() < wait => {
+            let said = in_our_words(status.code());
+            (Err(said), Some(status.message().to_owned()))
+        }
+        _ if caller_limited => (Err(Status::deadline_exceeded("deadline passed")), None),
+        _ => (
+            Err(Status::unavailable(format!(
+                "no answer within the try timeout of {} ms",
+                try_timeout.as_millis()
+            ))),
+            None,
+        ),
     };
     let now = Instant::now();
     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    if let Err(status) = &result {
+        // One line per failed call (the request id is on the span); what the replica itself
+        // said is logged, never returned.
+        tracing::info!(
+            expert = %group.entry.id,
+            replica = %replica.address,
+            code = code_name(code),
+            message = upstream_message.as_deref().unwrap_or(status.message()),
+            "expert call failed"
+        );
+    }
     if let Some(length) = replica.record_call(code, now - started, now) {
         tracing::warn!(
             expert = %group.entry.id,
@@ -121,19 +138,8 @@ async fn call_replica(
 /// A failure the replica (or the connection to it) reported, in the scheduler's own words: the
 /// code is kept, the upstream's message goes to the log only. Echoing it to callers would let
 /// anyone who can ask read what hosts behind registered addresses say (connection errors, banners).
-fn from_upstream(
-    status: Status,
-    group: &ExpertGroup,
-    replica: &super::registry::Replica,
-) -> Status {
-    tracing::info!(
-        expert = %group.entry.id,
-        replica = %replica.address,
-        code = code_name(status.code()),
-        upstream_message = status.message(),
-        "the replica answered with an error"
-    );
-    let said = match status.code() {
+fn in_our_words(code: Code) -> Status {
+    let said = match code {
         Code::NotFound => "the expert has no answer to this query",
         Code::Unavailable => "the replica could not be reached",
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
@@ -143,7 +149,7 @@ fn from_upstream(
         Code::DeadlineExceeded | Code::Cancelled => "the call ran out of time",
         _ => "the expert failed",
     };
-    Status::new(status.code(), said)
+    Status::new(code, said)
 }
 
 /// An answer whose span does not lie in the context is a broken expert, not an answer.
@@ -556,14 +562,6 @@ impl RouterService {
                         charged += group.entry.cost;
                         group.entry.charge(group.entry.cost);
                     }
-                    tracing::info!(
-                        request_id,
-                        expert = %group.entry.id,
-                        replica = %out.replica,
-                        code = code_name(status.code()),
-                        message = status.message(),
-                        "expert call failed"
-                    );
                     decision
                         .fallbacks
                         .push(fallback(group, &out.replica, &status));
