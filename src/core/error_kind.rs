@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Unsatisfiable,
     /// Nothing can serve it now (no expert, no reachable replica); trying later may work.
     Unavailable,
+    /// The caller's deadline passed before the work was done.
+    DeadlinePassed,
     /// A limit is reached; retry after the given time, if known.
     Exhausted { retry_after: Option<Duration> },
     /// The caller is known but not allowed this.
@@ -45,6 +47,28 @@ impl HasKind for super::decision::DecisionError {
             E::Saturated { retry_after, .. } => ErrorKind::Exhausted {
                 retry_after: Some(Duration::from_secs_f64(*retry_after)),
             },
+        }
+    }
+}
+
+impl HasKind for super::ask::AskError {
+    fn kind(&self) -> ErrorKind {
+        use super::ask::AskError as E;
+        use super::call::Failure;
+        match self {
+            E::ProbesOverBudget { .. } => ErrorKind::Unsatisfiable,
+            E::Decision(e) => e.kind(),
+            E::DeadlinePassed { .. } => ErrorKind::DeadlinePassed,
+            E::Refused(Failure::DeadlinePassed) => ErrorKind::DeadlinePassed,
+            E::Refused(_) => ErrorKind::InvalidInput,
+            E::EveryReplicaFull { retry_after, .. } => ErrorKind::Exhausted {
+                retry_after: Some(Duration::from_secs_f64(*retry_after)),
+            },
+            E::EveryCallFailed {
+                no_answer: true, ..
+            } => ErrorKind::NotFound,
+            E::EveryCallFailed { .. } => ErrorKind::Unavailable,
+            E::Unfinished => ErrorKind::Internal,
         }
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod allow_list;
 pub mod answer_type;
+pub mod ask;
+pub mod call;
 pub mod cost_target;
 pub mod decision;
 pub mod error_kind;

@@ -3,6 +3,7 @@
 //! `Router` client.
 
 pub mod client;
+pub mod convert;
 pub mod deadline;
 pub mod server;
 pub mod status;

@@ -1,6 +1,8 @@
 //! The one table that maps l2d's errors to gRPC status codes. Messages are lowercase, specific,
 //! and carry no trailing period.
 
+use crate::core::ask::AskError;
+use crate::core::call::{Failure, Miss, NotSent};
 use crate::core::decision::DecisionError;
 use crate::core::error_kind::{ErrorKind, HasKind};
 use crate::core::query::QueryError;
@@ -13,6 +15,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::Unsatisfiable => Code::FailedPrecondition,
         ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlinePassed => Code::DeadlineExceeded,
         ErrorKind::Exhausted { .. } => Code::ResourceExhausted,
         ErrorKind::Forbidden => Code::PermissionDenied,
         ErrorKind::Conflict => Code::AlreadyExists,
@@ -34,6 +37,31 @@ pub fn status_of(error: &impl HasKind) -> Status {
 impl From<QueryError> for Status {
     fn from(e: QueryError) -> Self {
         status_of(&e)
+    }
+}
+
+impl From<AskError> for Status {
+    fn from(e: AskError) -> Self {
+        match &e {
+            // Each group of failures under the code its calls are reported with.
+            AskError::EveryCallFailed { tried, groups, .. } => {
+                let detail: Vec<String> = groups
+                    .iter()
+                    .map(|(miss, experts)| {
+                        let code = code_name(code_of_miss(*miss));
+                        format!("{code} from {}: {miss}", experts.join(", "))
+                    })
+                    .collect();
+                Status::new(
+                    code_of(e.kind()),
+                    format!(
+                        "every expert call failed ({tried} tried): {}",
+                        detail.join("; ")
+                    ),
+                )
+            }
+            _ => status_of(&e),
+        }
     }
 }
 
@@ -68,15 +96,50 @@ pub fn client_deadline(status: Status) -> Status {
     }
 }
 
-/// Whether a failed expert call is worth trying elsewhere. A query the expert refused as
-/// malformed fails the same way everywhere, and a deadline that passed has passed; every other
-/// failure (unreachable, overloaded, no answer in its recordings, internal error) may succeed on
-/// another replica or expert. That includes CANCELLED: the scheduler's own cancellation drops
-/// the call instead of returning it, so an expert call ends CANCELLED when its connection died
-/// under it (a killed replica) or when the expert's server ran out of the forwarded deadline,
-/// which the caller checks first.
-pub fn worth_another_try(code: Code) -> bool {
-    !matches!(code, Code::InvalidArgument | Code::DeadlineExceeded)
+/// What a status code from an expert call says happened, in the domain's words (the rules for
+/// charging and retrying are the domain's: [`Failure`]). CANCELLED is a dropped call: the
+/// scheduler's own cancellation drops the call instead of returning it, so an expert call ends
+/// CANCELLED when its connection died under it (a killed replica) or when the expert's server ran
+/// out of the forwarded deadline, which the request checks on its own clock.
+pub fn failure_of(code: Code) -> Failure {
+    match code {
+        Code::NotFound => Failure::NoAnswer,
+        Code::InvalidArgument => Failure::Refused,
+        Code::FailedPrecondition => Failure::Declined,
+        Code::OutOfRange => Failure::BeyondLimits,
+        Code::Internal => Failure::Broken,
+        Code::Unavailable => Failure::Unreachable,
+        Code::ResourceExhausted => Failure::Overloaded,
+        Code::DeadlineExceeded => Failure::DeadlinePassed,
+        Code::Cancelled => Failure::Dropped,
+        Code::Unimplemented => Failure::Unsupported,
+        Code::PermissionDenied | Code::Unauthenticated => Failure::Denied,
+        _ => Failure::Other,
+    }
+}
+
+/// The code a call that did not answer is reported with (the reply's fallbacks, the metrics):
+/// the inverse of [`failure_of`] where it is one to one.
+pub fn code_of_miss(miss: Miss) -> Code {
+    match miss {
+        Miss::Failed(f) => match f {
+            Failure::NoAnswer => Code::NotFound,
+            Failure::Refused => Code::InvalidArgument,
+            Failure::Declined => Code::FailedPrecondition,
+            Failure::BeyondLimits => Code::OutOfRange,
+            Failure::Broken | Failure::Malformed { .. } => Code::Internal,
+            Failure::Unreachable | Failure::TryTimedOut { .. } => Code::Unavailable,
+            Failure::Overloaded => Code::ResourceExhausted,
+            Failure::DeadlinePassed => Code::DeadlineExceeded,
+            Failure::Dropped => Code::Cancelled,
+            Failure::Unsupported => Code::Unimplemented,
+            Failure::Denied => Code::PermissionDenied,
+            Failure::Other => Code::Unknown,
+        },
+        Miss::NotSent(NotSent::ReplicaFull) => Code::ResourceExhausted,
+        Miss::NotSent(NotSent::DeadlinePassed) => Code::DeadlineExceeded,
+        Miss::NotSent(NotSent::OverBudget) => Code::FailedPrecondition,
+    }
 }
 
 /// The canonical upper-case name of a status code, as the gRPC specification spells it.
@@ -129,13 +192,32 @@ mod tests {
     }
 
     #[test]
-    fn only_failures_that_may_succeed_elsewhere_are_retried() {
-        assert!(worth_another_try(Code::Unavailable));
-        assert!(worth_another_try(Code::NotFound));
-        assert!(worth_another_try(Code::Internal));
-        assert!(!worth_another_try(Code::InvalidArgument));
-        assert!(!worth_another_try(Code::DeadlineExceeded));
-        assert!(worth_another_try(Code::Cancelled));
+    fn every_code_an_expert_returns_is_reported_back_as_itself() {
+        // A code that maps to a failure kind of its own comes back unchanged in the reply's
+        // fallbacks and the metrics; the rest are UNKNOWN (or, for the two credential codes,
+        // PERMISSION_DENIED).
+        for code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::Internal,
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+            Code::Unknown,
+        ] {
+            assert_eq!(
+                code_of_miss(Miss::Failed(failure_of(code))),
+                code,
+                "{code:?}"
+            );
+        }
+        assert!(failure_of(Code::Cancelled).worth_another_try());
+        assert!(!failure_of(Code::InvalidArgument).worth_another_try());
         let local = client_deadline(Status::cancelled("Timeout expired"));
         assert_eq!(local.code(), Code::DeadlineExceeded);
         assert_eq!(

@@ -1,0 +1,770 @@
+//! The Ask algorithm as a state machine: which expert to call on which replica, in what order,
+//! what each call costs, when to stop, and why.
+//!
+//! Pure: no clock, no I/O. The machine is built from a view of the pool taken once per request
+//! (each expert's id, price and replica loads), the request's budget and remaining deadline, and
+//! its random draws; it is given the policy as a scoring function. The shell drives it:
+//!
+//! ```text
+//! let mut ask = Ask::new(view, probes, params, scorer)?;
+//! loop {
+//!     match ask.next_step() {
+//!         Step::Call(call) => start `call` (concurrently with the others in flight),
+//!         Step::Wait => wait for any call in flight; ask.record(id, result, time since start),
+//!         Step::Done => break,
+//!     }
+//! }
+//! let Finished { outcome, explanation } = ask.finish();
+//! ```
+//!
+//! then derives the reply, the decision log record and the metrics from `explanation` alone.
+//!
+//! # The algorithm
+//!
+//! 1. **Probes** (defer mode): each of the policy's probe experts is called at once, all in
+//!    parallel, on its best replica; a probe that fails in a way worth another try is retried on
+//!    its next replica (up to `tries_per_expert`). A budget below the probes' prices is refused
+//!    before anything is called.
+//! 2. **Decision**: once every probe has ended, the policy scores every expert given the probes'
+//!    answers; [`decide`] ranks the eligible ones (a probe that answered is a free option, one
+//!    that failed is excluded) with the budget left after the probes; with ε-exploration the
+//!    first expert may be drawn instead ([`explore`]), and its propensity kept.
+//! 3. **Answer**: the plan's attempts are made one at a time. Keeping a probe's answer needs no
+//!    call. The first answer ends the request. A failure moves on to the next attempt, unless it
+//!    cannot succeed elsewhere (a refused query) or the deadline has passed.
+//!
+//! # Charging
+//!
+//! A call is charged its expert's price when the expert ran: it answered, or it failed after
+//! running ([`Failure::charges_compute`]). A probe's answer kept as the final one is not charged
+//! again. A call is not sent when the price of everything that could still be charged, itself
+//! included, would exceed the budget: a budget is never exceeded.
+
+use super::call::{Failure, Miss, NotSent};
+use super::decision::{
+    Attempt, Candidate, DecisionError, DecisionParams, Plan, ReplicaLoad, decide, explore,
+    retry_after,
+};
+use std::fmt;
+use std::time::Duration;
+
+/// One expert of the pool as the request sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpertView<'a> {
+    pub id: &'a str,
+    /// What one call is charged.
+    pub price: f64,
+    pub replicas: &'a [ReplicaLoad],
+}
+
+/// What the machine needs of an answer: its text, which the policy reads for probes.
+pub trait AnswerText {
+    fn text(&self) -> &str;
+}
+
+impl AnswerText for String {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AskParams {
+    /// The most the request may be charged, in price units (validated positive at the edge).
+    pub budget: Option<f64>,
+    /// Time the request has, counted from its start; `None` for no deadline.
+    pub deadline: Option<Duration>,
+    pub max_attempts: usize,
+    pub tries_per_expert: usize,
+    pub load_weight: f64,
+    /// ε of ε-greedy exploration; 0 for none.
+    pub explore: f64,
+    /// Random bits of this request (replica choice and tie-breaks).
+    pub seed: u64,
+    /// Two uniform draws in [0, 1) for exploration.
+    pub draws: (f64, f64),
+}
+
+impl Default for AskParams {
+    fn default() -> Self {
+        let d = DecisionParams::default();
+        Self {
+            budget: None,
+            deadline: None,
+            max_attempts: d.max_attempts,
+            tries_per_expert: d.tries_per_expert,
+            load_weight: d.load_weight,
+            explore: 0.0,
+            seed: 0,
+            draws: (0.0, 0.0),
+        }
+    }
+}
+
+/// What a call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Running probe number `k` (an index into the probes the machine was given).
+    Probe(usize),
+    /// Trying to answer the query.
+    Answer,
+}
+
+/// A call the shell is to make. `id` is how its result is reported back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub id: usize,
+    pub expert: usize,
+    pub replica: usize,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Start this call; there may be more to start before waiting.
+    Call(Call),
+    /// Wait for a call in flight to end and [`Ask::record`] it.
+    Wait,
+    /// The request has its outcome: [`Ask::finish`].
+    Done,
+}
+
+/// How a call ended, as the shell reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallResult<A> {
+    Answered(A),
+    Missed(Miss),
+}
+
+/// One call of the request (made, or planned and not sent).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallRecord {
+    pub expert: usize,
+    pub replica: usize,
+    pub role: Role,
+    /// `None` while in flight; `Some(Ok(()))` when it answered.
+    pub end: Option<Result<(), Miss>>,
+    /// What the call was charged.
+    pub charged: f64,
+}
+
+/// One probe of the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRecord {
+    pub expert: usize,
+    /// Its answer's text, when it answered.
+    pub text: Option<String>,
+    /// The replica of its last call, if any was planned.
+    pub replica: Option<usize>,
+    /// How its last call missed (`None` when it answered or no call was planned).
+    pub miss: Option<Miss>,
+}
+
+/// The decision the request reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    /// The policy's score per expert of the view, after the probes.
+    pub scores: Vec<Option<f64>>,
+    /// Ranking, exclusions, load terms and attempts (after exploration).
+    pub plan: Plan,
+    /// The policy's own first choice.
+    pub greedy: usize,
+    /// The expert tried first.
+    pub chosen: usize,
+    /// Probability with which `chosen` was drawn.
+    pub propensity: f64,
+    pub epsilon: f64,
+    /// `chosen` is a probe whose answer is kept.
+    pub kept_probe: bool,
+}
+
+/// Everything the request did and why: the one source of the reply's decision, the decision log
+/// and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub probes: Vec<ProbeRecord>,
+    /// Every call, in the order it was planned.
+    pub calls: Vec<CallRecord>,
+    /// `None` when the request ended before a decision.
+    pub decision: Option<Chosen>,
+    /// The sum of the calls' charges.
+    pub charged: f64,
+}
+
+impl Explanation {
+    /// The calls that did not answer, the probes' first (probe by probe), then the answer walk's.
+    pub fn misses(&self) -> impl Iterator<Item = (&CallRecord, Miss)> {
+        let probes = (0..self.probes.len())
+            .flat_map(move |k| self.calls.iter().filter(move |c| c.role == Role::Probe(k)));
+        let answers = self.calls.iter().filter(|c| c.role == Role::Answer);
+        probes.chain(answers).filter_map(|c| match c.end {
+            Some(Err(miss)) => Some((c, miss)),
+            _ => None,
+        })
+    }
+
+    /// Why the first expert was chosen, in words.
+    pub fn reason(&self, view: &[ExpertView<'_>]) -> String {
+        let Some(d) = &self.decision else {
+            return String::new();
+        };
+        let id = |i: usize| view[i].id;
+        let mut reason = if d.chosen != d.greedy {
+            format!(
+                "exploring (epsilon {}): drew {} over the policy's choice {}",
+                d.epsilon,
+                id(d.chosen),
+                id(d.greedy)
+            )
+        } else {
+            let eligible = d.plan.ranked.len();
+            let load = d.plan.load[d.chosen];
+            let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
+                Some(s) if load > 0.0 => format!(
+                    "best policy score plus load ({s:.4} + {load:.4}) among {eligible} eligible \
+                     experts"
+                ),
+                Some(s) => format!("best policy score ({s:.4}) among {eligible} eligible experts"),
+                None => format!("no policy score; cheapest of {eligible} eligible experts"),
+            };
+            if !d.plan.excluded.is_empty() {
+                let excluded: Vec<String> = d
+                    .plan
+                    .excluded
+                    .iter()
+                    .map(|&(i, why)| format!("{} ({})", id(i), why.as_str()))
+                    .collect();
+                r.push_str(&format!("; excluded: {}", excluded.join(", ")));
+            }
+            r
+        };
+        if d.kept_probe {
+            reason.insert_str(0, "keep the probe's answer: ");
+        }
+        reason
+    }
+}
+
+/// An answer, and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered<A> {
+    pub answer: A,
+    pub expert: usize,
+    pub replica: usize,
+    /// A probe's answer kept (no call was made for it after the decision).
+    pub kept_probe: bool,
+}
+
+/// Why a request ended without an answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AskError {
+    #[error("the budget of {budget} is below the cost of the policy's probes ({probes}: {cost})")]
+    ProbesOverBudget {
+        budget: f64,
+        cost: f64,
+        probes: String,
+    },
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    #[error("deadline passed after {calls} expert call(s)")]
+    DeadlinePassed { calls: usize },
+    /// A failure that would be the same everywhere.
+    #[error("{0}")]
+    Refused(Failure),
+    #[error("every replica the decision chose is at its concurrency limit ({tried} tried)")]
+    EveryReplicaFull {
+        tried: usize,
+        /// Seconds until a slot is likely free.
+        retry_after: f64,
+    },
+    #[error(
+        "every expert call failed ({tried} tried): {}",
+        describe_groups(groups)
+    )]
+    EveryCallFailed {
+        /// Every call missed for want of an answer (e.g. no replay expert has the query).
+        no_answer: bool,
+        tried: usize,
+        /// The misses grouped by kind, with the experts that had each, in order of first
+        /// appearance.
+        groups: Vec<(Miss, Vec<String>)>,
+    },
+    #[error("the request ended before its calls did")]
+    Unfinished,
+}
+
+/// The request's outcome (exactly one) and its explanation.
+#[derive(Debug)]
+pub struct Finished<A> {
+    pub outcome: Result<Answered<A>, AskError>,
+    pub explanation: Explanation,
+}
+
+struct ProbeRun<A> {
+    attempts: Vec<Attempt>,
+    next: usize,
+    in_flight: bool,
+    done: bool,
+    answer: Option<A>,
+}
+
+enum Phase {
+    Probing,
+    Answering { next: usize },
+    Done,
+}
+
+/// A relative slack on the budget comparison, so that prices summing to the budget exactly in
+/// decimal (0.1 + 0.2) are not refused by binary rounding.
+fn fits(total: f64, budget: Option<f64>) -> bool {
+    budget.is_none_or(|b| total <= b + b.abs() * 1e-12)
+}
+
+/// The machine of one request. See the module documentation.
+pub struct Ask<'v, A, S> {
+    view: &'v [ExpertView<'v>],
+    params: AskParams,
+    scorer: S,
+    probes: Vec<ProbeRun<A>>,
+    probe_experts: Vec<usize>,
+    probe_cost: f64,
+    explanation: Explanation,
+    phase: Phase,
+    in_flight: usize,
+    /// Prices of the calls in flight that may yet be charged.
+    reserved: f64,
+    outcome: Option<Result<Answered<A>, AskError>>,
+}
+
+impl<'v, A, S> Ask<'v, A, S>
+where
+    A: AnswerText,
+    S: FnMut(&[Option<&str>], &mut Vec<Option<f64>>),
+{
+    /// A request over `view`: `probes` are indices into it (the policy's probe experts present
+    /// in the pool, in the policy's order); `scorer` fills one score per expert of the view
+    /// given the probes' answers (`None` for a probe that failed).
+    pub fn new(
+        view: &'v [ExpertView<'v>],
+        probes: &[usize],
+        params: AskParams,
+        scorer: S,
+    ) -> Result<Self, AskError> {
+        let probe_cost: f64 = probes.iter().map(|&p| view[p].price).sum();
+        if let Some(budget) = params.budget
+            && !probes.is_empty()
+            && budget < probe_cost
+        {
+            let ids: Vec<&str> = probes.iter().map(|&p| view[p].id).collect();
+            return Err(AskError::ProbesOverBudget {
+                budget,
+                cost: probe_cost,
+                probes: ids.join(", "),
+            });
+        }
+        let runs = probes
+            .iter()
+            .map(|&p| ProbeRun {
+                attempts: probe_attempts(&view[p], &params),
+                next: 0,
+                in_flight: false,
+                done: false,
+                answer: None,
+            })
+            .collect();
+        let records = probes
+            .iter()
+            .map(|&expert| ProbeRecord {
+                expert,
+                text: None,
+                replica: None,
+                miss: None,
+            })
+            .collect();
+        Ok(Self {
+            view,
+            params,
+            scorer,
+            probes: runs,
+            probe_experts: probes.to_vec(),
+            probe_cost,
+            explanation: Explanation {
+                probes: records,
+                calls: Vec::new(),
+                decision: None,
+                charged: 0.0,
+            },
+            phase: Phase::Probing,
+            in_flight: 0,
+            reserved: 0.0,
+            outcome: None,
+        })
+    }
+
+    /// What to do next.
+    pub fn next_step(&mut self) -> Step {
+        loop {
+            match self.phase {
+                Phase::Done => return Step::Done,
+                Phase::Probing => {
+                    if let Some(call) = self.next_probe_call() {
+                        return Step::Call(call);
+                    }
+                    if self.in_flight > 0 {
+                        return Step::Wait;
+                    }
+                    self.decide();
+                }
+                Phase::Answering { next } => {
+                    if self.in_flight > 0 {
+                        return Step::Wait;
+                    }
+                    if let Some(call) = self.next_answer_call(next) {
+                        return Step::Call(call);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports how call `id` ended, `at` this long after the request started. A call reported
+    /// twice, or one never issued, is ignored.
+    pub fn record(&mut self, id: usize, result: CallResult<A>, at: Duration) {
+        let Some(call) = self.explanation.calls.get(id).copied() else {
+            return;
+        };
+        if call.end.is_some() {
+            return;
+        }
+        self.in_flight -= 1;
+        let price = self.view[call.expert].price;
+        self.reserved = (self.reserved - price).max(0.0);
+        let (end, answer) = match result {
+            CallResult::Answered(a) => (Ok(()), Some(a)),
+            CallResult::Missed(m) => (Err(m), None),
+        };
+        let charged = match end {
+            Ok(()) => price,
+            Err(m) if m.charges_compute() => price,
+            Err(_) => 0.0,
+        };
+        self.explanation.charged += charged;
+        let record = &mut self.explanation.calls[id];
+        record.end = Some(end);
+        record.charged = charged;
+        match call.role {
+            Role::Probe(k) => {
+                let run = &mut self.probes[k];
+                let probe = &mut self.explanation.probes[k];
+                run.in_flight = false;
+                probe.replica = Some(call.replica);
+                match (end, answer) {
+                    (Ok(()), Some(a)) => {
+                        probe.text = Some(a.text().to_owned());
+                        probe.miss = None;
+                        run.answer = Some(a);
+                        run.done = true;
+                    }
+                    (Err(m), _) => {
+                        probe.miss = Some(m);
+                        run.done |= !m.worth_another_try();
+                    }
+                    (Ok(()), None) => unreachable!("an answer always comes with its value"),
+                }
+            }
+            Role::Answer => match (end, answer) {
+                (Ok(()), Some(answer)) => self.finish_with(Ok(Answered {
+                    answer,
+                    expert: call.expert,
+                    replica: call.replica,
+                    kept_probe: false,
+                })),
+                (Err(m), _) => {
+                    let past_deadline = self
+                        .params
+                        .deadline
+                        .is_some_and(|d| at + Duration::from_millis(1) >= d);
+                    let deadline = matches!(
+                        m,
+                        Miss::Failed(Failure::DeadlinePassed)
+                            | Miss::NotSent(NotSent::DeadlinePassed)
+                    );
+                    if deadline || past_deadline {
+                        let calls = self.explanation.misses().count();
+                        self.finish_with(Err(AskError::DeadlinePassed { calls }));
+                    } else if let Miss::Failed(f) = m
+                        && !f.worth_another_try()
+                    {
+                        self.finish_with(Err(AskError::Refused(f)));
+                    }
+                }
+                (Ok(()), None) => unreachable!("an answer always comes with its value"),
+            },
+        }
+    }
+
+    /// The outcome and the explanation. Before [`Step::Done`], the outcome is
+    /// [`AskError::Unfinished`].
+    pub fn finish(self) -> Finished<A> {
+        Finished {
+            outcome: self.outcome.unwrap_or(Err(AskError::Unfinished)),
+            explanation: self.explanation,
+        }
+    }
+
+    /// The charge of everything charged or in flight, plus `price`, fits the budget.
+    fn affordable(&self, price: f64) -> bool {
+        fits(
+            self.explanation.charged + self.reserved + price,
+            self.params.budget,
+        )
+    }
+
+    fn issue(&mut self, expert: usize, replica: usize, role: Role) -> Call {
+        let id = self.explanation.calls.len();
+        self.explanation.calls.push(CallRecord {
+            expert,
+            replica,
+            role,
+            end: None,
+            charged: 0.0,
+        });
+        self.in_flight += 1;
+        self.reserved += self.view[expert].price;
+        Call {
+            id,
+            expert,
+            replica,
+            role,
+        }
+    }
+
+    fn not_sent(&mut self, expert: usize, replica: usize, role: Role, why: NotSent) {
+        self.explanation.calls.push(CallRecord {
+            expert,
+            replica,
+            role,
+            end: Some(Err(Miss::NotSent(why))),
+            charged: 0.0,
+        });
+    }
+
+    fn next_probe_call(&mut self) -> Option<Call> {
+        for k in 0..self.probes.len() {
+            let expert = self.probe_experts[k];
+            if !self.probes[k].done && !self.probes[k].in_flight {
+                let run = &mut self.probes[k];
+                let Some(&attempt) = run.attempts.get(run.next) else {
+                    run.done = true;
+                    continue;
+                };
+                run.next += 1;
+                self.explanation.probes[k].replica = Some(attempt.replica);
+                if !self.affordable(self.view[expert].price) {
+                    // Its other replicas cost the same: the probe ends here.
+                    self.not_sent(expert, attempt.replica, Role::Probe(k), NotSent::OverBudget);
+                    self.explanation.probes[k].miss = Some(Miss::NotSent(NotSent::OverBudget));
+                    self.probes[k].done = true;
+                    continue;
+                }
+                self.probes[k].in_flight = true;
+                return Some(self.issue(expert, attempt.replica, Role::Probe(k)));
+            }
+        }
+        None
+    }
+
+    /// Scores with the probes' answers, plans, explores.
+    fn decide(&mut self) {
+        let texts: Vec<Option<&str>> = self
+            .probes
+            .iter()
+            .map(|p| p.answer.as_ref().map(AnswerText::text))
+            .collect();
+        let mut scores = Vec::with_capacity(self.view.len());
+        (self.scorer)(&texts, &mut scores);
+        scores.resize(self.view.len(), None);
+        const ANSWERED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad::idle(0.0)];
+        const FAILED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad {
+            available: false,
+            ..ReplicaLoad::idle(0.0)
+        }];
+        let candidates: Vec<Candidate<'_>> = self
+            .view
+            .iter()
+            .enumerate()
+            .map(
+                |(i, e)| match self.probe_experts.iter().position(|&p| p == i) {
+                    // A probe's answer is already paid for: a free option, or none.
+                    Some(k) => Candidate {
+                        cost: 0.0,
+                        expected_cost: scores[i],
+                        replicas: if self.probes[k].answer.is_some() {
+                            &ANSWERED_PROBE
+                        } else {
+                            &FAILED_PROBE
+                        },
+                    },
+                    None => Candidate {
+                        cost: e.price,
+                        expected_cost: scores[i],
+                        replicas: e.replicas,
+                    },
+                },
+            )
+            .collect();
+        let params = DecisionParams {
+            budget: self.params.budget.map(|b| b - self.probe_cost),
+            max_attempts: self.params.max_attempts,
+            tries_per_expert: self.params.tries_per_expert,
+            seed: self.params.seed,
+            explore: self.params.explore,
+            load_weight: self.params.load_weight,
+            ..DecisionParams::default()
+        };
+        let mut plan = match decide(&candidates, &params) {
+            Ok(plan) => plan,
+            Err(e) => return self.finish_with(Err(e.into())),
+        };
+        let greedy = plan.chosen();
+        let propensity = if params.explore > 0.0 {
+            let (u, v) = self.params.draws;
+            explore(&mut plan, &candidates, &params, u, v)
+        } else {
+            1.0
+        };
+        let chosen = plan.chosen();
+        self.explanation.decision = Some(Chosen {
+            scores,
+            greedy,
+            chosen,
+            propensity,
+            epsilon: params.explore,
+            kept_probe: self.probe_experts.contains(&chosen),
+            plan,
+        });
+        self.phase = Phase::Answering { next: 0 };
+    }
+
+    fn next_answer_call(&mut self, next: usize) -> Option<Call> {
+        let Some(decision) = &self.explanation.decision else {
+            self.finish_with(Err(AskError::Unfinished));
+            return None;
+        };
+        let Some(&attempt) = decision.plan.attempts.get(next) else {
+            let error = self.exhausted();
+            self.finish_with(Err(error));
+            return None;
+        };
+        self.phase = Phase::Answering { next: next + 1 };
+        let (expert, replica) = (attempt.expert, attempt.replica);
+        if let Some(k) = self.probe_experts.iter().position(|&p| p == expert) {
+            // Keeping a probe's answer needs no call (a failed probe is never in the plan).
+            if let Some(answer) = self.probes[k].answer.take() {
+                let replica = self.explanation.probes[k].replica.unwrap_or(0);
+                self.finish_with(Ok(Answered {
+                    answer,
+                    expert,
+                    replica,
+                    kept_probe: true,
+                }));
+            }
+            return None;
+        }
+        if !self.affordable(self.view[expert].price) {
+            self.not_sent(expert, replica, Role::Answer, NotSent::OverBudget);
+            return None;
+        }
+        Some(self.issue(expert, replica, Role::Answer))
+    }
+
+    /// The error once every attempt of the plan missed.
+    fn exhausted(&self) -> AskError {
+        let answers: Vec<&CallRecord> = self
+            .explanation
+            .calls
+            .iter()
+            .filter(|c| c.role == Role::Answer)
+            .collect();
+        let full = |c: &CallRecord| c.end == Some(Err(Miss::NotSent(NotSent::ReplicaFull)));
+        let attempts = self
+            .explanation
+            .decision
+            .as_ref()
+            .map_or(0, |d| d.plan.attempts.len());
+        if attempts > 0 && answers.iter().filter(|c| full(c)).count() == attempts {
+            // Every option filled up between the view and the calls: shed, with a hint.
+            let latencies = answers
+                .iter()
+                .filter_map(|c| self.view[c.expert].replicas.get(c.replica).map(|r| r.rtt));
+            return AskError::EveryReplicaFull {
+                tried: attempts,
+                retry_after: retry_after(latencies),
+            };
+        }
+        let misses: Vec<(&CallRecord, Miss)> = self.explanation.misses().collect();
+        let no_answer = !misses.is_empty()
+            && misses
+                .iter()
+                .all(|(_, m)| *m == Miss::Failed(Failure::NoAnswer));
+        // The failures grouped by what they were, with the experts that had each.
+        let mut groups: Vec<(Miss, Vec<String>)> = Vec::new();
+        for (call, miss) in &misses {
+            let id = self.view[call.expert].id.to_owned();
+            match groups.iter_mut().find(|(m, _)| m == miss) {
+                Some((_, ids)) => ids.push(id),
+                None => groups.push((*miss, vec![id])),
+            }
+        }
+        AskError::EveryCallFailed {
+            no_answer,
+            tried: misses.len(),
+            groups,
+        }
+    }
+
+    fn finish_with(&mut self, outcome: Result<Answered<A>, AskError>) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+        self.phase = Phase::Done;
+    }
+}
+
+fn describe_groups(groups: &[(Miss, Vec<String>)]) -> String {
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(miss, ids)| format!("{}: {miss}", ids.join(", ")))
+        .collect();
+    parts.join("; ")
+}
+
+/// A probe's calls: its best usable replicas, one try per replica, as [`decide`] orders them for
+/// an expert alone.
+fn probe_attempts(expert: &ExpertView<'_>, params: &AskParams) -> Vec<Attempt> {
+    let single = [Candidate {
+        cost: expert.price,
+        expected_cost: None,
+        replicas: expert.replicas,
+    }];
+    let tries = params.tries_per_expert;
+    let probe = DecisionParams {
+        budget: None,
+        max_attempts: tries,
+        tries_per_expert: tries,
+        seed: params.seed,
+        ..DecisionParams::default()
+    };
+    decide(&single, &probe)
+        .map(|p| p.attempts)
+        .unwrap_or_default()
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Probe(_) => f.write_str("probe"),
+            Role::Answer => f.write_str("answer"),
+        }
+    }
+}

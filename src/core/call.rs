@@ -1,0 +1,162 @@
+//! How one expert call ended, in the domain's words: the request path's rules (what is charged,
+//! what is worth another try, when the deadline has won) are written here once, and the gRPC
+//! edge maps each kind to and from a status code in one table (`grpc::status`).
+
+use std::fmt;
+
+/// Why a call that was sent came back without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// The expert ran and has no answer to this query (a replay expert without its recording).
+    NoAnswer,
+    /// The expert rejected the query as malformed: it would be rejected anywhere.
+    Refused,
+    /// The expert looked at the query and declined it (a precondition of its own).
+    Declined,
+    /// The query is beyond what the expert takes (too long, out of its range).
+    BeyondLimits,
+    /// The expert failed while answering.
+    Broken,
+    /// The expert answered with a span that does not lie in the context.
+    Malformed {
+        start: u32,
+        end: u32,
+        context_chars: usize,
+    },
+    /// The replica could not be reached (connection refused, reset, no route).
+    Unreachable,
+    /// No answer within the try timeout: the replica may be hung; another may answer.
+    TryTimedOut { millis: u64 },
+    /// The replica said it is overloaded.
+    Overloaded,
+    /// The caller's deadline passed during the call.
+    DeadlinePassed,
+    /// The call was cut (its connection died under it, or the expert's server cancelled it).
+    Dropped,
+    /// The replica does not serve the expert interface.
+    Unsupported,
+    /// The replica refused this scheduler's credentials.
+    Denied,
+    /// Any other failure.
+    Other,
+}
+
+impl Failure {
+    /// The expert ran, so its compute was spent and is charged. A call that never reached it,
+    /// or that it rejected before running, costs nothing.
+    pub fn charges_compute(self) -> bool {
+        matches!(
+            self,
+            Failure::NoAnswer | Failure::Broken | Failure::Malformed { .. } | Failure::Declined
+        )
+    }
+
+    /// Whether another replica or expert may succeed. A query refused as malformed fails the
+    /// same way everywhere, and a deadline that passed has passed; every other failure
+    /// (unreachable, overloaded, no recording, internal error, a dropped connection) may
+    /// succeed elsewhere.
+    pub fn worth_another_try(self) -> bool {
+        !matches!(self, Failure::Refused | Failure::DeadlinePassed)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NoAnswer => f.write_str("the expert has no answer to this query"),
+            Failure::Refused | Failure::Declined | Failure::BeyondLimits => {
+                f.write_str("the expert refused the query")
+            }
+            Failure::Broken | Failure::Other => f.write_str("the expert failed"),
+            Failure::Malformed {
+                start,
+                end,
+                context_chars,
+            } => write!(
+                f,
+                "malformed answer: span [{start}, {end}) outside the context of {context_chars} \
+                 characters"
+            ),
+            Failure::Unreachable => f.write_str("the replica could not be reached"),
+            Failure::TryTimedOut { millis } => {
+                write!(f, "no answer within the try timeout of {millis} ms")
+            }
+            Failure::Overloaded => f.write_str("the replica is overloaded"),
+            Failure::DeadlinePassed => f.write_str("deadline passed"),
+            Failure::Dropped => f.write_str("the call ran out of time"),
+            Failure::Unsupported => f.write_str("the replica does not serve the expert interface"),
+            Failure::Denied => f.write_str("the replica refused the scheduler's credentials"),
+        }
+    }
+}
+
+/// Why a planned call was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotSent {
+    /// Every slot of the replica was taken when the request got to it.
+    ReplicaFull,
+    /// The caller's deadline had passed.
+    DeadlinePassed,
+    /// The call could be charged more than the budget left after the calls already charged.
+    OverBudget,
+}
+
+impl fmt::Display for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotSent::ReplicaFull => "replica at its concurrency limit; not sent",
+            NotSent::DeadlinePassed => "deadline passed",
+            NotSent::OverBudget => "over the budget left after the calls already charged; not sent",
+        })
+    }
+}
+
+/// How a call that did not answer ended: sent and failed, or never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Miss {
+    Failed(Failure),
+    NotSent(NotSent),
+}
+
+impl Miss {
+    pub fn charges_compute(self) -> bool {
+        matches!(self, Miss::Failed(f) if f.charges_compute())
+    }
+
+    pub fn worth_another_try(self) -> bool {
+        match self {
+            Miss::Failed(f) => f.worth_another_try(),
+            Miss::NotSent(NotSent::DeadlinePassed) => false,
+            Miss::NotSent(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::Failed(x) => x.fmt(f),
+            Miss::NotSent(x) => x.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_the_expert_ran_are_charged_and_only_hopeless_ones_stop_the_walk() {
+        assert!(Failure::NoAnswer.charges_compute());
+        assert!(Failure::Declined.charges_compute());
+        assert!(!Failure::Unreachable.charges_compute());
+        assert!(!Failure::Refused.charges_compute());
+        assert!(!Miss::NotSent(NotSent::ReplicaFull).charges_compute());
+        assert!(Failure::Dropped.worth_another_try());
+        assert!(Failure::NoAnswer.worth_another_try());
+        assert!(!Failure::Refused.worth_another_try());
+        assert!(!Failure::DeadlinePassed.worth_another_try());
+        assert!(!Miss::NotSent(NotSent::DeadlinePassed).worth_another_try());
+        assert!(Miss::NotSent(NotSent::ReplicaFull).worth_another_try());
+    }
+}
