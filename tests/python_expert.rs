@@ -168,7 +168,7 @@ async fn a_python_client_finds_the_documented_contract() {
         .add_fixed_replica(
             "strong",
             &slow_expert.addr.to_string(),
-            pb::replica_state::Origin::Static,
+            l2d::scheduler::registry::Origin::Static,
             None,
         )
         .unwrap();

@@ -280,7 +280,7 @@ async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
         .add_fixed_replica(
             "slow",
             &expert_addr.to_string(),
-            pb::replica_state::Origin::Static,
+            l2d::scheduler::registry::Origin::Static,
             None,
         )
         .unwrap();

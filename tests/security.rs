@@ -143,7 +143,7 @@ async fn tls_cluster(pki: &Pki, config: SchedulerConfig) -> (Node, Node, Arc<Sch
         .add_fixed_replica(
             "strong",
             &expert.addr.to_string(),
-            pb::replica_state::Origin::Static,
+            l2d::scheduler::registry::Origin::Static,
             None,
         )
         .unwrap();

@@ -1,9 +1,17 @@
-//! Protobuf ↔ domain conversion, in one place: the core and the scheduler's logic work on
-//! domain types, and the gRPC services convert at the edge with these functions.
+//! Protobuf ↔ domain conversions, in one place.
+//!
+//! The core's request machine explains each Ask in its own terms ([`Explanation`]); the Router
+//! service turns that into the reply's `Decision` here. The scheduler's registry keeps its own
+//! types ([`crate::scheduler::pool_state`]); the `Pool` service turns a heartbeat's `pb::LoadReport` into a [`LoadReport`] on the way in, and the
+//! registry's [`ExpertState`]s into `ListPool`'s messages on the way out. The wire encodings
+//! (milliseconds as integers, the origin as an enum number, "absent" as zero or an empty
+//! string) live only here.
 
 use crate::core::ask::{AnswerText, ExpertView, Explanation};
 use crate::grpc::pb;
 use crate::grpc::status::{code_name, code_of_miss};
+use crate::scheduler::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
+use std::time::Duration;
 
 impl AnswerText for pb::AnswerResponse {
     fn text(&self) -> &str {
@@ -81,5 +89,179 @@ pub fn decision(
         fallbacks,
         probes,
         lambda,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl From<Origin> for pb::replica_state::Origin {
+    fn from(origin: Origin) -> Self {
+        match origin {
+            Origin::Static => Self::Static,
+            Origin::InProcess => Self::InProcess,
+            Origin::Registered => Self::Registered,
+            Origin::Dns => Self::Dns,
+        }
+    }
+}
+
+impl From<pb::LoadReport> for LoadReport {
+    fn from(load: pb::LoadReport) -> Self {
+        Self {
+            in_flight: load.in_flight,
+            queue_depth: load.queue_depth,
+            answered_total: load.answered_total,
+        }
+    }
+}
+
+impl From<LoadReport> for pb::LoadReport {
+    fn from(load: LoadReport) -> Self {
+        Self {
+            in_flight: load.in_flight,
+            queue_depth: load.queue_depth,
+            answered_total: load.answered_total,
+        }
+    }
+}
+
+impl From<ReplicaState> for pb::ReplicaState {
+    fn from(r: ReplicaState) -> Self {
+        Self {
+            address: r.address,
+            origin: pb::replica_state::Origin::from(r.origin) as i32,
+            // Never sent: a lease id is its holder's handle on the lease.
+            lease_id: String::new(),
+            lease_remaining_ms: r.lease_remaining.map_or(0, millis),
+            in_flight: r.in_flight,
+            reported: r.reported.map(Into::into),
+            answered_total: r.answered_total,
+            failed_total: r.failed_total,
+            max_in_flight: r.max_in_flight,
+            rtt_ms: r.rtt_seconds * 1e3,
+            error_rate: r.error_rate,
+            ejected_ms: millis(r.ejected_for),
+        }
+    }
+}
+
+impl From<ExpertState> for pb::ExpertState {
+    fn from(e: ExpertState) -> Self {
+        Self {
+            expert_id: e.expert_id,
+            cost: e.cost,
+            backend: e.backend,
+            replicas: e.replicas.into_iter().map(Into::into).collect(),
+            answered_total: e.answered_total,
+            cost_charged_total: e.cost_charged_total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_keep_their_wire_numbers() {
+        let numbers = [
+            Origin::Static,
+            Origin::InProcess,
+            Origin::Registered,
+            Origin::Dns,
+        ]
+        .map(|o| pb::replica_state::Origin::from(o) as i32);
+        assert_eq!(numbers, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_load_report_survives_the_round_trip() {
+        let load = LoadReport {
+            in_flight: 3,
+            queue_depth: 7,
+            answered_total: 1_000_000_000_000,
+        };
+        assert_eq!(LoadReport::from(pb::LoadReport::from(load)), load);
+    }
+
+    fn replica(origin: Origin, lease_remaining: Option<Duration>) -> ReplicaState {
+        ReplicaState {
+            address: "127.0.0.1:9001".into(),
+            origin,
+            lease_remaining,
+            in_flight: 2,
+            reported: lease_remaining.map(|_| LoadReport {
+                in_flight: 1,
+                queue_depth: 4,
+                answered_total: 9,
+            }),
+            answered_total: 11,
+            failed_total: 5,
+            max_in_flight: 64,
+            rtt_seconds: 0.0125,
+            error_rate: 0.25,
+            ejected_for: Duration::from_micros(1_999_999),
+        }
+    }
+
+    #[test]
+    fn a_replica_state_is_sent_in_milliseconds_without_its_lease_id() {
+        let leased = pb::ReplicaState::from(replica(
+            Origin::Registered,
+            Some(Duration::from_micros(4_500_900)),
+        ));
+        assert_eq!(
+            leased,
+            pb::ReplicaState {
+                address: "127.0.0.1:9001".into(),
+                origin: pb::replica_state::Origin::Registered as i32,
+                lease_id: String::new(),
+                lease_remaining_ms: 4500,
+                in_flight: 2,
+                reported: Some(pb::LoadReport {
+                    in_flight: 1,
+                    queue_depth: 4,
+                    answered_total: 9,
+                }),
+                answered_total: 11,
+                failed_total: 5,
+                max_in_flight: 64,
+                rtt_ms: 0.0125 * 1e3,
+                error_rate: 0.25,
+                ejected_ms: 1999,
+            }
+        );
+        let fixed = pb::ReplicaState::from(replica(Origin::Static, None));
+        assert_eq!(fixed.lease_remaining_ms, 0);
+        assert_eq!(fixed.reported, None);
+        assert_eq!(fixed.origin, pb::replica_state::Origin::Static as i32);
+    }
+
+    #[test]
+    fn an_expert_state_carries_its_replicas_in_order() {
+        let state = ExpertState {
+            expert_id: "bert".into(),
+            cost: 100.0,
+            backend: "replay".into(),
+            replicas: vec![replica(Origin::Dns, None), replica(Origin::InProcess, None)],
+            answered_total: 3,
+            cost_charged_total: 300.5,
+        };
+        let sent = pb::ExpertState::from(state);
+        assert_eq!(
+            (sent.expert_id.as_str(), sent.cost, sent.backend.as_str()),
+            ("bert", 100.0, "replay")
+        );
+        assert_eq!((sent.answered_total, sent.cost_charged_total), (3, 300.5));
+        let origins: Vec<i32> = sent.replicas.iter().map(|r| r.origin).collect();
+        assert_eq!(
+            origins,
+            [
+                pb::replica_state::Origin::Dns as i32,
+                pb::replica_state::Origin::InProcess as i32
+            ]
+        );
     }
 }

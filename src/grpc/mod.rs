@@ -1,6 +1,6 @@
-//! The gRPC edge: generated contracts, the one error → status table, deadline parsing, the
-//! server scaffolding every node shares (health, reflection, graceful shutdown), and the typed
-//! `Router` client.
+//! The gRPC edge: generated contracts, the protobuf ↔ domain conversions, the one error →
+//! status table, deadline parsing, the server scaffolding every node shares (health,
+//! reflection, graceful shutdown), and the typed `Router` client.
 
 pub mod client;
 pub mod convert;

@@ -279,7 +279,7 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
                     let _ = scheduler.registry.add_fixed_replica(
                         &spec.id,
                         &a.to_string(),
-                        pb::replica_state::Origin::InProcess,
+                        crate::scheduler::registry::Origin::InProcess,
                         None,
                     );
                 }

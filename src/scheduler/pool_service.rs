@@ -160,10 +160,11 @@ impl Pool for PoolService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let who = caller(&request, &self.scheduler)?;
         let msg = request.into_inner();
-        let ttl =
-            self.scheduler
-                .registry
-                .heartbeat(&msg.lease_id, &who, msg.load, Instant::now())?;
+        let load = msg.load.map(Into::into);
+        let ttl = self
+            .scheduler
+            .registry
+            .heartbeat(&msg.lease_id, &who, load, Instant::now())?;
         Ok(Response::new(pb::HeartbeatResponse {
             lease_ttl_ms: ttl.as_millis() as u64,
         }))
@@ -185,7 +186,13 @@ impl Pool for PoolService {
         _request: Request<pb::ListPoolRequest>,
     ) -> Result<Response<pb::ListPoolResponse>, Status> {
         Ok(Response::new(pb::ListPoolResponse {
-            experts: self.scheduler.registry.states(Instant::now()),
+            experts: self
+                .scheduler
+                .registry
+                .states(Instant::now())
+                .into_iter()
+                .map(Into::into)
+                .collect(),
             policy: Some(self.policy_info()),
         }))
     }

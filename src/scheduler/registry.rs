@@ -5,11 +5,11 @@
 //! `ArcSwap`, rebuilt after every membership change, and updates per-replica atomics. Leases sit
 //! behind a std `Mutex`, held for a few instructions and never across an `.await`.
 
+pub use super::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
 use crate::core::decision::ReplicaLoad;
 use crate::core::lease::{Lease, LeasePolicy};
 use crate::core::replica_health::{FailureOutcome, HealthParams, ReplicaHealth};
-pub use crate::grpc::pb::replica_state::Origin;
-use crate::grpc::pb::{self, expert_client::ExpertClient};
+use crate::grpc::pb::expert_client::ExpertClient;
 use crate::telemetry::{CodeCounts, LatencyHistogram, PoolSeries};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -142,7 +142,7 @@ pub struct Replica {
     in_flight: AtomicU32,
     answered: AtomicU64,
     failed: AtomicU64,
-    reported: Mutex<pb::LoadReport>,
+    reported: Mutex<LoadReport>,
     health: Mutex<ReplicaHealth>,
     health_params: HealthParams,
     /// Finished calls by code, their latency, and ejections (written out at scrape time).
@@ -326,25 +326,24 @@ impl Replica {
         out.sample("l2d_replica_ejections_total", labels, ejections);
     }
 
-    fn state(&self, now: Instant) -> pb::ReplicaState {
-        // Lease ids are not shown: they are the holder's handle on its lease.
-        let lease_remaining_ms = self.lease.as_ref().map_or(0, |slot| {
-            lock(&slot.lease).remaining(now).as_millis() as u64
-        });
+    fn state(&self, now: Instant) -> ReplicaState {
+        let lease_remaining = self
+            .lease
+            .as_ref()
+            .map(|slot| lock(&slot.lease).remaining(now));
         let health = lock(&self.health).clone();
-        pb::ReplicaState {
+        ReplicaState {
             address: self.address.clone(),
-            origin: self.origin as i32,
-            lease_id: String::new(),
-            lease_remaining_ms,
+            origin: self.origin,
+            lease_remaining,
             in_flight: self.in_flight(),
             reported: self.lease.as_ref().map(|_| *lock(&self.reported)),
             answered_total: self.answered.load(Ordering::Relaxed),
             failed_total: self.failed.load(Ordering::Relaxed),
             max_in_flight: self.limit(),
-            rtt_ms: health.rtt(now, &self.health_params) * 1e3,
+            rtt_seconds: health.rtt(now, &self.health_params),
             error_rate: health.error_rate(),
-            ejected_ms: health.ejected_for(now).as_millis() as u64,
+            ejected_for: health.ejected_for(now),
         }
     }
 }
@@ -709,7 +708,7 @@ impl Registry {
         &self,
         lease_id: &str,
         holder: &str,
-        load: Option<pb::LoadReport>,
+        load: Option<LoadReport>,
         now: Instant,
     ) -> Result<Duration, RegistryError> {
         let replica = self.leased(lease_id, holder)?;
@@ -800,12 +799,12 @@ impl Registry {
         out.render()
     }
 
-    /// The pool as `Pool.ListPool` reports it.
-    pub fn states(&self, now: Instant) -> Vec<pb::ExpertState> {
+    /// The pool now, expert by expert in snapshot order (what `Pool.ListPool` reports).
+    pub fn states(&self, now: Instant) -> Vec<ExpertState> {
         self.snapshot()
             .experts
             .iter()
-            .map(|group| pb::ExpertState {
+            .map(|group| ExpertState {
                 expert_id: group.entry.id.clone(),
                 cost: group.entry.cost,
                 backend: group.entry.backend.clone(),
@@ -850,7 +849,7 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            reported: Mutex::new(pb::LoadReport::default()),
+            reported: Mutex::new(LoadReport::default()),
             health: Mutex::new(ReplicaHealth::new()),
             health_params: self.health,
             calls: CodeCounts::default(),
@@ -1137,7 +1136,7 @@ mod tests {
         );
         assert!(!replica.is_available(t0));
         assert!(!snap.experts[0].loads(t0)[0].available);
-        assert!(reg.states(t0)[0].replicas[0].ejected_ms > 0);
+        assert!(reg.states(t0)[0].replicas[0].ejected_for > Duration::ZERO);
         // Ejected is not gone: the reaper only removes lapsed leases.
         assert!(reg.reap_expired(t0).is_empty());
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 1);
