@@ -768,3 +768,459 @@ impl fmt::Display for Role {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// How the test pool answers one call: the kind of ending and when (ms after the start).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Script {
+        Answer,
+        Fail(Failure),
+        Full,
+    }
+
+    fn arb_script() -> impl Strategy<Value = Script> {
+        prop_oneof![
+            3 => Just(Script::Answer),
+            1 => Just(Script::Fail(Failure::NoAnswer)),
+            1 => Just(Script::Fail(Failure::Unreachable)),
+            1 => Just(Script::Fail(Failure::Broken)),
+            1 => Just(Script::Fail(Failure::Declined)),
+            1 => Just(Script::Fail(Failure::Refused)),
+            1 => Just(Script::Fail(Failure::Dropped)),
+            1 => Just(Script::Fail(Failure::DeadlinePassed)),
+            1 => Just(Script::Full),
+        ]
+    }
+
+    /// The experts whose failures the expert paid for (an independent statement of the rule).
+    fn ran(f: Failure) -> bool {
+        matches!(
+            f,
+            Failure::NoAnswer | Failure::Broken | Failure::Declined | Failure::Malformed { .. }
+        )
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        prices: Vec<f64>,
+        replicas: Vec<Vec<ReplicaLoad>>,
+        scores: Vec<Option<f64>>,
+        probes: Vec<usize>,
+        params: AskParams,
+        /// Per call, in the order calls are issued: how it ends, when, and which call in
+        /// flight ends next (an index into those in flight).
+        script: Vec<(Script, u64, usize)>,
+    }
+
+    fn arb_case() -> impl Strategy<Value = Case> {
+        let expert = (
+            0.5f64..100.0,
+            prop::option::of(0.0f64..1.0),
+            prop::collection::vec(
+                (
+                    0u32..4,
+                    prop_oneof![1u32..4, Just(u32::MAX)],
+                    0.001f64..0.1,
+                    any::<bool>(),
+                ),
+                0..4,
+            ),
+        );
+        (
+            prop::collection::vec(expert, 1..6),
+            prop::collection::vec(0usize..6, 0..3),
+            prop::option::of(0.5f64..250.0),
+            prop::option::of(1u64..400),
+            1usize..6,
+            1usize..3,
+            prop_oneof![Just(0.0), Just(0.2), Just(1.0)],
+            (any::<u64>(), 0.0f64..1.0, 0.0f64..1.0),
+            prop::collection::vec((arb_script(), 0u64..500, 0usize..4), 0..24),
+        )
+            .prop_map(
+                |(
+                    experts,
+                    probes,
+                    budget,
+                    deadline,
+                    max_attempts,
+                    tries,
+                    explore,
+                    draws,
+                    script,
+                )| {
+                    let n = experts.len();
+                    let mut probe_set: Vec<usize> = probes.into_iter().filter(|&p| p < n).collect();
+                    probe_set.dedup();
+                    Case {
+                        prices: experts.iter().map(|e| e.0).collect(),
+                        scores: experts.iter().map(|e| e.1).collect(),
+                        replicas: experts
+                            .iter()
+                            .map(|e| {
+                                e.2.iter()
+                                    .map(|&(in_flight, limit, rtt, available)| ReplicaLoad {
+                                        in_flight,
+                                        limit,
+                                        rtt,
+                                        available,
+                                    })
+                                    .collect()
+                            })
+                            .collect(),
+                        probes: probe_set,
+                        params: AskParams {
+                            budget,
+                            deadline: deadline.map(Duration::from_millis),
+                            max_attempts,
+                            tries_per_expert: tries,
+                            load_weight: 0.02,
+                            explore,
+                            seed: draws.0,
+                            draws: (draws.1, draws.2),
+                        },
+                        script,
+                    }
+                },
+            )
+    }
+
+    /// A run of the machine against the scripted pool.
+    struct Run {
+        calls: Vec<Call>,
+        /// Per call issued: its scripted ending.
+        endings: Vec<Script>,
+        finished: Result<Finished<String>, AskError>,
+        /// Steps after `Done` that were not `Done`.
+        after_done: usize,
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("e{i}")).collect()
+    }
+
+    fn run(case: &Case) -> Run {
+        let names = ids(case.prices.len());
+        let view: Vec<ExpertView<'_>> = (0..case.prices.len())
+            .map(|i| ExpertView {
+                id: &names[i],
+                price: case.prices[i],
+                replicas: &case.replicas[i],
+            })
+            .collect();
+        let scores = case.scores.clone();
+        let scorer = |_: &[Option<&str>], out: &mut Vec<Option<f64>>| out.extend(&scores);
+        let mut ask = match Ask::new(&view, &case.probes, case.params, scorer) {
+            Ok(ask) => ask,
+            Err(e) => {
+                return Run {
+                    calls: Vec::new(),
+                    endings: Vec::new(),
+                    finished: Err(e),
+                    after_done: 0,
+                };
+            }
+        };
+        let mut calls = Vec::new();
+        let mut endings = Vec::new();
+        let mut in_flight: Vec<Call> = Vec::new();
+        let mut waits = 0;
+        for _ in 0..1000 {
+            match ask.next_step() {
+                Step::Call(call) => {
+                    calls.push(call);
+                    in_flight.push(call);
+                }
+                Step::Wait => {
+                    assert!(!in_flight.is_empty(), "waiting with nothing in flight");
+                    let (script, at, pick) =
+                        case.script
+                            .get(waits)
+                            .copied()
+                            .unwrap_or((Script::Answer, 0, 0));
+                    waits += 1;
+                    let call = in_flight.remove(pick % in_flight.len());
+                    let result = match script {
+                        Script::Answer => CallResult::Answered(format!("answer {}", call.id)),
+                        Script::Fail(f) => CallResult::Missed(Miss::Failed(f)),
+                        Script::Full => CallResult::Missed(Miss::NotSent(NotSent::ReplicaFull)),
+                    };
+                    endings.push((call.id, script));
+                    ask.record(call.id, result, Duration::from_millis(at));
+                }
+                Step::Done => break,
+            }
+        }
+        let after_done = (0..3).filter(|_| ask.next_step() != Step::Done).count();
+        endings.sort_by_key(|&(id, _)| id);
+        Run {
+            calls,
+            endings: endings.into_iter().map(|(_, s)| s).collect(),
+            finished: Ok(ask.finish()),
+            after_done,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn every_request_ends_once_and_is_charged_the_prices_of_the_calls_it_made(case in arb_case()) {
+            let run = run(&case);
+            let Ok(finished) = run.finished else {
+                // Refused before any call: only a budget below the probes' prices.
+                let probe_cost: f64 = case.probes.iter().map(|&p| case.prices[p]).sum();
+                prop_assert!(case.params.budget.is_some_and(|b| b < probe_cost));
+                return Ok(());
+            };
+            prop_assert_eq!(run.after_done, 0);
+            prop_assert!(!matches!(finished.outcome, Err(AskError::Unfinished)));
+            prop_assert_eq!(run.endings.len(), run.calls.len(), "a call never ended");
+            // The charge: each call's price when the expert ran (answered or failed after
+            // running); a kept probe answer costs nothing more.
+            let expected: f64 = run
+                .calls
+                .iter()
+                .zip(&run.endings)
+                .filter(|(_, s)| match s {
+                    Script::Answer => true,
+                    Script::Fail(f) => ran(*f),
+                    Script::Full => false,
+                })
+                .map(|(c, _)| case.prices[c.expert])
+                .sum();
+            prop_assert!((finished.explanation.charged - expected).abs() < 1e-9,
+                "charged {} for calls worth {}", finished.explanation.charged, expected);
+            if let Some(b) = case.params.budget {
+                prop_assert!(finished.explanation.charged <= b * (1.0 + 1e-9),
+                    "charged {} over the budget {}", finished.explanation.charged, b);
+            }
+            // One outcome: an answer is the last answer-call's, and nothing answered before it.
+            let answers: Vec<(usize, &Call)> = run
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.role == Role::Answer)
+                .collect();
+            match &finished.outcome {
+                Ok(a) if a.kept_probe => {
+                    prop_assert!(case.probes.contains(&a.expert));
+                    prop_assert!(answers.iter().all(|(i, _)| run.endings[*i] != Script::Answer));
+                }
+                Ok(a) => {
+                    let (last, call) = answers.last().expect("an answer needs a call");
+                    prop_assert_eq!(run.endings[*last], Script::Answer);
+                    prop_assert_eq!((a.expert, a.replica), (call.expert, call.replica));
+                    prop_assert_eq!(&a.answer, &format!("answer {}", call.id));
+                    prop_assert!(answers[..answers.len() - 1].iter().all(|(i, _)| run.endings[*i] != Script::Answer));
+                }
+                Err(_) => {
+                    prop_assert!(answers.iter().all(|(i, _)| run.endings[*i] != Script::Answer));
+                }
+            }
+        }
+
+        #[test]
+        fn calls_go_to_usable_replicas_of_affordable_experts_in_the_ranking_order(case in arb_case()) {
+            let run = run(&case);
+            let Ok(finished) = run.finished else { return Ok(()) };
+            let probe_cost: f64 = case.probes.iter().map(|&p| case.prices[p]).sum();
+            for call in &run.calls {
+                // Never an ejected, unavailable or saturated replica: the view had usable ones.
+                prop_assert!(case.replicas[call.expert][call.replica].usable(),
+                    "call to unusable replica {:?}", call);
+                match call.role {
+                    Role::Probe(k) => prop_assert_eq!(case.probes[k], call.expert),
+                    Role::Answer => {
+                        prop_assert!(!case.probes.contains(&call.expert));
+                        prop_assert!(case.params.budget.is_none_or(|b| case.prices[call.expert] <= b - probe_cost + 1e-9));
+                    }
+                }
+            }
+            let Some(d) = &finished.explanation.decision else { return Ok(()) };
+            // Experts are tried in blocks; the first is the chosen one, the rest follow the
+            // ranking.
+            let mut order: Vec<usize> = Vec::new();
+            for a in &d.plan.attempts {
+                if order.last() != Some(&a.expert) {
+                    prop_assert!(!order.contains(&a.expert), "expert {} tried in two blocks", a.expert);
+                    order.push(a.expert);
+                }
+            }
+            prop_assert_eq!(order[0], d.chosen);
+            let rank = |e: usize| d.plan.ranked.iter().position(|&r| r == e).expect("ranked");
+            for pair in order[1..].windows(2) {
+                prop_assert!(rank(pair[0]) < rank(pair[1]), "fallbacks out of rank: {:?} in {:?}", order, d.plan.ranked);
+            }
+            // The calls made are a prefix of the plan's attempts (kept probes and budget skips
+            // aside).
+            let made: Vec<(usize, usize)> = finished
+                .explanation
+                .calls
+                .iter()
+                .filter(|c| c.role == Role::Answer)
+                .map(|c| (c.expert, c.replica))
+                .collect();
+            let planned: Vec<(usize, usize)> = d
+                .plan
+                .attempts
+                .iter()
+                .filter(|a| !case.probes.contains(&a.expert))
+                .map(|a| (a.expert, a.replica))
+                .collect();
+            prop_assert!(planned.starts_with(&made), "made {:?}, planned {:?}", made, planned);
+        }
+
+    }
+
+    proptest! {
+        // Each case runs the machine 6,000 times.
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        #[test]
+        fn the_logged_propensity_is_the_frequency_of_the_choice_over_the_draws(
+            case in arb_case(),
+            epsilon in prop_oneof![Just(0.1), Just(0.25), Just(0.5), Just(1.0)],
+        ) {
+            // Draws on a grid fine enough that each outcome's frequency is exact: 100 values of
+            // u (ε is a multiple of 1/100), 60 of v (divisible by every eligible count up to 6).
+            let mut seen: Vec<(usize, f64, usize)> = Vec::new();
+            let total = 100 * 60;
+            for i in 0..100 {
+                for j in 0..60 {
+                    let params = AskParams {
+                        explore: epsilon,
+                        draws: ((i as f64 + 0.5) / 100.0, (j as f64 + 0.5) / 60.0),
+                        ..case.params
+                    };
+                    let run = run(&Case { params, script: Vec::new(), ..case.clone() });
+                    let Ok(finished) = run.finished else { return Ok(()) };
+                    let Some(d) = finished.explanation.decision else { return Ok(()) };
+                    match seen.iter_mut().find(|(e, _, _)| *e == d.chosen) {
+                        Some((_, p, n)) => {
+                            prop_assert_eq!(*p, d.propensity);
+                            *n += 1;
+                        }
+                        None => seen.push((d.chosen, d.propensity, 1)),
+                    }
+                }
+            }
+            for (expert, propensity, n) in seen {
+                let frequency = n as f64 / total as f64;
+                prop_assert!((propensity - frequency).abs() < 1e-9,
+                    "expert {} drawn with frequency {} but logged with propensity {}", expert, frequency, propensity);
+            }
+        }
+    }
+
+    #[test]
+    fn probes_run_together_then_the_kept_answer_costs_nothing_more() {
+        let up = [ReplicaLoad::idle(0.01), ReplicaLoad::idle(0.01)];
+        let names = ids(3);
+        let view: Vec<ExpertView<'_>> = [1.0, 2.0, 50.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &price)| ExpertView {
+                id: &names[i],
+                price,
+                replicas: &up,
+            })
+            .collect();
+        // The policy prefers the second probe once it has read both answers.
+        let scorer = |answers: &[Option<&str>], out: &mut Vec<Option<f64>>| {
+            assert_eq!(answers, [Some("a"), Some("b")]);
+            out.extend([Some(0.5), Some(0.1), Some(0.3)]);
+        };
+        let mut ask = Ask::<String, _>::new(&view, &[0, 1], AskParams::default(), scorer).unwrap();
+        let (Step::Call(first), Step::Call(second)) = (ask.next_step(), ask.next_step()) else {
+            panic!("both probes start before any ends");
+        };
+        assert_eq!((first.role, second.role), (Role::Probe(0), Role::Probe(1)));
+        assert_eq!(ask.next_step(), Step::Wait);
+        // The first probe fails on its first replica (charged: it ran) and is retried.
+        ask.record(
+            first.id,
+            CallResult::Missed(Miss::Failed(Failure::Broken)),
+            Duration::ZERO,
+        );
+        let Step::Call(retry) = ask.next_step() else {
+            panic!("the failed probe is retried at once");
+        };
+        assert_eq!((retry.expert, retry.role), (0, Role::Probe(0)));
+        assert_ne!(retry.replica, first.replica);
+        ask.record(second.id, CallResult::Answered("b".into()), Duration::ZERO);
+        assert_eq!(ask.next_step(), Step::Wait);
+        ask.record(retry.id, CallResult::Answered("a".into()), Duration::ZERO);
+        assert_eq!(ask.next_step(), Step::Done);
+        let Finished {
+            outcome,
+            explanation,
+        } = ask.finish();
+        let answered = outcome.unwrap();
+        assert_eq!((answered.expert, answered.kept_probe), (1, true));
+        assert_eq!(answered.answer, "b");
+        assert_eq!(explanation.charged, 1.0 + 1.0 + 2.0);
+        assert_eq!(
+            explanation.reason(&view),
+            "keep the probe's answer: best policy score (0.1000) among 3 eligible experts"
+        );
+    }
+
+    #[test]
+    fn a_deadline_that_passes_ends_the_walk_and_a_full_pool_sheds_with_a_hint() {
+        let one = [ReplicaLoad::idle(0.02)];
+        let names = ids(2);
+        let view: Vec<ExpertView<'_>> = (0..2)
+            .map(|i| ExpertView {
+                id: &names[i],
+                price: 1.0,
+                replicas: &one,
+            })
+            .collect();
+        let scorer =
+            |_: &[Option<&str>], out: &mut Vec<Option<f64>>| out.extend([Some(0.1), Some(0.2)]);
+        let params = AskParams {
+            deadline: Some(Duration::from_millis(100)),
+            ..AskParams::default()
+        };
+        let mut ask = Ask::<String, _>::new(&view, &[], params, scorer).unwrap();
+        let Step::Call(call) = ask.next_step() else {
+            panic!()
+        };
+        // A failure worth another try, but reported after the deadline.
+        ask.record(
+            call.id,
+            CallResult::Missed(Miss::Failed(Failure::Unreachable)),
+            Duration::from_millis(100),
+        );
+        assert_eq!(ask.next_step(), Step::Done);
+        assert_eq!(
+            ask.finish().outcome.unwrap_err(),
+            AskError::DeadlinePassed { calls: 1 }
+        );
+
+        let mut ask = Ask::<String, _>::new(&view, &[], AskParams::default(), scorer).unwrap();
+        for _ in 0..2 {
+            let Step::Call(call) = ask.next_step() else {
+                panic!()
+            };
+            ask.record(
+                call.id,
+                CallResult::Missed(Miss::NotSent(NotSent::ReplicaFull)),
+                Duration::ZERO,
+            );
+        }
+        assert_eq!(ask.next_step(), Step::Done);
+        assert_eq!(
+            ask.finish().outcome.unwrap_err(),
+            AskError::EveryReplicaFull {
+                tried: 2,
+                retry_after: 0.02
+            }
+        );
+    }
+}
