@@ -258,6 +258,8 @@ pub struct Answered<A> {
 /// Why a request ended without an answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AskError {
+    #[error("budget must be a positive finite number, got {0}")]
+    InvalidBudget(f64),
     #[error("the budget of {budget} is below the cost of the policy's probes ({probes}: {cost})")]
     ProbesOverBudget {
         budget: f64,
@@ -350,6 +352,11 @@ where
         params: AskParams,
         scorer: S,
     ) -> Result<Self, AskError> {
+        if let Some(b) = params.budget
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err(AskError::InvalidBudget(b));
+        }
         let probe_cost: f64 = probes.iter().map(|&p| view[p].price).sum();
         if let Some(budget) = params.budget
             && !probes.is_empty()
@@ -1168,6 +1175,33 @@ mod tests {
             explanation.reason(&view),
             "keep the probe's answer: best policy score (0.1000) among 3 eligible experts"
         );
+    }
+
+    #[test]
+    fn budgets_must_be_positive_and_finite() {
+        let one = [ReplicaLoad::idle(0.02)];
+        let view = [ExpertView {
+            id: "e",
+            price: 1.0,
+            replicas: &one,
+        }];
+        let scorer = |_: &[Option<&str>], out: &mut Vec<Option<f64>>| out.push(Some(0.1));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let params = AskParams {
+                budget: Some(bad),
+                ..AskParams::default()
+            };
+            let refused = Ask::<String, _>::new(&view, &[], params, scorer).err();
+            assert!(
+                matches!(refused, Some(AskError::InvalidBudget(b)) if b.to_bits() == bad.to_bits()),
+                "{bad}"
+            );
+        }
+        let params = AskParams {
+            budget: Some(2.5),
+            ..AskParams::default()
+        };
+        assert!(Ask::<String, _>::new(&view, &[], params, scorer).is_ok());
     }
 
     #[test]

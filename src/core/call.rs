@@ -90,6 +90,31 @@ impl fmt::Display for Failure {
     }
 }
 
+/// How a call that was sent reflects on the replica that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It answered, or refused clearly (no recording, a query it cannot take): the replica works.
+    Healthy,
+    /// The caller's deadline ran out, or the call was cut: latency is observed, the replica is
+    /// not blamed.
+    TimedOut,
+    /// Unreachable, overloaded, hung, broken: counts toward ejection.
+    Unhealthy,
+}
+
+impl Verdict {
+    pub fn of(ending: Result<(), Failure>) -> Self {
+        match ending {
+            Ok(())
+            | Err(
+                Failure::NoAnswer | Failure::Refused | Failure::Declined | Failure::BeyondLimits,
+            ) => Verdict::Healthy,
+            Err(Failure::DeadlinePassed | Failure::Dropped) => Verdict::TimedOut,
+            Err(_) => Verdict::Unhealthy,
+        }
+    }
+}
+
 /// Why a planned call was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotSent {

@@ -19,8 +19,12 @@ pub enum ErrorKind {
     DeadlinePassed,
     /// A limit is reached; retry after the given time, if known.
     Exhausted { retry_after: Option<Duration> },
+    /// The caller did not prove who it is (no credential, or one that is not valid).
+    Unauthenticated,
     /// The caller is known but not allowed this.
     Forbidden,
+    /// The operation is switched off on this node.
+    Disabled,
     /// Something is already held by someone else (an address served by another replica).
     Conflict,
     /// A bug or a broken peer.
@@ -30,6 +34,30 @@ pub enum ErrorKind {
 /// An error that knows its kind.
 pub trait HasKind: std::fmt::Display {
     fn kind(&self) -> ErrorKind;
+}
+
+/// A refusal with a kind and a message, for the checks that have no error type of their own
+/// (who may call what, what a credential may register).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl HasKind for Refusal {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
 }
 
 impl HasKind for super::query::QueryError {
@@ -56,6 +84,7 @@ impl HasKind for super::ask::AskError {
         use super::ask::AskError as E;
         use super::call::Failure;
         match self {
+            E::InvalidBudget(_) => ErrorKind::InvalidInput,
             E::ProbesOverBudget { .. } => ErrorKind::Unsatisfiable,
             E::Decision(e) => e.kind(),
             E::DeadlinePassed { .. } => ErrorKind::DeadlinePassed,

@@ -19,6 +19,7 @@ pub mod lease;
 pub mod metric;
 pub mod offpolicy;
 pub mod policy;
+pub mod pool_state;
 pub mod query;
 pub mod rate_limit;
 pub mod reading;

@@ -1,12 +1,13 @@
 //! Keeping a lease with a scheduler: register, heartbeat with the live load, register again when
 //! the scheduler forgot the lease (it restarted, or the lease expired), deregister on shutdown.
 
+use crate::core::error_kind::ErrorKind;
 use crate::grpc::pb::{self, pool_client::PoolClient};
+use crate::grpc::status::kind_of;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -169,7 +170,7 @@ pub async fn keep_lease(
             };
             match client.heartbeat(beat).await {
                 Ok(_) => {}
-                Err(status) if status.code() == Code::NotFound => {
+                Err(status) if kind_of(status.code()) == Some(ErrorKind::NotFound) => {
                     tracing::info!(lease = %lease.lease_id, "scheduler no longer knows the lease; registering again");
                     break;
                 }

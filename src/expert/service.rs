@@ -6,6 +6,7 @@
 
 use super::Backend;
 use super::registration::{self, Announcement, LoadCounters, Registration};
+use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::query::{Query, QueryLimits};
 use crate::grpc::pb::{self, expert_server};
 use crate::grpc::server;
@@ -150,12 +151,9 @@ impl expert_server::Expert for Arc<ExpertNode> {
             None => None,
             Some((_, semaphore)) => {
                 let _queued = Counted::enter(&self.load.queued);
-                Some(
-                    semaphore
-                        .acquire()
-                        .await
-                        .map_err(|_| Status::unavailable("the expert is shutting down"))?,
-                )
+                Some(semaphore.acquire().await.map_err(|_| {
+                    Refusal::new(ErrorKind::Unavailable, "the expert is shutting down")
+                })?)
             }
         };
         let _in_flight = Counted::enter(&self.load.in_flight);

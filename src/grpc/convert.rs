@@ -1,16 +1,16 @@
 //! Protobuf ↔ domain conversions, in one place.
 //!
 //! The core's request machine explains each Ask in its own terms ([`Explanation`]); the Router
-//! service turns that into the reply's `Decision` here. The scheduler's registry keeps its own
-//! types ([`crate::scheduler::pool_state`]); the `Pool` service turns a heartbeat's `pb::LoadReport` into a [`LoadReport`] on the way in, and the
-//! registry's [`ExpertState`]s into `ListPool`'s messages on the way out. The wire encodings
-//! (milliseconds as integers, the origin as an enum number, "absent" as zero or an empty
-//! string) live only here.
+//! service turns that into the reply's `Decision` here. The scheduler's registry keeps domain
+//! types ([`crate::core::pool_state`]); the `Pool` service turns a heartbeat's
+//! `pb::LoadReport` into a [`LoadReport`] on the way in, and the registry's [`ExpertState`]s
+//! into `ListPool`'s messages on the way out. The wire encodings (milliseconds as integers, the
+//! origin as an enum number, "absent" as zero or an empty string) live only here.
 
 use crate::core::ask::{AnswerText, ExpertView, Explanation};
+use crate::core::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
 use crate::grpc::pb;
 use crate::grpc::status::{code_name, code_of_miss};
-use crate::scheduler::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
 use std::time::Duration;
 
 impl AnswerText for pb::AnswerResponse {

@@ -25,6 +25,7 @@
 //! the clients do.
 
 use super::tls::ServerTls;
+use crate::core::error_kind::Refusal;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,7 +129,7 @@ pub trait Authorize: Send + Sync + 'static {
         path: &str,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
-    ) -> Result<Option<Caller>, Status>;
+    ) -> Result<Option<Caller>, Refusal>;
 }
 
 /// The connection and in-service slots of a node, shared by all its listeners (the scheduler's
@@ -462,7 +463,7 @@ where
                     request.extensions_mut().insert(caller);
                 }
                 Ok(None) => {}
-                Err(status) => return refuse(status),
+                Err(refusal) => return refuse(refusal.into()),
             }
         }
         let permit = if request.uri().path().starts_with("/grpc.health.v1.Health/") {

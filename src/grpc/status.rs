@@ -4,7 +4,7 @@
 use crate::core::ask::AskError;
 use crate::core::call::{Failure, Miss, NotSent};
 use crate::core::decision::DecisionError;
-use crate::core::error_kind::{ErrorKind, HasKind};
+use crate::core::error_kind::{ErrorKind, HasKind, Refusal};
 use crate::core::query::QueryError;
 use tonic::{Code, Status};
 
@@ -17,10 +17,31 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::DeadlinePassed => Code::DeadlineExceeded,
         ErrorKind::Exhausted { .. } => Code::ResourceExhausted,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::Forbidden => Code::PermissionDenied,
+        ErrorKind::Disabled => Code::Unimplemented,
         ErrorKind::Conflict => Code::AlreadyExists,
         ErrorKind::Internal => Code::Internal,
     }
+}
+
+/// The kind of error an l2d service's status code stands for: the table read backwards, for
+/// clients of l2d's own services (several kinds share no code, so this is exact for them).
+pub fn kind_of(code: Code) -> Option<ErrorKind> {
+    Some(match code {
+        Code::InvalidArgument => ErrorKind::InvalidInput,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::FailedPrecondition => ErrorKind::Unsatisfiable,
+        Code::Unavailable => ErrorKind::Unavailable,
+        Code::DeadlineExceeded => ErrorKind::DeadlinePassed,
+        Code::ResourceExhausted => ErrorKind::Exhausted { retry_after: None },
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::Forbidden,
+        Code::Unimplemented => ErrorKind::Disabled,
+        Code::AlreadyExists => ErrorKind::Conflict,
+        Code::Internal => ErrorKind::Internal,
+        _ => return None,
+    })
 }
 
 /// The status of a domain error: its kind's code, its message, and a retry hint where the
@@ -62,6 +83,12 @@ impl From<AskError> for Status {
             }
             _ => status_of(&e),
         }
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(e: Refusal) -> Self {
+        status_of(&e)
     }
 }
 
@@ -225,5 +252,24 @@ mod tests {
             Code::Cancelled
         );
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+    }
+
+    #[test]
+    fn the_table_reads_back_to_the_kind_it_was_written_from() {
+        for kind in [
+            ErrorKind::InvalidInput,
+            ErrorKind::NotFound,
+            ErrorKind::Unsatisfiable,
+            ErrorKind::Unavailable,
+            ErrorKind::DeadlinePassed,
+            ErrorKind::Exhausted { retry_after: None },
+            ErrorKind::Unauthenticated,
+            ErrorKind::Forbidden,
+            ErrorKind::Disabled,
+            ErrorKind::Conflict,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(kind_of(code_of(kind)), Some(kind), "{kind:?}");
+        }
     }
 }

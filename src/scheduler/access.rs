@@ -17,13 +17,13 @@
 //! certificate or token that is not allowed this call, UNIMPLEMENTED for membership calls with
 //! registration off. Tokens are compared without an early exit.
 
+use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::grpc::server::{Authorize, Caller};
 use crate::grpc::tls::certificate_identities;
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use tonic::Status;
 
 /// The name of callers where no credential is needed.
 pub const ANONYMOUS: &str = "anonymous";
@@ -151,7 +151,7 @@ impl Access {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
         what: &str,
-    ) -> Result<Option<&Credential>, Status> {
+    ) -> Result<Option<&Credential>, Refusal> {
         if self.is_open() {
             return Ok(None);
         }
@@ -182,17 +182,26 @@ impl Access {
             return Ok(Some(c));
         }
         if bearer.is_some() {
-            return Err(Status::unauthenticated(format!("{what}: invalid token")));
+            return Err(Refusal::new(
+                ErrorKind::Unauthenticated,
+                format!("{what}: invalid token"),
+            ));
         }
         if !presented.is_empty() {
-            return Err(Status::permission_denied(format!(
-                "{what}: client certificate {} may not make this call",
-                presented.join(", ")
-            )));
+            return Err(Refusal::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "{what}: client certificate {} may not make this call",
+                    presented.join(", ")
+                ),
+            ));
         }
-        Err(Status::unauthenticated(format!(
-            "{what} needs credentials: `authorization: Bearer TOKEN` metadata or an allowed client certificate"
-        )))
+        Err(Refusal::new(
+            ErrorKind::Unauthenticated,
+            format!(
+                "{what} needs credentials: `authorization: Bearer TOKEN` metadata or an allowed client certificate"
+            ),
+        ))
     }
 
     /// Re-reads every token file: `Ok(true)` when a token changed. A file that cannot be read
@@ -339,7 +348,7 @@ impl Authorize for Gate {
         path: &str,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
-    ) -> Result<Option<Caller>, Status> {
+    ) -> Result<Option<Caller>, Refusal> {
         let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
             return Ok(None);
         };
@@ -350,9 +359,12 @@ impl Authorize for Gate {
             }
             ("l2d.v1.Pool", "Register" | "Heartbeat" | "Deregister") => {
                 if !self.registration {
-                    return Err(Status::unimplemented(format!(
-                        "Pool.{method}: registration is off on this scheduler; its experts are placed by the pool file"
-                    )));
+                    return Err(Refusal::new(
+                        ErrorKind::Disabled,
+                        format!(
+                            "Pool.{method}: registration is off on this scheduler; its experts are placed by the pool file"
+                        ),
+                    ));
                 }
                 let who = self
                     .pool
@@ -365,10 +377,13 @@ impl Authorize for Gate {
                 }
                 let who = self.pool.check(headers, extensions, "Pool.ReloadPolicy")?;
                 match who {
-                    Some(c) if !c.reload_policy => Err(Status::permission_denied(format!(
-                        "Pool.ReloadPolicy: credential {:?} may not reload the policy",
-                        c.name
-                    ))),
+                    Some(c) if !c.reload_policy => Err(Refusal::new(
+                        ErrorKind::Forbidden,
+                        format!(
+                            "Pool.ReloadPolicy: credential {:?} may not reload the policy",
+                            c.name
+                        ),
+                    )),
                     _ => Ok(Some(Self::caller(who))),
                 }
             }
@@ -413,13 +428,13 @@ mod tests {
         };
         assert_eq!(with(Some("Bearer s3cret")).unwrap().as_deref(), Some("ops"));
         for bad in [Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("s3cret")] {
-            assert_eq!(with(bad).unwrap_err().code(), tonic::Code::Unauthenticated);
+            assert_eq!(with(bad).unwrap_err().kind, ErrorKind::Unauthenticated);
         }
         let missing = with(None).unwrap_err();
-        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert_eq!(missing.kind, ErrorKind::Unauthenticated);
         assert!(
             missing
-                .message()
+                .message
                 .starts_with("Pool.Register needs credentials")
         );
         assert!(
@@ -461,8 +476,10 @@ mod tests {
             let auth = token.map(|t| format!("Bearer {t}"));
             gate.authorize(path, &headers(auth.as_deref()), &none)
         };
-        let code = |r: Result<Option<Caller>, Status>| r.map(|_| ()).map_err(|s| s.code());
-        use tonic::Code::{PermissionDenied, Unauthenticated, Unimplemented};
+        let code = |r: Result<Option<Caller>, Refusal>| r.map(|_| ()).map_err(|e| e.kind);
+        use ErrorKind::{
+            Disabled as Unimplemented, Forbidden as PermissionDenied, Unauthenticated,
+        };
         assert_eq!(
             code(call("/l2d.v1.Pool/Register", None)),
             Err(Unauthenticated)

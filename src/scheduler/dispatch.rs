@@ -37,16 +37,6 @@ impl RouterService {
     }
 }
 
-/// A budget, when set, must be a positive finite number of cost units.
-fn check_budget(budget: Option<f64>) -> Result<Option<f64>, Status> {
-    match budget {
-        Some(b) if !(b.is_finite() && b > 0.0) => Err(Status::invalid_argument(format!(
-            "budget must be a positive finite number, got {b}"
-        ))),
-        other => Ok(other),
-    }
-}
-
 /// Time kept back from the caller's deadline so the scheduler answers DEADLINE_EXCEEDED itself
 /// before the server's own timeout layer cancels the call (tonic answers that with CANCELLED).
 fn deadline_margin(total: Duration) -> Duration {
@@ -84,57 +74,51 @@ async fn call_replica(
     let started = Instant::now();
     // tonic's client enforces the grpc-timeout it sends too (CANCELLED "Timeout expired"), racing
     // the local timer: any failure once the wait is over is the wait's.
-    let (result, code, upstream_message) =
-        match tokio::time::timeout(wait, client.answer(call)).await {
-            Ok(Ok(answer)) => match check_answer(answer.into_inner(), query) {
-                Ok(answer) => (CallResult::Answered(answer), Code::Ok, None),
-                Err(malformed) => (
-                    CallResult::Missed(Miss::Failed(malformed)),
-                    Code::Internal,
-                    None,
-                ),
-            },
-            Ok(Err(status)) if started.elapsed() < wait => (
-                CallResult::Missed(Miss::Failed(failure_of(status.code()))),
-                status.code(),
-                Some(status.message().to_owned()),
-            ),
-            _ if caller_limited => (
-                CallResult::Missed(Miss::Failed(Failure::DeadlinePassed)),
-                Code::DeadlineExceeded,
-                None,
-            ),
-            _ => (
-                CallResult::Missed(Miss::Failed(Failure::TryTimedOut {
-                    millis: try_timeout.as_millis() as u64,
-                })),
-                Code::Unavailable,
-                None,
-            ),
-        };
+    let (result, upstream) = match tokio::time::timeout(wait, client.answer(call)).await {
+        Ok(Ok(answer)) => (check_answer(answer.into_inner(), query), None),
+        Ok(Err(status)) if started.elapsed() < wait => (
+            Err(failure_of(status.code())),
+            Some((code_name(status.code()), status.message().to_owned())),
+        ),
+        _ if caller_limited => (Err(Failure::DeadlinePassed), None),
+        _ => (
+            Err(Failure::TryTimedOut {
+                millis: try_timeout.as_millis() as u64,
+            }),
+            None,
+        ),
+    };
     let now = Instant::now();
-    if let CallResult::Missed(miss) = &result {
+    let ending = result.as_ref().map(|_| ()).map_err(|f| *f);
+    if let Err(failure) = ending {
         // One line per failed call (the request id is on the span); what the replica itself
         // said is logged, never returned: echoing it to callers would let anyone who can ask
         // read what hosts behind registered addresses say (connection errors, banners).
+        let (code, message) = upstream.unwrap_or_else(|| {
+            let code = code_name(code_of_miss(Miss::Failed(failure)));
+            (code, failure.to_string())
+        });
         tracing::info!(
             expert = %group.entry.id,
             replica = %replica.address,
-            code = code_name(code),
-            message = upstream_message.unwrap_or_else(|| miss.to_string()),
+            code,
+            message,
             "expert call failed"
         );
     }
-    if let Some(length) = replica.record_call(code, now - started, now) {
+    if let Some(length) = replica.record_call(ending, now - started, now) {
         tracing::warn!(
             expert = %group.entry.id,
             replica = %replica.address,
-            code = code_name(code),
+            failure = %ending.unwrap_err(),
             ejected_ms = length.as_millis() as u64,
             "replica ejected after consecutive failures"
         );
     }
-    result
+    match result {
+        Ok(answer) => CallResult::Answered(answer),
+        Err(failure) => CallResult::Missed(Miss::Failed(failure)),
+    }
 }
 
 /// An answer whose span does not lie in the context is a broken expert, not an answer.
@@ -228,7 +212,6 @@ impl RouterService {
     ) -> Result<pb::AskResponse, Status> {
         let config = &self.scheduler.config;
         let query = Query::new(msg.question, msg.context, msg.id, &config.limits)?;
-        let budget = check_budget(msg.budget)?;
         let snapshot = self.scheduler.registry.snapshot();
         let policy = self.scheduler.policy();
 
@@ -257,7 +240,7 @@ impl RouterService {
             .filter_map(|id| view.iter().position(|e| e.id == id))
             .collect();
         let params = AskParams {
-            budget,
+            budget: msg.budget,
             deadline: deadline.map(|d| d.saturating_duration_since(started)),
             max_attempts: config.max_attempts,
             tries_per_expert: config.tries_per_expert,
@@ -392,21 +375,6 @@ impl RouterService {
         }
         if answered {
             self.scheduler.record_cost(explanation.charged);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budgets_must_be_positive_and_finite() {
-        assert_eq!(check_budget(None).unwrap(), None);
-        assert_eq!(check_budget(Some(2.5)).unwrap(), Some(2.5));
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            let err = check_budget(Some(bad)).unwrap_err();
-            assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
         }
     }
 }

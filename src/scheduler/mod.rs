@@ -11,7 +11,6 @@ pub mod discovery;
 pub mod dispatch;
 pub mod pool_reload;
 mod pool_service;
-pub mod pool_state;
 pub mod registry;
 
 pub use registry::{Registry, RegistryError, ReplicaPolicy};

@@ -7,11 +7,11 @@
 
 use super::registry::Join;
 use super::{RegistryError, Scheduler};
+use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::lease::LeasePolicy;
 use crate::core::rate_limit::TokenBucket;
 use crate::grpc::pb::{self, pool_server::Pool};
 use crate::grpc::server::Caller;
-use crate::grpc::status::resource_exhausted;
 use crate::pool_file::check_expert_id;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,9 +31,11 @@ fn caller<T>(request: &Request<T>, scheduler: &Scheduler) -> Result<String, Stat
     match request.extensions().get::<Caller>() {
         Some(caller) => Ok(caller.name.clone()),
         None if scheduler.config().gate.pool.is_open() => Ok(super::access::ANONYMOUS.into()),
-        None => Err(Status::unauthenticated(
+        None => Err(Refusal::new(
+            ErrorKind::Unauthenticated,
             "no credential was checked for this call",
-        )),
+        )
+        .into()),
     }
 }
 
@@ -51,15 +53,21 @@ impl PoolService {
         if let Some(credential) = config.gate.pool.get(who)
             && !credential.may_serve(expert_id)
         {
-            return Err(Status::permission_denied(format!(
-                "credential {who:?} may not serve expert {expert_id:?}"
-            )));
+            return Err(Refusal::new(
+                ErrorKind::Forbidden,
+                format!("credential {who:?} may not serve expert {expert_id:?}"),
+            )
+            .into());
         }
         if !config.register_allow.allows(address) {
-            return Err(Status::permission_denied(format!(
-                "address {address:?} is not in the registration allow-list ({})",
-                config.register_allow
-            )));
+            return Err(Refusal::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "address {address:?} is not in the registration allow-list ({})",
+                    config.register_allow
+                ),
+            )
+            .into());
         }
         let now = Instant::now();
         let mut rates = super::lock(&self.rates);
@@ -67,13 +75,16 @@ impl PoolService {
             TokenBucket::new(config.register_rate, config.register_rate * 2.0, now)
         });
         bucket.take(now).map_err(|wait| {
-            resource_exhausted(
+            Refusal::new(
+                ErrorKind::Exhausted {
+                    retry_after: Some(wait),
+                },
                 format!(
                     "credential {who:?} registers more than {} times a second; retry later",
                     config.register_rate
                 ),
-                wait,
             )
+            .into()
         })
     }
 
@@ -204,14 +215,16 @@ impl Pool for PoolService {
         let scheduler = self.scheduler.clone();
         let result = tokio::task::spawn_blocking(move || scheduler.reload_policy())
             .await
-            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+            .map_err(|e| Refusal::new(ErrorKind::Internal, format!("reload task failed: {e}")))?;
         match result {
             Ok(_) => Ok(Response::new(self.policy_info())),
             Err(e) => {
                 tracing::error!(error = %e, "policy reload failed; the previous policy stays active");
-                Err(Status::failed_precondition(format!(
-                    "{e}; the previous policy stays active"
-                )))
+                Err(Refusal::new(
+                    ErrorKind::Unsatisfiable,
+                    format!("{e}; the previous policy stays active"),
+                )
+                .into())
             }
         }
     }

@@ -5,11 +5,13 @@
 //! `ArcSwap`, rebuilt after every membership change, and updates per-replica atomics. Leases sit
 //! behind a std `Mutex`, held for a few instructions and never across an `.await`.
 
-pub use super::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
+use crate::core::call::{Failure, Miss, Verdict};
 use crate::core::decision::ReplicaLoad;
 use crate::core::lease::{Lease, LeasePolicy};
+pub use crate::core::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
 use crate::core::replica_health::{FailureOutcome, HealthParams, ReplicaHealth};
 use crate::grpc::pb::expert_client::ExpertClient;
+use crate::grpc::status::code_of_miss;
 use crate::telemetry::{CodeCounts, LatencyHistogram, PoolSeries};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -169,31 +171,6 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// How a finished call reflects on the replica's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallVerdict {
-    /// Answered (an answer, or a clear refusal such as NOT_FOUND: the replica works).
-    Healthy,
-    /// The caller's deadline ran out: latency is observed, the replica is not blamed.
-    TimedOut,
-    /// Unreachable, reset, internal error: counts toward ejection.
-    Unhealthy,
-}
-
-impl CallVerdict {
-    pub fn of(code: Code) -> Self {
-        match code {
-            Code::Ok
-            | Code::NotFound
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::OutOfRange => CallVerdict::Healthy,
-            Code::DeadlineExceeded | Code::Cancelled => CallVerdict::TimedOut,
-            _ => CallVerdict::Unhealthy,
-        }
-    }
-}
-
 impl Replica {
     /// Takes one of the replica's slots, or `None` when it is at its limit (the decision saw a
     /// slot free, but a concurrent request took it first).
@@ -219,27 +196,36 @@ impl Replica {
 
     /// Records a finished call: counters, PeakEWMA, error rate, ejection. Returns the ejection
     /// length when this call ejected the replica.
-    pub fn record_call(&self, code: Code, latency: Duration, now: Instant) -> Option<Duration> {
-        let verdict = CallVerdict::of(code);
-        if code == Code::Ok {
-            self.answered.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn record_call(
+        &self,
+        ending: Result<(), Failure>,
+        latency: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        let code = match ending {
+            Ok(()) => {
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                Code::Ok
+            }
+            Err(failure) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                code_of_miss(Miss::Failed(failure))
+            }
+        };
         self.calls.increment(code);
         self.latency.record(latency);
         let mut health = lock(&self.health);
-        match verdict {
-            CallVerdict::Healthy => {
+        match Verdict::of(ending) {
+            Verdict::Healthy => {
                 health.observe_latency(latency, now, &self.health_params);
                 health.record_success();
                 None
             }
-            CallVerdict::TimedOut => {
+            Verdict::TimedOut => {
                 health.observe_latency(latency, now, &self.health_params);
                 None
             }
-            CallVerdict::Unhealthy => {
+            Verdict::Unhealthy => {
                 health.observe_failure_latency(latency, now, &self.health_params);
                 match health.record_failure(now, &self.health_params) {
                     FailureOutcome::Ejected(length) => {
@@ -1123,15 +1109,18 @@ mod tests {
         let ms = Duration::from_millis(1);
         // A refusal (NOT_FOUND) is a working replica; a deadline is the caller's choice.
         for _ in 0..10 {
-            assert_eq!(replica.record_call(Code::NotFound, ms, t0), None);
-            assert_eq!(replica.record_call(Code::DeadlineExceeded, ms, t0), None);
+            assert_eq!(replica.record_call(Err(Failure::NoAnswer), ms, t0), None);
+            assert_eq!(
+                replica.record_call(Err(Failure::DeadlinePassed), ms, t0),
+                None
+            );
         }
         assert!(replica.is_available(t0));
         for _ in 0..4 {
-            assert_eq!(replica.record_call(Code::Unavailable, ms, t0), None);
+            assert_eq!(replica.record_call(Err(Failure::Unreachable), ms, t0), None);
         }
         assert_eq!(
-            replica.record_call(Code::Unavailable, ms, t0),
+            replica.record_call(Err(Failure::Unreachable), ms, t0),
             Some(Duration::from_secs(1))
         );
         assert!(!replica.is_available(t0));
@@ -1164,7 +1153,7 @@ mod tests {
                 .iter()
                 .all(|l| (l.rtt - 0.030).abs() < 1e-12)
         );
-        snap.experts[0].replicas[0].record_call(Code::Ok, Duration::from_millis(1), t0);
+        snap.experts[0].replicas[0].record_call(Ok(()), Duration::from_millis(1), t0);
         let loads = snap.experts[0].loads(t0);
         assert!((loads[0].rtt - 0.001).abs() < 1e-12);
         assert_eq!(loads[1].rtt, loads[0].rtt);

@@ -1,7 +1,7 @@
-//! The pool as the registry knows it, in the scheduler's own types: how a replica joined, the
+//! The pool as the scheduler's registry knows it, in domain types: how a replica joined, the
 //! load a worker reports, and the state of every expert and replica (what `Pool.ListPool`
-//! shows). The protobuf messages are made from these at the gRPC edge
-//! ([`crate::grpc::convert`]).
+//! shows). The protobuf messages are made from these at the gRPC edge (`grpc::convert`), which
+//! depends on this module, never the other way.
 
 use std::time::Duration;
 
