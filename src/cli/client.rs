@@ -239,7 +239,9 @@ pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
             rows.push(row);
         }
         for r in &e.replicas {
-            let origin = match Origin::try_from(r.origin) {
+            let origin = Origin::try_from(r.origin);
+            let leased = origin == Ok(Origin::Registered);
+            let origin = match origin {
                 Ok(Origin::Static) => "static",
                 Ok(Origin::InProcess) => "in-process",
                 Ok(Origin::Registered) => "registered",
@@ -248,7 +250,8 @@ pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
             };
             let state = if r.ejected_ms > 0 {
                 format!("ejected {:.1}s", r.ejected_ms as f64 / 1000.0)
-            } else if !r.lease_id.is_empty() {
+            } else if leased {
+                // ListPool never shows lease ids; a registered replica holds a lease.
                 format!("lease {:.1}s", r.lease_remaining_ms as f64 / 1000.0)
             } else {
                 "ready".into()
@@ -288,4 +291,46 @@ pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registered_replica_shows_its_lease_and_an_ejected_one_its_ejection() {
+        let replica = |origin: Origin, lease_ms: u64, ejected_ms: u64| pb::ReplicaState {
+            address: "127.0.0.1:1".into(),
+            origin: origin as i32,
+            lease_remaining_ms: lease_ms,
+            ejected_ms,
+            ..pb::ReplicaState::default()
+        };
+        let pool = pb::ListPoolResponse {
+            experts: vec![pb::ExpertState {
+                expert_id: "bert".into(),
+                cost: 100.0,
+                replicas: vec![
+                    replica(Origin::Registered, 2500, 0),
+                    replica(Origin::Static, 0, 0),
+                    replica(Origin::Registered, 2500, 1200),
+                ],
+                ..pb::ExpertState::default()
+            }],
+            ..pb::ListPoolResponse::default()
+        };
+        let table = pool_table(&pool);
+        let states: Vec<&str> = table
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.split("  ")
+                    .filter(|c| !c.trim().is_empty())
+                    .nth(4)
+                    .unwrap()
+                    .trim()
+            })
+            .collect();
+        assert_eq!(states, ["lease 2.5s", "ready", "ejected 1.2s"], "{table}");
+    }
 }

@@ -1237,6 +1237,22 @@ mod tests {
             AskError::DeadlinePassed { calls: 1 }
         );
 
+        // A deadline spent before the next call could be sent is the deadline's, not a full pool.
+        let mut ask = Ask::<String, _>::new(&view, &[], params, scorer).unwrap();
+        let Step::Call(call) = ask.next_step() else {
+            panic!()
+        };
+        ask.record(
+            call.id,
+            CallResult::Missed(Miss::NotSent(NotSent::DeadlinePassed)),
+            Duration::from_millis(20),
+        );
+        assert_eq!(ask.next_step(), Step::Done);
+        assert_eq!(
+            ask.finish().outcome.unwrap_err(),
+            AskError::DeadlinePassed { calls: 1 }
+        );
+
         let mut ask = Ask::<String, _>::new(&view, &[], AskParams::default(), scorer).unwrap();
         for _ in 0..2 {
             let Step::Call(call) = ask.next_step() else {
