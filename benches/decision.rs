@@ -1,6 +1,7 @@
 //! Cost of one routing decision on the request path's pure part: prior-policy scoring plus
 //! `decide` (exclusions, load term, ranking, replica choice, attempt plan), for pools of growing
-//! size; and the shipped learned policy (featurize + score + decide) on the default pool.
+//! size; and the shipped learned policy (featurize + score + decide) on the default pool, on
+//! whole dev passages of the median and the 90th-percentile length.
 //!
 //! Run: `cargo bench --bench decision`
 
@@ -8,6 +9,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use l2d::core::decision::{Candidate, DecisionParams, ReplicaLoad, decide};
 use l2d::core::policy::{ExpertMeta, Policy, PriorPolicy};
 use l2d::core::query::{Query, QueryLimits};
+use l2d::squad::Dataset;
 use std::hint::black_box;
 
 /// The binary's allocator (src/main.rs), so allocations cost here what they cost the scheduler.
@@ -90,23 +92,43 @@ fn bench_decision(c: &mut Criterion) {
     group.finish();
 }
 
-/// The shipped learned policy (defer mode) on a real dev question: featurize with the probes'
-/// answers, score the five experts, decide.
+/// A fixed sample of dev questions whose passages are `words` words long (±5%), in file order:
+/// `(question, context, probe answers)`. The probes' answers are the question's first two
+/// reference answers (what two agreeing or nearly agreeing probes look like).
+fn sample_at(dataset: &Dataset, words: usize, n: usize) -> Vec<(String, String, [String; 2])> {
+    let (lo, hi) = (words * 95 / 100, words * 105 / 100);
+    dataset
+        .questions()
+        .filter(|(_, p, _)| (lo..=hi).contains(&p.context.split_whitespace().count()))
+        .take(n)
+        .map(|(_, p, q)| {
+            let first = q
+                .answers
+                .first()
+                .map(|a| a.text.clone())
+                .unwrap_or_default();
+            let second = q.answers.get(1).map_or(first.clone(), |a| a.text.clone());
+            (q.question.clone(), p.context.clone(), [first, second])
+        })
+        .collect()
+}
+
+/// The shipped learned policy (defer mode) on whole dev passages: featurize with the probes'
+/// answers, score the five experts, decide; at the median passage length and at the 90th
+/// percentile, 32 questions each, one per iteration in turn.
 fn bench_learned(c: &mut Criterion) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/squad-v1.1.json");
-    let (policy, _) = l2d::scheduler::load_policy_file(&path, None).unwrap();
-    let context = "Super Bowl 50 was an American football game to determine the champion of the National \
-        Football League (NFL) for the 2015 season. The American Football Conference (AFC) champion Denver \
-        Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24–10 to earn \
-        their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in the San \
-        Francisco Bay Area at Santa Clara, California.";
-    let query = Query::new(
-        "Which NFL team represented the AFC at Super Bowl 50?",
-        context,
-        None,
-        &QueryLimits::default(),
-    )
-    .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (policy, _) =
+        l2d::scheduler::load_policy_file(&root.join("policies/squad-v1.1.json"), None).unwrap();
+    let dataset = Dataset::load(&root.join("data/squad-v1.1/dev.json")).unwrap();
+    let mut lengths: Vec<usize> = dataset
+        .articles
+        .iter()
+        .flat_map(|a| &a.paragraphs)
+        .map(|p| p.context.split_whitespace().count())
+        .collect();
+    lengths.sort_unstable();
+    let at = |q: f64| lengths[((lengths.len() - 1) as f64 * q).round() as usize];
     let experts: Vec<ExpertMeta<'_>> = policy
         .file()
         .experts
@@ -117,39 +139,58 @@ fn bench_learned(c: &mut Criterion) {
         })
         .collect();
     let loads = vec![ReplicaLoad::idle(0.001)];
-    let probes = [Some("Denver Broncos"), Some("Denver Broncos")];
-    let mut scores = Vec::new();
     let mut group = c.benchmark_group("learned_defer_policy");
-    group.bench_function("featurize_score_decide", |b| {
-        b.iter(|| {
-            policy.score(
-                policy.default_position(),
-                black_box(&query),
-                &probes,
-                &experts,
-                &mut scores,
-            );
-            let candidates: Vec<Candidate<'_>> = experts
-                .iter()
-                .zip(&scores)
-                .map(|(m, s)| Candidate {
-                    cost: m.cost,
-                    expected_cost: *s,
-                    replicas: &loads,
+    for (name, words) in [("median passage", at(0.5)), ("p90 passage", at(0.9))] {
+        let sample = sample_at(&dataset, words, 32);
+        let queries: Vec<(Query, [&str; 2])> = sample
+            .iter()
+            .map(|(q, c, probes)| {
+                let query = Query::new(q, c, None, &QueryLimits::default()).unwrap();
+                (query, [probes[0].as_str(), probes[1].as_str()])
+            })
+            .collect();
+        let mut scores = Vec::new();
+        let mut i = 0;
+        group.bench_function(
+            format!("featurize_score_decide/{name} ({words} words)"),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % queries.len();
+                    let (query, probes) = &queries[i];
+                    let probes = [Some(probes[0]), Some(probes[1])];
+                    policy.score(
+                        policy.default_position(),
+                        black_box(query),
+                        &probes,
+                        &experts,
+                        &mut scores,
+                    );
+                    let candidates: Vec<Candidate<'_>> = experts
+                        .iter()
+                        .zip(&scores)
+                        .map(|(m, s)| Candidate {
+                            cost: m.cost,
+                            expected_cost: *s,
+                            replicas: &loads,
+                        })
+                        .collect();
+                    black_box(decide(&candidates, &DecisionParams::default()).unwrap())
                 })
-                .collect();
-            black_box(decide(&candidates, &DecisionParams::default()).unwrap())
-        })
-    });
-    group.bench_function("featurize_only", |b| {
-        b.iter(|| {
-            black_box(l2d::core::features::featurize(
-                black_box(query.question()),
-                query.context(),
-                &probes,
-            ))
-        })
-    });
+            },
+        );
+        let mut i = 0;
+        group.bench_function(format!("featurize_only/{name} ({words} words)"), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                let (query, probes) = &queries[i];
+                black_box(l2d::core::features::featurize(
+                    black_box(query.question()),
+                    query.context(),
+                    &[Some(probes[0]), Some(probes[1])],
+                ))
+            })
+        });
+    }
     group.finish();
 }
 

@@ -60,8 +60,12 @@ pub enum Command {
     Eval(EvalArgs),
     /// Load-test a scheduler (or an expert) by replaying a SQuAD-format data set.
     Load(LoadArgs),
-    /// Measure the scheduler against a bare forwarding proxy and a direct expert, in one run.
+    /// Measure the scheduler against a bare forwarding proxy and a direct expert, each server in
+    /// its own process, in interleaved rounds.
     Bench(BenchArgs),
+    /// One server of `l2d bench` (started by it).
+    #[command(hide = true)]
+    BenchNode(BenchNodeArgs),
     /// Simulate the decision on large pools (copies of the labelled experts) on simulated time.
     Simulate(SimulateArgs),
     /// Score a predictions file against a SQuAD v1.1/v2.0 file with the official metric.
@@ -158,11 +162,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::load::bench::bench_command(crate::load::bench::BenchOptions {
                 duration: args.duration,
                 saturate: args.saturate,
+                rounds: args.rounds as usize,
                 json: args.json,
                 write: args.write,
             })
             .await
         }
+        Command::BenchNode(args) => crate::load::bench::bench_node(args.role()?).await,
         Command::ExpertsReport(args) => experts_report(args).await,
         Command::Label(args) => label(args).await,
         Command::Train(args) => train(args),

@@ -37,12 +37,15 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Seconds of each measured phase.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Length of each measured phase (after a 1 s warm-up of its own).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Calls in flight for the saturated phase.
     #[arg(long, default_value_t = 32)]
     pub saturate: usize,
+    /// Interleaved rounds of the bare proxy against the scheduler (order alternated).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -104,4 +107,48 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     print!("{}", table(&rows, unit, interval));
     Ok(())
+}
+
+/// One server of `l2d bench`, in its own process (started by `l2d bench`, not by hand).
+#[derive(Debug, Args)]
+pub struct BenchNodeArgs {
+    /// experts, proxy or scheduler.
+    #[arg(value_parser = ["experts", "proxy", "scheduler"])]
+    pub role: String,
+    /// The proxy's upstream expert, host:port.
+    #[arg(long)]
+    pub upstream: Option<std::net::SocketAddr>,
+    /// The scheduler's experts: ID=HOST:PORT, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub experts: Vec<String>,
+    /// The scheduler's policy file (default: the prior policy).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+impl BenchNodeArgs {
+    pub fn role(self) -> anyhow::Result<crate::load::bench::NodeRole> {
+        use crate::load::bench::NodeRole;
+        Ok(match self.role.as_str() {
+            "experts" => NodeRole::Experts,
+            "proxy" => NodeRole::Proxy {
+                upstream: self
+                    .upstream
+                    .ok_or_else(|| anyhow::anyhow!("a proxy needs --upstream"))?,
+            },
+            _ => NodeRole::Scheduler {
+                experts: self
+                    .experts
+                    .iter()
+                    .map(|e| {
+                        let (id, address) = e.split_once('=').ok_or_else(|| {
+                            anyhow::anyhow!("--experts takes ID=HOST:PORT, got {e:?}")
+                        })?;
+                        Ok((id.to_owned(), address.parse()?))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                policy: self.policy,
+            },
+        })
+    }
 }

@@ -1,20 +1,25 @@
-//! `l2d bench`: the scheduler's overhead measured against the physical limit of one gRPC hop, in
-//! one run on loopback with the same load generator:
+//! `l2d bench`: the scheduler's overhead measured against the physical limit of one gRPC hop.
 //!
-//! - (a) direct to an expert worker (`Expert.Answer`);
-//! - (b) through a bare forwarding proxy started here: `Router.Ask` in, `Expert.Answer` out, the
-//!   reply mapped back; no validation, no policy, no bookkeeping;
-//! - (c) through the scheduler with a learned route-mode policy (trained here on the default
-//!   pool's labels), its pool holding only that same expert worker: one hop per query, like (b),
-//!   so the difference is the scheduler's own work (validation, featurizing, scoring, deciding,
+//! Every server runs in its own process (`l2d bench-node ROLE`, started here and stopped when
+//! the run ends), apart from this process, which is only the load generator:
+//!
+//! - (a) the expert workers of the default pool (one process);
+//! - (b) a bare forwarding proxy: `Router.Ask` in, `Expert.Answer` out to bert-large, the reply
+//!   mapped back; no validation, no policy, no bookkeeping;
+//! - (c) the scheduler with a learned route-mode policy (trained here on the default pool's
+//!   labels), its pool holding only that same expert: one hop per query, like (b), so the
+//!   difference is the scheduler's own work (validation, featurizing, scoring, deciding,
 //!   bookkeeping);
 //! - (c0) as (c) with the prior policy, which reads no features: what featurizing costs;
-//! - (d) the same policy over the whole default pool (five workers): one hop, spread over five
-//!   upstream connections;
+//! - (d) the route policy over the whole default pool (five experts);
 //! - (e) the shipped defer-mode policy over the whole pool (probes first: two or three hops).
 //!
-//! Each at concurrency 1 (latency) and saturated (requests/s). Everything runs in this process on
-//! the same cores, load generator included; ratios from one run are what to read.
+//! (b) and (c) are measured in interleaved rounds (b, c, then c, b, …), each round at
+//! concurrency 1 (latency) and saturated (requests/s), and the server process's CPU time
+//! (user + system, from `/proc`) per request of its saturated phase. The ratios are taken within
+//! each round and reported as their median, minimum and maximum over rounds: a machine that
+//! slows down for a while moves both sides of a round together. The others are measured once,
+//! for context.
 
 use super::{LoadOptions, Target, queries, run, tally::LoadReport};
 use crate::cluster;
@@ -22,18 +27,20 @@ use crate::core::learned::{LossKind, Mode};
 use crate::defaults::{default_data_path, default_policy_path, default_pool_path};
 use crate::grpc::pb::{self, expert_client::ExpertClient, router_server};
 use crate::pool_file::PoolFile;
+use crate::scheduler::registry::Origin;
 use crate::scheduler::{PolicySource, Scheduler, SchedulerConfig, load_policy_file};
 use crate::squad::Dataset;
 use crate::train::labels::{LabelOptions, label};
 use crate::train::{TrainOptions, fit::FitConfig, train};
 use anyhow::Context;
 use serde::Serialize;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -70,7 +77,7 @@ impl router_server::Router for ForwardingProxy {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Phase {
     pub p50_us: u64,
     pub p99_us: u64,
@@ -78,13 +85,59 @@ pub struct Phase {
     pub errors: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Measured {
     pub name: String,
     /// Concurrency 1.
     pub latency: Phase,
     /// Saturated.
     pub saturated: Phase,
+    /// CPU time (user + system) of the server's process per request of the saturated phase,
+    /// microseconds.
+    pub cpu_us_per_request: f64,
+}
+
+/// One round of (b) against (c).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Round {
+    /// Which went first.
+    pub proxy_first: bool,
+    pub proxy: Measured,
+    pub scheduler: Measured,
+    pub throughput_ratio: f64,
+    pub added_p50_us: i64,
+    pub added_p99_us: i64,
+    pub cpu_per_request_ratio: f64,
+}
+
+/// The median, least and greatest of one ratio over the rounds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` for no values.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,11 +146,23 @@ pub struct BenchReport {
     pub command: String,
     pub duration_s: f64,
     pub saturate: usize,
-    /// (c) / (b) saturated requests/s.
+    /// (c) / (b) saturated requests/s, median over rounds.
     pub throughput_ratio: f64,
-    /// (c) − (b) at concurrency 1.
+    pub throughput_ratio_min: f64,
+    pub throughput_ratio_max: f64,
+    /// (c) − (b) at concurrency 1, median over rounds.
     pub added_p50_us: i64,
+    pub added_p50_us_min: i64,
+    pub added_p50_us_max: i64,
     pub added_p99_us: i64,
+    pub added_p99_us_min: i64,
+    pub added_p99_us_max: i64,
+    /// (c) / (b) server CPU time per request, median over rounds.
+    pub cpu_per_request_ratio: f64,
+    pub cpu_per_request_ratio_min: f64,
+    pub cpu_per_request_ratio_max: f64,
+    pub rounds: Vec<Round>,
+    /// Every target; (b) and (c) as their median round.
     pub targets: Vec<Measured>,
 }
 
@@ -110,95 +175,203 @@ fn phase(r: &LoadReport) -> Phase {
     }
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// A server of the benchmark in its own process. It prints what it serves on standard output,
+/// `ready` when it serves, and stops when its standard input closes (so it never outlives this
+/// process).
+struct Node {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// `(name, address)`: `listening` for a proxy or a scheduler, the expert ids for experts.
+    addresses: Vec<(String, SocketAddr)>,
 }
 
-async fn stop(r: Running) -> anyhow::Result<()> {
-    let _ = r.stop.send(());
-    r.task.await?
+impl Node {
+    fn spawn(args: &[&str]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the l2d binary to start nodes")?;
+        let mut child = Command::new(exe)
+            .arg("bench-node")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start a bench node")?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .context("no stdout from the bench node")?;
+        let mut addresses = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if line == "ready" {
+                return Ok(Self {
+                    child,
+                    stdin,
+                    addresses,
+                });
+            }
+            let mut words = line.split_whitespace();
+            if let (Some(name), Some(address)) = (words.next(), words.next()) {
+                addresses.push((name.to_owned(), address.parse()?));
+            }
+        }
+        let status = child.wait()?;
+        anyhow::bail!("bench node {args:?} exited before it was ready ({status})")
+    }
+
+    fn address(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .with_context(|| format!("the bench node serves no {name}"))
+    }
+
+    /// CPU time the process has used so far (user + system, all its threads).
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        cpu_time(&stat, clock_ticks_per_second())
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        for _ in 0..100 {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
-async fn spawn_scheduler(scheduler: Scheduler) -> anyhow::Result<(SocketAddr, Running)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::scheduler::serve(
-        listener,
-        Arc::new(scheduler),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Ok((addr, Running { stop: tx, task }))
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
-/// The machine, for the report: CPU model, cores, memory.
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
-        })
-        .unwrap_or_default();
-    format!("{cpu}, {cores} cores, {mem} memory")
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions; it reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-async fn measure(
-    name: &str,
-    target: Target,
-    address: &str,
-    args: &BenchOptions,
-    queries: &Arc<Vec<super::LoadQuery>>,
-    version: crate::core::metric::MetricVersion,
-) -> anyhow::Result<Measured> {
-    let options = |concurrency: usize, connections: usize| LoadOptions {
-        target,
-        address: address.to_owned(),
-        concurrency,
-        rps: None,
-        duration: Some(args.duration),
-        warmup: Duration::from_secs(1),
-        connections,
-        limit: None,
-        timeout: Duration::from_secs(10),
-        progress: false,
-        tls: None,
-        token: None,
+/// User plus system time from the text of `/proc/PID/stat` (fields 14 and 15, in clock ticks;
+/// the command name in field 2 may hold spaces and parentheses, so fields are counted from its
+/// closing parenthesis).
+fn cpu_time(stat: &str, ticks_per_second: f64) -> anyhow::Result<Duration> {
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat line")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc stat line")?
+            .parse::<u64>()? as f64)
     };
-    let latency = run(&options(1, 1), queries.clone(), version).await?;
-    let saturated = run(&options(args.saturate, 4), queries.clone(), version).await?;
-    eprintln!(
-        "l2d bench: {name}: p50 {} us, p99 {} us at concurrency 1; {:.0} req/s at {}",
-        latency.latency_us.p50, latency.latency_us.p99, saturated.rps, args.saturate
-    );
-    Ok(Measured {
-        name: name.into(),
-        latency: phase(&latency),
-        saturated: phase(&saturated),
-    })
+    // After the name: field 3 is index 0, so utime (14) is 11 and stime (15) is 12.
+    Ok(Duration::from_secs_f64(
+        (tick(11)? + tick(12)?) / ticks_per_second,
+    ))
 }
+
+struct Bench<'a> {
+    args: &'a BenchOptions,
+    queries: Arc<Vec<super::LoadQuery>>,
+    version: crate::core::metric::MetricVersion,
+}
+
+impl Bench<'_> {
+    fn options(&self, target: Target, address: SocketAddr, concurrency: usize) -> LoadOptions {
+        LoadOptions {
+            target,
+            address: address.to_string(),
+            concurrency,
+            rps: None,
+            duration: Some(self.args.duration),
+            warmup: Duration::ZERO,
+            // One connection per 8 calls in flight, as a fleet of clients would open.
+            connections: concurrency.div_ceil(8),
+            limit: None,
+            timeout: Duration::from_secs(10),
+            progress: false,
+            tls: None,
+            token: None,
+        }
+    }
+
+    /// One run after a warm-up of its own, with the server's CPU time over the measured part.
+    async fn phase(
+        &self,
+        node: &Node,
+        target: Target,
+        address: SocketAddr,
+        concurrency: usize,
+    ) -> anyhow::Result<(LoadReport, Duration)> {
+        let mut warm = self.options(target, address, concurrency);
+        warm.duration = Some(Duration::from_secs(1));
+        run(&warm, self.queries.clone(), self.version).await?;
+        let before = node.cpu()?;
+        let report = run(
+            &self.options(target, address, concurrency),
+            self.queries.clone(),
+            self.version,
+        )
+        .await?;
+        Ok((report, node.cpu()?.saturating_sub(before)))
+    }
+
+    async fn measure(
+        &self,
+        name: &str,
+        node: &Node,
+        target: Target,
+        address: SocketAddr,
+    ) -> anyhow::Result<Measured> {
+        let (latency, _) = self.phase(node, target, address, 1).await?;
+        let (saturated, cpu) = self
+            .phase(node, target, address, self.args.saturate)
+            .await?;
+        let cpu_us_per_request = cpu.as_secs_f64() * 1e6 / saturated.count.max(1) as f64;
+        eprintln!(
+            "l2d bench: {name}: p50 {} us, p99 {} us at concurrency 1; {:.0} req/s at {}, \
+             {cpu_us_per_request:.1} us of server CPU per request",
+            latency.latency_us.p50, latency.latency_us.p99, saturated.rps, self.args.saturate
+        );
+        Ok(Measured {
+            name: name.into(),
+            latency: phase(&latency),
+            saturated: phase(&saturated),
+            cpu_us_per_request,
+        })
+    }
+}
+
+const PROXY: &str = "(b) bare forwarding proxy";
+const SCHEDULER: &str = "(c) scheduler, learned route policy, that expert only";
 
 pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
-    let pool = PoolFile::load(&default_pool_path())?;
-    let data = default_data_path();
-    let dataset = Dataset::load(&data)?;
-    let version = dataset.metric_version();
-    let queries = Arc::new(queries(&dataset));
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let pool_path = default_pool_path();
+    let pool = PoolFile::load(&pool_path)?;
+    let dataset = Dataset::load(&default_data_path())?;
+    let bench = Bench {
+        args,
+        queries: Arc::new(queries(&dataset)),
+        version: dataset.metric_version(),
+    };
 
-    // A route-mode policy for the one-hop comparison, trained here (about 2 s).
+    // A route-mode policy for the one-hop comparison, trained here (about 2 s) and written where
+    // the scheduler nodes read it.
     let labels = label(
         &pool,
         &dataset,
@@ -224,166 +397,258 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
             fit: FitConfig::default(),
         },
     )?;
-    let route_digest = "bench-route".to_string();
+    let dir = tempfile::tempdir()?;
+    let route_path = dir.path().join("route.json");
+    std::fs::write(&route_path, serde_json::to_string(&route)?)?;
+    let route_path = route_path.to_string_lossy().into_owned();
+    let defer_path = default_policy_path().to_string_lossy().into_owned();
 
-    // (a) one expert worker.
-    let local = cluster::spawn_local_experts(&pool).await?;
-    let bert = local
+    let experts = Node::spawn(&["experts"])?;
+    let bert = experts.address("bert-large")?;
+    let all: Vec<String> = experts
         .addresses
         .iter()
-        .find(|(id, _)| id == "bert-large")
-        .map(|(_, a)| *a)
-        .context("the default pool has no bert-large")?;
-    // (b) the bare proxy in front of it.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{bert}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let proxy_addr = proxy_listener.local_addr()?;
-    let (proxy_stop, proxy_stopped) = oneshot::channel::<()>();
-    let proxy = ForwardingProxy {
-        expert: ExpertClient::new(channel),
-    };
-    let proxy_task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(router_server::RouterServer::new(proxy))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(proxy_listener)
-                    .with_nodelay(Some(true)),
-                async {
-                    let _ = proxy_stopped.await;
-                },
-            )
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    // (c) and (d): schedulers over the same in-process experts.
-    let with_experts =
-        |policy: Box<dyn crate::core::policy::Policy>, only: Option<&str>, digest: String| {
-            let scheduler = Scheduler::with_source(
-                SchedulerConfig::default(),
-                policy,
-                PolicySource::Fixed,
-                digest,
-            );
-            for spec in pool
-                .experts
-                .iter()
-                .filter(|s| only.is_none_or(|o| o == s.id))
-            {
-                scheduler
-                    .registry
-                    .declare_expert(&spec.id, spec.cost, spec.backend.kind());
-                for a in cluster::expert_addresses(spec, &local) {
-                    let _ = scheduler.registry.add_fixed_replica(
-                        &spec.id,
-                        &a.to_string(),
-                        crate::scheduler::registry::Origin::InProcess,
-                        None,
-                    );
-                }
-            }
-            scheduler
-        };
-    let prior = crate::cluster::prior_policy(&pool, None)?;
-    let (prior_addr, prior_running) = spawn_scheduler(with_experts(
-        Box::new(prior),
-        Some("bert-large"),
-        String::new(),
-    ))
-    .await?;
-    let one_hop = crate::core::learned::LearnedPolicy::new(route.clone(), None, &route_digest);
-    let (one_addr, one_running) = spawn_scheduler(with_experts(
-        Box::new(one_hop),
-        Some("bert-large"),
-        route_digest.clone(),
-    ))
-    .await?;
-    let route_policy = crate::core::learned::LearnedPolicy::new(route, None, &route_digest);
-    let (route_addr, route_running) =
-        spawn_scheduler(with_experts(Box::new(route_policy), None, route_digest)).await?;
-    let (defer, digest) = load_policy_file(&default_policy_path(), None)?;
-    let (defer_addr, defer_running) =
-        spawn_scheduler(with_experts(Box::new(defer), None, digest)).await?;
+        .map(|(id, a)| format!("{id}={a}"))
+        .collect();
+    let all = all.join(",");
+    let only_bert = format!("bert-large={bert}");
+    let proxy = Node::spawn(&["proxy", "--upstream", &bert.to_string()])?;
+    let scheduler = Node::spawn(&[
+        "scheduler",
+        "--experts",
+        &only_bert,
+        "--policy",
+        &route_path,
+    ])?;
+    let listening = |n: &Node| n.address("listening");
 
-    let runs = [
-        ("(a) direct to the expert", Target::Expert, bert),
-        ("(b) bare forwarding proxy", Target::Router, proxy_addr),
-        (
-            "(c) scheduler, learned route policy, that expert only",
-            Target::Router,
-            one_addr,
-        ),
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for r in 0..args.rounds {
+        let proxy_first = r % 2 == 0;
+        let mut measured = Vec::with_capacity(2);
+        let order = if proxy_first {
+            [(PROXY, &proxy), (SCHEDULER, &scheduler)]
+        } else {
+            [(SCHEDULER, &scheduler), (PROXY, &proxy)]
+        };
+        for (name, node) in order {
+            measured.push(
+                bench
+                    .measure(name, node, Target::Router, listening(node)?)
+                    .await?,
+            );
+        }
+        if !proxy_first {
+            measured.reverse();
+        }
+        let scheduler = measured.pop().context("two measured")?;
+        let proxy = measured.pop().context("two measured")?;
+        rounds.push(round(proxy_first, proxy, scheduler));
+    }
+    proxy.stop()?;
+    scheduler.stop()?;
+
+    // The others, once each, for context.
+    let mut context = vec![
+        bench
+            .measure("(a) direct to the expert", &experts, Target::Expert, bert)
+            .await?,
+    ];
+    let others = [
         (
             "(c0) scheduler, prior policy (no features), that expert only",
-            Target::Router,
-            prior_addr,
+            only_bert.as_str(),
+            None,
         ),
         (
             "(d) scheduler, learned route policy, 5-expert pool",
-            Target::Router,
-            route_addr,
+            all.as_str(),
+            Some(route_path.as_str()),
         ),
         (
             "(e) scheduler, shipped defer policy, 5-expert pool",
-            Target::Router,
-            defer_addr,
+            all.as_str(),
+            Some(defer_path.as_str()),
         ),
     ];
-    let mut targets = Vec::with_capacity(runs.len());
-    for (name, target, address) in runs {
-        targets.push(measure(name, target, &address.to_string(), args, &queries, version).await?);
+    for (name, pool_arg, policy) in others {
+        let mut node_args = vec!["scheduler", "--experts", pool_arg];
+        if let Some(p) = policy {
+            node_args.extend(["--policy", p]);
+        }
+        let node = Node::spawn(&node_args)?;
+        context.push(
+            bench
+                .measure(name, &node, Target::Router, listening(&node)?)
+                .await?,
+        );
+        node.stop()?;
     }
+    experts.stop()?;
+    Ok(report(args, rounds, context))
+}
 
-    stop(one_running).await?;
-    stop(prior_running).await?;
-    stop(route_running).await?;
-    stop(defer_running).await?;
-    let _ = proxy_stop.send(());
-    proxy_task.await??;
-    local.shutdown().await?;
+fn round(proxy_first: bool, proxy: Measured, scheduler: Measured) -> Round {
+    Round {
+        proxy_first,
+        throughput_ratio: scheduler.saturated.rps / proxy.saturated.rps.max(f64::MIN_POSITIVE),
+        added_p50_us: scheduler.latency.p50_us as i64 - proxy.latency.p50_us as i64,
+        added_p99_us: scheduler.latency.p99_us as i64 - proxy.latency.p99_us as i64,
+        cpu_per_request_ratio: scheduler.cpu_us_per_request
+            / proxy.cpu_us_per_request.max(f64::MIN_POSITIVE),
+        proxy,
+        scheduler,
+    }
+}
 
-    let (b, c) = (&targets[1], &targets[2]);
-    Ok(BenchReport {
+/// The report: each ratio's spread over the rounds; (b) and (c) as the round of median
+/// throughput ratio, then the context targets.
+fn report(args: &BenchOptions, rounds: Vec<Round>, context: Vec<Measured>) -> BenchReport {
+    let spread = |f: &dyn Fn(&Round) -> f64| {
+        Spread::of(rounds.iter().map(f)).unwrap_or(Spread {
+            median: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+        })
+    };
+    let throughput = spread(&|r| r.throughput_ratio);
+    let p50 = spread(&|r| r.added_p50_us as f64);
+    let p99 = spread(&|r| r.added_p99_us as f64);
+    let cpu = spread(&|r| r.cpu_per_request_ratio);
+    let mut by_throughput: Vec<&Round> = rounds.iter().collect();
+    by_throughput.sort_by(|a, b| a.throughput_ratio.total_cmp(&b.throughput_ratio));
+    let mut targets = Vec::new();
+    if let Some(median) = by_throughput.get(by_throughput.len() / 2) {
+        targets.push(median.proxy.clone());
+        targets.push(median.scheduler.clone());
+    }
+    targets.extend(context);
+    targets.sort_by(|a, b| a.name.cmp(&b.name));
+    BenchReport {
         machine: machine(),
         command: format!(
-            "l2d bench --duration {} --saturate {}",
+            "l2d bench --duration {} --saturate {} --rounds {}",
             humantime::format_duration(args.duration),
-            args.saturate
+            args.saturate,
+            args.rounds
         ),
         duration_s: args.duration.as_secs_f64(),
         saturate: args.saturate,
-        throughput_ratio: c.saturated.rps / b.saturated.rps.max(f64::MIN_POSITIVE),
-        added_p50_us: c.latency.p50_us as i64 - b.latency.p50_us as i64,
-        added_p99_us: c.latency.p99_us as i64 - b.latency.p99_us as i64,
+        throughput_ratio: throughput.median,
+        throughput_ratio_min: throughput.min,
+        throughput_ratio_max: throughput.max,
+        added_p50_us: p50.median.round() as i64,
+        added_p50_us_min: p50.min as i64,
+        added_p50_us_max: p50.max as i64,
+        added_p99_us: p99.median.round() as i64,
+        added_p99_us_min: p99.min as i64,
+        added_p99_us_max: p99.max as i64,
+        cpu_per_request_ratio: cpu.median,
+        cpu_per_request_ratio_min: cpu.min,
+        cpu_per_request_ratio_max: cpu.max,
+        rounds,
         targets,
-    })
+    }
 }
 
-/// The report as the Markdown section `l2d bench --write` maintains.
-pub fn markdown(r: &BenchReport) -> String {
+/// The summary line of one run, as the section's table of runs lists it.
+fn run_row(r: &BenchReport, when: &str) -> String {
+    format!(
+        "| {when} | {:.3} ({:.3}–{:.3}) | {:.2} ({:.2}–{:.2}) | {} ({} to {}) | {} ({} to {}) |",
+        r.throughput_ratio,
+        r.throughput_ratio_min,
+        r.throughput_ratio_max,
+        r.cpu_per_request_ratio,
+        r.cpu_per_request_ratio_min,
+        r.cpu_per_request_ratio_max,
+        r.added_p50_us,
+        r.added_p50_us_min,
+        r.added_p50_us_max,
+        r.added_p99_us,
+        r.added_p99_us_min,
+        r.added_p99_us_max
+    )
+}
+
+const RUNS_HEADER: &str =
+    "| run | throughput ratio (c)/(b) | CPU per request ratio | added p50 µs | added p99 µs |";
+
+/// The report as the Markdown section `l2d bench --write` maintains. `previous` is the section
+/// it replaces, whose latest run is kept in the table of runs.
+pub fn markdown(r: &BenchReport, previous: Option<&str>) -> String {
     let mut out = format!(
-        "{BEGIN}\n## Scheduler overhead against one bare gRPC hop (`l2d bench`)\n\nMachine: {}. Command: `{}` \
-         (load generator, experts, proxy and schedulers in one process on loopback; each phase {} s after 1 s warm-up).\n\n\
-         | target | p50 µs (conc. 1) | p99 µs (conc. 1) | req/s (conc. {}) | errors |\n| --- | --- | --- | --- | --- |\n",
-        r.machine, r.command, r.duration_s, r.saturate
+        "{BEGIN}\n## Scheduler overhead against one bare gRPC hop (`l2d bench`)\n\nMachine: {}. Command: `{}`: \
+         every server in its own process, the load generator in another, on loopback; (b) and (c) in {} interleaved rounds \
+         (medians, with the least and greatest in parentheses), the others once; each phase {} s after a 1 s warm-up; \
+         CPU is the server process's user + system time per request of the saturated phase.\n\n",
+        r.machine,
+        r.command,
+        r.rounds.len(),
+        r.duration_s
     );
+    out.push_str(RUNS_HEADER);
+    out.push_str("\n| --- | --- | --- | --- | --- |\n");
+    out.push_str(&run_row(r, "this run"));
+    out.push('\n');
+    let earlier = previous.and_then(|text| {
+        text.lines()
+            .find(|l| l.starts_with("| this run |"))
+            .map(|l| l.replacen("| this run |", "| the run before |", 1))
+    });
+    if let Some(line) = earlier {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\nTargets: throughput ratio ≥ 0.90, CPU per request ratio ≤ 1.25, added p50 ≤ 30 µs.\n\n\
+         | target | p50 µs (conc. 1) | p99 µs (conc. 1) | req/s (conc. {}) | server CPU µs per request | errors |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+        r.saturate
+    ));
     for t in &r.targets {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.1} | {} |\n",
             t.name,
             t.latency.p50_us,
             t.latency.p99_us,
             t.saturated.rps,
+            t.cpu_us_per_request,
             t.latency.errors + t.saturated.errors
         ));
     }
-    out.push_str(&format!(
-        "\n(c) against (b): throughput ratio **{:.3}** (target ≥ 0.90), added p50 **{} µs** (target ≤ 30), added p99 **{} µs**.\n{END}\n",
-        r.throughput_ratio, r.added_p50_us, r.added_p99_us
-    ));
+    out.push_str(END);
+    out.push('\n');
     out
+}
+
+/// The current bench section of `text`, if it has one.
+fn section(text: &str) -> Option<&str> {
+    match (text.find(BEGIN), text.find(END)) {
+        (Some(a), Some(b)) if a < b => Some(&text[a..b]),
+        _ => None,
+    }
+}
+
+/// The machine, for the report: CPU model, cores, memory.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} memory")
 }
 
 const BEGIN: &str = "<!-- l2d bench: begin -->";
@@ -409,30 +674,132 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Calls in flight for the saturated phase.
     pub saturate: usize,
+    /// Rounds of (b) against (c).
+    pub rounds: usize,
     /// Write the figures as JSON here.
-    pub json: Option<std::path::PathBuf>,
+    pub json: Option<PathBuf>,
     /// Rewrite the benchmark section of this Markdown file.
-    pub write: Option<std::path::PathBuf>,
+    pub write: Option<PathBuf>,
 }
 
 pub async fn bench_command(args: BenchOptions) -> anyhow::Result<()> {
     let report = bench(&args).await?;
-    let section = markdown(&report);
-    print!("{section}");
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    let existing = match &args.write {
+        Some(path) if Path::new(path).exists() => std::fs::read_to_string(path)?,
+        _ => String::new(),
+    };
+    let text = markdown(&report, section(&existing));
+    print!("{text}");
     if let Some(path) = &args.write {
-        let text = if Path::new(path).exists() {
-            std::fs::read_to_string(path)?
-        } else {
-            String::new()
-        };
-        std::fs::write(path, replace_section(&text, &section))
+        std::fs::write(path, replace_section(&existing, &text))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// A bench node's role (`l2d bench-node`).
+#[derive(Debug, Clone)]
+pub enum NodeRole {
+    /// The default pool's experts.
+    Experts,
+    /// The bare forwarding proxy in front of `upstream`.
+    Proxy { upstream: SocketAddr },
+    /// A scheduler over `experts` (`(id, address)`), with the policy file, or the prior policy.
+    Scheduler {
+        experts: Vec<(String, SocketAddr)>,
+        policy: Option<PathBuf>,
+    },
+}
+
+/// Runs one node of the benchmark: serves, prints what it serves and `ready`, and stops when
+/// standard input closes.
+pub async fn bench_node(role: NodeRole) -> anyhow::Result<()> {
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    let closed = async {
+        let _ = closed.await;
+    };
+    let announce = |lines: &[(String, SocketAddr)]| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for (name, address) in lines {
+            writeln!(out, "{name} {address}")?;
+        }
+        writeln!(out, "ready")?;
+        out.flush()?;
+        Ok(())
+    };
+    match role {
+        NodeRole::Experts => {
+            let pool = PoolFile::load(&default_pool_path())?;
+            let local = cluster::spawn_local_experts(&pool).await?;
+            announce(&local.addresses)?;
+            closed.await;
+            local.shutdown().await
+        }
+        NodeRole::Proxy { upstream } => {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{upstream}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            announce(&[("listening".into(), listener.local_addr()?)])?;
+            let proxy = ForwardingProxy {
+                expert: ExpertClient::new(channel),
+            };
+            tonic::transport::Server::builder()
+                .add_service(router_server::RouterServer::new(proxy))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    closed,
+                )
+                .await?;
+            Ok(())
+        }
+        NodeRole::Scheduler { experts, policy } => {
+            let pool = PoolFile::load(&default_pool_path())?;
+            let (policy, digest): (Box<dyn crate::core::policy::Policy>, String) = match policy {
+                Some(path) => {
+                    let (p, digest) = load_policy_file(&path, None)?;
+                    (Box::new(p), digest)
+                }
+                None => (Box::new(cluster::prior_policy(&pool, None)?), String::new()),
+            };
+            let scheduler = Scheduler::with_source(
+                SchedulerConfig::default(),
+                policy,
+                PolicySource::Fixed,
+                digest,
+            );
+            for (id, address) in &experts {
+                let spec = pool
+                    .experts
+                    .iter()
+                    .find(|s| &s.id == id)
+                    .with_context(|| format!("the default pool has no expert {id}"))?;
+                scheduler
+                    .registry
+                    .declare_expert(&spec.id, spec.cost, spec.backend.kind());
+                scheduler.registry.add_fixed_replica(
+                    &spec.id,
+                    &address.to_string(),
+                    Origin::Static,
+                    None,
+                )?;
+            }
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            announce(&[("listening".into(), listener.local_addr()?)])?;
+            crate::scheduler::serve(listener, Arc::new(scheduler), closed).await
+        }
+    }
 }
 
 #[cfg(test)]
@@ -451,5 +818,101 @@ mod tests {
             replace_section("# B\n", &section),
             format!("# B\n{section}")
         );
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        // A command name with a space and a parenthesis; utime 250 and stime 50 ticks.
+        let stat = "4242 (l2d (x) y) S 1 4242 4242 0 -1 4194304 900 0 0 0 250 50 0 0 20 0 9 0 \
+                    1000 0 0";
+        assert_eq!(cpu_time(stat, 100.0).unwrap(), Duration::from_secs(3));
+        assert!(cpu_time("4242 (l2d) S 1", 100.0).is_err());
+        assert!(cpu_time("no name here", 100.0).is_err());
+    }
+
+    #[test]
+    fn spreads_are_medians_with_their_extremes() {
+        let s = Spread::of([0.9, 0.7, 1.1, f64::NAN, 0.5]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (0.8, 0.5, 1.1));
+        let s = Spread::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of([2.0]).unwrap().median, 2.0);
+        assert_eq!(Spread::of([]), None);
+    }
+
+    fn measured(name: &str, rps: f64, p50: u64, cpu: f64) -> Measured {
+        let phase = Phase {
+            p50_us: p50,
+            p99_us: p50 * 2,
+            rps,
+            errors: 0,
+        };
+        Measured {
+            name: name.into(),
+            latency: phase.clone(),
+            saturated: phase,
+            cpu_us_per_request: cpu,
+        }
+    }
+
+    #[test]
+    fn ratios_are_taken_within_rounds_and_the_run_before_is_kept() {
+        let options = BenchOptions {
+            duration: Duration::from_secs(1),
+            saturate: 8,
+            rounds: 3,
+            json: None,
+            write: None,
+        };
+        // The machine slows down in the second round: both sides together.
+        let rounds = vec![
+            round(
+                true,
+                measured(PROXY, 1000.0, 100, 10.0),
+                measured(SCHEDULER, 900.0, 120, 12.0),
+            ),
+            round(
+                false,
+                measured(PROXY, 500.0, 200, 20.0),
+                measured(SCHEDULER, 400.0, 260, 26.0),
+            ),
+            round(
+                true,
+                measured(PROXY, 1000.0, 100, 10.0),
+                measured(SCHEDULER, 950.0, 110, 11.0),
+            ),
+        ];
+        let r = report(
+            &options,
+            rounds,
+            vec![measured("(a) direct", 2000.0, 50, 5.0)],
+        );
+        assert_eq!(r.throughput_ratio, 0.9);
+        assert_eq!(
+            (r.throughput_ratio_min, r.throughput_ratio_max),
+            (0.8, 0.95)
+        );
+        assert_eq!(
+            (r.added_p50_us, r.added_p50_us_min, r.added_p50_us_max),
+            (20, 10, 60)
+        );
+        assert!((r.cpu_per_request_ratio - 1.2).abs() < 1e-12);
+        // (b) and (c) of the median round, then the context.
+        let names: Vec<&str> = r.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["(a) direct", PROXY, SCHEDULER]);
+        assert_eq!(r.targets[2].saturated.rps, 900.0);
+
+        let first = markdown(&r, None);
+        assert!(
+            first.contains("| this run | 0.900 (0.800–0.950) | 1.20 (1.10–1.30) | 20 (10 to 60)"),
+            "{first}"
+        );
+        assert!(!first.contains("the run before"));
+        let second = markdown(&r, section(&format!("# B\n{first}")));
+        assert!(
+            second.contains("| the run before | 0.900 (0.800–0.950)"),
+            "{second}"
+        );
+        assert_eq!(second.matches("| this run |").count(), 1);
     }
 }
