@@ -9,8 +9,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use l2d::core::decision::{Candidate, DecisionParams, ReplicaLoad, decide};
 use l2d::core::policy::{ExpertMeta, Policy, PriorPolicy};
 use l2d::core::query::{Query, QueryLimits};
+use l2d::core::reading::ContextAnalysis;
 use l2d::squad::Dataset;
 use std::hint::black_box;
+use std::sync::Arc;
 
 /// The binary's allocator (src/main.rs), so allocations cost here what they cost the scheduler.
 #[global_allocator]
@@ -149,35 +151,46 @@ fn bench_learned(c: &mut Criterion) {
                 (query, [probes[0].as_str(), probes[1].as_str()])
             })
             .collect();
+        // The same queries with their contexts analysed before (the scheduler's context cache
+        // holds a passage asked about again).
+        let analysed: Vec<(Query, [&str; 2])> = queries
+            .iter()
+            .map(|(q, probes)| {
+                let analysis = Arc::new(ContextAnalysis::of(q.context()));
+                (q.clone().with_analysis(analysis), *probes)
+            })
+            .collect();
         let mut scores = Vec::new();
-        let mut i = 0;
-        group.bench_function(
-            format!("featurize_score_decide/{name} ({words} words)"),
-            |b| {
-                b.iter(|| {
-                    i = (i + 1) % queries.len();
-                    let (query, probes) = &queries[i];
-                    let probes = [Some(probes[0]), Some(probes[1])];
-                    policy.score(
-                        policy.default_position(),
-                        black_box(query),
-                        &probes,
-                        &experts,
-                        &mut scores,
-                    );
-                    let candidates: Vec<Candidate<'_>> = experts
-                        .iter()
-                        .zip(&scores)
-                        .map(|(m, s)| Candidate {
-                            cost: m.cost,
-                            expected_cost: *s,
-                            replicas: &loads,
-                        })
-                        .collect();
-                    black_box(decide(&candidates, &DecisionParams::default()).unwrap())
-                })
-            },
-        );
+        for (label, queries) in [("", &queries), (", context analysed before", &analysed)] {
+            let mut i = 0;
+            group.bench_function(
+                format!("featurize_score_decide/{name} ({words} words){label}"),
+                |b| {
+                    b.iter(|| {
+                        i = (i + 1) % queries.len();
+                        let (query, probes) = &queries[i];
+                        let probes = [Some(probes[0]), Some(probes[1])];
+                        policy.score(
+                            policy.default_position(),
+                            black_box(query),
+                            &probes,
+                            &experts,
+                            &mut scores,
+                        );
+                        let candidates: Vec<Candidate<'_>> = experts
+                            .iter()
+                            .zip(&scores)
+                            .map(|(m, s)| Candidate {
+                                cost: m.cost,
+                                expected_cost: *s,
+                                replicas: &loads,
+                            })
+                            .collect();
+                        black_box(decide(&candidates, &DecisionParams::default()).unwrap())
+                    })
+                },
+            );
+        }
         let mut i = 0;
         group.bench_function(format!("featurize_only/{name} ({words} words)"), |b| {
             b.iter(|| {

@@ -18,7 +18,7 @@
 
 use super::answer_type::{AnswerType, MONTHS, answer_type};
 use super::metric::{MetricVersion, normalize_answer, score};
-use super::reading::Passage;
+use super::reading::{ContextAnalysis, Passage};
 use super::text::{TokenKind, tokenize};
 
 pub const FEATURIZER_VERSION: &str = "l2d-features-v1";
@@ -122,7 +122,21 @@ fn ln1p(x: usize) -> f64 {
 /// Features of one query; `probe_answers` holds the probes' answers in defer mode (`None` for a
 /// probe that failed), and is empty in route mode.
 pub fn featurize(question: &str, context: &str, probe_answers: &[Option<&str>]) -> Features {
-    let p = Passage::terms_only(question, context);
+    featurize_analysed(question, context, None, probe_answers)
+}
+
+/// [`featurize`] on a context analysed before (`analysis` must be of `context`): the same
+/// features, without tokenizing the context again.
+pub fn featurize_analysed(
+    question: &str,
+    context: &str,
+    analysis: Option<&ContextAnalysis>,
+    probe_answers: &[Option<&str>],
+) -> Features {
+    let p = match analysis {
+        Some(a) => Passage::analysed(question, context, a),
+        None => Passage::terms_only(question, context),
+    };
     let kind = answer_type(&p.question_tokens, question);
     // Wh-words are ASCII: a case-insensitive compare equals comparing the lower-cased word.
     let q_words: Vec<&str> = p.question_tokens.iter().map(|t| t.text(question)).collect();
@@ -375,5 +389,32 @@ mod tests {
     fn fnv1a_is_the_published_function() {
         // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the reference test vector).
         assert_eq!(fnv1a(&["a"]), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    const WORDS: &[&str] = &[
+        "When", "How", "many", "Who", "what", "Denver", "Broncos", "broncos'", "defeated", "the",
+        "Panthers", "24-10", "February", "7,", "2016", "1,000", "Levi's", "Stadium", "Zürich",
+        "école", "\"Super", "Bowl\"", ".", "?", ",", "won", "game", "MVP",
+    ];
+
+    proptest::proptest! {
+        /// Features on a context analysed before are the features, bit for bit.
+        #[test]
+        fn an_analysed_context_gives_the_same_features(
+            question in proptest::collection::vec(proptest::sample::select(WORDS), 1..8),
+            context in proptest::collection::vec(proptest::sample::select(WORDS), 1..80),
+            probe in proptest::collection::vec(proptest::sample::select(WORDS), 0..3),
+        ) {
+            let (question, context, probe) = (question.join(" "), context.join(" "), probe.join(" "));
+            let probes = [Some(probe.as_str()), None];
+            let analysis = ContextAnalysis::of(&context);
+            let fresh = featurize(&question, &context, &probes);
+            let kept = featurize_analysed(&question, &context, Some(&analysis), &probes);
+            proptest::prop_assert_eq!(
+                fresh.dense.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                kept.dense.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            proptest::prop_assert_eq!(fresh.hashed, kept.hashed);
+        }
     }
 }

@@ -11,9 +11,10 @@
 //! score `1 − softmax_j(r(x))` (lower is better, monotone in the estimated expected deferral
 //! cost); experts it does not know get no score and are tried after the known ones.
 
-use super::features::{FEATURIZER_VERSION, Features, HASH_BUCKETS, dense_len, featurize};
+use super::features::{FEATURIZER_VERSION, Features, HASH_BUCKETS, dense_len, featurize_analysed};
 use super::policy::{ExpertMeta, Policy, PolicyIdentity};
 use super::query::Query;
+use super::reading::ContextAnalysis;
 use super::rejector::{LinearRejector, softmax};
 use serde::{Deserialize, Serialize};
 
@@ -212,8 +213,15 @@ impl PolicyFile {
 
     /// Standardised dense and hashed features of a query: the one way serving, `l2d eval` and
     /// off-policy evaluation turn a query (and its probes' answers) into the rejector's input.
-    pub fn features(&self, question: &str, context: &str, probes: &[Option<&str>]) -> Features {
-        let mut f = featurize(question, context, probes);
+    /// `analysis`, when given, is of `context` and saves tokenizing it again.
+    pub fn features(
+        &self,
+        question: &str,
+        context: &str,
+        analysis: Option<&ContextAnalysis>,
+        probes: &[Option<&str>],
+    ) -> Features {
+        let mut f = featurize_analysed(question, context, analysis, probes);
         self.standardize.apply(&mut f.dense);
         f
     }
@@ -234,7 +242,7 @@ impl PolicyFile {
         probes: &[Option<&str>],
         out: &mut Vec<f64>,
     ) {
-        let features = self.features(question, context, probes);
+        let features = self.features(question, context, None, probes);
         self.logits(entry, &features, out);
         softmax(out);
     }
@@ -314,6 +322,10 @@ impl Policy for LearnedPolicy {
         self.default_position
     }
 
+    fn reads_context(&self) -> bool {
+        true
+    }
+
     fn probes(&self) -> &[String] {
         &self.file.probes
     }
@@ -326,14 +338,15 @@ impl Policy for LearnedPolicy {
         experts: &[ExpertMeta<'_>],
         out: &mut Vec<Option<f64>>,
     ) {
-        let mut p = Vec::with_capacity(self.file.experts.len());
-        self.file.probabilities(
-            self.entry(position),
+        let features = self.file.features(
             query.question(),
             query.context(),
+            query.analysis(),
             probe_answers,
-            &mut p,
         );
+        let mut p = Vec::with_capacity(self.file.experts.len());
+        self.file.logits(self.entry(position), &features, &mut p);
+        softmax(&mut p);
         out.clear();
         out.extend(experts.iter().map(|e| {
             let j = self.file.experts.iter().position(|a| a.id == e.id)?;

@@ -43,6 +43,12 @@ pub trait Policy: Send + Sync {
         0
     }
 
+    /// Whether the policy reads the query's context (then a caller that keeps analyses of
+    /// recent contexts attaches one to the query first, see [`Query::with_analysis`]).
+    fn reads_context(&self) -> bool {
+        false
+    }
+
     /// Experts whose answers the policy reads before it decides (defer mode: they always run
     /// first and are always charged); empty for a policy that decides from the query alone.
     fn probes(&self) -> &[String] {

@@ -1,6 +1,8 @@
 //! A validated extractive-QA query: what every node checks once, at its edge, before any work.
 
+use super::reading::ContextAnalysis;
 use std::fmt;
+use std::sync::Arc;
 
 /// Size limits applied to every incoming query. Generous for SQuAD (the longest dev context is
 /// under 4,000 characters) while keeping one query from costing unbounded work.
@@ -27,6 +29,8 @@ pub struct Query {
     question: String,
     context: String,
     id: Option<String>,
+    /// The context analysed before, when the caller keeps analyses of recent contexts.
+    analysis: Option<Arc<ContextAnalysis>>,
 }
 
 /// Why a query was refused. Each variant maps to one gRPC status in `grpc::status`.
@@ -81,7 +85,21 @@ impl Query {
             question,
             context,
             id,
+            analysis: None,
         })
+    }
+
+    /// Attaches an analysis of the context made before. One of another context is ignored.
+    pub fn with_analysis(mut self, analysis: Arc<ContextAnalysis>) -> Self {
+        if analysis.is_of(&self.context) {
+            self.analysis = Some(analysis);
+        }
+        self
+    }
+
+    /// The context's analysis, when one was attached.
+    pub fn analysis(&self) -> Option<&ContextAnalysis> {
+        self.analysis.as_deref()
     }
 
     pub fn question(&self) -> &str {

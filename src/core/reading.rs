@@ -7,6 +7,8 @@
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
 use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize, tokenize_stemming};
+use compact_str::CompactString;
+use std::borrow::Cow;
 
 /// At most this many distinct question terms are tracked (a bit per term).
 const MAX_TERMS: usize = 64;
@@ -15,10 +17,54 @@ fn fingerprint(word: &str) -> (usize, u8) {
     (word.len(), word.as_bytes().first().copied().unwrap_or(0))
 }
 
+/// What does not depend on the question: the context's tokens (every word stemmed) and its
+/// sentences. A passage asked about several times is analysed once (the scheduler keeps these
+/// for recent contexts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextAnalysis {
+    /// The context analysed, to tell an analysis of another one.
+    context: Box<str>,
+    tokens: Vec<Token>,
+    sentences: Vec<(usize, usize)>,
+}
+
+impl ContextAnalysis {
+    pub fn of(context: &str) -> Self {
+        let tokens = tokenize(context);
+        let sentences = sentences(&tokens, context);
+        Self {
+            context: context.into(),
+            tokens,
+            sentences,
+        }
+    }
+
+    /// Whether this is an analysis of `context`.
+    pub fn is_of(&self, context: &str) -> bool {
+        *self.context == *context
+    }
+}
+
+/// FNV-1a over the text's bytes, 8 at a time: a cheap key for a context (not collision-proof:
+/// compare the text before trusting a match).
+pub fn text_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = text.as_bytes().chunks_exact(8);
+    for c in &mut chunks {
+        h ^= u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    for &b in chunks.remainder() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 pub struct Passage<'a> {
     pub context: &'a str,
-    pub tokens: Vec<Token>,
-    pub sentences: Vec<(usize, usize)>,
+    pub tokens: Cow<'a, [Token]>,
+    pub sentences: Cow<'a, [(usize, usize)]>,
     /// Index of the question term each context token carries, if any.
     pub term_of: Vec<Option<u8>>,
     /// Inverse-count weight of each question term (0 when absent from the context).
@@ -28,6 +74,22 @@ pub struct Passage<'a> {
     /// Question tokens (for answer-type rules).
     pub question_tokens: Vec<Token>,
     pub question: &'a str,
+}
+
+/// The distinct question terms (stems that are not stop words), at most [`MAX_TERMS`]: a
+/// question has a handful, so a linear scan beats hashing.
+fn question_terms(question_tokens: &[Token]) -> Vec<CompactString> {
+    let mut terms: Vec<CompactString> = Vec::new();
+    for t in question_tokens {
+        if t.kind != TokenKind::Punct
+            && !is_stop_word(&t.stem)
+            && terms.len() < MAX_TERMS
+            && !terms.iter().any(|x| x.as_str() == t.stem.as_str())
+        {
+            terms.push(t.stem.clone());
+        }
+    }
+    terms
 }
 
 impl<'a> Passage<'a> {
@@ -42,25 +104,48 @@ impl<'a> Passage<'a> {
         Self::analyse(question, context, false)
     }
 
+    /// Like [`Passage::new`], on a context analysed before (`analysis` must be of `context`).
+    pub fn analysed(question: &'a str, context: &'a str, analysis: &'a ContextAnalysis) -> Self {
+        let question_tokens = tokenize(question);
+        let terms = question_terms(&question_tokens);
+        Self::with_tokens(
+            question,
+            context,
+            question_tokens,
+            &terms,
+            Cow::Borrowed(&analysis.tokens),
+            Cow::Borrowed(&analysis.sentences),
+        )
+    }
+
     fn analyse(question: &'a str, context: &'a str, stem_all: bool) -> Self {
         let question_tokens = tokenize(question);
-        // A question has a handful of terms: a linear scan beats hashing every context token.
-        let mut terms: Vec<&str> = Vec::new();
-        for t in &question_tokens {
-            if t.kind != TokenKind::Punct
-                && !is_stop_word(&t.stem)
-                && terms.len() < MAX_TERMS
-                && !terms.contains(&t.stem.as_str())
-            {
-                terms.push(&t.stem);
-            }
-        }
+        let terms = question_terms(&question_tokens);
         // A stem starts with its word's first character lower-cased (ASCII) or, for a word
         // starting beyond ASCII, is always computed.
         let initials: Vec<u8> = terms.iter().filter_map(|t| t.bytes().next()).collect();
         let tokens = tokenize_stemming(context, |c| {
             stem_all || !c.is_ascii() || initials.contains(&(c as u8).to_ascii_lowercase())
         });
+        let sentences = sentences(&tokens, context);
+        Self::with_tokens(
+            question,
+            context,
+            question_tokens,
+            &terms,
+            Cow::Owned(tokens),
+            Cow::Owned(sentences),
+        )
+    }
+
+    fn with_tokens(
+        question: &'a str,
+        context: &'a str,
+        question_tokens: Vec<Token>,
+        terms: &[CompactString],
+        tokens: Cow<'a, [Token]>,
+        sentences: Cow<'a, [(usize, usize)]>,
+    ) -> Self {
         // Compare a cheap fingerprint (length and first byte) before the bytes: most context
         // tokens differ from every term in one of them.
         let prints: Vec<(usize, u8)> = terms.iter().map(|t| fingerprint(t)).collect();
@@ -70,8 +155,8 @@ impl<'a> Passage<'a> {
                 let print = fingerprint(&t.stem);
                 prints
                     .iter()
-                    .zip(&terms)
-                    .position(|(p, q)| *p == print && *q == t.stem.as_str())
+                    .zip(terms)
+                    .position(|(p, q)| *p == print && q.as_str() == t.stem.as_str())
                     .map(|i| i as u8)
             })
             .collect();
@@ -92,7 +177,6 @@ impl<'a> Passage<'a> {
         let matches = (0..tokens.len())
             .filter(|&i| term_of[i].is_some())
             .collect();
-        let sentences = sentences(&tokens, context);
         Self {
             context,
             tokens,
@@ -257,6 +341,15 @@ mod tests {
             prop_assert_eq!(&lean.weights, &full.weights);
             prop_assert_eq!(&lean.matches, &full.matches);
             prop_assert_eq!(&lean.sentences, &full.sentences);
+            // A context analysed before gives the full analysis, token for token.
+            let analysis = ContextAnalysis::of(&context);
+            prop_assert!(analysis.is_of(&context));
+            let kept = Passage::analysed(&question, &context, &analysis);
+            prop_assert_eq!(&kept.tokens, &full.tokens);
+            prop_assert_eq!(&kept.term_of, &full.term_of);
+            prop_assert_eq!(&kept.weights, &full.weights);
+            prop_assert_eq!(&kept.matches, &full.matches);
+            prop_assert_eq!(&kept.sentences, &full.sentences);
         }
     }
 

@@ -97,7 +97,7 @@ impl Backend for LexicalReader {
         let with_terms: Vec<(usize, usize)> =
             passage.sentences.iter().filter(has_term).copied().collect();
         let searched = if with_terms.is_empty() {
-            &passage.sentences
+            &passage.sentences[..]
         } else {
             &with_terms
         };

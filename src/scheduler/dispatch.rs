@@ -214,6 +214,12 @@ impl RouterService {
         let query = Query::new(msg.question, msg.context, msg.id, &config.limits)?;
         let snapshot = self.scheduler.registry.snapshot();
         let policy = self.scheduler.policy();
+        let query = if policy.reads_context() {
+            let analysis = self.scheduler.contexts.analysis(query.context());
+            query.with_analysis(analysis)
+        } else {
+            query
+        };
 
         let now = Instant::now();
         let loads: Vec<Vec<ReplicaLoad>> = snapshot.experts.iter().map(|g| g.loads(now)).collect();

@@ -6,6 +6,7 @@
 //! through [`Registry`]; a background task reaps expired leases.
 
 pub mod access;
+pub mod contexts;
 pub mod decision_log;
 pub mod discovery;
 pub mod dispatch;
@@ -151,6 +152,10 @@ impl ActivePolicy {
         self.policy.probes()
     }
 
+    pub fn reads_context(&self) -> bool {
+        self.policy.reads_context()
+    }
+
     /// The position along the bank (by ascending lambda) served now.
     pub fn position(&self) -> usize {
         self.position.load(AtomicOrdering::Relaxed)
@@ -232,6 +237,8 @@ pub struct Scheduler {
     dns_targets: Mutex<Vec<discovery::DnsTarget>>,
     /// The pool file in force (reloaded when the file's digest changes).
     pool_file: Mutex<Option<crate::pool_file::PoolFile>>,
+    /// Analyses of recent contexts, for policies that read the context.
+    pub contexts: contexts::ContextCache,
 }
 
 impl Scheduler {
@@ -255,6 +262,7 @@ impl Scheduler {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
+            contexts: contexts::ContextCache::default(),
             registry: Arc::new(
                 Registry::new(config.replicas).with_client_tls(config.expert_tls.clone()),
             ),

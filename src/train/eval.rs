@@ -252,7 +252,7 @@ pub fn evaluate(
     // The policy's curve: every bank entry.
     let features: Vec<_> = test_records
         .iter()
-        .map(|r| policy.features(&r.question, &r.context, &probe_answers(r, &probes)))
+        .map(|r| policy.features(&r.question, &r.context, None, &probe_answers(r, &probes)))
         .collect();
     let mut logits = Vec::new();
     let mut curve = Vec::new();

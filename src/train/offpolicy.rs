@@ -86,6 +86,7 @@ pub fn evaluate_from_log(
         let features = policy.features(
             &record.question,
             &record.context,
+            None,
             &probe_answers(record, &probes),
         );
         policy.logits(entry, &features, &mut logits);

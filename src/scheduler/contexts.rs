@@ -1,0 +1,74 @@
+//! Analyses of recently asked contexts. Data sets like SQuAD ask about five questions of each
+//! passage, and a deployment sees the same document asked about again: the question-independent
+//! part of featurizing (tokenizing and stemming the context, finding its sentences) is done once
+//! per context while it stays in this bounded cache (S3-FIFO eviction, `quick_cache`).
+//!
+//! An entry is found by a hash of the context and used only when its stored context is the
+//! same text: a hash collision (accidental or crafted) costs a miss, never a wrong analysis.
+
+use crate::core::reading::{ContextAnalysis, text_hash};
+use quick_cache::sync::Cache;
+use std::sync::Arc;
+
+/// Contexts kept by default: about 10 KB each for a SQuAD passage (its text and tokens).
+pub const DEFAULT_CAPACITY: usize = 1024;
+
+pub struct ContextCache {
+    entries: Cache<u64, Arc<ContextAnalysis>>,
+}
+
+impl ContextCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// The analysis of `context`, from the cache or made now (and kept).
+    pub fn analysis(&self, context: &str) -> Arc<ContextAnalysis> {
+        let key = text_hash(context);
+        if let Some(analysis) = self.entries.get(&key)
+            && analysis.is_of(context)
+        {
+            metrics::counter!("l2d_context_analyses_total", "result" => "hit").increment(1);
+            return analysis;
+        }
+        metrics::counter!("l2d_context_analyses_total", "result" => "miss").increment(1);
+        let analysis = Arc::new(ContextAnalysis::of(context));
+        self.entries.insert(key, analysis.clone());
+        analysis
+    }
+}
+
+impl Default for ContextCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_is_analysed_once_and_a_colliding_key_is_not_trusted() {
+        let cache = ContextCache::new(8);
+        let a = cache.analysis("The Broncos won. The Panthers lost.");
+        let b = cache.analysis("The Broncos won. The Panthers lost.");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second ask reuses the first analysis"
+        );
+        assert_eq!(
+            *a,
+            ContextAnalysis::of("The Broncos won. The Panthers lost.")
+        );
+        // Plant another context under the key of a third: it must not be returned for it.
+        let victim = "Levi's Stadium is in Santa Clara.";
+        cache.entries.insert(
+            text_hash(victim),
+            Arc::new(ContextAnalysis::of("something else")),
+        );
+        assert_eq!(*cache.analysis(victim), ContextAnalysis::of(victim));
+    }
+}
