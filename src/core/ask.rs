@@ -221,10 +221,14 @@ impl Explanation {
             let load = d.plan.load[d.chosen];
             let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
                 Some(s) if load > 0.0 => format!(
-                    "best policy score plus load ({s:.4} + {load:.4}) among {eligible} eligible \
-                     experts"
+                    "best policy score plus load ({} + {}) among {eligible} eligible experts",
+                    Fixed4(s),
+                    Fixed4(load)
                 ),
-                Some(s) => format!("best policy score ({s:.4}) among {eligible} eligible experts"),
+                Some(s) => format!(
+                    "best policy score ({}) among {eligible} eligible experts",
+                    Fixed4(s)
+                ),
                 None => format!("no policy score; cheapest of {eligible} eligible experts"),
             };
             if !d.plan.excluded.is_empty() {
@@ -242,6 +246,23 @@ impl Explanation {
             reason.insert_str(0, "keep the probe's answer: ");
         }
         reason
+    }
+}
+
+/// A number with four decimals, as `{:.4}` writes it, without the exact float-to-decimal
+/// algorithm `{:.4}` runs (the reason is written on every request). Rounds half away from zero
+/// on the scaled binary value, which can differ from `{:.4}` in the last digit at exact halves.
+struct Fixed4(f64);
+
+impl fmt::Display for Fixed4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = self.0;
+        if !x.is_finite() || x.abs() >= 1e14 {
+            return write!(f, "{x:.4}");
+        }
+        let scaled = (x.abs() * 1e4).round() as u64;
+        let sign = if x.is_sign_negative() { "-" } else { "" };
+        write!(f, "{sign}{}.{:04}", scaled / 10_000, scaled % 10_000)
     }
 }
 
@@ -1175,6 +1196,15 @@ mod tests {
             explanation.reason(&view),
             "keep the probe's answer: best policy score (0.1000) among 3 eligible experts"
         );
+    }
+
+    #[test]
+    fn reasons_write_four_decimals_as_the_formatter_does() {
+        for x in [
+            0.0, 0.78281, 1.0, 12.34567, -0.5, 0.00004, 123456.0, 0.99999, -2.25,
+        ] {
+            assert_eq!(Fixed4(x).to_string(), format!("{x:.4}"), "{x}");
+        }
     }
 
     #[test]

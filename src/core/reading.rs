@@ -26,17 +26,48 @@ pub struct ContextAnalysis {
     context: Box<str>,
     tokens: Vec<Token>,
     sentences: Vec<(usize, usize)>,
+    /// `(hash of the stem, token position)` of every word and number, sorted: the tokens that
+    /// carry a question term are found by a binary search per term, not a scan of the context.
+    by_stem: Vec<(u64, u32)>,
 }
 
 impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
         let tokens = tokenize(context);
         let sentences = sentences(&tokens, context);
+        let mut by_stem: Vec<(u64, u32)> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.stem.is_empty())
+            .map(|(i, t)| (text_hash(&t.stem), i as u32))
+            .collect();
+        by_stem.sort_unstable();
         Self {
             context: context.into(),
             tokens,
             sentences,
+            by_stem,
         }
+    }
+
+    /// `term_of` for `terms`: the index of the term each token carries, if any.
+    fn term_of(&self, terms: &[CompactString]) -> Vec<Option<u8>> {
+        let mut term_of = vec![None; self.tokens.len()];
+        for (i, term) in terms.iter().enumerate() {
+            let key = text_hash(term);
+            let first = self.by_stem.partition_point(|&(h, _)| h < key);
+            for &(h, position) in &self.by_stem[first..] {
+                if h != key {
+                    break;
+                }
+                let slot = &mut term_of[position as usize];
+                // Terms are distinct: a token carries at most one (a hash collision is checked).
+                if slot.is_none() && self.tokens[position as usize].stem == *term {
+                    *slot = Some(i as u8);
+                }
+            }
+        }
+        term_of
     }
 
     /// Whether this is an analysis of `context`.
@@ -108,13 +139,15 @@ impl<'a> Passage<'a> {
     pub fn analysed(question: &'a str, context: &'a str, analysis: &'a ContextAnalysis) -> Self {
         let question_tokens = tokenize(question);
         let terms = question_terms(&question_tokens);
-        Self::with_tokens(
+        let term_of = analysis.term_of(&terms);
+        Self::with_terms(
             question,
             context,
             question_tokens,
-            &terms,
+            terms.len(),
             Cow::Borrowed(&analysis.tokens),
             Cow::Borrowed(&analysis.sentences),
+            term_of,
         )
     }
 
@@ -160,7 +193,27 @@ impl<'a> Passage<'a> {
                     .map(|i| i as u8)
             })
             .collect();
-        let mut counts = vec![0u32; terms.len()];
+        Self::with_terms(
+            question,
+            context,
+            question_tokens,
+            terms.len(),
+            tokens,
+            sentences,
+            term_of,
+        )
+    }
+
+    fn with_terms(
+        question: &'a str,
+        context: &'a str,
+        question_tokens: Vec<Token>,
+        terms: usize,
+        tokens: Cow<'a, [Token]>,
+        sentences: Cow<'a, [(usize, usize)]>,
+        term_of: Vec<Option<u8>>,
+    ) -> Self {
+        let mut counts = vec![0u32; terms];
         for term in term_of.iter().flatten() {
             counts[*term as usize] += 1;
         }

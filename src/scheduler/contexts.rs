@@ -15,12 +15,17 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 
 pub struct ContextCache {
     entries: Cache<u64, Arc<ContextAnalysis>>,
+    /// `l2d_context_analyses_total{result}`, registered once.
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 impl ContextCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: Cache::new(capacity.max(1)),
+            hits: metrics::counter!("l2d_context_analyses_total", "result" => "hit"),
+            misses: metrics::counter!("l2d_context_analyses_total", "result" => "miss"),
         }
     }
 
@@ -30,10 +35,10 @@ impl ContextCache {
         if let Some(analysis) = self.entries.get(&key)
             && analysis.is_of(context)
         {
-            metrics::counter!("l2d_context_analyses_total", "result" => "hit").increment(1);
+            self.hits.increment(1);
             return analysis;
         }
-        metrics::counter!("l2d_context_analyses_total", "result" => "miss").increment(1);
+        self.misses.increment(1);
         let analysis = Arc::new(ContextAnalysis::of(context));
         self.entries.insert(key, analysis.clone());
         analysis

@@ -188,7 +188,11 @@ impl Router for RouterService {
             .instrument(span)
             .await;
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        metrics::counter!("l2d_asks_total", "code" => code_name(code)).increment(1);
+        if code == Code::Ok {
+            self.scheduler.asks_ok.increment(1);
+        } else {
+            metrics::counter!("l2d_asks_total", "code" => code_name(code)).increment(1);
+        }
         self.scheduler
             .ask_duration
             .record(started.elapsed().as_secs_f64());

@@ -233,6 +233,9 @@ pub struct Scheduler {
     target: Option<Mutex<CostTarget>>,
     decisions: Option<decision_log::DecisionLog>,
     ask_duration: metrics::Histogram,
+    /// `l2d_asks_total{code="OK"}`, registered once (the other codes are looked up when they
+    /// happen).
+    asks_ok: metrics::Counter,
     /// DNS names resolved again every `dns_interval`.
     dns_targets: Mutex<Vec<discovery::DnsTarget>>,
     /// The pool file in force (reloaded when the file's digest changes).
@@ -260,6 +263,7 @@ impl Scheduler {
             .map(|t| Mutex::new(CostTarget::new(t, config.target_window, 0.05)));
         Self {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
+            asks_ok: metrics::counter!("l2d_asks_total", "code" => "OK"),
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
             contexts: contexts::ContextCache::default(),
