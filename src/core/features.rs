@@ -17,7 +17,7 @@
 //! version they were trained with and are refused by a featurizer of another version.
 
 use super::answer_type::{AnswerType, MONTHS, answer_type};
-use super::metric::{MetricVersion, normalize_answer, score};
+use super::metric::{normalize_answer, token_f1};
 use super::reading::{ContextAnalysis, Passage};
 use super::text::{TokenKind, tokenize};
 
@@ -282,8 +282,9 @@ pub fn featurize_analysed(
             );
             let both = probe_answers[a].is_some() && probe_answers[b].is_some();
             dense.push(f64::from(u8::from(both && x == y)));
+            // Both are normalised already (normalising is idempotent): F1 of the two directly.
             let f1 = if both {
-                score(x, &[y], MetricVersion::V1).f1
+                token_f1(x, y)
             } else {
                 0.0
             };
@@ -324,7 +325,8 @@ fn token_fits(t: &super::text::Token, kind: AnswerType, source: &str) -> bool {
     match kind {
         AnswerType::Date => {
             (t.kind == TokenKind::Number && text.len() == 4)
-                || MONTHS.contains(&text.to_lowercase().as_str())
+                // Months are ASCII; no other character lower-cases into one of their letters.
+                || MONTHS.iter().any(|m| m.eq_ignore_ascii_case(text))
         }
         AnswerType::Number => t.kind == TokenKind::Number,
         AnswerType::Name => t.kind == TokenKind::Word && t.capitalised,

@@ -84,6 +84,11 @@ fn exact(pred: &str, gold: &str) -> f64 {
     f64::from(u8::from(pred == gold))
 }
 
+/// Token F1 of two answers normalised already ([`normalize_answer`]), as SQuAD v1.1 scores it.
+pub fn token_f1(pred: &str, gold: &str) -> f64 {
+    f1(pred, gold, MetricVersion::V1)
+}
+
 /// Token F1 of two already-normalised answers.
 fn f1(pred: &str, gold: &str, version: MetricVersion) -> f64 {
     let (p, g) = (tokens(pred), tokens(gold));
@@ -228,5 +233,20 @@ mod tests {
         // v2.0 drops references that normalise to nothing.
         assert_eq!(score("", &["the", "Denver"], MetricVersion::V2).exact, 0.0);
         assert_eq!(score("", &["the", "Denver"], MetricVersion::V1).exact, 1.0);
+    }
+
+    proptest::proptest! {
+        /// The featurizer scores the probes' normalised answers against each other directly:
+        /// normalising twice must change nothing, and F1 of the normalised forms must be the
+        /// official F1.
+        #[test]
+        fn normalising_is_idempotent(
+            a in "[ a-zA-Z0-9.,!?'\"()\\-–éÉİK\u{212A}]{0,24}",
+            b in "[ a-zA-Z0-9.,!?'\"()\\-–éÉİK\u{212A}]{0,24}",
+        ) {
+            let (na, nb) = (normalize_answer(&a), normalize_answer(&b));
+            proptest::prop_assert_eq!(&normalize_answer(&na), &na);
+            proptest::prop_assert_eq!(token_f1(&na, &nb), score(&a, &[&b], MetricVersion::V1).f1);
+        }
     }
 }
