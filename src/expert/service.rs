@@ -107,7 +107,6 @@ impl ExpertNode {
         self
     }
 
-    /// The concurrency limit, 0 for none.
     /// What the node tells the scheduler when it registers.
     pub fn announcement(&self) -> Announcement {
         Announcement {
@@ -118,6 +117,7 @@ impl ExpertNode {
         }
     }
 
+    /// The concurrency limit, 0 for none.
     pub fn max_concurrency(&self) -> u32 {
         self.slots.as_ref().map_or(0, |(limit, _)| *limit)
     }
