@@ -283,11 +283,7 @@ pub fn featurize_analysed(
             let both = probe_answers[a].is_some() && probe_answers[b].is_some();
             dense.push(f64::from(u8::from(both && x == y)));
             // Both are normalised already (normalising is idempotent): F1 of the two directly.
-            let f1 = if both {
-                token_f1(x, y)
-            } else {
-                0.0
-            };
+            let f1 = if both { token_f1(x, y) } else { 0.0 };
             dense.push(f1);
         }
     }
