@@ -71,7 +71,6 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("l2d_asks_total", "Router.Ask calls by final status code");
     describe_histogram!(
         "l2d_ask_duration_seconds",
         metrics::Unit::Seconds,
@@ -187,6 +186,11 @@ impl PoolSeries {
         let family = |name, kind, help| (name, kind, help, String::new());
         Self {
             families: vec![
+                family(
+                    "l2d_asks_total",
+                    "counter",
+                    "Router.Ask calls by final status code",
+                ),
                 family(
                     "l2d_decisions_total",
                     "counter",

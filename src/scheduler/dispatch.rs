@@ -188,11 +188,7 @@ impl Router for RouterService {
             .instrument(span)
             .await;
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        if code == Code::Ok {
-            self.scheduler.asks_ok.increment(1);
-        } else {
-            metrics::counter!("l2d_asks_total", "code" => code_name(code)).increment(1);
-        }
+        self.scheduler.asks.increment(code);
         self.scheduler
             .ask_duration
             .record(started.elapsed().as_secs_f64());

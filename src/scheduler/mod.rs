@@ -233,9 +233,8 @@ pub struct Scheduler {
     target: Option<Mutex<CostTarget>>,
     decisions: Option<decision_log::DecisionLog>,
     ask_duration: metrics::Histogram,
-    /// `l2d_asks_total{code="OK"}`, registered once (the other codes are looked up when they
-    /// happen).
-    asks_ok: metrics::Counter,
+    /// `Router.Ask` calls by final status code (`l2d_asks_total`, written at scrape time).
+    pub(crate) asks: crate::telemetry::CodeCounts,
     /// DNS names resolved again every `dns_interval`.
     dns_targets: Mutex<Vec<discovery::DnsTarget>>,
     /// The pool file in force (reloaded when the file's digest changes).
@@ -263,7 +262,7 @@ impl Scheduler {
             .map(|t| Mutex::new(CostTarget::new(t, config.target_window, 0.05)));
         Self {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
-            asks_ok: metrics::counter!("l2d_asks_total", "code" => "OK"),
+            asks: Default::default(),
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
             contexts: contexts::ContextCache::default(),
@@ -406,15 +405,18 @@ impl Scheduler {
         Ok(Some(changes))
     }
 
-    /// Publishes the state gauges (realised cost, lambda) and returns the pool's series, for a
-    /// scrape.
+    /// Publishes the state gauges (realised cost, lambda) and returns the series written at
+    /// scrape time (calls by status, the pool's experts and replicas).
     pub fn publish_metrics(&self) -> String {
         metrics::gauge!("l2d_cost_realized").set(self.realized_cost());
         if let Some(target) = self.target_cost() {
             metrics::gauge!("l2d_cost_target").set(target);
         }
         metrics::gauge!("l2d_policy_lambda").set(self.policy().lambda());
-        self.registry.render_metrics(Instant::now())
+        let mut out = crate::telemetry::PoolSeries::new();
+        out.codes("l2d_asks_total", &[], &self.asks);
+        self.registry.write_metrics(&mut out, Instant::now());
+        out.render()
     }
 }
 

@@ -766,10 +766,8 @@ impl Registry {
             .collect()
     }
 
-    /// The series of every expert and replica in the pool now, in the Prometheus text format:
-    /// one that left has none.
-    pub fn render_metrics(&self, now: Instant) -> String {
-        let mut out = PoolSeries::new();
+    /// Writes the series of every expert and replica in the pool now: one that left has none.
+    pub fn write_metrics(&self, out: &mut PoolSeries, now: Instant) {
         for group in &self.snapshot().experts {
             let entry = &group.entry;
             let labels: &[(&str, &str)] = &[("expert", &entry.id)];
@@ -779,10 +777,9 @@ impl Registry {
             out.sample("l2d_cost_charged_units", labels, entry.cost_charged_total());
             out.codes("l2d_fallbacks_total", labels, &entry.fallbacks);
             for replica in &group.replicas {
-                replica.write_series(&mut out, now);
+                replica.write_series(out, now);
             }
         }
-        out.render()
     }
 
     /// The pool now, expert by expert in snapshot order (what `Pool.ListPool` reports).
