@@ -788,15 +788,6 @@ fn probe_attempts(expert: &ExpertView<'_>, params: &AskParams) -> Vec<Attempt> {
         .unwrap_or_default()
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Role::Probe(_) => f.write_str("probe"),
-            Role::Answer => f.write_str("answer"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,22 +26,19 @@ pub struct ContextAnalysis {
     context: Box<str>,
     tokens: Vec<Token>,
     sentences: Vec<(usize, usize)>,
-    /// `(hash of the stem, token position)` of every word and number, sorted: the tokens that
-    /// carry a question term are found by a binary search per term, not a scan of the context.
-    by_stem: Vec<(u64, u32)>,
+    /// Positions of the words and numbers, sorted by stem: the tokens that carry a question term
+    /// are found by a binary search per term, not a scan of the context.
+    by_stem: Vec<u32>,
 }
 
 impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
         let tokens = tokenize(context);
         let sentences = sentences(&tokens, context);
-        let mut by_stem: Vec<(u64, u32)> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.stem.is_empty())
-            .map(|(i, t)| (text_hash(&t.stem), i as u32))
+        let mut by_stem: Vec<u32> = (0..tokens.len() as u32)
+            .filter(|&i| !tokens[i as usize].stem.is_empty())
             .collect();
-        by_stem.sort_unstable();
+        by_stem.sort_unstable_by(|&a, &b| tokens[a as usize].stem.cmp(&tokens[b as usize].stem));
         Self {
             context: context.into(),
             tokens,
@@ -53,18 +50,12 @@ impl ContextAnalysis {
     /// `term_of` for `terms`: the index of the term each token carries, if any.
     fn term_of(&self, terms: &[CompactString]) -> Vec<Option<u8>> {
         let mut term_of = vec![None; self.tokens.len()];
+        let stem = |p: &u32| &self.tokens[*p as usize].stem;
         for (i, term) in terms.iter().enumerate() {
-            let key = text_hash(term);
-            let first = self.by_stem.partition_point(|&(h, _)| h < key);
-            for &(h, position) in &self.by_stem[first..] {
-                if h != key {
-                    break;
-                }
-                let slot = &mut term_of[position as usize];
-                // Terms are distinct: a token carries at most one (a hash collision is checked).
-                if slot.is_none() && self.tokens[position as usize].stem == *term {
-                    *slot = Some(i as u8);
-                }
+            let first = self.by_stem.partition_point(|p| stem(p) < term);
+            // Terms are distinct: a token carries at most one.
+            for p in self.by_stem[first..].iter().take_while(|p| stem(p) == term) {
+                term_of[*p as usize] = Some(i as u8);
             }
         }
         term_of
@@ -74,22 +65,6 @@ impl ContextAnalysis {
     pub fn is_of(&self, context: &str) -> bool {
         *self.context == *context
     }
-}
-
-/// FNV-1a over the text's bytes, 8 at a time: a cheap key for a context (not collision-proof:
-/// compare the text before trusting a match).
-pub fn text_hash(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut chunks = text.as_bytes().chunks_exact(8);
-    for c in &mut chunks {
-        h ^= u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    for &b in chunks.remainder() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 pub struct Passage<'a> {

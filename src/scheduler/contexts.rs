@@ -6,7 +6,7 @@
 //! An entry is found by a hash of the context and used only when its stored context is the
 //! same text: a hash collision (accidental or crafted) costs a miss, never a wrong analysis.
 
-use crate::core::reading::{ContextAnalysis, text_hash};
+use crate::core::reading::ContextAnalysis;
 use quick_cache::sync::Cache;
 use std::sync::Arc;
 
@@ -49,6 +49,22 @@ impl Default for ContextCache {
     fn default() -> Self {
         Self::new(DEFAULT_CAPACITY)
     }
+}
+
+/// FNV-1a over the text's bytes, 8 at a time: a cheap key for a context (not collision-proof:
+/// compare the text before trusting a match).
+fn text_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = text.as_bytes().chunks_exact(8);
+    for c in &mut chunks {
+        h ^= u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    for &b in chunks.remainder() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]
