@@ -7,7 +7,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use l2d::core::decision::{Candidate, DecisionParams, ReplicaLoad, decide};
-use l2d::core::policy::{ExpertMeta, Policy, PriorPolicy};
+use l2d::core::policy::{ExpertMeta, Observed, Policy, PriorPolicy};
 use l2d::core::query::{Query, QueryLimits};
 use l2d::core::reading::ContextAnalysis;
 use l2d::squad::Dataset;
@@ -169,7 +169,17 @@ fn bench_learned(c: &mut Criterion) {
                     b.iter(|| {
                         i = (i + 1) % queries.len();
                         let (query, probes) = &queries[i];
-                        let probes = [Some(probes[0]), Some(probes[1])];
+                        let ids = policy.probes();
+                        let probes = [
+                            Observed {
+                                expert: &ids[0],
+                                answer: Some(probes[0]),
+                            },
+                            Observed {
+                                expert: &ids[1],
+                                answer: Some(probes[1]),
+                            },
+                        ];
                         policy.score(
                             policy.default_position(),
                             black_box(query),

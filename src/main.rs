@@ -20,6 +20,7 @@ async fn main() -> std::process::ExitCode {
         | l2d::cli::Command::ExpertsReport(_)
         | l2d::cli::Command::Label(_)
         | l2d::cli::Command::Train(_)
+        | l2d::cli::Command::Cv(_)
         | l2d::cli::Command::Eval(_)
         | l2d::cli::Command::Demo(_)
         | l2d::cli::Command::Load(_)

@@ -36,6 +36,7 @@ fn options(mode: Mode, probes: &[&str]) -> TrainOptions {
         default_lambda: Some(0.5),
         mode,
         probes: probes.iter().map(|p| p.to_string()).collect(),
+        stages: 0,
         loss: LossKind::Em,
         split_seed: 3,
         test_fraction: 0.5,
@@ -364,6 +365,7 @@ fn examples(data: &Synthetic, seed: u64) -> Vec<Example> {
                 .map(|&pj| f64::from(u8::from(rng.random::<f64>() >= pj)))
                 .collect(),
             price: PRICE.to_vec(),
+            valid: Vec::new(),
         })
         .collect()
 }
@@ -589,10 +591,29 @@ fn the_training_commands_work_from_the_command_line() {
             .count(),
         6
     );
+    // Without --mode the mode is chosen on validation articles: this fixture has too few.
     let out = run(&[
         "train",
         "--labels",
         &path("labels.jsonl"),
+        "--out",
+        &path("policy.json"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "no --mode given, so the mode and lambda are chosen on validation articles: \
+             choosing on validation articles needs at least two training articles"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "train",
+        "--labels",
+        &path("labels.jsonl"),
+        "--mode",
+        "route",
         "--lambda",
         "0,1",
         "--epochs",

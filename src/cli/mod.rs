@@ -54,8 +54,12 @@ pub enum Command {
     ExpertsReport(ExpertsReportArgs),
     /// Label a data set: run every expert of a pool on every question, through gRPC.
     Label(LabelArgs),
-    /// Train the rejector bank (Learning-to-Defer surrogate) from labels.
+    /// Train the rejector bank (Learning-to-Defer surrogate) from labels; with no --mode, the
+    /// recommended policy (mode, probes and lambda chosen on validation articles).
     Train(TrainArgs),
+    /// Cross-validate the whole procedure by article: per fold, choices on validation articles,
+    /// figures on test articles, beside the baselines.
+    Cv(CvArgs),
     /// Evaluate a policy on its test articles beside the baselines.
     Eval(EvalArgs),
     /// Load-test a scheduler (or an expert) by replaying a SQuAD-format data set.
@@ -172,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExpertsReport(args) => experts_report(args).await,
         Command::Label(args) => label(args).await,
         Command::Train(args) => train(args),
+        Command::Cv(args) => cv(args),
         Command::Eval(args) => eval(args),
         Command::Pool {
             command:

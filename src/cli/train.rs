@@ -51,6 +51,8 @@ pub enum ModeArg {
     Route,
     /// Run the probe experts first; their answers are features; keep one or defer.
     Defer,
+    /// After each answer, keep an answer seen or ask another expert (up to --stages).
+    Cascade,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,11 +76,22 @@ pub struct TrainArgs {
     /// The lambda served by default (default: the first of --lambda).
     #[arg(long)]
     pub default_lambda: Option<f64>,
-    #[arg(long, value_enum, default_value = "route")]
-    pub mode: ModeArg,
+    /// The mode; without it, the recommended one for this pool: route, defer (probes among the
+    /// cheapest experts) and cascade are each trained on part of the training articles and
+    /// compared on the rest (validation), and the lambda served by default is the most
+    /// accurate whose validation cost meets --at-cost.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Without --mode: the cost target, as a fraction of the always-best expert's cost.
+    #[arg(long, default_value_t = 0.5)]
+    pub at_cost: f64,
     /// Defer mode: expert ids that always run first, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<String>,
+    /// Cascade mode: the most experts asked before an answer is kept (default: 3, or the
+    /// number of experts when fewer).
+    #[arg(long)]
+    pub stages: Option<usize>,
     #[arg(long, value_enum, default_value = "em")]
     pub loss: LossArg,
     #[arg(long)]
@@ -110,6 +123,35 @@ pub struct TrainArgs {
     /// Examples per Adam step (0: the whole training set).
     #[arg(long, default_value_t = 0)]
     pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CvArgs {
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Outer folds (by article).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// The cost target: lambda and mode are chosen for a validation cost of at most this
+    /// fraction of the always-best expert's cost.
+    #[arg(long, default_value_t = 0.5)]
+    pub at_cost: f64,
+    /// Seed of the assignment of articles to folds (and of the inner validation split).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the report as Markdown here.
+    #[arg(long)]
+    pub md: Option<PathBuf>,
+    /// The hand-written cascade baseline: first,second,fallback expert ids.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "match-lstm,rnet-plus,bert-large"
+    )]
+    pub cascade: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -198,17 +240,24 @@ pub(super) async fn label(args: LabelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
+/// Training settings shared by `l2d train` and `l2d cv` (the built-in defaults for cv).
+fn base_options(
+    args: &TrainArgs,
+    labels: &crate::train::labels::Labels,
+) -> crate::train::TrainOptions {
     use crate::core::learned::{LossKind, Mode};
-    let labels = crate::train::labels::Labels::read(&args.labels)?;
-    let options = crate::train::TrainOptions {
-        lambdas: args.lambda,
+    crate::train::TrainOptions {
+        lambdas: args.lambda.clone(),
         default_lambda: args.default_lambda,
         mode: match args.mode {
-            ModeArg::Route => Mode::Route,
-            ModeArg::Defer => Mode::Defer,
+            None | Some(ModeArg::Route) => Mode::Route,
+            Some(ModeArg::Defer) => Mode::Defer,
+            Some(ModeArg::Cascade) => Mode::Cascade,
         },
-        probes: args.probes,
+        probes: args.probes.clone(),
+        stages: args
+            .stages
+            .unwrap_or_else(|| labels.header.experts.len().min(3)),
         loss: match args.loss {
             LossArg::Em => LossKind::Em,
             LossArg::F1 => LossKind::F1,
@@ -230,9 +279,62 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
             },
             seed: args.seed,
         },
-    };
+    }
+}
+
+pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let labels = crate::train::labels::Labels::read(&args.labels)?;
+    let options = base_options(&args, &labels);
     let started = std::time::Instant::now();
-    let policy = crate::train::train(&labels, &options)?;
+    let policy = if args.mode.is_some() {
+        anyhow::ensure!(
+            args.stages.is_none() || args.mode == Some(ModeArg::Cascade),
+            "--stages is for --mode cascade"
+        );
+        crate::train::train(&labels, &options)?
+    } else {
+        anyhow::ensure!(
+            args.probes.is_empty() && args.stages.is_none() && args.default_lambda.is_none(),
+            "--probes, --stages and --default-lambda go with --mode: without it, the mode, the \
+             probes and the lambda are chosen on validation articles"
+        );
+        anyhow::ensure!(
+            options.test_fraction >= 0.0 && options.test_fraction < 1.0,
+            "--test-fraction must be in [0, 1), got {}",
+            options.test_fraction
+        );
+        let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+        let (train_articles, test_articles) = crate::train::split::split_by_article(
+            &titles,
+            options.split_seed,
+            options.test_fraction,
+        );
+        let (policy, selection) = crate::train::select::train_recommended(
+            &labels,
+            &options,
+            train_articles,
+            test_articles,
+            args.at_cost,
+        )
+        .context("no --mode given, so the mode and lambda are chosen on validation articles")?;
+        for v in &selection.candidates {
+            eprintln!(
+                "l2d: validation ({} articles): {:<40} lambda {:<6} {:.2} EM at cost {:.2}",
+                selection.validation_articles,
+                v.candidate.name(),
+                v.lambda,
+                v.em,
+                v.mean_cost
+            );
+        }
+        eprintln!(
+            "l2d: chose {} at lambda {} (validation cost at most {:.2})",
+            selection.chosen.name(),
+            selection.lambda,
+            selection.target_cost
+        );
+        policy
+    };
     std::fs::write(&args.out, serde_json::to_string(&policy)?)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
@@ -242,6 +344,48 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         policy.split.train_articles.len(),
         started.elapsed().as_secs_f64(),
         args.out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn cv(args: CvArgs) -> anyhow::Result<()> {
+    use clap::Parser;
+    let labels = crate::train::labels::Labels::read(&args.labels)?;
+    // The training settings are `l2d train`'s defaults.
+    let defaults =
+        crate::cli::Cli::try_parse_from(["l2d", "train", "--labels", "-", "--out", "-"])?;
+    let crate::cli::Command::Train(train_args) = defaults.command else {
+        unreachable!("parsed as train");
+    };
+    let base = base_options(&train_args, &labels);
+    let cascade: [String; 3] = args
+        .cascade
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--cascade takes three expert ids: first,second,fallback"))?;
+    let started = std::time::Instant::now();
+    let report = crate::train::select::cross_validate(
+        &labels,
+        &base,
+        &crate::train::select::CvOptions {
+            folds: args.folds,
+            at_cost: args.at_cost,
+            seed: args.seed,
+            eval: crate::train::eval::EvalOptions { cascade },
+        },
+    )?;
+    let markdown = crate::train::select::to_markdown(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.md {
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{markdown}");
+    eprintln!(
+        "l2d: cross-validated in {:.0}s",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

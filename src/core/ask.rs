@@ -29,6 +29,12 @@
 //!    answers; [`decide`] ranks the eligible ones (a probe that answered is a free option, one
 //!    that failed is excluded) with the budget left after the probes; with ε-exploration the
 //!    first expert may be drawn instead ([`explore`]), and its propensity kept.
+//!
+//!    A sequential policy (cascade mode, `stages > 0`) is asked again after each answer: while
+//!    fewer than `stages` experts were asked, an unasked expert ranked first is called like a
+//!    probe (a *stage*), and the decision is made again with its answer. A stage decision
+//!    excludes experts over the budget left and, when others fit, experts whose replicas expect
+//!    a latency beyond the time left; it never explores (the final decision may).
 //! 3. **Answer**: the plan's attempts are made one at a time. Keeping a probe's answer needs no
 //!    call. The first answer ends the request. A failure moves on to the next attempt, unless it
 //!    cannot succeed elsewhere (a refused query) or the deadline has passed.
@@ -45,6 +51,7 @@ use super::decision::{
     Attempt, Candidate, DecisionError, DecisionParams, Plan, ReplicaLoad, decide, explore,
     retry_after,
 };
+use super::policy::Observed;
 use std::fmt;
 use std::time::Duration;
 
@@ -83,6 +90,8 @@ pub struct AskParams {
     pub seed: u64,
     /// Two uniform draws in [0, 1) for exploration.
     pub draws: (f64, f64),
+    /// A sequential policy's stages (see the module docs); 0 for a policy that decides once.
+    pub stages: usize,
 }
 
 impl Default for AskParams {
@@ -97,6 +106,7 @@ impl Default for AskParams {
             explore: 0.0,
             seed: 0,
             draws: (0.0, 0.0),
+            stages: 0,
         }
     }
 }
@@ -104,7 +114,8 @@ impl Default for AskParams {
 /// What a call is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Running probe number `k` (an index into the probes the machine was given).
+    /// Running probe number `k`: an index into the probes the machine was given, then into the
+    /// experts a sequential policy asked ([`Explanation::probes`]).
     Probe(usize),
     /// Trying to answer the query.
     Answer,
@@ -182,7 +193,11 @@ pub struct Chosen {
 /// and the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
+    /// The probes, then the experts asked at each stage of a sequential policy.
     pub probes: Vec<ProbeRecord>,
+    /// A sequential policy's decisions that asked an expert, in order (the last one asked
+    /// `probes[probes.len() - stages.len() + k]`).
+    pub stages: Vec<Chosen>,
     /// Every call, in the order it was planned.
     pub calls: Vec<CallRecord>,
     /// `None` when the request ended before a decision.
@@ -203,50 +218,68 @@ impl Explanation {
         })
     }
 
-    /// Why the first expert was chosen, in words.
+    /// Why the first expert was chosen, in words; for a sequential policy, each stage's choice
+    /// first.
     pub fn reason(&self, view: &[ExpertView<'_>]) -> String {
         let Some(d) = &self.decision else {
             return String::new();
         };
-        let id = |i: usize| view[i].id;
-        let mut reason = if d.chosen != d.greedy {
-            format!(
-                "exploring (epsilon {}): drew {} over the policy's choice {}",
-                d.epsilon,
-                id(d.chosen),
-                id(d.greedy)
-            )
-        } else {
-            let eligible = d.plan.ranked.len();
-            let load = d.plan.load[d.chosen];
-            let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
-                Some(s) if load > 0.0 => format!(
-                    "best policy score plus load ({} + {}) among {eligible} eligible experts",
-                    Fixed4(s),
-                    Fixed4(load)
-                ),
-                Some(s) => format!(
-                    "best policy score ({}) among {eligible} eligible experts",
-                    Fixed4(s)
-                ),
-                None => format!("no policy score; cheapest of {eligible} eligible experts"),
-            };
-            if !d.plan.excluded.is_empty() {
-                let excluded: Vec<String> = d
-                    .plan
-                    .excluded
-                    .iter()
-                    .map(|&(i, why)| format!("{} ({})", id(i), why.as_str()))
-                    .collect();
-                r.push_str(&format!("; excluded: {}", excluded.join(", ")));
-            }
-            r
-        };
-        if d.kept_probe {
-            reason.insert_str(0, "keep the probe's answer: ");
+        let mut reason = String::new();
+        for (k, stage) in self.stages.iter().enumerate() {
+            reason.push_str(&format!(
+                "stage {}: ask {}: {}; ",
+                k + 1,
+                view[stage.chosen].id,
+                why(stage, view)
+            ));
         }
+        if d.kept_probe {
+            if self.stages.is_empty() {
+                reason.push_str("keep the probe's answer: ");
+            } else {
+                reason.push_str(&format!("keep {}'s answer: ", view[d.chosen].id));
+            }
+        }
+        reason.push_str(&why(d, view));
         reason
     }
+}
+
+/// Why `d` chose its first expert, in words.
+fn why(d: &Chosen, view: &[ExpertView<'_>]) -> String {
+    let id = |i: usize| view[i].id;
+    if d.chosen != d.greedy {
+        return format!(
+            "exploring (epsilon {}): drew {} over the policy's choice {}",
+            d.epsilon,
+            id(d.chosen),
+            id(d.greedy)
+        );
+    }
+    let eligible = d.plan.ranked.len();
+    let load = d.plan.load[d.chosen];
+    let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
+        Some(s) if load > 0.0 => format!(
+            "best policy score plus load ({} + {}) among {eligible} eligible experts",
+            Fixed4(s),
+            Fixed4(load)
+        ),
+        Some(s) => format!(
+            "best policy score ({}) among {eligible} eligible experts",
+            Fixed4(s)
+        ),
+        None => format!("no policy score; cheapest of {eligible} eligible experts"),
+    };
+    if !d.plan.excluded.is_empty() {
+        let excluded: Vec<String> = d
+            .plan
+            .excluded
+            .iter()
+            .map(|&(i, why)| format!("{} ({})", id(i), why.as_str()))
+            .collect();
+        r.push_str(&format!("; excluded: {}", excluded.join(", ")));
+    }
+    r
 }
 
 /// A number with four decimals, as `{:.4}` writes it, without the exact float-to-decimal
@@ -350,8 +383,9 @@ pub struct Ask<'v, A, S> {
     scorer: S,
     probes: Vec<ProbeRun<A>>,
     probe_experts: Vec<usize>,
-    probe_cost: f64,
     explanation: Explanation,
+    /// The latest time a call ended, counted from the request's start.
+    elapsed: Duration,
     phase: Phase,
     in_flight: usize,
     /// Prices of the calls in flight that may yet be charged.
@@ -362,11 +396,11 @@ pub struct Ask<'v, A, S> {
 impl<'v, A, S> Ask<'v, A, S>
 where
     A: AnswerText,
-    S: FnMut(&[Option<&str>], &mut Vec<Option<f64>>),
+    S: FnMut(&[Observed<'_>], &mut Vec<Option<f64>>),
 {
     /// A request over `view`: `probes` are indices into it (the policy's probe experts present
     /// in the pool, in the policy's order); `scorer` fills one score per expert of the view
-    /// given the probes' answers (`None` for a probe that failed).
+    /// given the experts asked so far and their answers (`None` for one that failed).
     pub fn new(
         view: &'v [ExpertView<'v>],
         probes: &[usize],
@@ -415,14 +449,15 @@ where
             scorer,
             probes: runs,
             probe_experts: probes.to_vec(),
-            probe_cost,
             explanation: Explanation {
                 probes: records,
+                stages: Vec::new(),
                 calls: Vec::new(),
                 decision: None,
                 charged: 0.0,
             },
             phase: Phase::Probing,
+            elapsed: Duration::ZERO,
             in_flight: 0,
             reserved: 0.0,
             outcome: None,
@@ -465,6 +500,7 @@ where
             return;
         }
         self.in_flight -= 1;
+        self.elapsed = self.elapsed.max(at);
         let price = self.view[call.expert].price;
         self.reserved = (self.reserved - price).max(0.0);
         let (end, answer) = match result {
@@ -602,15 +638,20 @@ where
         None
     }
 
-    /// Scores with the probes' answers, plans, explores.
+    /// Scores with the answers seen, plans; then asks the next stage, or explores and answers.
     fn decide(&mut self) {
-        let texts: Vec<Option<&str>> = self
+        let observed: Vec<Observed<'_>> = self
             .probes
             .iter()
-            .map(|p| p.answer.as_ref().map(AnswerText::text))
+            .zip(&self.probe_experts)
+            .map(|(p, &e)| Observed {
+                expert: self.view[e].id,
+                answer: p.answer.as_ref().map(AnswerText::text),
+            })
             .collect();
         let mut scores = Vec::with_capacity(self.view.len());
-        (self.scorer)(&texts, &mut scores);
+        (self.scorer)(&observed, &mut scores);
+        drop(observed);
         scores.resize(self.view.len(), None);
         const ANSWERED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad::idle(0.0)];
         const FAILED_PROBE: [ReplicaLoad; 1] = [ReplicaLoad {
@@ -623,7 +664,7 @@ where
             .enumerate()
             .map(
                 |(i, e)| match self.probe_experts.iter().position(|&p| p == i) {
-                    // A probe's answer is already paid for: a free option, or none.
+                    // An answer seen is already paid for: a free option, or none.
                     Some(k) => Candidate {
                         cost: 0.0,
                         expected_cost: scores[i],
@@ -641,13 +682,18 @@ where
                 },
             )
             .collect();
+        let staging = self.explanation.stages.len() < self.params.stages;
         let params = DecisionParams {
-            budget: self.params.budget.map(|b| b - self.probe_cost),
+            budget: self.params.budget.map(|b| b - self.explanation.charged),
             max_attempts: self.params.max_attempts,
             tries_per_expert: self.params.tries_per_expert,
             seed: self.params.seed,
             explore: self.params.explore,
             load_weight: self.params.load_weight,
+            time_left: match self.params.deadline {
+                Some(d) if staging => Some(d.saturating_sub(self.elapsed).as_secs_f64()),
+                _ => None,
+            },
             ..DecisionParams::default()
         };
         let mut plan = match decide(&candidates, &params) {
@@ -655,6 +701,33 @@ where
             Err(e) => return self.finish_with(Err(e.into())),
         };
         let greedy = plan.chosen();
+        if staging && !self.probe_experts.contains(&greedy) {
+            // Ask it, then decide again with its answer.
+            self.probe_experts.push(greedy);
+            self.probes.push(ProbeRun {
+                attempts: probe_attempts(&self.view[greedy], &self.params),
+                next: 0,
+                in_flight: false,
+                done: false,
+                answer: None,
+            });
+            self.explanation.probes.push(ProbeRecord {
+                expert: greedy,
+                text: None,
+                replica: None,
+                miss: None,
+            });
+            self.explanation.stages.push(Chosen {
+                scores,
+                greedy,
+                chosen: greedy,
+                propensity: 1.0,
+                epsilon: 0.0,
+                kept_probe: false,
+                plan,
+            });
+            return;
+        }
         let propensity = if params.explore > 0.0 {
             let (u, v) = self.params.draws;
             explore(&mut plan, &candidates, &params, u, v)
@@ -859,6 +932,7 @@ mod tests {
             prop_oneof![Just(0.0), Just(0.2), Just(1.0)],
             (any::<u64>(), 0.0f64..1.0, 0.0f64..1.0),
             prop::collection::vec((arb_script(), 0u64..500, 0usize..4), 0..24),
+            0usize..3,
         )
             .prop_map(
                 |(
@@ -871,6 +945,7 @@ mod tests {
                     explore,
                     draws,
                     script,
+                    stages,
                 )| {
                     let n = experts.len();
                     let mut probe_set: Vec<usize> = probes.into_iter().filter(|&p| p < n).collect();
@@ -901,6 +976,7 @@ mod tests {
                             explore,
                             seed: draws.0,
                             draws: (draws.1, draws.2),
+                            stages,
                         },
                         script,
                     }
@@ -932,7 +1008,7 @@ mod tests {
             })
             .collect();
         let scores = case.scores.clone();
-        let scorer = |_: &[Option<&str>], out: &mut Vec<Option<f64>>| out.extend(&scores);
+        let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.extend(&scores);
         let mut ask = match Ask::new(&view, &case.probes, case.params, scorer) {
             Ok(ask) => ask,
             Err(e) => {
@@ -1025,9 +1101,13 @@ mod tests {
                 .enumerate()
                 .filter(|(_, c)| c.role == Role::Answer)
                 .collect();
+            let asked: Vec<usize> = finished.explanation.probes.iter().map(|p| p.expert).collect();
+            prop_assert!(asked.starts_with(&case.probes));
+            prop_assert!(finished.explanation.stages.len() <= case.params.stages);
+            prop_assert_eq!(asked.len(), case.probes.len() + finished.explanation.stages.len());
             match &finished.outcome {
                 Ok(a) if a.kept_probe => {
-                    prop_assert!(case.probes.contains(&a.expert));
+                    prop_assert!(asked.contains(&a.expert));
                     prop_assert!(answers.iter().all(|(i, _)| run.endings[*i] != Script::Answer));
                 }
                 Ok(a) => {
@@ -1047,16 +1127,26 @@ mod tests {
         fn calls_go_to_usable_replicas_of_affordable_experts_in_the_ranking_order(case in arb_case()) {
             let run = run(&case);
             let Ok(finished) = run.finished else { return Ok(()) };
-            let probe_cost: f64 = case.probes.iter().map(|&p| case.prices[p]).sum();
+            // The probes, then the experts the stages asked: each asked once.
+            let asked: Vec<usize> = finished.explanation.probes.iter().map(|p| p.expert).collect();
+            prop_assert!((1..asked.len()).all(|i| !asked[..i].contains(&asked[i])), "asked twice: {:?}", asked);
+            // What was charged before the answer walk (every probe and stage call ended before).
+            let asked_cost: f64 = finished
+                .explanation
+                .calls
+                .iter()
+                .filter(|c| matches!(c.role, Role::Probe(_)))
+                .map(|c| c.charged)
+                .sum();
             for call in &run.calls {
                 // Never an ejected, unavailable or saturated replica: the view had usable ones.
                 prop_assert!(case.replicas[call.expert][call.replica].usable(),
                     "call to unusable replica {:?}", call);
                 match call.role {
-                    Role::Probe(k) => prop_assert_eq!(case.probes[k], call.expert),
+                    Role::Probe(k) => prop_assert_eq!(asked[k], call.expert),
                     Role::Answer => {
-                        prop_assert!(!case.probes.contains(&call.expert));
-                        prop_assert!(case.params.budget.is_none_or(|b| case.prices[call.expert] <= b - probe_cost + 1e-9));
+                        prop_assert!(!asked.contains(&call.expert));
+                        prop_assert!(case.params.budget.is_none_or(|b| case.prices[call.expert] <= b - asked_cost + 1e-9));
                     }
                 }
             }
@@ -1088,7 +1178,7 @@ mod tests {
                 .plan
                 .attempts
                 .iter()
-                .filter(|a| !case.probes.contains(&a.expert))
+                .filter(|a| !asked.contains(&a.expert))
                 .map(|a| (a.expert, a.replica))
                 .collect();
             prop_assert!(planned.starts_with(&made), "made {:?}, planned {:?}", made, planned);
@@ -1150,8 +1240,10 @@ mod tests {
             })
             .collect();
         // The policy prefers the second probe once it has read both answers.
-        let scorer = |answers: &[Option<&str>], out: &mut Vec<Option<f64>>| {
-            assert_eq!(answers, [Some("a"), Some("b")]);
+        let scorer = |observed: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
+            let answers: Vec<(&str, Option<&str>)> =
+                observed.iter().map(|o| (o.expert, o.answer)).collect();
+            assert_eq!(answers, [("e0", Some("a")), ("e1", Some("b"))]);
             out.extend([Some(0.5), Some(0.1), Some(0.3)]);
         };
         let mut ask = Ask::<String, _>::new(&view, &[0, 1], AskParams::default(), scorer).unwrap();
@@ -1206,7 +1298,7 @@ mod tests {
             price: 1.0,
             replicas: &one,
         }];
-        let scorer = |_: &[Option<&str>], out: &mut Vec<Option<f64>>| out.push(Some(0.1));
+        let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.push(Some(0.1));
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let params = AskParams {
                 budget: Some(bad),
@@ -1237,7 +1329,7 @@ mod tests {
             })
             .collect();
         let scorer =
-            |_: &[Option<&str>], out: &mut Vec<Option<f64>>| out.extend([Some(0.1), Some(0.2)]);
+            |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.extend([Some(0.1), Some(0.2)]);
         let params = AskParams {
             deadline: Some(Duration::from_millis(100)),
             ..AskParams::default()

@@ -119,6 +119,9 @@ pub struct DecisionParams {
     pub load_weight: f64,
     /// Experts with at most this many usable replicas get a full scan; more use two choices.
     pub full_scan_up_to: usize,
+    /// Seconds the request has left, when the decision must respect it: an expert whose every
+    /// usable replica expects a longer latency is excluded, unless no other expert is eligible.
+    pub time_left: Option<f64>,
 }
 
 impl Default for DecisionParams {
@@ -131,6 +134,7 @@ impl Default for DecisionParams {
             explore: 0.0,
             load_weight: 0.02,
             full_scan_up_to: 8,
+            time_left: None,
         }
     }
 }
@@ -140,6 +144,8 @@ pub enum Exclusion {
     OverBudget,
     NoAvailableReplica,
     Saturated,
+    /// Every usable replica's expected latency exceeds the time the request has left.
+    TooSlow,
 }
 
 impl Exclusion {
@@ -148,6 +154,7 @@ impl Exclusion {
             Exclusion::OverBudget => "over budget",
             Exclusion::NoAvailableReplica => "no available replica",
             Exclusion::Saturated => "every replica at its concurrency limit",
+            Exclusion::TooSlow => "expected latency beyond the deadline",
         }
     }
 }
@@ -252,6 +259,23 @@ pub fn decide(
     }
     if ranked.is_empty() {
         return Err(nothing_eligible(candidates, &excluded, params));
+    }
+    if let Some(left) = params.time_left {
+        let too_slow = |i: usize| {
+            candidates[i]
+                .replicas
+                .iter()
+                .filter(|r| r.usable())
+                .all(|r| r.rtt > left)
+        };
+        if ranked.iter().any(|&i| !too_slow(i)) {
+            for &i in ranked.iter().filter(|&&i| too_slow(i)) {
+                excluded.push((i, Exclusion::TooSlow));
+                load[i] = 0.0;
+            }
+            ranked.retain(|&i| !too_slow(i));
+            excluded.sort_unstable_by_key(|&(i, _)| i);
+        }
     }
     let order =
         |&a: &usize, &b: &usize| rank_order(a, &candidates[a], load[a], b, &candidates[b], load[b]);
@@ -484,6 +508,28 @@ mod tests {
         retry.sort_unstable();
         assert_eq!(retry, vec![(1, 0), (1, 1)]);
         assert_eq!(attempts[2..], [(2, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn experts_slower_than_the_time_left_are_excluded_while_another_fits() {
+        let slow = [ReplicaLoad { rtt: 2.0, ..UP }, busy(4, 4)];
+        let fast = [ReplicaLoad { rtt: 0.01, ..UP }];
+        let cands = [cand(100.0, Some(0.1), &slow), cand(20.0, Some(0.3), &fast)];
+        let params = DecisionParams {
+            time_left: Some(0.5),
+            ..DecisionParams::default()
+        };
+        let plan = decide(&cands, &params).unwrap();
+        assert_eq!(plan.ranked, vec![1]);
+        assert_eq!(plan.excluded, vec![(0, Exclusion::TooSlow)]);
+        // With time enough, or nothing else that fits, the slow expert is still the best.
+        let roomy = DecisionParams {
+            time_left: Some(3.0),
+            ..params
+        };
+        assert_eq!(decide(&cands, &roomy).unwrap().chosen(), 0);
+        let alone = decide(&cands[..1], &params).unwrap();
+        assert_eq!((alone.chosen(), alone.excluded.len()), (0, 0));
     }
 
     #[test]
@@ -736,7 +782,7 @@ mod tests {
                 .zip(&replicas)
                 .map(|((cost, score, _), r)| Candidate { cost: *cost, expected_cost: *score, replicas: r })
                 .collect();
-            let params = DecisionParams { budget, max_attempts, tries_per_expert, seed, explore: 0.0, load_weight, full_scan_up_to };
+            let params = DecisionParams { budget, max_attempts, tries_per_expert, seed, explore: 0.0, load_weight, full_scan_up_to, time_left: None };
             // Eligible: within budget, with a replica neither ejected nor saturated.
             let eligible = |c: &Candidate<'_>| {
                 budget.is_none_or(|b| c.cost <= b) && c.replicas.iter().any(|r| r.usable())

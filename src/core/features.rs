@@ -89,6 +89,48 @@ pub fn dense_len(probes: usize) -> usize {
         + probes * probes.saturating_sub(1) / 2 * PAIR_NAMES.len()
 }
 
+/// How many dense features cascade mode gives the rejector for a pool of `agents` experts: the
+/// defer-mode features with every agent as a probe, then one "asked" flag per agent.
+pub fn cascade_dense_len(agents: usize) -> usize {
+    dense_len(agents) + agents
+}
+
+/// Cascade mode: the dense features of the state in which the agents flagged in `asked` have
+/// been asked, from `full`, the dense features of [`featurize`] with one probe slot per agent
+/// (the answers of the agents not asked may be anything: their slots are cleared). An agent not
+/// asked has all its answer features and every pair feature it is part of at zero (an agent
+/// asked that gave no answer has its "empty" flag set instead); one flag per agent says whether
+/// it was asked. Training derives every state of a query from one featurization this way;
+/// serving featurizes what it has seen.
+pub fn cascade_dense(full: &[f64], asked: &[bool], out: &mut Vec<f64>) {
+    let agents = asked.len();
+    debug_assert_eq!(full.len(), dense_len(agents));
+    out.clear();
+    out.extend_from_slice(&full[..DENSE_NAMES.len()]);
+    let mut k = DENSE_NAMES.len();
+    for &a in asked {
+        let block = &full[k..k + PROBE_NAMES.len()];
+        if a {
+            out.extend_from_slice(block);
+        } else {
+            out.extend(std::iter::repeat_n(0.0, block.len()));
+        }
+        k += PROBE_NAMES.len();
+    }
+    for a in 0..agents {
+        for b in a + 1..agents {
+            let block = &full[k..k + PAIR_NAMES.len()];
+            if asked[a] && asked[b] {
+                out.extend_from_slice(block);
+            } else {
+                out.extend(std::iter::repeat_n(0.0, block.len()));
+            }
+            k += PAIR_NAMES.len();
+        }
+    }
+    out.extend(asked.iter().map(|&a| f64::from(u8::from(a))));
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
     pub dense: Vec<f64>,
@@ -381,6 +423,43 @@ mod tests {
             1.0,
             "a failed probe counts as empty"
         );
+    }
+
+    #[test]
+    fn a_cascade_state_reads_only_the_answers_of_the_experts_asked() {
+        let q = "When was Super Bowl 50 played?";
+        let all = [
+            Some("February 7, 2016"),
+            Some("2016"),
+            Some("February 7, 2016"),
+        ];
+        let full = featurize(q, CONTEXT, &all);
+        let asked = [true, false, true];
+        // Training masks the featurization with every answer; serving featurizes what it saw.
+        let mut trained = Vec::new();
+        cascade_dense(&full.dense, &asked, &mut trained);
+        let seen = featurize(q, CONTEXT, &[all[0], None, all[2]]);
+        let mut served = Vec::new();
+        cascade_dense(&seen.dense, &asked, &mut served);
+        assert_eq!(trained, served);
+        assert_eq!(trained.len(), cascade_dense_len(3));
+        let base = DENSE_NAMES.len();
+        let probe = |j: usize| &trained[base + j * PROBE_NAMES.len()..][..PROBE_NAMES.len()];
+        // The agent not asked has every answer feature at zero, "empty" included.
+        assert!(probe(1).iter().all(|x| *x == 0.0));
+        assert_eq!(probe(0)[3], 1.0, "type fits");
+        // Pairs: (0, 1), (0, 2), (1, 2); only (0, 2) was seen, and it agrees.
+        let pairs = base + 3 * PROBE_NAMES.len();
+        assert_eq!(&trained[pairs..pairs + 6], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(&trained[trained.len() - 3..], &[1.0, 0.0, 1.0]);
+        // Asked with no answer: the "empty" flag, unlike not asked.
+        let mut failed = Vec::new();
+        cascade_dense(
+            &featurize(q, CONTEXT, &[all[0], None, all[2]]).dense,
+            &[true, true, true],
+            &mut failed,
+        );
+        assert_eq!(failed[base + PROBE_NAMES.len()], 1.0);
     }
 
     #[test]

@@ -3,16 +3,22 @@
 //!
 //! File format (JSON, `format = "l2d-policy/1"`): the featurizer version, the mode (`route`:
 //! decided from the query alone; `defer`: the probe experts run first and their answers are
-//! features), the agents (expert ids and declared costs) in rejector order, the loss, the
+//! features; `cascade`: after each answer, a stage rejector chooses between keeping an answer
+//! seen and asking another expert, up to `stages` experts), the agents (expert ids and declared costs) in rejector order, the loss, the
 //! train/test split by article, the training settings, the dense-feature standardisation, and
 //! the bank `[{lambda, rejector}]`. A file written by another featurizer version is refused.
 //!
 //! Serving: featurize, standardise, `r(x)`, softmax; each pool expert the policy knows gets the
 //! score `1 − softmax_j(r(x))` (lower is better, monotone in the estimated expected deferral
-//! cost); experts it does not know get no score and are tried after the known ones.
+//! cost); experts it does not know get no score and are tried after the known ones. In cascade
+//! mode the request asks the policy again after each answer; at the last stage only the experts
+//! asked are scored.
 
-use super::features::{FEATURIZER_VERSION, Features, HASH_BUCKETS, dense_len, featurize_analysed};
-use super::policy::{ExpertMeta, Policy, PolicyIdentity};
+use super::features::{
+    FEATURIZER_VERSION, Features, HASH_BUCKETS, cascade_dense, cascade_dense_len, dense_len,
+    featurize_analysed,
+};
+use super::policy::{ExpertMeta, Observed, Policy, PolicyIdentity};
 use super::query::Query;
 use super::reading::ContextAnalysis;
 use super::rejector::{LinearRejector, softmax};
@@ -25,6 +31,17 @@ pub const POLICY_FORMAT: &str = "l2d-policy/1";
 pub enum Mode {
     Route,
     Defer,
+    Cascade,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Route => "route",
+            Mode::Defer => "defer",
+            Mode::Cascade => "cascade",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +94,12 @@ impl Standardization {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BankEntry {
     pub lambda: f64,
+    /// Route and defer mode: the rejector. Cascade mode: the first stage's (nothing asked yet).
     pub rejector: LinearRejector,
+    /// Cascade mode: the rejectors of stages 1 ..= `stages` (that many experts asked), which
+    /// read the answers and not the hashed question n-grams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<LinearRejector>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +112,9 @@ pub struct PolicyFile {
     pub probes: Vec<String>,
     /// The rejector's agents, in output order.
     pub experts: Vec<Agent>,
+    /// Cascade mode: the most experts asked before an answer is kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stages: usize,
     pub loss: LossKind,
     pub split: SplitRecord,
     pub training: TrainingRecord,
@@ -97,6 +122,10 @@ pub struct PolicyFile {
     /// The bank entry served unless another lambda is asked for.
     pub default_lambda: f64,
     pub bank: Vec<BankEntry>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -166,9 +195,21 @@ impl PolicyFile {
             return bad(format!("probe {p:?} is not one of the experts"));
         }
         if (self.mode == Mode::Defer) == self.probes.is_empty() {
-            return bad("defer mode needs probes, route mode has none".into());
+            return bad("defer mode needs probes, route and cascade mode have none".into());
         }
-        let d = dense_len(self.probes.len());
+        let cascade = self.mode == Mode::Cascade;
+        if cascade != (self.stages > 0) || self.stages > self.experts.len() {
+            return bad(format!(
+                "cascade mode needs 1 to {} stages, other modes none; found {}",
+                self.experts.len(),
+                self.stages
+            ));
+        }
+        let d = if cascade {
+            cascade_dense_len(self.experts.len())
+        } else {
+            dense_len(self.probes.len())
+        };
         if self.standardize.mean.len() != d
             || self.standardize.std.len() != d
             || self
@@ -194,6 +235,18 @@ impl PolicyFile {
                 return bad(format!(
                     "the rejector at lambda {} has the wrong shape or non-finite weights",
                     entry.lambda
+                ));
+            }
+            let later_fits = |r: &LinearRejector| {
+                r.agents == self.experts.len()
+                    && r.dense_len == d
+                    && r.hash_buckets == 0
+                    && r.is_well_formed()
+            };
+            if entry.later.len() != self.stages || !entry.later.iter().all(later_fits) {
+                return bad(format!(
+                    "the bank entry at lambda {} needs {} later-stage rejectors of the right shape",
+                    entry.lambda, self.stages
                 ));
             }
         }
@@ -226,6 +279,54 @@ impl PolicyFile {
         f
     }
 
+    /// Cascade mode: the features of a query in the state where the agents flagged in `asked`
+    /// were asked; `answers` holds one entry per agent (`None` for no answer; ignored for an
+    /// agent not asked). `analysis`, when given, is of `context`.
+    pub fn state_features(
+        &self,
+        question: &str,
+        context: &str,
+        analysis: Option<&ContextAnalysis>,
+        answers: &[Option<&str>],
+        asked: &[bool],
+    ) -> Features {
+        let full = featurize_analysed(question, context, analysis, answers);
+        self.mask_state(&full, asked)
+    }
+
+    /// Cascade mode: standardised state features from the unstandardised featurization of a
+    /// query with every agent's answer (see [`cascade_dense`]).
+    pub fn mask_state(&self, full: &Features, asked: &[bool]) -> Features {
+        let mut dense = Vec::with_capacity(cascade_dense_len(asked.len()));
+        cascade_dense(&full.dense, asked, &mut dense);
+        self.standardize.apply(&mut dense);
+        Features {
+            dense,
+            hashed: full.hashed.clone(),
+        }
+    }
+
+    /// Cascade mode: the rejectors of bank entry `entry`, by stage.
+    pub fn stage_rejectors(&self, entry: usize) -> Vec<&LinearRejector> {
+        let e = &self.bank[entry];
+        std::iter::once(&e.rejector).chain(&e.later).collect()
+    }
+
+    /// Cascade mode: the logits of stage `stage` (that many agents asked) at bank entry `entry`.
+    pub fn stage_logits(
+        &self,
+        entry: usize,
+        stage: usize,
+        features: &Features,
+        out: &mut Vec<f64>,
+    ) {
+        let e = &self.bank[entry];
+        match stage {
+            0 => e.rejector.logits(&features.dense, &features.hashed, out),
+            s => e.later[s - 1].logits(&features.dense, &[], out),
+        }
+    }
+
     /// The rejector's logits at bank entry `entry` for a query's [`PolicyFile::features`].
     pub fn logits(&self, entry: usize, features: &Features, out: &mut Vec<f64>) {
         self.bank[entry]
@@ -246,6 +347,46 @@ impl PolicyFile {
         self.logits(entry, &features, out);
         softmax(out);
     }
+}
+
+/// Cascade mode: from the state `asked` of a query whose featurization with every agent's
+/// answer is `full` (unstandardised), follows the stage rejectors `stages` (indexed by how many
+/// agents were asked; the last one only keeps an answer) until one keeps an answer. Returns the
+/// agent kept; `asked` gains the agents asked on the way. The one walk training's backward
+/// induction and `l2d eval` make; serving makes the same choices one call at a time.
+pub fn walk(
+    stages: &[&LinearRejector],
+    standardize: &Standardization,
+    full: &Features,
+    asked: &mut [bool],
+    scratch: &mut (Vec<f64>, Vec<f64>),
+) -> usize {
+    let last = stages.len() - 1;
+    loop {
+        let stage = asked.iter().filter(|a| **a).count().min(last);
+        let (dense, logits) = &mut *scratch;
+        cascade_dense(&full.dense, asked, dense);
+        standardize.apply(dense);
+        let hashed: &[(u32, f64)] = if stage == 0 { &full.hashed } else { &[] };
+        stages[stage].logits(dense, hashed, logits);
+        let action = best_action(logits, asked, stage == last);
+        if asked[action] {
+            return action;
+        }
+        asked[action] = true;
+    }
+}
+
+/// Cascade mode: the agent of highest logit among the actions of a state (keep an answer of an
+/// agent asked; ask another one, except at the last stage). Ties go to the first.
+pub fn best_action(logits: &[f64], asked: &[bool], last_stage: bool) -> usize {
+    let mut best: Option<usize> = None;
+    for (j, &r) in logits.iter().enumerate() {
+        if (asked[j] || !last_stage) && best.is_none_or(|b| r > logits[b]) {
+            best = Some(j);
+        }
+    }
+    best.unwrap_or(0)
 }
 
 /// A policy file, its bank ordered by price of compute: the caller chooses the entry served
@@ -270,13 +411,12 @@ impl LearnedPolicy {
         let mut by_lambda: Vec<usize> = (0..file.bank.len()).collect();
         by_lambda.sort_by(|&a, &b| file.bank[a].lambda.total_cmp(&file.bank[b].lambda));
         let default_position = by_lambda.iter().position(|&i| i == entry).unwrap_or(0);
-        let mode = match file.mode {
-            Mode::Route => "route",
-            Mode::Defer => "defer",
-        };
+        let mode = file.mode.as_str();
         let lambdas: Vec<f64> = by_lambda.iter().map(|&i| file.bank[i].lambda).collect();
         let listed: Vec<String> = lambdas.iter().map(f64::to_string).collect();
-        let probes = if file.probes.is_empty() {
+        let probes = if file.mode == Mode::Cascade {
+            format!("chosen after each answer, up to {} experts", file.stages)
+        } else if file.probes.is_empty() {
             "none".to_string()
         } else {
             file.probes.join(", ")
@@ -330,26 +470,75 @@ impl Policy for LearnedPolicy {
         &self.file.probes
     }
 
+    fn stages(&self) -> usize {
+        self.file.stages
+    }
+
     fn score(
         &self,
         position: usize,
         query: &Query,
-        probe_answers: &[Option<&str>],
+        observed: &[Observed<'_>],
         experts: &[ExpertMeta<'_>],
         out: &mut Vec<Option<f64>>,
     ) {
-        let features = self.file.features(
-            query.question(),
-            query.context(),
-            query.analysis(),
-            probe_answers,
-        );
-        let mut p = Vec::with_capacity(self.file.experts.len());
-        self.file.logits(self.entry(position), &features, &mut p);
+        let agents = &self.file.experts;
+        let agent = |id: &str| agents.iter().position(|a| a.id == id);
+        let mut p = Vec::with_capacity(agents.len());
+        // Which agents' scores are actions the policy may take now.
+        let mut valid = vec![true; agents.len()];
+        if self.file.mode == Mode::Cascade {
+            let mut asked = vec![false; agents.len()];
+            let mut answers = vec![None; agents.len()];
+            for o in observed {
+                if let Some(j) = agent(o.expert) {
+                    asked[j] = true;
+                    answers[j] = o.answer;
+                }
+            }
+            let features = self.file.state_features(
+                query.question(),
+                query.context(),
+                query.analysis(),
+                &answers,
+                &asked,
+            );
+            let stage = asked.iter().filter(|a| **a).count().min(self.file.stages);
+            self.file
+                .stage_logits(self.entry(position), stage, &features, &mut p);
+            if stage == self.file.stages {
+                // The last stage keeps an answer seen: asking more is not an action.
+                valid = asked;
+                for (r, v) in p.iter_mut().zip(&valid) {
+                    if !v {
+                        *r = f64::NEG_INFINITY;
+                    }
+                }
+            }
+        } else {
+            let probe_answers: Vec<Option<&str>> = self
+                .file
+                .probes
+                .iter()
+                .map(|id| {
+                    observed
+                        .iter()
+                        .find(|o| o.expert == id)
+                        .and_then(|o| o.answer)
+                })
+                .collect();
+            let features = self.file.features(
+                query.question(),
+                query.context(),
+                query.analysis(),
+                &probe_answers,
+            );
+            self.file.logits(self.entry(position), &features, &mut p);
+        }
         softmax(&mut p);
         out.clear();
         out.extend(experts.iter().map(|e| {
-            let j = self.file.experts.iter().position(|a| a.id == e.id)?;
+            let j = agent(e.id).filter(|&j| valid[j])?;
             Some(1.0 - p[j])
         }));
     }

@@ -30,6 +30,13 @@ pub struct PolicyIdentity {
     pub description: String,
 }
 
+/// An expert the request has asked already, and its answer (`None` when it gave none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observed<'a> {
+    pub expert: &'a str,
+    pub answer: Option<&'a str>,
+}
+
 pub trait Policy: Send + Sync {
     fn identity(&self) -> &PolicyIdentity;
 
@@ -55,16 +62,24 @@ pub trait Policy: Send + Sync {
         &[]
     }
 
+    /// A sequential (cascade) policy: how many experts it may have asked, one after the other,
+    /// before it keeps an answer. After each answer the caller scores again with what was
+    /// observed; an unasked expert scored best is asked next while fewer than this many were
+    /// asked. 0 for a policy that decides once.
+    fn stages(&self) -> usize {
+        0
+    }
+
     /// Fills `out` with one entry per expert of `experts`, in order: the expected deferral cost of
     /// sending `query` to it at the price of `position` (lower is better; out of range is
     /// clamped), or `None` when the policy has no estimate for that expert (such experts are
-    /// tried after every scored one, cheapest first). `probe_answers` holds the answers of
-    /// [`Policy::probes`], in order (`None` for a probe that failed).
+    /// tried after every scored one, cheapest first). `observed` holds the experts asked so far
+    /// and their answers: the [`Policy::probes`], or a sequential policy's earlier stages.
     fn score(
         &self,
         position: usize,
         query: &Query,
-        probe_answers: &[Option<&str>],
+        observed: &[Observed<'_>],
         experts: &[ExpertMeta<'_>],
         out: &mut Vec<Option<f64>>,
     );
@@ -144,7 +159,7 @@ impl Policy for PriorPolicy {
         &self,
         _position: usize,
         _query: &Query,
-        _probe_answers: &[Option<&str>],
+        _observed: &[Observed<'_>],
         experts: &[ExpertMeta<'_>],
         out: &mut Vec<Option<f64>>,
     ) {

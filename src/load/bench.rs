@@ -390,6 +390,7 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
             lambdas: vec![0.05],
             default_lambda: None,
             mode: Mode::Route,
+            stages: 0,
             probes: vec![],
             loss: LossKind::Em,
             split_seed: 1,

@@ -12,7 +12,7 @@ use crate::core::ask::{
 };
 use crate::core::call::{Failure, Miss, NotSent};
 use crate::core::decision::ReplicaLoad;
-use crate::core::policy::ExpertMeta;
+use crate::core::policy::{ExpertMeta, Observed};
 use crate::core::query::Query;
 use crate::core::rng::uniform_pair;
 use crate::grpc::convert;
@@ -258,9 +258,10 @@ impl RouterService {
             } else {
                 (0.0, 0.0)
             },
+            stages: policy.stages(),
         };
-        let scorer = |probe_answers: &[Option<&str>], out: &mut Vec<Option<f64>>| {
-            policy.score(&query, probe_answers, &metas, out)
+        let scorer = |observed: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
+            policy.score(&query, observed, &metas, out)
         };
         let mut ask = Ask::new(&view, &probes, params, scorer)?;
         let mut running = FuturesUnordered::new();

@@ -156,6 +156,10 @@ impl ActivePolicy {
         self.policy.reads_context()
     }
 
+    pub fn stages(&self) -> usize {
+        self.policy.stages()
+    }
+
     /// The position along the bank (by ascending lambda) served now.
     pub fn position(&self) -> usize {
         self.position.load(AtomicOrdering::Relaxed)
@@ -185,12 +189,12 @@ impl ActivePolicy {
     pub fn score(
         &self,
         query: &crate::core::query::Query,
-        probe_answers: &[Option<&str>],
+        observed: &[crate::core::policy::Observed<'_>],
         experts: &[crate::core::policy::ExpertMeta<'_>],
         out: &mut Vec<Option<f64>>,
     ) {
         self.policy
-            .score(self.position(), query, probe_answers, experts, out);
+            .score(self.position(), query, observed, experts, out);
     }
 }
 

@@ -4,9 +4,10 @@
 //! `experts`, `oracle`, `random_mix`, `question_type_rule`, `cascade`), Markdown and an SVG plot.
 
 use super::labels::{LabelRecord, Labels};
+use super::table::{AgreementTable, normalised};
 use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::features::question_word;
-use crate::core::learned::{Mode, PolicyFile};
+use crate::core::learned::{LossKind, Mode, PolicyFile, walk};
 use crate::core::metric::normalize_answer;
 use crate::core::rejector::argmax;
 use serde::Serialize;
@@ -63,6 +64,9 @@ pub struct EvalReport {
     pub random_mix: Row,
     pub question_type_rule: Row,
     pub cascade: Option<Row>,
+    /// The agreement table (see [`super::table`]) fitted on the training articles at each
+    /// lambda of the policy's bank, with the same number of stages.
+    pub agreement_table: Vec<CurvePoint>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,7 +237,6 @@ pub fn evaluate(
     );
     let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
     let max_cost = costs.iter().copied().fold(0.0, f64::max);
-    let probe_cost: f64 = probes.iter().map(|&p| costs[p]).sum();
 
     // Single experts, and the mix line through them.
     let mut experts = BTreeMap::new();
@@ -250,18 +253,15 @@ pub fn evaluate(
     let mix = MixLine::new(&points);
 
     // The policy's curve: every bank entry.
-    let features: Vec<_> = test_records
-        .iter()
-        .map(|r| policy.features(&r.question, &r.context, None, &probe_answers(r, &probes)))
-        .collect();
-    let mut logits = Vec::new();
     let mut curve = Vec::new();
     for (e, entry) in policy.bank.iter().enumerate() {
         let mut t = Tally::new(&ids);
-        for (r, f) in test_records.iter().zip(&features) {
-            policy.logits(e, f, &mut logits);
-            let j = argmax(&logits);
-            t.add(r, j, probe_cost + extra_cost(labels, &probes, j));
+        for (r, (j, cost)) in
+            test_records
+                .iter()
+                .zip(choices(policy, e, &test_records, labels, &probes))
+        {
+            t.add(r, j, cost);
         }
         let row = t.row();
         let mix_em = mix.at(row.mean_cost).0;
@@ -361,6 +361,45 @@ pub fn evaluate(
         _ => None,
     };
 
+    // The agreement table, at every lambda of the bank.
+    let stages = if policy.stages > 0 {
+        policy.stages
+    } else {
+        ids.len().min(3)
+    };
+    let loss_of = |r: &LabelRecord, j: usize| {
+        1.0 - if policy.loss == LossKind::Em {
+            r.experts[j].em
+        } else {
+            r.experts[j].f1
+        }
+    };
+    let test_answers: Vec<Vec<String>> = test_records.iter().map(|r| normalised(r)).collect();
+    let agreement_table = policy
+        .bank
+        .iter()
+        .map(|entry| {
+            let table = AgreementTable::fit(&train_records, &costs, stages, entry.lambda, loss_of);
+            let mut t = Tally::new(&ids);
+            for (r, answers) in test_records.iter().zip(&test_answers) {
+                let (j, asked) = table.walk(answers);
+                let cost = (0..ids.len())
+                    .filter(|&k| asked >> k & 1 == 1)
+                    .map(|k| costs[k])
+                    .sum();
+                t.add(r, j, cost);
+            }
+            let row = t.row();
+            let mix_em = mix.at(row.mean_cost).0;
+            CurvePoint {
+                lambda: entry.lambda,
+                gap: row.em - mix_em,
+                mix_em,
+                row,
+            }
+        })
+        .collect();
+
     let bars = quality_bars(&curve, max_cost, cascade.as_ref());
     Ok(EvalReport {
         policy: PolicyReport {
@@ -379,7 +418,54 @@ pub fn evaluate(
         random_mix,
         question_type_rule: rule.row(),
         cascade,
+        agreement_table,
     })
+}
+
+/// What the policy does on each of `records` at bank entry `entry`: the agent whose answer it
+/// gives and the cost it pays (its probes or stages included).
+pub fn choices(
+    policy: &PolicyFile,
+    entry: usize,
+    records: &[&LabelRecord],
+    labels: &Labels,
+    probes: &[usize],
+) -> Vec<(usize, f64)> {
+    let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
+    let mut logits = Vec::new();
+    if policy.mode == Mode::Cascade {
+        let stages = policy.stage_rejectors(entry);
+        let mut scratch = (Vec::new(), Vec::new());
+        return records
+            .iter()
+            .map(|r| {
+                let full = super::cascade::full_features(r);
+                let mut asked = vec![false; costs.len()];
+                let j = walk(
+                    &stages,
+                    &policy.standardize,
+                    &full,
+                    &mut asked,
+                    &mut scratch,
+                );
+                let cost = (0..costs.len())
+                    .filter(|&k| asked[k])
+                    .map(|k| costs[k])
+                    .sum();
+                (j, cost)
+            })
+            .collect();
+    }
+    let probe_cost: f64 = probes.iter().map(|&p| costs[p]).sum();
+    records
+        .iter()
+        .map(|r| {
+            let f = policy.features(&r.question, &r.context, None, &probe_answers(r, probes));
+            policy.logits(entry, &f, &mut logits);
+            let j = argmax(&logits);
+            (j, probe_cost + extra_cost(labels, probes, j))
+        })
+        .collect()
 }
 
 fn quality_bars(curve: &[CurvePoint], max_cost: f64, cascade: Option<&Row>) -> Vec<Bar> {
@@ -491,6 +577,13 @@ pub fn to_markdown(report: &EvalReport) -> String {
             c.mix_em,
             c.gap,
             shares.join(", ")
+        ));
+    }
+    out.push_str("\nThe agreement table (no query features; same lambdas, same test articles):\n\n| lambda | EM | F1 | mean cost | mix EM | gap |\n| --- | --- | --- | --- | --- | --- |\n");
+    for c in &report.agreement_table {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:+.2} |\n",
+            c.lambda, c.row.em, c.row.f1, c.row.mean_cost, c.mix_em, c.gap
         ));
     }
     out.push_str("\n| bar | met | detail |\n| --- | --- | --- |\n");

@@ -15,6 +15,9 @@ pub struct Example {
     pub hashed: Vec<(u32, f64)>,
     pub loss: Vec<f64>,
     pub price: Vec<f64>,
+    /// The agents that are actions here (cascade mode: the last stage can only keep an answer
+    /// seen); empty when every agent is. The surrogate runs over these only.
+    pub valid: Vec<bool>,
 }
 
 impl Example {
@@ -111,6 +114,7 @@ pub fn fit(
         vec![0.0; agents * hash_buckets],
     );
     let (mut logits, mut costs, mut grad) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let batch_size = config.batch_size.max(1);
     let steps = config.epochs * examples.len().div_ceil(batch_size);
     let mut step = 0usize;
@@ -135,7 +139,7 @@ pub fn fit(
                 let x = &examples[i];
                 model.logits(&x.dense, &x.hashed, &mut logits);
                 x.costs(lambda, &mut costs);
-                surrogate(&logits, &costs, &mut grad);
+                example_surrogate(x, &logits, &costs, &mut grad, &mut scratch);
                 for j in 0..agents {
                     let gj = grad[j] * scale;
                     g_bias[j] += gj;
@@ -164,15 +168,51 @@ pub fn fit(
     model
 }
 
+#[derive(Default)]
+struct Scratch {
+    logits: Vec<f64>,
+    costs: Vec<f64>,
+    grad: Vec<f64>,
+}
+
+/// The surrogate of one example and its gradient per agent (0 for an agent that is not an
+/// action of the example).
+fn example_surrogate(
+    x: &Example,
+    logits: &[f64],
+    costs: &[f64],
+    grad: &mut Vec<f64>,
+    scratch: &mut Scratch,
+) -> f64 {
+    if x.valid.is_empty() {
+        return surrogate(logits, costs, grad);
+    }
+    let valid = |j: &usize| x.valid[*j];
+    scratch.logits.clear();
+    scratch.costs.clear();
+    for j in (0..logits.len()).filter(valid) {
+        scratch.logits.push(logits[j]);
+        scratch.costs.push(costs[j]);
+    }
+    let value = surrogate(&scratch.logits, &scratch.costs, &mut scratch.grad);
+    grad.clear();
+    grad.resize(logits.len(), 0.0);
+    for (j, g) in (0..logits.len()).filter(valid).zip(&scratch.grad) {
+        grad[j] = *g;
+    }
+    value
+}
+
 /// Mean surrogate value of `model` on `examples` at `lambda`.
 pub fn mean_surrogate(model: &LinearRejector, examples: &[Example], lambda: f64) -> f64 {
     let (mut logits, mut costs, mut grad) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let total: f64 = examples
         .iter()
         .map(|x| {
             model.logits(&x.dense, &x.hashed, &mut logits);
             x.costs(lambda, &mut costs);
-            surrogate(&logits, &costs, &mut grad)
+            example_surrogate(x, &logits, &costs, &mut grad, &mut scratch)
         })
         .sum();
     total / examples.len().max(1) as f64
@@ -193,6 +233,7 @@ mod tests {
                     hashed: vec![],
                     loss: vec![f64::from(u8::from(!right0)), f64::from(u8::from(right0))],
                     price: vec![0.0, 0.0],
+                    valid: Vec::new(),
                 }
             })
             .collect()

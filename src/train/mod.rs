@@ -2,12 +2,15 @@
 //! ([`labels`]), split it by article ([`split`]), fit the rejector bank with the surrogate
 //! ([`fit`]), and evaluate it beside honest baselines on the test articles ([`eval`]).
 
+pub mod cascade;
 pub mod eval;
 pub mod fit;
 pub mod labels;
 pub mod offpolicy;
 pub mod plot;
+pub mod select;
 pub mod split;
+pub mod table;
 
 use crate::core::features::{Features, HASH_BUCKETS, dense_len, featurize};
 use crate::core::learned::{
@@ -26,6 +29,8 @@ pub struct TrainOptions {
     pub mode: Mode,
     /// Defer mode: expert ids that always run first.
     pub probes: Vec<String>,
+    /// Cascade mode: the most experts asked before an answer is kept.
+    pub stages: usize,
     pub loss: LossKind,
     pub split_seed: u64,
     pub test_fraction: f64,
@@ -91,6 +96,24 @@ pub fn extra_cost(labels: &Labels, probes: &[usize], j: usize) -> f64 {
 /// Trains the bank. Only questions of the train articles are seen.
 pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFile> {
     anyhow::ensure!(
+        options.test_fraction >= 0.0 && options.test_fraction < 1.0,
+        "--test-fraction must be in [0, 1), got {}",
+        options.test_fraction
+    );
+    let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+    let (train_articles, test_articles) =
+        split::split_by_article(&titles, options.split_seed, options.test_fraction);
+    train_on(labels, options, train_articles, test_articles)
+}
+
+/// [`train`] on the given articles (the policy file records them as its split).
+pub fn train_on(
+    labels: &Labels,
+    options: &TrainOptions,
+    train_articles: Vec<String>,
+    test_articles: Vec<String>,
+) -> anyhow::Result<PolicyFile> {
+    anyhow::ensure!(
         !options.lambdas.is_empty(),
         "--lambda needs at least one value"
     );
@@ -101,19 +124,13 @@ pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFi
     {
         anyhow::bail!("lambda must be a finite number >= 0, got {l}");
     }
-    anyhow::ensure!(
-        options.test_fraction >= 0.0 && options.test_fraction < 1.0,
-        "--test-fraction must be in [0, 1), got {}",
-        options.test_fraction
-    );
     match options.mode {
         Mode::Defer => anyhow::ensure!(!options.probes.is_empty(), "defer mode needs --probes"),
-        Mode::Route => anyhow::ensure!(options.probes.is_empty(), "--probes is for --mode defer"),
+        Mode::Route | Mode::Cascade => {
+            anyhow::ensure!(options.probes.is_empty(), "--probes is for --mode defer")
+        }
     }
     let probes = probe_indices(labels, &options.probes)?;
-    let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
-    let (train_articles, test_articles) =
-        split::split_by_article(&titles, options.split_seed, options.test_fraction);
     let train_set: HashSet<&str> = train_articles.iter().map(String::as_str).collect();
     let train_records: Vec<&LabelRecord> = labels
         .records
@@ -124,6 +141,25 @@ pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFi
         !train_records.is_empty(),
         "no training questions: the split left no article to train on"
     );
+    if options.mode == Mode::Cascade {
+        let (standardize, bank) = cascade::train(
+            labels,
+            &train_records,
+            &options.lambdas,
+            options.stages,
+            options.loss,
+            &options.fit,
+        )?;
+        let examples = train_records.len();
+        return Ok(policy_file(
+            labels,
+            options,
+            (train_articles, test_articles),
+            standardize,
+            bank,
+            examples,
+        ));
+    }
 
     let features: Vec<Features> = train_records
         .iter()
@@ -178,6 +214,7 @@ pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFi
                 price: (0..agents)
                     .map(|j| extra_cost(labels, &probes, j) / max_cost)
                     .collect(),
+                valid: Vec::new(),
             }
         })
         .collect();
@@ -197,14 +234,38 @@ pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFi
                     ..options.fit
                 },
             ),
+            later: Vec::new(),
         })
         .collect();
-    Ok(PolicyFile {
+    Ok(policy_file(
+        labels,
+        options,
+        (train_articles, test_articles),
+        standardize,
+        bank,
+        examples.len(),
+    ))
+}
+
+fn policy_file(
+    labels: &Labels,
+    options: &TrainOptions,
+    (train_articles, test_articles): (Vec<String>, Vec<String>),
+    standardize: Standardization,
+    bank: Vec<BankEntry>,
+    examples: usize,
+) -> PolicyFile {
+    PolicyFile {
         format: POLICY_FORMAT.into(),
         featurizer: crate::core::features::FEATURIZER_VERSION.into(),
         mode: options.mode,
         probes: options.probes.clone(),
         experts: labels.header.experts.clone(),
+        stages: if options.mode == Mode::Cascade {
+            options.stages
+        } else {
+            0
+        },
         loss: options.loss,
         split: SplitRecord {
             seed: options.split_seed,
@@ -219,11 +280,11 @@ pub fn train(labels: &Labels, options: &TrainOptions) -> anyhow::Result<PolicyFi
             l2: options.fit.l2,
             l2_hashed: options.fit.l2_hashed,
             l2_probe: options.fit.l2_probe,
-            batch_size: options.fit.batch_size.min(examples.len()),
-            examples: examples.len(),
+            batch_size: options.fit.batch_size.min(examples),
+            examples,
         },
         standardize,
         default_lambda: options.default_lambda.unwrap_or(options.lambdas[0]),
         bank,
-    })
+    }
 }

@@ -1,0 +1,721 @@
+//! Honest selection, and `l2d cv`.
+//!
+//! Every choice — the mode, defer mode's probes, the lambda served — is made on *validation*
+//! articles carved out of the training articles, never on test articles:
+//!
+//! 1. the training articles are split again by article into inner-training and validation
+//!    articles;
+//! 2. each candidate ([`candidates`]: one-shot route, fixed-probe defer with each pair of the
+//!    three cheapest experts as probes, the cascade) is trained on the inner-training articles
+//!    and its whole bank is evaluated on the validation articles;
+//! 3. per candidate, the lambda served is the most accurate bank entry whose validation mean
+//!    cost is at most the cost target (a fraction of the always-best expert's cost: the expert
+//!    most accurate on the training articles); the candidate most accurate there wins.
+//!
+//! Candidates know nothing of the expert names or the data: only costs and the labels.
+//! `l2d cv` wraps this in K outer folds by article: per fold, selection on the fold's training
+//! articles, then the chosen candidate trained on all of them and evaluated on the fold's test
+//! articles, beside the baselines.
+
+use super::eval::{CurvePoint, EvalOptions, EvalReport, Row, choices, evaluate};
+use super::labels::{LabelRecord, Labels};
+use super::split::split_by_article;
+use super::table::{AgreementTable, normalised};
+use super::{TrainOptions, probe_indices, train_on};
+use crate::core::learned::{LossKind, Mode, PolicyFile};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// Share of the training articles held out for validation.
+pub const VALIDATION_FRACTION: f64 = 0.25;
+
+/// A configuration the selection may choose.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    pub mode: Mode,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stages: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Candidate {
+    pub fn name(&self) -> String {
+        match self.mode {
+            Mode::Route => "route".into(),
+            Mode::Defer => format!("defer ({})", self.probes.join(", ")),
+            Mode::Cascade => format!("cascade (up to {} experts)", self.stages),
+        }
+    }
+
+    fn options(&self, base: &TrainOptions) -> TrainOptions {
+        TrainOptions {
+            mode: self.mode,
+            probes: self.probes.clone(),
+            stages: self.stages,
+            ..base.clone()
+        }
+    }
+}
+
+/// The candidates for a pool: route; defer with each pair of the three cheapest experts as
+/// probes (with three or more experts); the cascade asking up to three experts (fewer in a
+/// smaller pool).
+pub fn candidates(labels: &Labels) -> Vec<Candidate> {
+    let experts = &labels.header.experts;
+    let mut by_cost: Vec<usize> = (0..experts.len()).collect();
+    by_cost.sort_by(|&a, &b| experts[a].cost.total_cmp(&experts[b].cost));
+    let mut out = vec![Candidate {
+        mode: Mode::Route,
+        probes: Vec::new(),
+        stages: 0,
+    }];
+    if experts.len() >= 3 {
+        let cheap = &by_cost[..3];
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            let mut pair = [cheap[a], cheap[b]];
+            pair.sort_unstable();
+            out.push(Candidate {
+                mode: Mode::Defer,
+                probes: pair.iter().map(|&j| experts[j].id.clone()).collect(),
+                stages: 0,
+            });
+        }
+    }
+    if experts.len() >= 2 {
+        out.push(Candidate {
+            mode: Mode::Cascade,
+            probes: Vec::new(),
+            stages: experts.len().min(3),
+        });
+    }
+    out
+}
+
+/// One candidate on the validation articles: its bank's points, and the one selected.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validated {
+    pub candidate: Candidate,
+    /// (lambda, EM, mean cost) per bank entry, on the validation articles.
+    pub points: Vec<(f64, f64, f64)>,
+    /// The entry selected for the cost target.
+    pub lambda: f64,
+    pub em: f64,
+    pub mean_cost: f64,
+}
+
+/// What the selection chose, and every candidate's validation figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selection {
+    pub chosen: Candidate,
+    pub lambda: f64,
+    /// The cost target the lambdas were chosen for (validation mean cost at most this).
+    pub target_cost: f64,
+    pub validation_articles: usize,
+    pub candidates: Vec<Validated>,
+}
+
+fn records<'a>(labels: &'a Labels, articles: &[String]) -> Vec<&'a LabelRecord> {
+    let set: HashSet<&str> = articles.iter().map(String::as_str).collect();
+    labels
+        .records
+        .iter()
+        .filter(|r| set.contains(r.title.as_str()))
+        .collect()
+}
+
+fn loss_of(loss: LossKind) -> impl Fn(&LabelRecord, usize) -> f64 + Copy {
+    move |r: &LabelRecord, j: usize| {
+        1.0 - if loss == LossKind::Em {
+            r.experts[j].em
+        } else {
+            r.experts[j].f1
+        }
+    }
+}
+
+/// The cost of the expert most accurate (EM) on `records`: the always-best expert's cost.
+pub fn always_best_cost(labels: &Labels, records: &[&LabelRecord]) -> f64 {
+    let experts = &labels.header.experts;
+    let em = |j: usize| records.iter().map(|r| r.experts[j].em).sum::<f64>();
+    (0..experts.len())
+        .max_by(|&a, &b| {
+            em(a)
+                .total_cmp(&em(b))
+                .then(experts[b].cost.total_cmp(&experts[a].cost))
+        })
+        .map_or(0.0, |j| experts[j].cost)
+}
+
+/// The most accurate of `points` (lambda, EM, cost) whose cost is at most `target`; the
+/// cheapest when none is.
+fn pick(points: &[(f64, f64, f64)], target: f64) -> (f64, f64, f64) {
+    let fitting = points
+        .iter()
+        .filter(|p| p.2 <= target + 1e-9)
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)));
+    fitting
+        .or_else(|| points.iter().min_by(|a, b| a.2.total_cmp(&b.2)))
+        .copied()
+        .unwrap_or((0.0, 0.0, 0.0))
+}
+
+/// EM (percent) and mean cost of the policy's every bank entry on `records`.
+fn bank_points(
+    labels: &Labels,
+    policy: &PolicyFile,
+    records: &[&LabelRecord],
+) -> anyhow::Result<Vec<(f64, f64, f64)>> {
+    let probes = probe_indices(labels, &policy.probes)?;
+    let n = records.len().max(1) as f64;
+    Ok((0..policy.bank.len())
+        .map(|e| {
+            let (mut em, mut cost) = (0.0, 0.0);
+            for (r, (j, c)) in records
+                .iter()
+                .zip(choices(policy, e, records, labels, &probes))
+            {
+                em += r.experts[j].em;
+                cost += c;
+            }
+            (policy.bank[e].lambda, 100.0 * em / n, cost / n)
+        })
+        .collect())
+}
+
+/// Chooses a candidate and its lambda on validation articles carved out of `articles`.
+pub fn select(
+    labels: &Labels,
+    base: &TrainOptions,
+    articles: &[String],
+    at_cost: f64,
+) -> anyhow::Result<Selection> {
+    anyhow::ensure!(
+        at_cost.is_finite() && at_cost > 0.0,
+        "the cost target must be a positive fraction of the always-best expert's cost, got {at_cost}"
+    );
+    let (inner, validation) = split_by_article(articles, base.split_seed, VALIDATION_FRACTION);
+    anyhow::ensure!(
+        !inner.is_empty() && !validation.is_empty(),
+        "choosing on validation articles needs at least two training articles (one to train on, \
+         one to validate), got {}",
+        articles.len()
+    );
+    let inner_records = records(labels, &inner);
+    let validation_records = records(labels, &validation);
+    let target_cost = at_cost * always_best_cost(labels, &inner_records);
+    let mut validated = Vec::new();
+    for candidate in candidates(labels) {
+        let policy = train_on(
+            labels,
+            &candidate.options(base),
+            inner.clone(),
+            validation.clone(),
+        )?;
+        let points = bank_points(labels, &policy, &validation_records)?;
+        let (lambda, em, mean_cost) = pick(&points, target_cost);
+        validated.push(Validated {
+            candidate,
+            points,
+            lambda,
+            em,
+            mean_cost,
+        });
+    }
+    let best = validated
+        .iter()
+        .max_by(|a, b| {
+            a.em.total_cmp(&b.em)
+                .then(b.mean_cost.total_cmp(&a.mean_cost))
+        })
+        .expect("route is always a candidate");
+    Ok(Selection {
+        chosen: best.candidate.clone(),
+        lambda: best.lambda,
+        target_cost,
+        validation_articles: validation.len(),
+        candidates: validated,
+    })
+}
+
+/// The recommended policy for a pool: selection on validation articles carved out of
+/// `train_articles`, then the chosen candidate trained on all of them, serving the selected
+/// lambda by default.
+pub fn train_recommended(
+    labels: &Labels,
+    base: &TrainOptions,
+    train_articles: Vec<String>,
+    test_articles: Vec<String>,
+    at_cost: f64,
+) -> anyhow::Result<(PolicyFile, Selection)> {
+    let selection = select(labels, base, &train_articles, at_cost)?;
+    let options = TrainOptions {
+        default_lambda: Some(selection.lambda),
+        ..selection.chosen.options(base)
+    };
+    let policy = train_on(labels, &options, train_articles, test_articles)?;
+    Ok((policy, selection))
+}
+
+#[derive(Debug, Clone)]
+pub struct CvOptions {
+    pub folds: usize,
+    /// Cost target, as a fraction of the always-best expert's cost.
+    pub at_cost: f64,
+    /// Seed of the assignment of articles to folds.
+    pub seed: u64,
+    pub eval: EvalOptions,
+}
+
+/// A policy's figures at one lambda on a fold's test articles.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selected {
+    pub mode: Mode,
+    pub lambda: f64,
+    pub em: f64,
+    pub f1: f64,
+    pub mean_cost: f64,
+    /// `mean_cost / always_best_cost`.
+    pub cost_fraction: f64,
+    /// EM of the random mix of single experts at `mean_cost`.
+    pub mix_em: f64,
+    /// `em − mix_em`.
+    pub gap: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldReport {
+    pub fold: usize,
+    /// The fold's test articles.
+    pub articles: Vec<String>,
+    pub test_articles: usize,
+    pub test_questions: usize,
+    pub selection: Selection,
+    /// The chosen candidate, trained on all the fold's training articles, at the lambda chosen
+    /// on validation.
+    pub selected: Selected,
+    /// Cost of the expert most accurate on the fold's training articles.
+    pub always_best_cost: f64,
+    /// Each other candidate trained the same way, at its own validation-chosen lambda.
+    pub others: Vec<Selected>,
+    /// The agreement table at the lambda of its bank chosen on validation the same way.
+    pub agreement_table: Selected,
+    /// The chosen candidate's curve on the test articles, as `l2d eval` writes it.
+    pub curve: Vec<CurvePoint>,
+    /// The chosen policy's whole report on the test articles (curve, single experts, oracle,
+    /// random mix, question-type rule, hand cascade, the agreement table's curve).
+    pub report: EvalReport,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub em: f64,
+    pub f1: f64,
+    pub mean_cost: f64,
+    pub cost_fraction: f64,
+    pub mix_em: f64,
+    pub gap: f64,
+    /// The agreement table's gap over the mix line.
+    pub table_gap: f64,
+    /// The hand cascade's gap over the mix line, where it exists.
+    pub cascade_gap: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CvReport {
+    pub folds: Vec<FoldReport>,
+    pub mean: Summary,
+    pub sd: Summary,
+    pub at_cost: f64,
+    pub bars: Vec<super::eval::Bar>,
+}
+
+/// EM of a curve at `cost`, interpolated between its points (ordered by cost); `None` when
+/// the curve does not reach that cost.
+fn curve_em_at(curve: &[CurvePoint], cost: f64) -> Option<f64> {
+    let mut points: Vec<(f64, f64)> = curve.iter().map(|p| (p.row.mean_cost, p.row.em)).collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // The upper envelope a user gets by serving the best entry at or under each cost, mixed.
+    let hull =
+        super::eval::MixLine::new(&points.iter().map(|&(c, e)| (c, e, 0.0)).collect::<Vec<_>>());
+    let first = points.first()?;
+    (cost >= first.0).then(|| hull.at(cost).0)
+}
+
+fn bars(folds: &[FoldReport], mean: &Summary) -> Vec<super::eval::Bar> {
+    use super::eval::Bar;
+    let worst = folds
+        .iter()
+        .flat_map(|f| f.curve.iter().map(move |p| (f.fold, p)))
+        .min_by(|a, b| a.1.gap.total_cmp(&b.1.gap));
+    let against_cascade: Vec<String> = folds
+        .iter()
+        .filter_map(|f| {
+            let c = f.report.cascade.as_ref()?;
+            let em = curve_em_at(&f.curve, c.mean_cost);
+            Some(match em {
+                Some(em) => format!("fold {}: {:+.2}", f.fold, em - c.em),
+                None => format!("fold {}: curve starts above the cascade's cost", f.fold),
+            })
+        })
+        .collect();
+    let cascade_met = folds.iter().all(|f| {
+        f.report
+            .cascade
+            .as_ref()
+            .is_none_or(|c| curve_em_at(&f.curve, c.mean_cost).is_some_and(|em| em >= c.em))
+    });
+    let cheap = mean.cost_fraction <= 0.55;
+    vec![
+        Bar {
+            name: "mean selected gap over the mix line >= +0.8 EM at a mean cost <= 55% of always-best".into(),
+            met: cheap && mean.gap >= 0.8,
+            detail: format!("{:+.2} EM at {:.1}%", mean.gap, 100.0 * mean.cost_fraction),
+        },
+        Bar {
+            name: "stretch: mean selected gap >= +1.0 EM at a mean cost <= 55%".into(),
+            met: cheap && mean.gap >= 1.0,
+            detail: format!("{:+.2} EM at {:.1}%", mean.gap, 100.0 * mean.cost_fraction),
+        },
+        Bar {
+            name: "at the hand cascade's cost, EM >= the cascade's (the curve's upper hull, each fold)".into(),
+            met: cascade_met && !against_cascade.is_empty(),
+            detail: if against_cascade.is_empty() {
+                "no hand cascade in this pool".into()
+            } else {
+                against_cascade.join(", ")
+            },
+        },
+        Bar {
+            name: "nowhere on the curve more than 0.3 EM below the mix line".into(),
+            met: worst.is_none_or(|(_, p)| p.gap >= -0.3),
+            detail: worst.map_or(String::new(), |(k, p)| {
+                format!(
+                    "worst: fold {k}, lambda {}: gap {:+.2} at cost {:.2}",
+                    p.lambda, p.gap, p.row.mean_cost
+                )
+            }),
+        },
+    ]
+}
+
+fn selected_row(
+    mode: Mode,
+    lambda: f64,
+    row: &Row,
+    always_best: f64,
+    report: &EvalReport,
+) -> Selected {
+    let mix_em = mix_at(report, row.mean_cost);
+    Selected {
+        mode,
+        lambda,
+        em: row.em,
+        f1: row.f1,
+        mean_cost: row.mean_cost,
+        cost_fraction: row.mean_cost / always_best,
+        mix_em,
+        gap: row.em - mix_em,
+    }
+}
+
+/// The mix line of the report's single experts at `cost`.
+fn mix_at(report: &EvalReport, cost: f64) -> f64 {
+    let points: Vec<(f64, f64, f64)> = report
+        .experts
+        .values()
+        .map(|r| (r.mean_cost, r.em, r.f1))
+        .collect();
+    super::eval::MixLine::new(&points).at(cost).0
+}
+
+fn point_at(curve: &[CurvePoint], lambda: f64) -> &CurvePoint {
+    curve
+        .iter()
+        .min_by(|a, b| {
+            (a.lambda - lambda)
+                .abs()
+                .total_cmp(&(b.lambda - lambda).abs())
+        })
+        .expect("a bank is never empty")
+}
+
+/// K-fold cross-validation by article.
+pub fn cross_validate(
+    labels: &Labels,
+    base: &TrainOptions,
+    options: &CvOptions,
+) -> anyhow::Result<CvReport> {
+    anyhow::ensure!(
+        options.folds >= 2,
+        "--folds must be at least 2, got {}",
+        options.folds
+    );
+    let mut titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+    titles.sort();
+    titles.dedup();
+    anyhow::ensure!(
+        titles.len() >= options.folds * 2,
+        "{} folds need at least {} articles, the labels have {}",
+        options.folds,
+        options.folds * 2,
+        titles.len()
+    );
+    titles.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed));
+    let mut folds = Vec::new();
+    for k in 0..options.folds {
+        let mut test: Vec<String> = titles
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % options.folds == k)
+            .map(|(_, t)| t.clone())
+            .collect();
+        let mut train: Vec<String> = titles
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % options.folds != k)
+            .map(|(_, t)| t.clone())
+            .collect();
+        test.sort();
+        train.sort();
+        folds.push(fold(labels, base, options, k, train, test)?);
+    }
+    let summaries: Vec<Summary> = folds
+        .iter()
+        .map(|f| Summary {
+            em: f.selected.em,
+            f1: f.selected.f1,
+            mean_cost: f.selected.mean_cost,
+            cost_fraction: f.selected.cost_fraction,
+            mix_em: f.selected.mix_em,
+            gap: f.selected.gap,
+            table_gap: f.agreement_table.gap,
+            cascade_gap: f
+                .report
+                .cascade
+                .as_ref()
+                .map_or(f64::NAN, |c| c.em - mix_at(&f.report, c.mean_cost)),
+        })
+        .collect();
+    let (mean, sd) = mean_sd(&summaries);
+    Ok(CvReport {
+        bars: bars(&folds, &mean),
+        folds,
+        mean,
+        sd,
+        at_cost: options.at_cost,
+    })
+}
+
+fn fold(
+    labels: &Labels,
+    base: &TrainOptions,
+    options: &CvOptions,
+    k: usize,
+    train: Vec<String>,
+    test: Vec<String>,
+) -> anyhow::Result<FoldReport> {
+    let selection = select(labels, base, &train, options.at_cost)?;
+    let train_records = records(labels, &train);
+    let always_best = always_best_cost(labels, &train_records);
+    let mut chosen_report = None;
+    let mut others = Vec::new();
+    for v in &selection.candidates {
+        // The defer candidates the selection did not pick are not retrained: only the best
+        // defer candidate on validation stands for fixed-probe defer.
+        let best_of_mode = selection
+            .candidates
+            .iter()
+            .filter(|c| c.candidate.mode == v.candidate.mode)
+            .max_by(|a, b| {
+                a.em.total_cmp(&b.em)
+                    .then(b.mean_cost.total_cmp(&a.mean_cost))
+            })
+            .is_some_and(|best| std::ptr::eq(best, v));
+        if !best_of_mode {
+            continue;
+        }
+        let policy_options = TrainOptions {
+            default_lambda: Some(v.lambda),
+            ..v.candidate.options(base)
+        };
+        let policy = train_on(labels, &policy_options, train.clone(), test.clone())?;
+        let report = evaluate(labels, &policy, &options.eval)?;
+        let point = point_at(&report.policy.curve, v.lambda);
+        let row = selected_row(
+            v.candidate.mode,
+            point.lambda,
+            &point.row,
+            always_best,
+            &report,
+        );
+        if v.candidate == selection.chosen {
+            chosen_report = Some((row, report));
+        } else {
+            others.push(row);
+        }
+    }
+    let (selected, report) = chosen_report.expect("the chosen candidate is the best of its mode");
+
+    // The agreement table: its lambda chosen on validation, then refitted on all of `train`.
+    let (inner, validation) = split_by_article(&train, base.split_seed, VALIDATION_FRACTION);
+    let (inner_records, validation_records) =
+        (records(labels, &inner), records(labels, &validation));
+    let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
+    let stages = labels.header.experts.len().min(3);
+    let loss = loss_of(base.loss);
+    let table_points: Vec<(f64, f64, f64)> = base
+        .lambdas
+        .iter()
+        .map(|&lambda| {
+            let table = AgreementTable::fit(&inner_records, &costs, stages, lambda, loss);
+            let (em, cost) = table_figures(&table, &validation_records, &costs);
+            (lambda, em, cost)
+        })
+        .collect();
+    let (table_lambda, _, _) = pick(&table_points, selection.target_cost);
+    let table = AgreementTable::fit(&train_records, &costs, stages, table_lambda, loss);
+    let test_records = records(labels, &test);
+    let (em, mean_cost) = table_figures(&table, &test_records, &costs);
+    let mix_em = mix_at(&report, mean_cost);
+    let agreement_table = Selected {
+        mode: Mode::Cascade,
+        lambda: table_lambda,
+        em,
+        f1: f64::NAN,
+        mean_cost,
+        cost_fraction: mean_cost / always_best,
+        mix_em,
+        gap: em - mix_em,
+    };
+    Ok(FoldReport {
+        fold: k,
+        test_articles: test.len(),
+        articles: test.clone(),
+        test_questions: test_records.len(),
+        selection,
+        selected,
+        always_best_cost: always_best,
+        others,
+        agreement_table,
+        curve: report.policy.curve.clone(),
+        report,
+    })
+}
+
+/// EM (percent) and mean cost of the table on `records`.
+fn table_figures(table: &AgreementTable, records: &[&LabelRecord], costs: &[f64]) -> (f64, f64) {
+    let n = records.len().max(1) as f64;
+    let (mut em, mut cost) = (0.0, 0.0);
+    for r in records {
+        let (j, asked) = table.walk(&normalised(r));
+        em += r.experts[j].em;
+        cost += (0..costs.len())
+            .filter(|&k| asked >> k & 1 == 1)
+            .map(|k| costs[k])
+            .sum::<f64>();
+    }
+    (100.0 * em / n, cost / n)
+}
+
+fn mean_sd(rows: &[Summary]) -> (Summary, Summary) {
+    let field = |f: fn(&Summary) -> f64| -> (f64, f64) {
+        let n = rows.len() as f64;
+        let mean = rows.iter().map(f).sum::<f64>() / n;
+        let var = rows.iter().map(|r| (f(r) - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    };
+    let pairs = [
+        field(|s| s.em),
+        field(|s| s.f1),
+        field(|s| s.mean_cost),
+        field(|s| s.cost_fraction),
+        field(|s| s.mix_em),
+        field(|s| s.gap),
+        field(|s| s.table_gap),
+        field(|s| s.cascade_gap),
+    ];
+    let make = |k: usize| Summary {
+        em: if k == 0 { pairs[0].0 } else { pairs[0].1 },
+        f1: if k == 0 { pairs[1].0 } else { pairs[1].1 },
+        mean_cost: if k == 0 { pairs[2].0 } else { pairs[2].1 },
+        cost_fraction: if k == 0 { pairs[3].0 } else { pairs[3].1 },
+        mix_em: if k == 0 { pairs[4].0 } else { pairs[4].1 },
+        gap: if k == 0 { pairs[5].0 } else { pairs[5].1 },
+        table_gap: if k == 0 { pairs[6].0 } else { pairs[6].1 },
+        cascade_gap: if k == 0 { pairs[7].0 } else { pairs[7].1 },
+    };
+    (make(0), make(1))
+}
+
+/// The cross-validation as Markdown.
+pub fn to_markdown(report: &CvReport) -> String {
+    let mut out = format!(
+        "Cross-validation by article, {} folds; lambda and mode chosen on validation articles for a \
+         cost of at most {:.0}% of the always-best expert's.\n\n\
+         | fold | chosen | lambda | EM | mean cost | % best | mix EM | gap | table gap | others (gap) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        report.folds.len(),
+        100.0 * report.at_cost
+    );
+    for f in &report.folds {
+        let others: Vec<String> = f
+            .others
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {:+.2} at {:.0}%",
+                    o.mode.as_str(),
+                    o.gap,
+                    100.0 * o.cost_fraction
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1}% | {:.2} | {:+.2} | {:+.2} at {:.0}% | {} |\n",
+            f.fold,
+            f.selection.chosen.name(),
+            f.selected.lambda,
+            f.selected.em,
+            f.selected.mean_cost,
+            100.0 * f.selected.cost_fraction,
+            f.selected.mix_em,
+            f.selected.gap,
+            f.agreement_table.gap,
+            100.0 * f.agreement_table.cost_fraction,
+            others.join(", ")
+        ));
+    }
+    let (m, s) = (&report.mean, &report.sd);
+    out.push_str(&format!(
+        "\nMean ± sd over folds: EM {:.2} ± {:.2}, cost {:.1}% ± {:.1}% of always-best, gap over the \
+         mix line {:+.2} ± {:.2} (agreement table {:+.2} ± {:.2}; hand cascade {:+.2} ± {:.2}).\n",
+        m.em,
+        s.em,
+        100.0 * m.cost_fraction,
+        100.0 * s.cost_fraction,
+        m.gap,
+        s.gap,
+        m.table_gap,
+        s.table_gap,
+        m.cascade_gap,
+        s.cascade_gap
+    ));
+    out.push_str("\n| bar | met | detail |\n| --- | --- | --- |\n");
+    for b in &report.bars {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            b.name,
+            if b.met { "yes" } else { "**no**" },
+            b.detail
+        ));
+    }
+    out
+}

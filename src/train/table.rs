@@ -1,0 +1,160 @@
+//! The agreement table: a tabular sequential baseline for cascade mode, with no query features.
+//!
+//! Its state is which agents were asked and which of their normalised answers are equal (the
+//! partition of the asked agents into groups of equal answers; an agent with no answer is alone).
+//! Fitted on training questions by backward induction, like the learned cascade: at the last
+//! stage each state keeps the answer of the asked agent with the lowest mean loss over the
+//! training questions in that state; one stage earlier, "ask `k`" costs `lambda × price_k /
+//! max price` plus the mean cost the later stages then incur; and so on back to the empty
+//! state. A state no training question reached falls back to what the same set of asked agents
+//! does over all training questions.
+
+use super::labels::LabelRecord;
+use crate::core::metric::normalize_answer;
+use std::collections::HashMap;
+
+/// A state: the asked agents (bit mask) and, per agent in index order, its answer's group (the
+/// smallest index of an asked agent with the same normalised, non-empty answer; its own index
+/// when it has no answer).
+type Key = (u64, Vec<u8>);
+
+#[derive(Debug, Clone)]
+pub struct AgreementTable {
+    stages: usize,
+    /// The action per state: the agent kept (if asked) or asked next.
+    actions: HashMap<Key, usize>,
+    /// The action per set of asked agents, over all their answer patterns.
+    fallback: HashMap<u64, usize>,
+}
+
+/// The normalised answers of a question, per agent (empty for no answer).
+pub fn normalised(record: &LabelRecord) -> Vec<String> {
+    record
+        .experts
+        .iter()
+        .map(|e| {
+            e.answer
+                .as_deref()
+                .map(normalize_answer)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn key(mask: u64, answers: &[String]) -> Key {
+    let groups = (0..answers.len())
+        .filter(|&j| mask >> j & 1 == 1)
+        .map(|j| {
+            let same = (0..j).find(|&i| {
+                mask >> i & 1 == 1 && !answers[j].is_empty() && answers[i] == answers[j]
+            });
+            same.unwrap_or(j) as u8
+        })
+        .collect();
+    (mask, groups)
+}
+
+impl AgreementTable {
+    /// Fits the table on `records` at price of compute `lambda`, asking at most `stages` agents.
+    /// `costs` are the agents' declared costs; `loss` gives an agent's loss on a record.
+    pub fn fit(
+        records: &[&LabelRecord],
+        costs: &[f64],
+        stages: usize,
+        lambda: f64,
+        loss: impl Fn(&LabelRecord, usize) -> f64,
+    ) -> Self {
+        let agents = costs.len();
+        let max_cost = costs.iter().copied().fold(0.0, f64::max);
+        let price: Vec<f64> = costs.iter().map(|c| lambda * c / max_cost).collect();
+        let answers: Vec<Vec<String>> = records.iter().map(|r| normalised(r)).collect();
+        let losses: Vec<Vec<f64>> = records
+            .iter()
+            .map(|r| (0..agents).map(|j| loss(r, j)).collect())
+            .collect();
+        let mut table = Self {
+            stages,
+            actions: HashMap::new(),
+            fallback: HashMap::new(),
+        };
+        // value[i][mask]: the cost-to-go of question i from state mask under the fitted table.
+        let mut value: Vec<HashMap<u64, f64>> = vec![HashMap::new(); records.len()];
+        for t in (0..=stages).rev() {
+            let masks: Vec<u64> = (0u64..1 << agents)
+                .filter(|m| m.count_ones() as usize == t)
+                .collect();
+            for &mask in &masks {
+                // Per question, the cost of every action from this state.
+                let action_costs: Vec<Vec<Option<f64>>> = (0..records.len())
+                    .map(|i| {
+                        (0..agents)
+                            .map(|j| {
+                                if mask >> j & 1 == 1 {
+                                    Some(losses[i][j])
+                                } else if t < stages {
+                                    Some(price[j] + value[i][&(mask | 1 << j)])
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let mut sums: HashMap<Key, Vec<f64>> = HashMap::new();
+                let mut all = vec![0.0; agents];
+                for (i, row) in action_costs.iter().enumerate() {
+                    let entry = sums
+                        .entry(key(mask, &answers[i]))
+                        .or_insert_with(|| vec![0.0; agents]);
+                    for j in 0..agents {
+                        let c = row[j].unwrap_or(f64::INFINITY);
+                        entry[j] += c;
+                        all[j] += c;
+                    }
+                }
+                table.fallback.insert(mask, argmin(&all));
+                for (k, s) in sums {
+                    table.actions.insert(k, argmin(&s));
+                }
+                for (i, row) in action_costs.iter().enumerate() {
+                    let a = table.action(mask, &answers[i]);
+                    value[i].insert(mask, row[a].unwrap_or(f64::INFINITY));
+                }
+            }
+        }
+        table
+    }
+
+    fn action(&self, mask: u64, answers: &[String]) -> usize {
+        self.actions
+            .get(&key(mask, answers))
+            .or_else(|| self.fallback.get(&mask))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The table's walk on a question with normalised answers `answers`: the agent kept and
+    /// the agents asked (bit mask).
+    pub fn walk(&self, answers: &[String]) -> (usize, u64) {
+        let mut mask = 0u64;
+        loop {
+            let a = self.action(mask, answers);
+            if mask >> a & 1 == 1 {
+                return (a, mask);
+            }
+            // Only stages before the last ask (the last one's asks cost infinitely much).
+            debug_assert!((mask.count_ones() as usize) < self.stages);
+            mask |= 1 << a;
+        }
+    }
+}
+
+fn argmin(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (j, v) in values.iter().enumerate() {
+        if *v < values[best] {
+            best = j;
+        }
+    }
+    best
+}

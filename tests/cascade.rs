@@ -1,0 +1,405 @@
+//! Cascade mode end to end: labels of the default pool (five replay experts with their
+//! recorded answers) on a few SQuAD v1.1 articles, a cascade policy trained on half of them, and
+//! the same policy served through `Router.Ask`: question by question, the live walk (experts
+//! asked, answer kept, cost charged) equals the offline one.
+
+mod common;
+
+use l2d::core::learned::{LossKind, Mode};
+use l2d::scheduler::{PolicySource, Scheduler, SchedulerConfig, load_policy_file};
+use l2d::train::eval::{EvalOptions, choices};
+use l2d::train::fit::FitConfig;
+use l2d::train::labels::Labels;
+use l2d::train::labels::{LabelOptions, label};
+use l2d::train::select::{CvOptions, cross_validate};
+use l2d::train::table::{AgreementTable, normalised};
+use l2d::train::{TrainOptions, probe_indices, train};
+use l2d::{Ask, RouterClient};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+const ARTICLES: [&str; 4] = ["Super_Bowl_50", "Warsaw", "Normans", "Nikola_Tesla"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_cascade_walks_as_the_offline_evaluation_does() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pool = l2d::pool_file::PoolFile::load(&root.join("pools/squad-v1.1.toml")).unwrap();
+    let dataset = l2d::squad::Dataset::load(&root.join("data/squad-v1.1/dev.json")).unwrap();
+    let articles: HashSet<String> = ARTICLES.iter().map(|a| a.to_string()).collect();
+    let labels = label(
+        &pool,
+        &dataset,
+        "dev.json",
+        &LabelOptions {
+            concurrency: 8,
+            limit: None,
+            progress: false,
+            articles: Some(articles),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(labels.records.len() > 300, "{}", labels.records.len());
+    let options = TrainOptions {
+        lambdas: vec![0.02, 0.1],
+        default_lambda: Some(0.02),
+        mode: Mode::Cascade,
+        probes: Vec::new(),
+        stages: 3,
+        loss: LossKind::Em,
+        split_seed: 1,
+        test_fraction: 0.5,
+        fit: FitConfig {
+            epochs: 40,
+            ..FitConfig::default()
+        },
+    };
+    let policy = train(&labels, &options).unwrap();
+    assert_eq!((policy.mode, policy.stages), (Mode::Cascade, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, serde_json::to_string(&policy).unwrap()).unwrap();
+
+    // Offline: the walk of the served entry on every test question.
+    let test: HashSet<&str> = policy
+        .split
+        .test_articles
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let records: Vec<_> = labels
+        .records
+        .iter()
+        .filter(|r| test.contains(r.title.as_str()))
+        .collect();
+    let probes = probe_indices(&labels, &policy.probes).unwrap();
+    let served = policy.nearest(policy.default_lambda);
+    let offline = choices(&policy, served, &records, &labels, &probes);
+
+    // Live, with no load term (the offline walk knows no load).
+    let (learned, digest) = load_policy_file(&policy_path, None).unwrap();
+    let source = PolicySource::File {
+        path: policy_path.clone(),
+        lambda: None,
+    };
+    let config = SchedulerConfig {
+        load_weight: 0.0,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Arc::new(Scheduler::with_source(
+        config,
+        Box::new(learned),
+        source,
+        digest,
+    ));
+    let local = l2d::cluster::start_pool(&pool, &scheduler).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(l2d::scheduler::serve(listener, scheduler, async {
+        let _ = stopped.await;
+    }));
+    let mut router = RouterClient::connect(&uri).await.unwrap();
+    let ids: Vec<&str> = labels
+        .header
+        .experts
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    let (mut staged, mut several) = (0, 0);
+    for (r, &(agent, cost)) in records.iter().zip(&offline) {
+        let answer = router
+            .ask(Ask::new(r.question.clone(), r.context.clone()).id(r.id.clone()))
+            .await
+            .unwrap();
+        assert_eq!(answer.expert_id, ids[agent], "question {}", r.id);
+        assert_eq!(answer.cost, cost, "question {}", r.id);
+        assert_eq!(
+            answer.text,
+            r.experts[agent].answer.clone().unwrap_or_default(),
+            "question {}",
+            r.id
+        );
+        let decision = answer.decision.expect("every answer carries its decision");
+        // Every expert asked is listed, in order, and the reason says each stage's choice.
+        let asked: f64 = decision
+            .probes
+            .iter()
+            .map(|p| {
+                labels.header.experts[ids.iter().position(|i| *i == p.expert_id).unwrap()].cost
+            })
+            .sum();
+        assert_eq!(asked, cost, "question {}: {:?}", r.id, decision.probes);
+        assert!(
+            decision.reason.starts_with("stage 1: ask "),
+            "{}",
+            decision.reason
+        );
+        staged += decision.probes.len();
+        several += usize::from(decision.probes.len() > 1);
+    }
+    // The policy did walk: some questions needed more than one expert.
+    assert!(
+        several > 0 && staged > records.len(),
+        "{staged} asks, {several} with more than one"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    local.shutdown().await.unwrap();
+}
+
+/// Four experts, no servers: `a` (cost 1) and `b` (cost 2) are each right on 60% of the
+/// questions, independently, and their wrong answers never agree; `c` (cost 100) is always
+/// right; `d` (cost 1.5) is never right. At lambda 0.3 (c's price 0.3 of a whole loss) the best
+/// walk asks `a` and `b`, keeps their answer when they agree (both right) and asks `c` when
+/// they do not: expected cost 0.20, against 0.30 for asking `c` at once and 0.40 for keeping
+/// `a`. `d` is cheaper than `b` but useless: only the cost of what follows says so.
+fn agreement_labels(questions: usize, articles: usize, seed: u64) -> Labels {
+    use l2d::core::learned::Agent;
+    use l2d::train::labels::{ExpertLabel, LabelHeader, LabelRecord};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let records = (0..questions)
+        .map(|i| {
+            let mut label = |expert: &str, p: f64, cost: f64| {
+                let right = rng.random::<f64>() < p;
+                ExpertLabel {
+                    expert: expert.into(),
+                    answer: Some(if right {
+                        format!("gold {i}")
+                    } else {
+                        format!("{expert}wrong {i}")
+                    }),
+                    em: f64::from(u8::from(right)),
+                    f1: f64::from(u8::from(right)),
+                    latency_us: 100,
+                    cost,
+                    error: None,
+                }
+            };
+            let experts = vec![
+                label("a", 0.6, 1.0),
+                label("b", 0.6, 2.0),
+                label("c", 1.0, 100.0),
+                label("d", 0.0, 1.5),
+            ];
+            LabelRecord {
+                id: format!("q{i}"),
+                title: format!("article-{}", i % articles),
+                question: "What was it?".into(),
+                context: "It was something.".into(),
+                experts,
+            }
+        })
+        .collect();
+    let agent = |id: &str, cost: f64| Agent {
+        id: id.into(),
+        cost,
+    };
+    Labels {
+        header: LabelHeader {
+            format: l2d::train::labels::LABELS_FORMAT.into(),
+            data: "synthetic".into(),
+            metric: "v1.1".into(),
+            experts: vec![
+                agent("a", 1.0),
+                agent("b", 2.0),
+                agent("c", 100.0),
+                agent("d", 1.5),
+            ],
+        },
+        records,
+    }
+}
+
+/// Whether a walk (agent kept, cost paid) on `r` is the best one: `a` and `b` asked, then their
+/// agreed answer kept, or `c` asked when they disagree and its answer (given by `c` or by the
+/// one that agrees with it) kept.
+fn best_walk(r: &l2d::train::labels::LabelRecord, kept: usize, cost: f64) -> bool {
+    let agree = r.experts[0].answer == r.experts[1].answer;
+    if agree {
+        cost == 3.0 && kept < 2
+    } else {
+        cost == 103.0 && r.experts[kept].answer == r.experts[2].answer
+    }
+}
+
+#[test]
+fn backward_induction_learns_to_ask_the_dear_expert_only_when_the_cheap_ones_disagree() {
+    let labels = agreement_labels(1200, 12, 7);
+    let options = TrainOptions {
+        lambdas: vec![0.3],
+        default_lambda: None,
+        mode: Mode::Cascade,
+        probes: Vec::new(),
+        stages: 3,
+        loss: LossKind::Em,
+        split_seed: 1,
+        test_fraction: 0.5,
+        fit: FitConfig {
+            epochs: 200,
+            ..FitConfig::default()
+        },
+    };
+    let policy = train(&labels, &options).unwrap();
+    let test: HashSet<&str> = policy
+        .split
+        .test_articles
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let records: Vec<_> = labels
+        .records
+        .iter()
+        .filter(|r| test.contains(r.title.as_str()))
+        .collect();
+    let walks = choices(&policy, 0, &records, &labels, &[]);
+    let best = records
+        .iter()
+        .zip(&walks)
+        .filter(|(r, (kept, cost))| best_walk(r, *kept, *cost))
+        .count();
+    assert!(
+        best as f64 >= 0.95 * records.len() as f64,
+        "the learned cascade walks the best way on {best} of {} questions",
+        records.len()
+    );
+
+    // The agreement table, fitted on the same training articles, finds the same walk.
+    let train_set: HashSet<&str> = policy
+        .split
+        .train_articles
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let train_records: Vec<_> = labels
+        .records
+        .iter()
+        .filter(|r| train_set.contains(r.title.as_str()))
+        .collect();
+    let costs = [1.0, 2.0, 100.0, 1.5];
+    let table = AgreementTable::fit(&train_records, &costs, 3, 0.3, |r, j| 1.0 - r.experts[j].em);
+    for r in &records {
+        let (kept, asked) = table.walk(&normalised(r));
+        let cost: f64 = costs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| asked >> k & 1 == 1)
+            .map(|(_, c)| c)
+            .sum();
+        assert!(
+            best_walk(r, kept, cost),
+            "{}: kept {kept} at cost {cost}",
+            r.id
+        );
+    }
+}
+
+#[test]
+fn cross_validation_never_lets_a_test_article_influence_a_choice() {
+    let labels = agreement_labels(600, 12, 11);
+    let base = TrainOptions {
+        lambdas: vec![0.05, 0.3],
+        default_lambda: None,
+        mode: Mode::Route,
+        probes: Vec::new(),
+        stages: 0,
+        loss: LossKind::Em,
+        split_seed: 1,
+        test_fraction: 0.5,
+        fit: FitConfig {
+            epochs: 30,
+            ..FitConfig::default()
+        },
+    };
+    let options = CvOptions {
+        folds: 3,
+        at_cost: 0.5,
+        seed: 5,
+        eval: EvalOptions::default(),
+    };
+    let report = cross_validate(&labels, &base, &options).unwrap();
+    assert_eq!(report.folds.len(), 3);
+    let fold0 = &report.folds[0];
+    // The same labels with every answer of fold 0's test articles made right for `a` and wrong
+    // for everyone else: fold 0's choices must not move, its test figures must.
+    let test: HashSet<String> = fold0.articles.iter().cloned().collect();
+    let mut changed = labels.clone();
+    for r in changed
+        .records
+        .iter_mut()
+        .filter(|r| test.contains(&r.title))
+    {
+        for (j, e) in r.experts.iter_mut().enumerate() {
+            let right = j == 0;
+            e.em = f64::from(u8::from(right));
+            e.f1 = e.em;
+            e.answer = Some(format!("{} {j}", r.id));
+        }
+    }
+    let again = cross_validate(&changed, &base, &options).unwrap();
+    let again0 = &again.folds[0];
+    assert_eq!(
+        serde_json::to_value(&again0.selection).unwrap(),
+        serde_json::to_value(&fold0.selection).unwrap()
+    );
+    assert_ne!(again0.selected.em, fold0.selected.em);
+    // The cross-validated figures are the folds' mean.
+    let mean = report.folds.iter().map(|f| f.selected.gap).sum::<f64>() / 3.0;
+    assert!((report.mean.gap - mean).abs() < 1e-9);
+}
+
+#[test]
+fn train_with_no_flags_chooses_the_mode_and_lambda_on_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels_path = dir.path().join("labels.jsonl");
+    agreement_labels(800, 16, 3).write(&labels_path).unwrap();
+    let policy_path = dir.path().join("policy.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(["train", "--labels"])
+        .arg(&labels_path)
+        .args(["--out"])
+        .arg(&policy_path)
+        .args(["--lambda", "0.02,0.1,0.3", "--epochs", "40"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Every candidate is reported on validation, then the choice.
+    for name in [
+        "route",
+        "defer (a, b)",
+        "defer (a, d)",
+        "defer (b, d)",
+        "cascade (up to 3 experts)",
+    ] {
+        assert!(
+            stderr.contains(&format!(": {name} ")),
+            "{name} missing from {stderr}"
+        );
+    }
+    let policy =
+        l2d::core::learned::PolicyFile::parse(&std::fs::read_to_string(&policy_path).unwrap())
+            .unwrap();
+    // Keeping an answer the cheap experts agree on, else asking the dear one, beats any single
+    // expert the route policy can pick (60% EM at most); the lambda served is one of the bank's.
+    assert_ne!(policy.mode, Mode::Route, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "l2d: chose {}",
+            if policy.mode == Mode::Cascade {
+                "cascade"
+            } else {
+                "defer"
+            }
+        )),
+        "{stderr}"
+    );
+    assert!(
+        policy
+            .bank
+            .iter()
+            .any(|e| e.lambda == policy.default_lambda)
+    );
+}
