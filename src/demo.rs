@@ -221,6 +221,15 @@ pub fn demo_table(result: &DemoResult) -> String {
     if let Some(c) = &result.offline.cascade {
         row("cascade (match-lstm+rnet, else bert)", c);
     }
+    let lambda = result.offline.policy.lambda;
+    if let Some(t) = result
+        .offline
+        .agreement_table
+        .iter()
+        .find(|p| p.lambda == lambda)
+    {
+        row("agreement table (same lambda)", &t.row);
+    }
     let mut experts: Vec<(&String, &Row)> = result.offline.experts.iter().collect();
     experts.sort_by(|a, b| a.1.mean_cost.total_cmp(&b.1.mean_cost));
     if let Some((id, r)) = experts.first() {

@@ -107,6 +107,7 @@ async fn label_train_evaluate_serve_and_reload() {
     assert_eq!(
         keys,
         [
+            "agreement_table",
             "cascade",
             "experts",
             "oracle",
@@ -602,7 +603,7 @@ fn the_training_commands_work_from_the_command_line() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(
-            "no --mode given, so the mode and lambda are chosen on validation articles: \
+            "the lambda (and without --mode, the mode) is chosen on validation articles: \
              choosing on validation articles needs at least two training articles"
         ),
         "{}",

@@ -82,9 +82,11 @@ pub struct TrainArgs {
     /// accurate whose validation cost meets --at-cost.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// Without --mode: the cost target, as a fraction of the always-best expert's cost.
-    #[arg(long, default_value_t = 0.5)]
-    pub at_cost: f64,
+    /// The cost target, as a fraction of the always-best expert's cost: the lambda served by
+    /// default is the most accurate whose cost on validation articles is at most that (0.5
+    /// without --mode; with --mode, only when given).
+    #[arg(long)]
+    pub at_cost: Option<f64>,
     /// Defer mode: expert ids that always run first, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<String>,
@@ -286,54 +288,75 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let labels = crate::train::labels::Labels::read(&args.labels)?;
     let options = base_options(&args, &labels);
     let started = std::time::Instant::now();
-    let policy = if args.mode.is_some() {
+    if args.mode.is_some() {
         anyhow::ensure!(
             args.stages.is_none() || args.mode == Some(ModeArg::Cascade),
             "--stages is for --mode cascade"
         );
-        crate::train::train(&labels, &options)?
     } else {
         anyhow::ensure!(
-            args.probes.is_empty() && args.stages.is_none() && args.default_lambda.is_none(),
-            "--probes, --stages and --default-lambda go with --mode: without it, the mode, the \
-             probes and the lambda are chosen on validation articles"
+            args.probes.is_empty() && args.stages.is_none(),
+            "--probes and --stages go with --mode: without it, the mode, the probes and the \
+             lambda are chosen on validation articles"
         );
-        anyhow::ensure!(
-            options.test_fraction >= 0.0 && options.test_fraction < 1.0,
-            "--test-fraction must be in [0, 1), got {}",
-            options.test_fraction
-        );
-        let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
-        let (train_articles, test_articles) = crate::train::split::split_by_article(
-            &titles,
-            options.split_seed,
-            options.test_fraction,
-        );
-        let (policy, selection) = crate::train::select::train_recommended(
-            &labels,
-            &options,
-            train_articles,
-            test_articles,
-            args.at_cost,
-        )
-        .context("no --mode given, so the mode and lambda are chosen on validation articles")?;
-        for v in &selection.candidates {
-            eprintln!(
-                "l2d: validation ({} articles): {:<40} lambda {:<6} {:.2} EM at cost {:.2}",
-                selection.validation_articles,
-                v.candidate.name(),
-                v.lambda,
-                v.em,
-                v.mean_cost
+    }
+    let policy = match (args.mode, args.at_cost) {
+        (Some(_), None) => crate::train::train(&labels, &options)?,
+        (mode, at_cost) => {
+            anyhow::ensure!(
+                args.default_lambda.is_none(),
+                "--default-lambda is chosen on validation articles here: give --mode without \
+                 --at-cost to set it"
             );
+            anyhow::ensure!(
+                options.test_fraction >= 0.0 && options.test_fraction < 1.0,
+                "--test-fraction must be in [0, 1), got {}",
+                options.test_fraction
+            );
+            let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+            let (train_articles, test_articles) = crate::train::split::split_by_article(
+                &titles,
+                options.split_seed,
+                options.test_fraction,
+            );
+            let only = mode.map(|_| crate::train::select::Candidate {
+                mode: options.mode,
+                probes: options.probes.clone(),
+                stages: if options.mode == crate::core::learned::Mode::Cascade {
+                    options.stages
+                } else {
+                    0
+                },
+            });
+            let (policy, selection) = crate::train::select::train_recommended(
+                &labels,
+                &options,
+                train_articles,
+                test_articles,
+                at_cost.unwrap_or(0.5),
+                only,
+            )
+            .context(
+                "the lambda (and without --mode, the mode) is chosen on validation articles",
+            )?;
+            for v in &selection.candidates {
+                eprintln!(
+                    "l2d: validation ({} articles): {:<40} lambda {:<6} {:.2} EM at cost {:.2}",
+                    selection.validation_articles,
+                    v.candidate.name(),
+                    v.lambda,
+                    v.em,
+                    v.mean_cost
+                );
+            }
+            eprintln!(
+                "l2d: chose {} at lambda {} (validation cost at most {:.2})",
+                selection.chosen.name(),
+                selection.lambda,
+                selection.target_cost
+            );
+            policy
         }
-        eprintln!(
-            "l2d: chose {} at lambda {} (validation cost at most {:.2})",
-            selection.chosen.name(),
-            selection.lambda,
-            selection.target_cost
-        );
-        policy
     };
     std::fs::write(&args.out, serde_json::to_string(&policy)?)
         .with_context(|| format!("cannot write {}", args.out.display()))?;

@@ -96,8 +96,8 @@ pub struct BankEntry {
     pub lambda: f64,
     /// Route and defer mode: the rejector. Cascade mode: the first stage's (nothing asked yet).
     pub rejector: LinearRejector,
-    /// Cascade mode: the rejectors of stages 1 ..= `stages` (that many experts asked), which
-    /// read the answers and not the hashed question n-grams.
+    /// Cascade mode: the rejectors of stages 1 ..= `stages` (that many experts asked). No
+    /// cascade rejector reads the hashed question n-grams.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub later: Vec<LinearRejector>,
 }
@@ -229,7 +229,7 @@ impl PolicyFile {
             }
             if r.agents != self.experts.len()
                 || r.dense_len != d
-                || r.hash_buckets != HASH_BUCKETS
+                || r.hash_buckets != if cascade { 0 } else { HASH_BUCKETS }
                 || !r.is_well_formed()
             {
                 return bad(format!(
@@ -302,7 +302,7 @@ impl PolicyFile {
         self.standardize.apply(&mut dense);
         Features {
             dense,
-            hashed: full.hashed.clone(),
+            hashed: Vec::new(),
         }
     }
 
@@ -321,10 +321,11 @@ impl PolicyFile {
         out: &mut Vec<f64>,
     ) {
         let e = &self.bank[entry];
-        match stage {
-            0 => e.rejector.logits(&features.dense, &features.hashed, out),
-            s => e.later[s - 1].logits(&features.dense, &[], out),
-        }
+        let rejector = match stage {
+            0 => &e.rejector,
+            s => &e.later[s - 1],
+        };
+        rejector.logits(&features.dense, &[], out);
     }
 
     /// The rejector's logits at bank entry `entry` for a query's [`PolicyFile::features`].
@@ -350,7 +351,7 @@ impl PolicyFile {
 }
 
 /// Cascade mode: from the state `asked` of a query whose featurization with every agent's
-/// answer is `full` (unstandardised), follows the stage rejectors `stages` (indexed by how many
+/// answer is `full` (unstandardised; its hashed n-grams are not read), follows the stage rejectors `stages` (indexed by how many
 /// agents were asked; the last one only keeps an answer) until one keeps an answer. Returns the
 /// agent kept; `asked` gains the agents asked on the way. The one walk training's backward
 /// induction and `l2d eval` make; serving makes the same choices one call at a time.
@@ -367,8 +368,7 @@ pub fn walk(
         let (dense, logits) = &mut *scratch;
         cascade_dense(&full.dense, asked, dense);
         standardize.apply(dense);
-        let hashed: &[(u32, f64)] = if stage == 0 { &full.hashed } else { &[] };
-        stages[stage].logits(dense, hashed, logits);
+        stages[stage].logits(dense, &[], logits);
         let action = best_action(logits, asked, stage == last);
         if asked[action] {
             return action;

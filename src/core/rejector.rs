@@ -63,15 +63,18 @@ impl LinearRejector {
                 .all(|w| w.is_finite())
     }
 
-    /// `r(x)` for standardised dense features `z` and hashed features.
+    /// `r(x)` for standardised dense features `z` and hashed features (ignored by a rejector
+    /// without hash buckets).
     pub fn logits(&self, z: &[f64], hashed: &[(u32, f64)], out: &mut Vec<f64>) {
         out.clear();
         for j in 0..self.agents {
             let row = &self.dense[j * self.dense_len..(j + 1) * self.dense_len];
             let mut r = self.bias[j] + row.iter().zip(z).map(|(w, x)| w * x).sum::<f64>();
-            let hrow = &self.hashed[j * self.hash_buckets..(j + 1) * self.hash_buckets];
-            for &(h, v) in hashed {
-                r += hrow[h as usize] * v;
+            if self.hash_buckets > 0 {
+                let hrow = &self.hashed[j * self.hash_buckets..(j + 1) * self.hash_buckets];
+                for &(h, v) in hashed {
+                    r += hrow[h as usize] * v;
+                }
             }
             out.push(r);
         }

@@ -12,17 +12,17 @@
 //!    plus the cost the already fitted later stages incur from the state with `k` added (their
 //!    later asks priced the same way, and the loss of the answer they keep), and the stage's
 //!    rejector is fitted on those costs;
-//! 3. stage 0 (nothing asked) reads the query alone, with the hashed question n-grams; later
-//!    stages read the dense features of the answers seen ([`crate::core::features::cascade_dense`]).
+//! 3. every stage reads the dense features of the query and of the answers seen
+//!    ([`crate::core::features::cascade_dense`]); stage 0 (nothing asked) the query's alone. No
+//!    stage reads the hashed question n-grams: they would multiply the policy file's size (a
+//!    policy must fit a 1 MiB ConfigMap) by four.
 //!
 //! Every stage sees the same number of optimiser steps as a route-mode fit, each on as many
 //! examples as there are training questions.
 
 use super::fit::{Example, FitConfig, fit};
 use super::labels::{LabelRecord, Labels};
-use crate::core::features::{
-    DENSE_NAMES, Features, HASH_BUCKETS, cascade_dense, cascade_dense_len, featurize,
-};
+use crate::core::features::{DENSE_NAMES, Features, cascade_dense, cascade_dense_len, featurize};
 use crate::core::learned::{BankEntry, LossKind, Standardization, walk};
 use crate::core::rejector::LinearRejector;
 use rand::SeedableRng;
@@ -207,7 +207,7 @@ impl Problem<'_> {
         let (agents, last) = (self.agents, self.stages);
         let d = cascade_dense_len(agents);
         let mut rejectors: Vec<LinearRejector> = (0..=last)
-            .map(|t| LinearRejector::zeros(agents, d, if t == 0 { HASH_BUCKETS } else { 0 }))
+            .map(|_| LinearRejector::zeros(agents, d, 0))
             .collect();
         let n = self.full.len();
         let mut scratch = (Vec::new(), Vec::new());
@@ -235,11 +235,7 @@ impl Problem<'_> {
                     self.standardize.apply(&mut dense);
                     examples.push(Example {
                         dense,
-                        hashed: if t == 0 {
-                            self.full[i].hashed.clone()
-                        } else {
-                            Vec::new()
-                        },
+                        hashed: Vec::new(),
                         loss: costs,
                         price: vec![0.0; agents],
                         valid: if t == last { asked } else { Vec::new() },
@@ -255,8 +251,7 @@ impl Problem<'_> {
                 probe_features_from: DENSE_NAMES.len(),
                 ..*self.config
             };
-            let buckets = rejectors[t].hash_buckets;
-            rejectors[t] = fit(&examples, agents, d, buckets, 0.0, &stage_config);
+            rejectors[t] = fit(&examples, agents, d, 0, 0.0, &stage_config);
         }
         let mut stages = rejectors.into_iter();
         let first = stages.next().expect("stage 0 exists");

@@ -65,7 +65,8 @@ pub struct EvalReport {
     pub question_type_rule: Row,
     pub cascade: Option<Row>,
     /// The agreement table (see [`super::table`]) fitted on the training articles at each
-    /// lambda of the policy's bank, with the same number of stages.
+    /// lambda of the policy's bank, with the same number of stages (empty when the labels hold
+    /// none of the training articles).
     pub agreement_table: Vec<CurvePoint>,
 }
 
@@ -375,8 +376,13 @@ pub fn evaluate(
         }
     };
     let test_answers: Vec<Vec<String>> = test_records.iter().map(|r| normalised(r)).collect();
-    let agreement_table = policy
-        .bank
+    // (Not when the labels hold no training question, as in `l2d demo`.)
+    let fitted_on = if train_records.is_empty() {
+        &[][..]
+    } else {
+        &policy.bank[..]
+    };
+    let agreement_table = fitted_on
         .iter()
         .map(|entry| {
             let table = AgreementTable::fit(&train_records, &costs, stages, entry.lambda, loss_of);
@@ -400,7 +406,7 @@ pub fn evaluate(
         })
         .collect();
 
-    let bars = quality_bars(&curve, max_cost, cascade.as_ref());
+    let bars = quality_bars(&curve, served, max_cost, cascade.as_ref());
     Ok(EvalReport {
         policy: PolicyReport {
             mode: policy.mode,
@@ -468,13 +474,18 @@ pub fn choices(
         .collect()
 }
 
-fn quality_bars(curve: &[CurvePoint], max_cost: f64, cascade: Option<&Row>) -> Vec<Bar> {
+/// The bars on one test split. The ones about half cost judge the *served* entry (its lambda
+/// chosen before the test articles were seen), not the best point of the test curve, which
+/// would be a choice made on the test articles.
+fn quality_bars(
+    curve: &[CurvePoint],
+    served: usize,
+    max_cost: f64,
+    cascade: Option<&Row>,
+) -> Vec<Bar> {
     let worst = curve.iter().min_by(|a, b| a.gap.total_cmp(&b.gap));
     let half = 0.5 * max_cost;
-    let best_cheap = curve
-        .iter()
-        .filter(|p| p.row.mean_cost <= half)
-        .max_by(|a, b| a.gap.total_cmp(&b.gap));
+    let served_cheap = curve.get(served).filter(|p| p.row.mean_cost <= half);
     let describe = |p: Option<&CurvePoint>| {
         p.map_or("no point".to_string(), |p| {
             format!(
@@ -490,15 +501,15 @@ fn quality_bars(curve: &[CurvePoint], max_cost: f64, cascade: Option<&Row>) -> V
             detail: format!("worst: {}", describe(worst)),
         },
         Bar {
-            name: "at most 50% of always-best cost, at least 0.3 EM above the mix line".into(),
-            met: best_cheap.is_some_and(|p| p.gap >= 0.3),
-            detail: format!("best: {}", describe(best_cheap)),
+            name: "served lambda: at most 50% of always-best cost, at least 0.3 EM above the mix line".into(),
+            met: served_cheap.is_some_and(|p| p.gap >= 0.3),
+            detail: format!("served: {}", describe(curve.get(served))),
         },
         Bar {
-            name: "stretch: at most 50% of always-best cost, at least 1.0 EM above the mix line"
+            name: "stretch: served lambda at most 50% of always-best cost, at least 1.0 EM above the mix line"
                 .into(),
-            met: best_cheap.is_some_and(|p| p.gap >= 1.0),
-            detail: format!("best: {}", describe(best_cheap)),
+            met: served_cheap.is_some_and(|p| p.gap >= 1.0),
+            detail: format!("served: {}", describe(curve.get(served))),
         },
     ];
     if let Some(c) = cascade {

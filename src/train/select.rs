@@ -197,6 +197,18 @@ pub fn select(
     articles: &[String],
     at_cost: f64,
 ) -> anyhow::Result<Selection> {
+    select_among(labels, base, articles, at_cost, candidates(labels))
+}
+
+/// [`select`] among the given candidates.
+pub fn select_among(
+    labels: &Labels,
+    base: &TrainOptions,
+    articles: &[String],
+    at_cost: f64,
+    candidates: Vec<Candidate>,
+) -> anyhow::Result<Selection> {
+    anyhow::ensure!(!candidates.is_empty(), "no candidate to choose among");
     anyhow::ensure!(
         at_cost.is_finite() && at_cost > 0.0,
         "the cost target must be a positive fraction of the always-best expert's cost, got {at_cost}"
@@ -212,7 +224,7 @@ pub fn select(
     let validation_records = records(labels, &validation);
     let target_cost = at_cost * always_best_cost(labels, &inner_records);
     let mut validated = Vec::new();
-    for candidate in candidates(labels) {
+    for candidate in candidates {
         let policy = train_on(
             labels,
             &candidate.options(base),
@@ -235,7 +247,7 @@ pub fn select(
             a.em.total_cmp(&b.em)
                 .then(b.mean_cost.total_cmp(&a.mean_cost))
         })
-        .expect("route is always a candidate");
+        .expect("there is a candidate");
     Ok(Selection {
         chosen: best.candidate.clone(),
         lambda: best.lambda,
@@ -245,17 +257,19 @@ pub fn select(
     })
 }
 
-/// The recommended policy for a pool: selection on validation articles carved out of
-/// `train_articles`, then the chosen candidate trained on all of them, serving the selected
-/// lambda by default.
+/// The recommended policy for a pool: selection among `candidates` (all of [`candidates`] when
+/// `None`) on validation articles carved out of `train_articles`, then the chosen candidate
+/// trained on all of them, serving the selected lambda by default.
 pub fn train_recommended(
     labels: &Labels,
     base: &TrainOptions,
     train_articles: Vec<String>,
     test_articles: Vec<String>,
     at_cost: f64,
+    only: Option<Candidate>,
 ) -> anyhow::Result<(PolicyFile, Selection)> {
-    let selection = select(labels, base, &train_articles, at_cost)?;
+    let among = only.map_or_else(|| candidates(labels), |c| vec![c]);
+    let selection = select_among(labels, base, &train_articles, at_cost, among)?;
     let options = TrainOptions {
         default_lambda: Some(selection.lambda),
         ..selection.chosen.options(base)
