@@ -1291,6 +1291,95 @@ mod tests {
     }
 
     #[test]
+    fn a_cascade_asks_one_stage_at_a_time_within_the_budget_and_the_deadline() {
+        let fast = [ReplicaLoad::idle(0.01)];
+        let slow = [ReplicaLoad::idle(2.0)];
+        let names = ids(4);
+        // e0 cheap and fast; e1 scored best but slower than the deadline; e2 dear; e3 fair.
+        let loads: [&[ReplicaLoad]; 4] = [&fast, &slow, &fast, &fast];
+        let prices = [1.0, 5.0, 50.0, 10.0];
+        let view: Vec<ExpertView<'_>> = (0..4)
+            .map(|i| ExpertView {
+                id: &names[i],
+                price: prices[i],
+                replicas: loads[i],
+            })
+            .collect();
+        let mut seen = Vec::new();
+        // The policy wants e1, then e2, then e3 asked; once it has seen e3 it keeps e0's answer.
+        let scorer = |observed: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
+            seen.push(
+                observed
+                    .iter()
+                    .map(|o| o.expert.to_owned())
+                    .collect::<Vec<_>>(),
+            );
+            let asked = |id: &str| observed.iter().any(|o| o.expert == id);
+            if asked("e3") {
+                out.extend([Some(0.1), None, None, Some(0.5)]);
+            } else {
+                out.extend([Some(0.9), Some(0.1), Some(0.2), Some(0.3)]);
+            }
+        };
+        let params = AskParams {
+            budget: Some(12.0),
+            deadline: Some(Duration::from_millis(500)),
+            stages: 3,
+            ..AskParams::default()
+        };
+        let mut ask = Ask::<String, _>::new(&view, &[], params, scorer).unwrap();
+        // Stage 1: e1 is too slow for the deadline and e2 over the budget: e3 is asked.
+        let Step::Call(call) = ask.next_step() else {
+            panic!("a stage call first");
+        };
+        assert_eq!((call.expert, call.role), (3, Role::Probe(0)));
+        assert_eq!(ask.next_step(), Step::Wait);
+        ask.record(
+            call.id,
+            CallResult::Answered("three".to_owned()),
+            Duration::from_millis(20),
+        );
+        // Stage 2: with e3's answer the policy prefers e0, not asked yet: asked as a stage.
+        let Step::Call(call) = ask.next_step() else {
+            panic!("a second stage");
+        };
+        assert_eq!((call.expert, call.role), (0, Role::Probe(1)));
+        ask.record(
+            call.id,
+            CallResult::Answered("zero".to_owned()),
+            Duration::from_millis(40),
+        );
+        // Then e0's answer is kept, at no further cost.
+        assert_eq!(ask.next_step(), Step::Done);
+        let Finished {
+            outcome,
+            explanation,
+        } = ask.finish();
+        let answered = outcome.unwrap();
+        assert_eq!(
+            (answered.answer.as_str(), answered.kept_probe),
+            ("zero", true)
+        );
+        assert_eq!(explanation.charged, 11.0);
+        assert_eq!(explanation.stages.len(), 2);
+        let first = &explanation.stages[0];
+        assert_eq!(
+            first.plan.excluded,
+            vec![
+                (1, super::super::decision::Exclusion::TooSlow),
+                (2, super::super::decision::Exclusion::OverBudget)
+            ]
+        );
+        let reason = explanation.reason(&view);
+        assert!(
+            reason.starts_with("stage 1: ask e3: best policy score (0.3000) among 2 eligible experts; excluded: e1 (expected latency beyond the deadline), e2 (over budget); stage 2: ask e0"),
+            "{reason}"
+        );
+        assert!(reason.contains("keep e0's answer"), "{reason}");
+        assert_eq!(seen, [vec![], vec!["e3"], vec!["e3", "e0"]]);
+    }
+
+    #[test]
     fn budgets_must_be_positive_and_finite() {
         let one = [ReplicaLoad::idle(0.02)];
         let view = [ExpertView {
