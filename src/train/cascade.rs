@@ -126,12 +126,7 @@ pub fn train(
         .collect();
     let losses: Vec<Vec<f64>> = records
         .iter()
-        .map(|r| {
-            r.experts
-                .iter()
-                .map(|e| 1.0 - if loss == LossKind::Em { e.em } else { e.f1 })
-                .collect()
-        })
+        .map(|r| r.experts.iter().map(|e| e.loss(loss)).collect())
         .collect();
     let problem = Problem {
         agents,
@@ -187,15 +182,20 @@ impl Problem<'_> {
     /// asks it makes from there, and the loss of the answer it keeps.
     fn cost_to_go(
         &self,
-        rejectors: &[LinearRejector],
+        rejectors: &[&LinearRejector],
         i: usize,
         asked: &[bool],
         lambda: f64,
         scratch: &mut (Vec<f64>, Vec<f64>),
     ) -> f64 {
-        let refs: Vec<&LinearRejector> = rejectors.iter().collect();
         let mut after = asked.to_vec();
-        let kept = walk(&refs, self.standardize, &self.full[i], &mut after, scratch);
+        let kept = walk(
+            rejectors,
+            self.standardize,
+            &self.full[i],
+            &mut after,
+            scratch,
+        );
         let asks: f64 = (0..self.agents)
             .filter(|&j| after[j] && !asked[j])
             .map(|j| lambda * self.price[j])
@@ -212,6 +212,7 @@ impl Problem<'_> {
         let n = self.full.len();
         let mut scratch = (Vec::new(), Vec::new());
         for t in (0..=last).rev() {
+            let fitted: Vec<&LinearRejector> = rejectors.iter().collect();
             let mut examples = Vec::new();
             for i in 0..n {
                 for mask in states(&self.by_stage[t], self.config.seed, i) {
@@ -224,7 +225,7 @@ impl Problem<'_> {
                                 let mut next = asked.clone();
                                 next[j] = true;
                                 lambda * self.price[j]
-                                    + self.cost_to_go(&rejectors, i, &next, lambda, &mut scratch)
+                                    + self.cost_to_go(&fitted, i, &next, lambda, &mut scratch)
                             } else {
                                 0.0 // not an action
                             }

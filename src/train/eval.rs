@@ -7,11 +7,11 @@ use super::labels::{LabelRecord, Labels};
 use super::table::{AgreementTable, normalised};
 use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::features::question_word;
-use crate::core::learned::{LossKind, Mode, PolicyFile, walk};
+use crate::core::learned::{Mode, PolicyFile, walk};
 use crate::core::metric::normalize_answer;
 use crate::core::rejector::argmax;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// Accuracy, F1 (percent), mean cost per query, and the share of queries each expert answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -210,28 +210,8 @@ pub fn evaluate(
         ids.join(", ")
     );
     let probes = probe_indices(labels, &policy.probes)?;
-    let test: HashSet<&str> = policy
-        .split
-        .test_articles
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let train: HashSet<&str> = policy
-        .split
-        .train_articles
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let test_records: Vec<&LabelRecord> = labels
-        .records
-        .iter()
-        .filter(|r| test.contains(r.title.as_str()))
-        .collect();
-    let train_records: Vec<&LabelRecord> = labels
-        .records
-        .iter()
-        .filter(|r| train.contains(r.title.as_str()))
-        .collect();
+    let test_records = labels.in_articles(&policy.split.test_articles);
+    let train_records = labels.in_articles(&policy.split.train_articles);
     anyhow::ensure!(
         !test_records.is_empty(),
         "no labelled question belongs to the policy's test articles"
@@ -254,14 +234,12 @@ pub fn evaluate(
     let mix = MixLine::new(&points);
 
     // The policy's curve: every bank entry.
+    let entries: Vec<usize> = (0..policy.bank.len()).collect();
+    let all = choices_at(policy, &entries, &test_records, labels, &probes);
     let mut curve = Vec::new();
-    for (e, entry) in policy.bank.iter().enumerate() {
+    for (entry, picks) in policy.bank.iter().zip(all) {
         let mut t = Tally::new(&ids);
-        for (r, (j, cost)) in
-            test_records
-                .iter()
-                .zip(choices(policy, e, &test_records, labels, &probes))
-        {
+        for (r, (j, cost)) in test_records.iter().zip(picks) {
             t.add(r, j, cost);
         }
         let row = t.row();
@@ -368,13 +346,7 @@ pub fn evaluate(
     } else {
         ids.len().min(3)
     };
-    let loss_of = |r: &LabelRecord, j: usize| {
-        1.0 - if policy.loss == LossKind::Em {
-            r.experts[j].em
-        } else {
-            r.experts[j].f1
-        }
-    };
+    let loss_of = |r: &LabelRecord, j: usize| r.experts[j].loss(policy.loss);
     let test_answers: Vec<Vec<String>> = test_records.iter().map(|r| normalised(r)).collect();
     // (Not when the labels hold no training question, as in `l2d demo`.)
     let fitted_on = if train_records.is_empty() {
@@ -437,41 +409,49 @@ pub fn choices(
     labels: &Labels,
     probes: &[usize],
 ) -> Vec<(usize, f64)> {
+    choices_at(policy, &[entry], records, labels, probes)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`choices`] at each of `entries`, each record featurized once for all of them.
+pub fn choices_at(
+    policy: &PolicyFile,
+    entries: &[usize],
+    records: &[&LabelRecord],
+    labels: &Labels,
+    probes: &[usize],
+) -> Vec<Vec<(usize, f64)>> {
     let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
+    let mut out = vec![Vec::with_capacity(records.len()); entries.len()];
     let mut logits = Vec::new();
     if policy.mode == Mode::Cascade {
-        let stages = policy.stage_rejectors(entry);
+        let stages: Vec<Vec<_>> = entries.iter().map(|&e| policy.stage_rejectors(e)).collect();
         let mut scratch = (Vec::new(), Vec::new());
-        return records
-            .iter()
-            .map(|r| {
-                let full = super::cascade::full_features(r);
+        for r in records {
+            let full = super::cascade::full_features(r);
+            for (stages, choices) in stages.iter().zip(&mut out) {
                 let mut asked = vec![false; costs.len()];
-                let j = walk(
-                    &stages,
-                    &policy.standardize,
-                    &full,
-                    &mut asked,
-                    &mut scratch,
-                );
+                let j = walk(stages, &policy.standardize, &full, &mut asked, &mut scratch);
                 let cost = (0..costs.len())
                     .filter(|&k| asked[k])
                     .map(|k| costs[k])
                     .sum();
-                (j, cost)
-            })
-            .collect();
+                choices.push((j, cost));
+            }
+        }
+        return out;
     }
     let probe_cost: f64 = probes.iter().map(|&p| costs[p]).sum();
-    records
-        .iter()
-        .map(|r| {
-            let f = policy.features(&r.question, &r.context, None, &probe_answers(r, probes));
-            policy.logits(entry, &f, &mut logits);
+    for r in records {
+        let f = policy.features(&r.question, &r.context, None, &probe_answers(r, probes));
+        for (&e, choices) in entries.iter().zip(&mut out) {
+            policy.logits(e, &f, &mut logits);
             let j = argmax(&logits);
-            (j, probe_cost + extra_cost(labels, probes, j))
-        })
-        .collect()
+            choices.push((j, probe_cost + extra_cost(labels, probes, j)));
+        }
+    }
+    out
 }
 
 /// The bars on one test split. The ones about half cost judge the *served* entry (its lambda
@@ -597,8 +577,15 @@ pub fn to_markdown(report: &EvalReport) -> String {
             c.lambda, c.row.em, c.row.f1, c.row.mean_cost, c.mix_em, c.gap
         ));
     }
-    out.push_str("\n| bar | met | detail |\n| --- | --- | --- |\n");
-    for b in &p.bars {
+    out.push('\n');
+    out.push_str(&bars_markdown(&p.bars));
+    out
+}
+
+/// Bars as a Markdown table.
+pub fn bars_markdown(bars: &[Bar]) -> String {
+    let mut out = String::from("| bar | met | detail |\n| --- | --- | --- |\n");
+    for b in bars {
         out.push_str(&format!(
             "| {} | {} | {} |\n",
             b.name,

@@ -51,10 +51,31 @@ pub struct LabelRecord {
     pub experts: Vec<ExpertLabel>,
 }
 
+impl ExpertLabel {
+    /// The loss a policy trained with `kind` counts for this answer: `1 − EM` or `1 − F1`.
+    pub fn loss(&self, kind: crate::core::learned::LossKind) -> f64 {
+        1.0 - match kind {
+            crate::core::learned::LossKind::Em => self.em,
+            crate::core::learned::LossKind::F1 => self.f1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Labels {
     pub header: LabelHeader,
     pub records: Vec<LabelRecord>,
+}
+
+impl Labels {
+    /// The questions of `articles` (by title), in file order.
+    pub fn in_articles(&self, articles: &[String]) -> Vec<&LabelRecord> {
+        let set: std::collections::HashSet<&str> = articles.iter().map(String::as_str).collect();
+        self.records
+            .iter()
+            .filter(|r| set.contains(r.title.as_str()))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]

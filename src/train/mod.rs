@@ -18,7 +18,6 @@ use crate::core::learned::{
     TrainingRecord,
 };
 use labels::{LabelRecord, Labels};
-use std::collections::HashSet;
 
 /// How to train a bank of rejectors from labels.
 #[derive(Debug, Clone)]
@@ -131,12 +130,7 @@ pub fn train_on(
         }
     }
     let probes = probe_indices(labels, &options.probes)?;
-    let train_set: HashSet<&str> = train_articles.iter().map(String::as_str).collect();
-    let train_records: Vec<&LabelRecord> = labels
-        .records
-        .iter()
-        .filter(|r| train_set.contains(r.title.as_str()))
-        .collect();
+    let train_records = labels.in_articles(&train_articles);
     anyhow::ensure!(
         !train_records.is_empty(),
         "no training questions: the split left no article to train on"
@@ -200,17 +194,7 @@ pub fn train_on(
             fit::Example {
                 dense: f.dense,
                 hashed: f.hashed,
-                loss: r
-                    .experts
-                    .iter()
-                    .map(|e| {
-                        1.0 - if options.loss == LossKind::Em {
-                            e.em
-                        } else {
-                            e.f1
-                        }
-                    })
-                    .collect(),
+                loss: r.experts.iter().map(|e| e.loss(options.loss)).collect(),
                 price: (0..agents)
                     .map(|j| extra_cost(labels, &probes, j) / max_cost)
                     .collect(),

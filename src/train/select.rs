@@ -17,7 +17,7 @@
 //! articles, then the chosen candidate trained on all of them and evaluated on the fold's test
 //! articles, beside the baselines.
 
-use super::eval::{CurvePoint, EvalOptions, EvalReport, Row, choices, evaluate};
+use super::eval::{CurvePoint, EvalOptions, EvalReport, Row, choices_at, evaluate};
 use super::labels::{LabelRecord, Labels};
 use super::split::split_by_article;
 use super::table::{AgreementTable, normalised};
@@ -27,7 +27,6 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use std::collections::HashSet;
 
 /// Share of the training articles held out for validation.
 pub const VALIDATION_FRACTION: f64 = 0.25;
@@ -122,23 +121,8 @@ pub struct Selection {
     pub candidates: Vec<Validated>,
 }
 
-fn records<'a>(labels: &'a Labels, articles: &[String]) -> Vec<&'a LabelRecord> {
-    let set: HashSet<&str> = articles.iter().map(String::as_str).collect();
-    labels
-        .records
-        .iter()
-        .filter(|r| set.contains(r.title.as_str()))
-        .collect()
-}
-
 fn loss_of(loss: LossKind) -> impl Fn(&LabelRecord, usize) -> f64 + Copy {
-    move |r: &LabelRecord, j: usize| {
-        1.0 - if loss == LossKind::Em {
-            r.experts[j].em
-        } else {
-            r.experts[j].f1
-        }
-    }
+    move |r: &LabelRecord, j: usize| r.experts[j].loss(loss)
 }
 
 /// The cost of the expert most accurate (EM) on `records`: the always-best expert's cost.
@@ -175,17 +159,19 @@ fn bank_points(
 ) -> anyhow::Result<Vec<(f64, f64, f64)>> {
     let probes = probe_indices(labels, &policy.probes)?;
     let n = records.len().max(1) as f64;
-    Ok((0..policy.bank.len())
-        .map(|e| {
+    let entries: Vec<usize> = (0..policy.bank.len()).collect();
+    let all = choices_at(policy, &entries, records, labels, &probes);
+    Ok(policy
+        .bank
+        .iter()
+        .zip(all)
+        .map(|(entry, picks)| {
             let (mut em, mut cost) = (0.0, 0.0);
-            for (r, (j, c)) in records
-                .iter()
-                .zip(choices(policy, e, records, labels, &probes))
-            {
+            for (r, (j, c)) in records.iter().zip(picks) {
                 em += r.experts[j].em;
                 cost += c;
             }
-            (policy.bank[e].lambda, 100.0 * em / n, cost / n)
+            (entry.lambda, 100.0 * em / n, cost / n)
         })
         .collect())
 }
@@ -220,8 +206,8 @@ pub fn select_among(
          one to validate), got {}",
         articles.len()
     );
-    let inner_records = records(labels, &inner);
-    let validation_records = records(labels, &validation);
+    let inner_records = labels.in_articles(&inner);
+    let validation_records = labels.in_articles(&validation);
     let target_cost = at_cost * always_best_cost(labels, &inner_records);
     let mut validated = Vec::new();
     for candidate in candidates {
@@ -538,7 +524,7 @@ fn fold(
     test: Vec<String>,
 ) -> anyhow::Result<FoldReport> {
     let selection = select(labels, base, &train, options.at_cost)?;
-    let train_records = records(labels, &train);
+    let train_records = labels.in_articles(&train);
     let always_best = always_best_cost(labels, &train_records);
     let mut chosen_report = None;
     let mut others = Vec::new();
@@ -582,7 +568,7 @@ fn fold(
     // The agreement table: its lambda chosen on validation, then refitted on all of `train`.
     let (inner, validation) = split_by_article(&train, base.split_seed, VALIDATION_FRACTION);
     let (inner_records, validation_records) =
-        (records(labels, &inner), records(labels, &validation));
+        (labels.in_articles(&inner), labels.in_articles(&validation));
     let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
     let stages = labels.header.experts.len().min(3);
     let loss = loss_of(base.loss);
@@ -596,7 +582,7 @@ fn fold(
         .collect();
     let (table_lambda, _, _) = pick(&table_points, selection.target_cost);
     let table = AgreementTable::fit(&train_records, &costs, stages, table_lambda, loss);
-    let test_records = records(labels, &test);
+    let test_records = labels.in_articles(&test);
     let (em, mean_cost) = table_figures(&table, &test_records, &costs);
     let mix_em = mix_at(&report, mean_cost);
     let agreement_table = Selected {
@@ -732,14 +718,7 @@ pub fn to_markdown(report: &CvReport) -> String {
         m.cascade_gap,
         s.cascade_gap
     ));
-    out.push_str("\n| bar | met | detail |\n| --- | --- | --- |\n");
-    for b in &report.bars {
-        out.push_str(&format!(
-            "| {} | {} | {} |\n",
-            b.name,
-            if b.met { "yes" } else { "**no**" },
-            b.detail
-        ));
-    }
+    out.push('\n');
+    out.push_str(&super::eval::bars_markdown(&report.bars));
     out
 }
