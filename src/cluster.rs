@@ -87,7 +87,9 @@ pub async fn spawn_local_experts(pool: &PoolFile) -> anyhow::Result<LocalExperts
         for _ in 0..replicas {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let address = listener.local_addr()?;
-            let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone());
+            let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone())
+                .with_service_time(spec.service_time)
+                .with_max_concurrency(spec.max_in_flight.unwrap_or(0));
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(crate::expert::serve(listener, node, None, async {
                 let _ = stopped.await;

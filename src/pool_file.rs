@@ -13,7 +13,10 @@
 //! # addresses = ["127.0.0.1:50061", "127.0.0.1:50062"]   # several running workers
 //! # dns = "l2d-expert-bert:50061"  # every address a name resolves to (re-resolved periodically),
 //! #                                # e.g. a Kubernetes headless Service
-//! # max_in_flight = 16             # calls the scheduler sends one replica at once (default 64)
+//! # max_in_flight = 16             # calls the scheduler sends one replica at once (default 64);
+//! #                                # in-process replicas also answer at most this many at once
+//! # service_time = "20ms"          # any backend: the median time an answer takes, slept by the
+//! # service_time_p99 = "60ms"      # worker (lognormal between the two; p99 defaults to the median)
 //! ```
 //!
 //! `replicas`, `address`, `addresses` and `dns` are exclusive: one way to place an expert.
@@ -21,6 +24,7 @@
 //! Relative paths resolve from the pool file's folder. Errors name the file, the expert and the
 //! field. Parsing is separate from reading ([`PoolFile::parse`] takes text), so tests need no files.
 
+use crate::core::service_time::{ServiceTime, ServiceTimeError};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,6 +48,8 @@ pub struct ExpertSpec {
     pub placement: Placement,
     /// Per-replica concurrency limit at the scheduler (`None`: the scheduler's default).
     pub max_in_flight: Option<u32>,
+    /// Time the worker takes per answer (slept before the backend answers), if any.
+    pub service_time: Option<ServiceTime>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +124,8 @@ struct RawExpert {
     dns: Option<String>,
     replicas: Option<i64>,
     max_in_flight: Option<i64>,
+    service_time: Option<String>,
+    service_time_p99: Option<String>,
 }
 
 const BACKENDS: &[&str] = &["replay", "lexical", "typed"];
@@ -314,6 +322,36 @@ fn expert_spec(
             ));
         }
     };
+    let duration = |field: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| {
+                humantime::parse_duration(t).map_err(|e| {
+                    field_error(
+                        field,
+                        format!("{t:?} is not a duration like \"20ms\" ({e})"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let median = duration("service_time", &raw.service_time)?;
+    let p99 = duration("service_time_p99", &raw.service_time_p99)?;
+    let service_time = match (median, p99) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(field_error(
+                "service_time_p99",
+                "needs `service_time`, the median".into(),
+            ));
+        }
+        (Some(median), p99) => Some(ServiceTime::new(median, p99).map_err(|e| {
+            let field = match e {
+                ServiceTimeError::Median => "service_time",
+                ServiceTimeError::P99 { .. } => "service_time_p99",
+            };
+            field_error(field, e.to_string())
+        })?),
+    };
     Ok(ExpertSpec {
         id: raw.id,
         cost: raw.cost,
@@ -321,6 +359,7 @@ fn expert_spec(
         backend,
         placement,
         max_in_flight,
+        service_time,
     })
 }
 
@@ -367,6 +406,7 @@ pub fn check_expert_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(text: &str) -> Result<PoolFile, PoolFileError> {
         PoolFile::parse(text, Path::new("pools/test.toml"))
@@ -544,6 +584,50 @@ mod tests {
             }
         );
         assert_eq!(pool.experts[1].max_in_flight, None);
+    }
+
+    #[test]
+    fn service_times_are_durations_with_a_p99_at_least_the_median() {
+        let pool = parse(&format!(
+            "[[expert]]\n{OK}cost = 1\nservice_time = \"20ms\"\nservice_time_p99 = \"60ms\"\n\
+             [[expert]]\nid = \"y\"\nbackend = \"lexical\"\ncost = 1\nservice_time = \"1s\"\n"
+        ))
+        .unwrap();
+        let t = pool.experts[0].service_time.unwrap();
+        assert_eq!(
+            (t.median(), t.p99()),
+            (Duration::from_millis(20), Duration::from_millis(60))
+        );
+        let t = pool.experts[1].service_time.unwrap();
+        assert_eq!(
+            (t.median(), t.p99()),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\nservice_time = \"fast\"\n"
+        ));
+        assert!(
+            e.contains("field `service_time`: \"fast\" is not a duration"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\nservice_time = \"20ms\"\nservice_time_p99 = \"10ms\"\n"
+        ));
+        assert!(e.contains("field `service_time_p99`: the 99th percentile (10ms) must be at least the median (20ms)"), "{e}");
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\nservice_time_p99 = \"10ms\"\n"
+        ));
+        assert!(
+            e.ends_with("field `service_time_p99`: needs `service_time`, the median"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\nservice_time = \"0s\"\n"
+        ));
+        assert!(
+            e.contains("field `service_time`: the median service time must be longer than 0s"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ async fn the_live_cascade_walks_as_the_offline_evaluation_does() {
         lambda: None,
     };
     let config = SchedulerConfig {
-        load_weight: 0.0,
+        wait_price: 0.0,
         ..SchedulerConfig::default()
     };
     let scheduler = Arc::new(Scheduler::with_source(
@@ -401,5 +401,94 @@ fn train_with_no_flags_chooses_the_mode_and_lambda_on_validation() {
             .bank
             .iter()
             .any(|e| e.lambda == policy.default_lambda)
+    );
+}
+
+/// The scores a calibrated cascade serves are expected deferral costs: on the labels above at
+/// lambda 0.3, asking `a` first costs 0.20 in expectation (see [`agreement_labels`]); with `a`
+/// and `b` asked and agreeing, keeping their answer costs 0 (they are both right); disagreeing,
+/// asking `c` costs its price, 0.3. And the best-scored action is the one the offline walk takes.
+#[test]
+fn a_calibrated_cascade_scores_actions_in_expected_cost() {
+    use l2d::core::learned::LearnedPolicy;
+    use l2d::core::policy::{ExpertMeta, Observed, Policy};
+    use l2d::core::query::{Query, QueryLimits};
+    let labels = agreement_labels(2400, 16, 11);
+    let options = TrainOptions {
+        lambdas: vec![0.3],
+        default_lambda: None,
+        mode: Mode::Cascade,
+        probes: Vec::new(),
+        stages: 3,
+        loss: LossKind::Em,
+        split_seed: 1,
+        test_fraction: 0.25,
+        fit: FitConfig {
+            epochs: 200,
+            ..FitConfig::default()
+        },
+    };
+    let (file, calibrated) = l2d::train::select::train_calibrated(&labels, &options).unwrap();
+    assert!(calibrated);
+    assert_eq!(file.bank[0].calibration.len(), 4, "one map per stage");
+    let policy = LearnedPolicy::new(file, None, "test");
+    let experts: Vec<ExpertMeta<'_>> = labels
+        .header
+        .experts
+        .iter()
+        .map(|a| ExpertMeta {
+            id: &a.id,
+            cost: a.cost,
+        })
+        .collect();
+    let query = Query::new(
+        "What was it?",
+        "It was something.",
+        None,
+        &QueryLimits::default(),
+    )
+    .unwrap();
+    let best = |observed: &[Observed<'_>]| {
+        let mut scores = Vec::new();
+        policy.score(0, &query, observed, &experts, &mut scores);
+        let (j, s) = scores
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| s.map(|s| (j, s)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        (labels.header.experts[j].id.as_str(), s)
+    };
+    let (first, cost) = best(&[]);
+    assert!(first == "a" || first == "b", "asks {first} first");
+    assert!((cost - 0.20).abs() < 0.06, "asking {first} first: {cost}");
+    let agree = [
+        Observed {
+            expert: "a",
+            answer: Some("gold 1"),
+        },
+        Observed {
+            expert: "b",
+            answer: Some("gold 1"),
+        },
+    ];
+    let (kept, cost) = best(&agree);
+    assert!(kept == "a" || kept == "b", "keeps {kept}");
+    assert!(cost < 0.06, "keeping an agreed answer: {cost}");
+    let disagree = [
+        Observed {
+            expert: "a",
+            answer: Some("awrong 1"),
+        },
+        Observed {
+            expert: "b",
+            answer: Some("gold 1"),
+        },
+    ];
+    let (next, cost) = best(&disagree);
+    assert_eq!(next, "c");
+    assert!(
+        (cost - 0.30).abs() < 0.06,
+        "asking c after a disagreement: {cost}"
     );
 }

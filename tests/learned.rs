@@ -113,7 +113,8 @@ async fn label_train_evaluate_serve_and_reload() {
             "oracle",
             "policy",
             "question_type_rule",
-            "random_mix"
+            "random_mix",
+            "reliability"
         ]
     );
     for row in [

@@ -34,7 +34,7 @@ async fn the_scheduler_forwards_an_ask_and_explains_its_decision() {
     assert!(
         decision
             .reason
-            .starts_with("best policy score (0.1500) among 2 eligible experts"),
+            .starts_with("best policy score plus waiting (0.1500 + 0."),
         "{}",
         decision.reason
     );

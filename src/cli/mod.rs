@@ -116,9 +116,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     explore: args.explore,
                     decision_log: args.decision_log,
                     target_cost: args.target_cost,
-                    // The demo measures the policy's allocation against the offline evaluation:
-                    // no load term (its in-process replicas never near their limits anyway).
-                    load_weight: 0.0,
                     ..SchedulerConfig::default()
                 },
             };

@@ -5,6 +5,7 @@ use super::tls_args::{ServerTlsArgs, client_tls};
 use crate::cluster;
 use crate::core::decision::DecisionParams;
 use crate::core::replica_health::HealthParams;
+use crate::core::service_time::ServiceTime;
 use crate::expert::{self, ExpertNode, Registration};
 use crate::grpc::server::{ServerLimits, shutdown_signal};
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile, check_expert_id};
@@ -43,9 +44,11 @@ pub struct DispatchArgs {
     /// it the replica is saturated and work goes elsewhere (or RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = ReplicaPolicy::default().max_in_flight)]
     pub max_in_flight: u32,
-    /// Weight of the load term in the decision (0 ignores load until saturation).
-    #[arg(long, default_value_t = DecisionParams::default().load_weight)]
-    pub load_weight: f64,
+    /// Accuracy points one second of expected waiting is worth (queueing and service, from
+    /// each replica's latency, calls in flight and slot limit): 0 ignores time until a
+    /// replica saturates or the deadline is near.
+    #[arg(long, default_value_t = DecisionParams::default().wait_price * 100.0)]
+    pub wait_price: f64,
     /// Consecutive failed calls that eject a replica (exponential backoff from 1 s to 30 s).
     #[arg(long, default_value_t = HealthParams::default().consecutive_failures)]
     pub eject_after: u32,
@@ -129,9 +132,9 @@ impl DispatchArgs {
     pub(super) fn apply(&self, config: &mut SchedulerConfig) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_in_flight > 0, "--max-in-flight must be at least 1");
         anyhow::ensure!(
-            self.load_weight.is_finite() && self.load_weight >= 0.0,
-            "--load-weight must be a finite number >= 0, got {}",
-            self.load_weight
+            self.wait_price.is_finite() && self.wait_price >= 0.0,
+            "--wait-price must be a finite number >= 0 (accuracy points per second), got {}",
+            self.wait_price
         );
         anyhow::ensure!(self.eject_after > 0, "--eject-after must be at least 1");
         anyhow::ensure!(
@@ -140,7 +143,8 @@ impl DispatchArgs {
         );
         config.replicas.max_in_flight = self.max_in_flight;
         config.replicas.health.consecutive_failures = self.eject_after;
-        config.load_weight = self.load_weight;
+        // Accuracy points to the score's units (a wrong answer costs 1).
+        config.wait_price = self.wait_price / 100.0;
         config.health_interval = self.health_interval;
         config.dns_interval = self.dns_interval;
         config.drain_delay = self.drain_delay;
@@ -362,6 +366,13 @@ pub struct ExpertArgs {
     /// Add this latency to every answer (to stand in for a slower model in drills and tests).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub delay: Duration,
+    /// Median time an answer takes (a stand-in for a model's compute; lognormal up to
+    /// --service-time-p99). Without --pool only: a pool file's `service_time` otherwise.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "pool")]
+    pub service_time: Option<Duration>,
+    /// 99th percentile of the service time (default: the median, a fixed time).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "service_time")]
+    pub service_time_p99: Option<Duration>,
     /// After SIGTERM (and leaving the pool): report NOT_SERVING, keep serving this long, drain.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
@@ -564,9 +575,15 @@ pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         tls: scheduler_tls,
         token,
     });
+    // Without --max-concurrency, the pool file's max_in_flight is also the worker's own limit.
+    let max_concurrency = match args.max_concurrency {
+        0 => spec.max_in_flight.unwrap_or(0),
+        n => n,
+    };
     let node = ExpertNode::new(spec.id, spec.cost, backend)
-        .with_max_concurrency(args.max_concurrency)
+        .with_max_concurrency(max_concurrency)
         .with_delay(args.delay)
+        .with_service_time(spec.service_time)
         .with_drain_delay(args.drain_delay)
         .with_tls(args.tls.config()?)
         .with_fault(match args.fault {
@@ -611,6 +628,11 @@ pub(super) fn expert_spec_from_flags(args: &ExpertArgs) -> anyhow::Result<Expert
         backend,
         placement: Placement::InProcess { replicas: 1 },
         max_in_flight: None,
+        service_time: args
+            .service_time
+            .map(|median| ServiceTime::new(median, args.service_time_p99))
+            .transpose()
+            .context("--service-time")?,
     })
 }
 
@@ -638,7 +660,7 @@ mod tests {
         let from_flags = config(&[]).unwrap();
         let default = SchedulerConfig::default();
         assert_eq!(from_flags.replicas, default.replicas);
-        assert_eq!(from_flags.load_weight, default.load_weight);
+        assert_eq!(from_flags.wait_price, default.wait_price);
         assert_eq!(from_flags.health_interval, default.health_interval);
         assert_eq!(from_flags.dns_interval, default.dns_interval);
         assert_eq!(from_flags.drain_delay, default.drain_delay);
@@ -676,7 +698,7 @@ mod tests {
     fn bad_flags_are_refused_with_the_flag_named() {
         for (flags, says) in [
             (&["--max-in-flight", "0"][..], "--max-in-flight"),
-            (&["--load-weight=-1"], "--load-weight"),
+            (&["--wait-price=-1"], "--wait-price"),
             (&["--eject-after", "0"], "--eject-after"),
             (&["--dns-interval", "0s"], "--dns-interval"),
             (&["--try-timeout", "0s"], "--try-timeout"),

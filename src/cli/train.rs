@@ -301,7 +301,16 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let policy = match (args.mode, args.at_cost) {
-        (Some(_), None) => crate::train::train(&labels, &options)?,
+        (Some(_), None) => {
+            let (policy, calibrated) = crate::train::select::train_calibrated(&labels, &options)?;
+            if !calibrated {
+                eprintln!(
+                    "l2d: warning: fewer than two training articles, so no validation articles to \
+                     calibrate on: the policy's scores order the experts but are not expected costs"
+                );
+            }
+            policy
+        }
         (mode, at_cost) => {
             anyhow::ensure!(
                 args.default_lambda.is_none(),

@@ -48,8 +48,8 @@
 
 use super::call::{Failure, Miss, NotSent};
 use super::decision::{
-    Attempt, Candidate, DecisionError, DecisionParams, Plan, ReplicaLoad, decide, explore,
-    retry_after,
+    Attempt, Candidate, DecisionError, DecisionParams, Plan, ReplicaLoad, decide,
+    expected_completion, explore, retry_after,
 };
 use super::policy::Observed;
 use std::fmt;
@@ -83,7 +83,7 @@ pub struct AskParams {
     pub deadline: Option<Duration>,
     pub max_attempts: usize,
     pub tries_per_expert: usize,
-    pub load_weight: f64,
+    pub wait_price: f64,
     /// ε of ε-greedy exploration; 0 for none.
     pub explore: f64,
     /// Random bits of this request (replica choice and tie-breaks).
@@ -102,7 +102,7 @@ impl Default for AskParams {
             deadline: None,
             max_attempts: d.max_attempts,
             tries_per_expert: d.tries_per_expert,
-            load_weight: d.load_weight,
+            wait_price: d.wait_price,
             explore: 0.0,
             seed: 0,
             draws: (0.0, 0.0),
@@ -259,8 +259,9 @@ fn why(d: &Chosen, view: &[ExpertView<'_>]) -> String {
     let eligible = d.plan.ranked.len();
     let load = d.plan.load[d.chosen];
     let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
-        Some(s) if load > 0.0 => format!(
-            "best policy score plus load ({} + {}) among {eligible} eligible experts",
+        // Waiting priced below the fourth decimal is left out of the words.
+        Some(s) if load >= 0.000_05 => format!(
+            "best policy score plus waiting ({} + {}) among {eligible} eligible experts",
             Fixed4(s),
             Fixed4(load)
         ),
@@ -424,10 +425,20 @@ where
                 probes: ids.join(", "),
             });
         }
+        // A probe that cannot answer in time is not sent: the decision goes on without it.
+        let too_slow = |p: usize| {
+            params
+                .deadline
+                .is_some_and(|d| expected_completion(view[p].replicas) > d.as_secs_f64())
+        };
         let runs = probes
             .iter()
             .map(|&p| ProbeRun {
-                attempts: probe_attempts(&view[p], &params),
+                attempts: if too_slow(p) {
+                    Vec::new()
+                } else {
+                    probe_attempts(&view[p], &params)
+                },
                 next: 0,
                 in_flight: false,
                 done: false,
@@ -440,7 +451,7 @@ where
                 expert,
                 text: None,
                 replica: None,
-                miss: None,
+                miss: too_slow(expert).then_some(Miss::NotSent(NotSent::TooSlow)),
             })
             .collect();
         Ok(Self {
@@ -689,11 +700,11 @@ where
             tries_per_expert: self.params.tries_per_expert,
             seed: self.params.seed,
             explore: self.params.explore,
-            load_weight: self.params.load_weight,
-            time_left: match self.params.deadline {
-                Some(d) if staging => Some(d.saturating_sub(self.elapsed).as_secs_f64()),
-                _ => None,
-            },
+            wait_price: self.params.wait_price,
+            time_left: self
+                .params
+                .deadline
+                .map(|d| d.saturating_sub(self.elapsed).as_secs_f64()),
             ..DecisionParams::default()
         };
         let mut plan = match decide(&candidates, &params) {
@@ -972,7 +983,7 @@ mod tests {
                             deadline: deadline.map(Duration::from_millis),
                             max_attempts,
                             tries_per_expert: tries,
-                            load_weight: 0.02,
+                            wait_price: 0.02,
                             explore,
                             seed: draws.0,
                             draws: (draws.1, draws.2),
@@ -1372,7 +1383,7 @@ mod tests {
         );
         let reason = explanation.reason(&view);
         assert!(
-            reason.starts_with("stage 1: ask e3: best policy score (0.3000) among 2 eligible experts; excluded: e1 (expected latency beyond the deadline), e2 (over budget); stage 2: ask e0"),
+            reason.starts_with("stage 1: ask e3: best policy score plus waiting (0.3000 + 0.0001) among 2 eligible experts; excluded: e1 (expected latency beyond the deadline), e2 (over budget); stage 2: ask e0"),
             "{reason}"
         );
         assert!(reason.contains("keep e0's answer"), "{reason}");

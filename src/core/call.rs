@@ -124,6 +124,8 @@ pub enum NotSent {
     DeadlinePassed,
     /// The call could be charged more than the budget left after the calls already charged.
     OverBudget,
+    /// The replica's expected completion time exceeded the time the request had left.
+    TooSlow,
 }
 
 impl fmt::Display for NotSent {
@@ -132,6 +134,7 @@ impl fmt::Display for NotSent {
             NotSent::ReplicaFull => "replica at its concurrency limit; not sent",
             NotSent::DeadlinePassed => "deadline passed",
             NotSent::OverBudget => "over the budget left after the calls already charged; not sent",
+            NotSent::TooSlow => "expected completion beyond the deadline; not sent",
         })
     }
 }
@@ -151,7 +154,7 @@ impl Miss {
     pub fn worth_another_try(self) -> bool {
         match self {
             Miss::Failed(f) => f.worth_another_try(),
-            Miss::NotSent(NotSent::DeadlinePassed) => false,
+            Miss::NotSent(NotSent::DeadlinePassed | NotSent::TooSlow) => false,
             Miss::NotSent(_) => true,
         }
     }

@@ -5,22 +5,27 @@
 //! The scheduler's shell snapshots the registry, asks the policy for scores, calls [`decide`],
 //! then walks [`Plan::attempts`].
 //!
-//! # The formula
+//! # The formula: one currency
 //!
-//! A replica is *usable* when it is available (lease held, not ejected, health check passing)
-//! and not saturated (`in_flight < limit`). For each expert `e`:
+//! Every action is priced in the units of the deferral cost `c_j = loss_j + λ · price_j` (a
+//! wrong answer costs 1, the learned policy's score estimates `E[c_j | x]`). For each expert `e`:
 //!
 //! ```text
-//! u(e)        = min over usable replicas r of in_flight(r) / limit(r)      (0 with no limit)
-//! load(e)     = load_weight · u(e) / (1 − u(e))
-//! adjusted(e) = expected_cost(e) + load(e)
+//! T(r)        = rtt(r) · (1 + W(ρ(r), c(r)))     expected completion of a call on replica r, s
+//! W(ρ, c)     = ρ^(√(2(c+1)) − 1) / (c (1 − ρ))  mean queueing, in service times (Sakasegawa)
+//! T(e)        = min over usable replicas r of T(r)
+//! adjusted(e) = expected_cost(e) + wait_price · T(e)
 //! ```
 //!
-//! `expected_cost` is the policy's score (expected error + λ × cost for the learned policy).
-//! `u/(1−u)` is the mean queueing delay of an M/M/1 server at utilisation `u`, in service times:
-//! negligible at light load, unbounded as the best replica nears its limit, so work shifts to
-//! the next-best expert before anything queues. `load_weight` (default 0.02) converts it into
-//! the score's units: at `u = 0.5` the term is 0.02, at `u = 0.9` it is 0.18.
+//! `rtt` is the replica's PeakEWMA latency, `c` its slot limit and `ρ = in_flight / c` the share
+//! of its slots taken (a replica with no limit never queues). `W` is Sakasegawa's approximation
+//! of the M/M/c mean wait (exact for one slot): negligible at light load, unbounded as the
+//! replica fills, so work shifts to the next-best expert before anything queues.
+//! `wait_price` is in cost units per second: `--wait-price` gives it in accuracy points a
+//! second of waiting is worth (default 1, i.e. 0.01 per second).
+//!
+//! With a deadline, an expert whose `T(e)` exceeds the time left is excluded while another
+//! expert fits ([`Exclusion::TooSlow`]).
 //!
 //! # The rules, in order
 //!
@@ -83,6 +88,24 @@ impl ReplicaLoad {
         (f64::from(self.in_flight) / f64::from(self.limit)).min(1.0)
     }
 
+    /// Expected completion time of one more call, seconds (see the module docs): the PeakEWMA
+    /// latency, stretched by the mean queueing of an M/M/c server with `limit` slots at the
+    /// share of slots taken. 0 for an unknown latency (the registry fills in the pool's mean
+    /// before a decision; one with none prices no waiting).
+    pub fn expected_completion(&self) -> f64 {
+        if !(self.rtt.is_finite() && self.rtt >= 0.0) {
+            return 0.0;
+        }
+        let rtt = self.rtt;
+        if self.limit == u32::MAX || self.limit == 0 {
+            return rtt;
+        }
+        let slots = f64::from(self.limit);
+        let rho = (f64::from(self.in_flight) / slots).min(1.0 - 1e-9);
+        let wait = rho.powf((2.0 * (slots + 1.0)).sqrt() - 1.0) / (slots * (1.0 - rho));
+        rtt * (1.0 + wait)
+    }
+
     /// PeakEWMA balancer cost: expected latency times the calls it would queue behind.
     pub fn cost(&self) -> f64 {
         let rtt = if self.rtt.is_finite() && self.rtt >= 0.0 {
@@ -115,12 +138,14 @@ pub struct DecisionParams {
     pub seed: u64,
     /// ε of ε-greedy exploration (see [`explore`]); 0 for none.
     pub explore: f64,
-    /// Weight of the load term in the score's units (see the module docs).
-    pub load_weight: f64,
+    /// Price of one second of expected completion time, in the score's units (see the module
+    /// docs).
+    pub wait_price: f64,
     /// Experts with at most this many usable replicas get a full scan; more use two choices.
     pub full_scan_up_to: usize,
     /// Seconds the request has left, when the decision must respect it: an expert whose every
-    /// usable replica expects a longer latency is excluded, unless no other expert is eligible.
+    /// usable replica expects a longer completion time is excluded, unless no other expert is
+    /// eligible.
     pub time_left: Option<f64>,
 }
 
@@ -132,12 +157,15 @@ impl Default for DecisionParams {
             tries_per_expert: 2,
             seed: 0,
             explore: 0.0,
-            load_weight: 0.02,
+            wait_price: DEFAULT_WAIT_PRICE,
             full_scan_up_to: 8,
             time_left: None,
         }
     }
 }
+
+/// The default price of waiting: one accuracy point (0.01 of a wrong answer) per second.
+pub const DEFAULT_WAIT_PRICE: f64 = 0.01;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exclusion {
@@ -172,7 +200,8 @@ pub struct Plan {
     pub ranked: Vec<usize>,
     /// Excluded experts and why, in pool order.
     pub excluded: Vec<(usize, Exclusion)>,
-    /// The load term added to each candidate's score (0 for excluded ones), by pool index.
+    /// The price of waiting added to each candidate's score (0 for excluded ones), by pool
+    /// index.
     pub load: Vec<f64>,
     /// The calls to make, in order, until one succeeds. Never empty.
     pub attempts: Vec<Attempt>,
@@ -204,20 +233,24 @@ pub enum DecisionError {
     },
 }
 
-/// The load term of an expert (see the module docs); infinite when no replica is usable.
-pub fn load_term(replicas: &[ReplicaLoad], load_weight: f64) -> f64 {
-    let u = replicas
+/// The expected completion time of an expert's best usable replica, seconds; infinite when no
+/// replica is usable.
+pub fn expected_completion(replicas: &[ReplicaLoad]) -> f64 {
+    replicas
         .iter()
         .filter(|r| r.usable())
-        .map(ReplicaLoad::utilisation)
-        .fold(f64::INFINITY, f64::min);
-    if !u.is_finite() {
+        .map(ReplicaLoad::expected_completion)
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The price of an expert's expected waiting (see the module docs); infinite when no replica is
+/// usable.
+pub fn load_term(replicas: &[ReplicaLoad], wait_price: f64) -> f64 {
+    let t = expected_completion(replicas);
+    if !t.is_finite() {
         return f64::INFINITY;
     }
-    if u <= 0.0 {
-        return 0.0;
-    }
-    load_weight.max(0.0) * u / (1.0 - u).max(1e-9)
+    wait_price.max(0.0) * t
 }
 
 /// How long a caller shed by a saturated pool should wait, in seconds: the fastest of the
@@ -253,7 +286,7 @@ pub fn decide(
         } else if !c.replicas.iter().any(ReplicaLoad::usable) {
             excluded.push((i, Exclusion::Saturated));
         } else {
-            load[i] = load_term(c.replicas, params.load_weight);
+            load[i] = load_term(c.replicas, params.wait_price);
             ranked.push(i);
         }
     }
@@ -261,13 +294,7 @@ pub fn decide(
         return Err(nothing_eligible(candidates, &excluded, params));
     }
     if let Some(left) = params.time_left {
-        let too_slow = |i: usize| {
-            candidates[i]
-                .replicas
-                .iter()
-                .filter(|r| r.usable())
-                .all(|r| r.rtt > left)
-        };
+        let too_slow = |i: usize| expected_completion(candidates[i].replicas) > left;
         if ranked.iter().any(|&i| !too_slow(i)) {
             for &i in ranked.iter().filter(|&&i| too_slow(i)) {
                 excluded.push((i, Exclusion::TooSlow));
@@ -573,30 +600,77 @@ mod tests {
     }
 
     #[test]
+    fn expected_completion_grows_as_the_slots_fill() {
+        let at = |in_flight, limit| {
+            ReplicaLoad {
+                rtt: 0.1,
+                ..busy(in_flight, limit)
+            }
+            .expected_completion()
+        };
+        // Idle, or no limit: the service time alone.
+        assert_eq!(at(0, 4), 0.1);
+        assert_eq!(at(50, u32::MAX), 0.1);
+        // 3 of 4 slots: W = 0.75^(sqrt(10) - 1) / (4 x 0.25) = 0.5369...
+        assert!((at(3, 4) - 0.1 * (1.0 + 0.75f64.powf(10f64.sqrt() - 1.0))).abs() < 1e-12);
+        assert!((at(3, 4) - 0.15369).abs() < 1e-4);
+        let fills: Vec<f64> = (0..8).map(|n| at(n, 8)).collect();
+        assert!(fills.windows(2).all(|w| w[0] < w[1]), "{fills:?}");
+        // An unknown latency prices no waiting (not NaN).
+        let unknown = ReplicaLoad {
+            rtt: f64::NAN,
+            ..busy(3, 4)
+        };
+        assert_eq!(unknown.expected_completion(), 0.0);
+    }
+
+    #[test]
     fn a_loaded_expert_costs_more_and_a_saturated_one_sheds_to_the_next() {
-        // The strong expert scores 0.10 against 0.15: preferred while idle.
+        // The strong expert scores 0.10 against 0.15 and takes 100 ms against 10 ms: with
+        // waiting at 0.5 a second it is preferred while idle (0.15 < 0.155).
         let cheap = [UP];
         let ask = |strong_in_flight: u32| {
-            let strong = [busy(strong_in_flight, 10)];
+            let strong = [ReplicaLoad {
+                rtt: 0.1,
+                ..busy(strong_in_flight, 2)
+            }];
             let cands = [
                 cand(1.0, Some(0.15), &cheap),
                 cand(100.0, Some(0.10), &strong),
             ];
             let params = DecisionParams {
-                load_weight: 0.02,
+                wait_price: 0.5,
                 ..DecisionParams::default()
             };
-            decide(&cands, &params).map(|p| (p.chosen(), p.load[1]))
+            decide(&cands, &params).map(|p| (p.chosen(), p.load[0], p.load[1]))
         };
-        assert_eq!(ask(0), Ok((1, 0.0)));
-        // u = 0.5: load 0.02, still preferred (0.12 < 0.15).
-        let (chosen, load) = ask(5).unwrap();
+        let (chosen, cheap_load, strong_load) = ask(0).unwrap();
         assert_eq!(chosen, 1);
-        assert!((load - 0.02).abs() < 1e-12);
-        // u = 0.8: load 0.08, 0.18 > 0.15: the cheap expert takes it.
-        assert_eq!(ask(8).unwrap().0, 0);
+        assert!((cheap_load - 0.005).abs() < 1e-12);
+        assert!((strong_load - 0.05).abs() < 1e-12);
+        // One of two slots taken: 100 ms x (1 + 0.366) priced 0.068, 0.168 > 0.155.
+        let (chosen, _, strong_load) = ask(1).unwrap();
+        assert_eq!(chosen, 0);
+        assert!((strong_load - 0.0683).abs() < 1e-3, "{strong_load}");
         // Saturated: excluded, the cheap one answers.
-        assert_eq!(ask(10).unwrap().0, 0);
+        assert_eq!(ask(2).unwrap().0, 0);
+        // Waiting unpriced: the strong expert until it saturates.
+        let unpriced = |n| {
+            let strong = [ReplicaLoad {
+                rtt: 0.1,
+                ..busy(n, 2)
+            }];
+            let cands = [
+                cand(1.0, Some(0.15), &cheap),
+                cand(100.0, Some(0.10), &strong),
+            ];
+            let params = DecisionParams {
+                wait_price: 0.0,
+                ..DecisionParams::default()
+            };
+            decide(&cands, &params).unwrap().chosen()
+        };
+        assert_eq!((unpriced(0), unpriced(1), unpriced(2)), (1, 1, 0));
     }
 
     #[test]
@@ -769,7 +843,7 @@ mod tests {
             max_attempts in 1usize..6,
             tries_per_expert in 1usize..4,
             seed in any::<u64>(),
-            load_weight in 0.0f64..0.5,
+            wait_price in 0.0f64..0.5,
             full_scan_up_to in 1usize..10,
             draw in 0.0f64..1.0,
         ) {
@@ -782,7 +856,7 @@ mod tests {
                 .zip(&replicas)
                 .map(|((cost, score, _), r)| Candidate { cost: *cost, expected_cost: *score, replicas: r })
                 .collect();
-            let params = DecisionParams { budget, max_attempts, tries_per_expert, seed, explore: 0.0, load_weight, full_scan_up_to, time_left: None };
+            let params = DecisionParams { budget, max_attempts, tries_per_expert, seed, explore: 0.0, wait_price, full_scan_up_to, time_left: None };
             // Eligible: within budget, with a replica neither ejected nor saturated.
             let eligible = |c: &Candidate<'_>| {
                 budget.is_none_or(|b| c.cost <= b) && c.replicas.iter().any(|r| r.usable())
@@ -801,7 +875,7 @@ mod tests {
                     prop_assert_eq!(attempted.len(), plan.attempts.len());
                     prop_assert_eq!(plan.ranked.len() + plan.excluded.len(), cands.len());
                     // The first attempt is a best eligible expert by score + load term.
-                    let adjusted = |i: usize| usable(cands[i].expected_cost).map(|s| s + load_term(cands[i].replicas, load_weight));
+                    let adjusted = |i: usize| usable(cands[i].expected_cost).map(|s| s + load_term(cands[i].replicas, wait_price));
                     let best = (0..cands.len()).filter(|&i| eligible(&cands[i])).filter_map(adjusted).fold(f64::INFINITY, f64::min);
                     let chosen = &cands[plan.chosen()];
                     if best.is_finite() {

@@ -8,12 +8,16 @@
 //! train/test split by article, the training settings, the dense-feature standardisation, and
 //! the bank `[{lambda, rejector}]`. A file written by another featurizer version is refused.
 //!
-//! Serving: featurize, standardise, `r(x)`, softmax; each pool expert the policy knows gets the
-//! score `1 − softmax_j(r(x))` (lower is better, monotone in the estimated expected deferral
-//! cost); experts it does not know get no score and are tried after the known ones. In cascade
+//! Serving: featurize, standardise, `r(x)`, softmax; each pool expert the policy knows gets as
+//! its score the expected deferral cost `E[c_j | x]` its probability maps to under the entry's
+//! [`Calibration`] (fitted on validation questions; lower is better, in the units the scheduler
+//! also prices waiting in). A file without calibration scores `1 − softmax_j`, which orders the
+//! experts the same way but is in no unit. Experts the policy does not know get no score and
+//! are tried after the known ones. In cascade
 //! mode the request asks the policy again after each answer; at the last stage only the experts
 //! asked are scored.
 
+use super::calibration::Calibration;
 use super::features::{
     FEATURIZER_VERSION, Features, HASH_BUCKETS, cascade_dense, cascade_dense_len, dense_len,
     featurize_analysed,
@@ -100,6 +104,10 @@ pub struct BankEntry {
     /// cascade rejector reads the hashed question n-grams.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub later: Vec<LinearRejector>,
+    /// The maps from the rejector's probabilities to expected deferral costs, by stage (one in
+    /// route and defer mode, `stages + 1` in cascade mode); empty when uncalibrated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<Calibration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +256,17 @@ impl PolicyFile {
                     "the bank entry at lambda {} needs {} later-stage rejectors of the right shape",
                     entry.lambda, self.stages
                 ));
+            }
+            if !entry.calibration.is_empty() && entry.calibration.len() != self.stages + 1 {
+                return bad(format!(
+                    "the bank entry at lambda {} needs {} calibration maps or none, found {}",
+                    entry.lambda,
+                    self.stages + 1,
+                    entry.calibration.len()
+                ));
+            }
+            if let Some(e) = entry.calibration.iter().find_map(|c| c.check().err()) {
+                return bad(format!("the bank entry at lambda {}: {e}", entry.lambda));
             }
         }
         Ok(())
@@ -487,6 +506,7 @@ impl Policy for LearnedPolicy {
         let mut p = Vec::with_capacity(agents.len());
         // Which agents' scores are actions the policy may take now.
         let mut valid = vec![true; agents.len()];
+        let mut stage = 0;
         if self.file.mode == Mode::Cascade {
             let mut asked = vec![false; agents.len()];
             let mut answers = vec![None; agents.len()];
@@ -503,7 +523,7 @@ impl Policy for LearnedPolicy {
                 &answers,
                 &asked,
             );
-            let stage = asked.iter().filter(|a| **a).count().min(self.file.stages);
+            stage = asked.iter().filter(|a| **a).count().min(self.file.stages);
             self.file
                 .stage_logits(self.entry(position), stage, &features, &mut p);
             if stage == self.file.stages {
@@ -536,10 +556,11 @@ impl Policy for LearnedPolicy {
             self.file.logits(self.entry(position), &features, &mut p);
         }
         softmax(&mut p);
+        let calibration = self.file.bank[self.entry(position)].calibration.get(stage);
         out.clear();
         out.extend(experts.iter().map(|e| {
             let j = agent(e.id).filter(|&j| valid[j])?;
-            Some(1.0 - p[j])
+            Some(calibration.map_or(1.0 - p[j], |c| c.expected_cost(p[j])))
         }));
     }
 }

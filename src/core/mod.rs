@@ -9,6 +9,7 @@
 pub mod allow_list;
 pub mod answer_type;
 pub mod ask;
+pub mod calibration;
 pub mod call;
 pub mod cost_target;
 pub mod decision;
@@ -26,4 +27,5 @@ pub mod reading;
 pub mod rejector;
 pub mod replica_health;
 pub mod rng;
+pub mod service_time;
 pub mod text;

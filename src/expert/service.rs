@@ -8,8 +8,10 @@ use super::Backend;
 use super::registration::{self, Announcement, LoadCounters, Registration};
 use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::query::{Query, QueryLimits};
+use crate::core::service_time::ServiceTime;
 use crate::grpc::pb::{self, expert_server};
 use crate::grpc::server;
+use rand_distr::{Distribution, StandardNormal};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +45,7 @@ pub struct ExpertNode {
     load: Arc<LoadCounters>,
     slots: Option<(u32, Semaphore)>,
     delay: Duration,
+    service_time: Option<ServiceTime>,
     drain_delay: Duration,
     fault: Fault,
     tls: Option<Arc<crate::grpc::tls::ServerTls>>,
@@ -69,6 +72,7 @@ impl ExpertNode {
             load: Arc::default(),
             slots: None,
             delay: Duration::ZERO,
+            service_time: None,
             drain_delay: Duration::ZERO,
             fault: Fault::None,
             tls: None,
@@ -104,6 +108,13 @@ impl ExpertNode {
     /// Adds `delay` to every answer (a stand-in for a slow model in drills and tests).
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Takes a service time drawn from `time` for every answer (on top of any `delay`): a
+    /// stand-in for a model's compute, slept without holding a thread.
+    pub fn with_service_time(mut self, time: Option<ServiceTime>) -> Self {
+        self.service_time = time;
         self
     }
 
@@ -158,8 +169,12 @@ impl expert_server::Expert for Arc<ExpertNode> {
         };
         let _in_flight = Counted::enter(&self.load.in_flight);
         let started = Instant::now();
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+        let mut sleep = self.delay;
+        if let Some(time) = &self.service_time {
+            sleep += time.at(StandardNormal.sample(&mut rand::rng()));
+        }
+        if !sleep.is_zero() {
+            tokio::time::sleep(sleep).await;
         }
         let answer = self.backend.answer(&query);
         let micros = started.elapsed().as_micros() as u64;

@@ -164,7 +164,7 @@ pub fn code_of_miss(miss: Miss) -> Code {
             Failure::Other => Code::Unknown,
         },
         Miss::NotSent(NotSent::ReplicaFull) => Code::ResourceExhausted,
-        Miss::NotSent(NotSent::DeadlinePassed) => Code::DeadlineExceeded,
+        Miss::NotSent(NotSent::DeadlinePassed | NotSent::TooSlow) => Code::DeadlineExceeded,
         Miss::NotSent(NotSent::OverBudget) => Code::FailedPrecondition,
     }
 }

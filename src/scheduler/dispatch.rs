@@ -250,7 +250,7 @@ impl RouterService {
             deadline: deadline.map(|d| d.saturating_duration_since(started)),
             max_attempts: config.max_attempts,
             tries_per_expert: config.tries_per_expert,
-            load_weight: config.load_weight,
+            wait_price: config.wait_price,
             explore: config.explore,
             seed: number,
             draws: if config.explore > 0.0 {

@@ -41,8 +41,9 @@ pub struct SchedulerConfig {
     pub limits: QueryLimits,
     /// Leases, outlier ejection, PeakEWMA, and the default per-replica concurrency limit.
     pub replicas: ReplicaPolicy,
-    /// Weight of the load term in the decision (see [`crate::core::decision`]).
-    pub load_weight: f64,
+    /// Price of a second of expected completion time, in cost units (see
+    /// [`crate::core::decision`]).
+    pub wait_price: f64,
     /// How often static and DNS replicas get a `grpc.health.v1` check (zero: never).
     pub health_interval: Duration,
     /// How often DNS names of the pool file are resolved again.
@@ -94,7 +95,7 @@ impl Default for SchedulerConfig {
         Self {
             limits: QueryLimits::default(),
             replicas: ReplicaPolicy::default(),
-            load_weight: decision.load_weight,
+            wait_price: decision.wait_price,
             health_interval: Duration::from_secs(5),
             dns_interval: Duration::from_secs(5),
             max_attempts: decision.max_attempts,

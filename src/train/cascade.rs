@@ -260,6 +260,7 @@ impl Problem<'_> {
             lambda,
             rejector: first,
             later: stages.collect(),
+            calibration: Vec::new(),
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct EvalReport {
     /// lambda of the policy's bank, with the same number of stages (empty when the labels hold
     /// none of the training articles).
     pub agreement_table: Vec<CurvePoint>,
+    /// How the served entry's calibration holds on the test articles: every action's predicted
+    /// expected cost against the cost it had, in ten bins (empty for an uncalibrated policy).
+    pub reliability: Vec<super::calibrate::ReliabilityRow>,
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +382,7 @@ pub fn evaluate(
         .collect();
 
     let bars = quality_bars(&curve, served, max_cost, cascade.as_ref());
+    let reliability = super::calibrate::reliability(labels, policy, served, &test_records)?;
     Ok(EvalReport {
         policy: PolicyReport {
             mode: policy.mode,
@@ -397,6 +401,7 @@ pub fn evaluate(
         question_type_rule: rule.row(),
         cascade,
         agreement_table,
+        reliability,
     })
 }
 
@@ -576,6 +581,21 @@ pub fn to_markdown(report: &EvalReport) -> String {
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:+.2} |\n",
             c.lambda, c.row.em, c.row.f1, c.row.mean_cost, c.mix_em, c.gap
         ));
+    }
+    if !report.reliability.is_empty() {
+        out.push_str(&format!(
+            "\nCalibration at lambda {} (test articles): every action the policy could take on \
+             each question, binned by the expected deferral cost it predicted, against the cost \
+             the action had (loss + lambda × price / max price):\n\n\
+             | predicted | actions | mean predicted | mean realised |\n| --- | --- | --- | --- |\n",
+            p.lambda
+        ));
+        for r in &report.reliability {
+            out.push_str(&format!(
+                "| {:.3}–{:.3} | {} | {:.3} | {:.3} |\n",
+                r.from, r.to, r.actions, r.mean_predicted, r.mean_realised
+            ));
+        }
     }
     out.push('\n');
     out.push_str(&bars_markdown(&p.bars));

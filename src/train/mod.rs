@@ -2,6 +2,7 @@
 //! ([`labels`]), split it by article ([`split`]), fit the rejector bank with the surrogate
 //! ([`fit`]), and evaluate it beside honest baselines on the test articles ([`eval`]).
 
+pub mod calibrate;
 pub mod cascade;
 pub mod eval;
 pub mod fit;
@@ -219,6 +220,7 @@ pub fn train_on(
                 },
             ),
             later: Vec::new(),
+            calibration: Vec::new(),
         })
         .collect();
     Ok(policy_file(

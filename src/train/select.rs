@@ -17,6 +17,7 @@
 //! articles, then the chosen candidate trained on all of them and evaluated on the fold's test
 //! articles, beside the baselines.
 
+use super::calibrate::calibrate;
 use super::eval::{CurvePoint, EvalOptions, EvalReport, Row, choices_at, evaluate};
 use super::labels::{LabelRecord, Labels};
 use super::split::split_by_article;
@@ -108,6 +109,9 @@ pub struct Validated {
     pub lambda: f64,
     pub em: f64,
     pub mean_cost: f64,
+    /// The candidate's bank with each entry's calibration fitted on the validation articles.
+    #[serde(skip)]
+    pub calibrated: Vec<Vec<crate::core::calibration::Calibration>>,
 }
 
 /// What the selection chose, and every candidate's validation figures.
@@ -219,12 +223,15 @@ pub fn select_among(
         )?;
         let points = bank_points(labels, &policy, &validation_records)?;
         let (lambda, em, mean_cost) = pick(&points, target_cost);
+        let mut calibrated = policy.clone();
+        super::calibrate::calibrate(labels, &policy, &validation_records, &mut calibrated)?;
         validated.push(Validated {
             candidate,
             points,
             lambda,
             em,
             mean_cost,
+            calibrated: calibrated.bank.into_iter().map(|e| e.calibration).collect(),
         });
     }
     let best = validated
@@ -260,8 +267,40 @@ pub fn train_recommended(
         default_lambda: Some(selection.lambda),
         ..selection.chosen.options(base)
     };
-    let policy = train_on(labels, &options, train_articles, test_articles)?;
+    let mut policy = train_on(labels, &options, train_articles, test_articles)?;
+    // The maps fitted on validation articles for the same candidate trained without them.
+    let chosen = selection
+        .candidates
+        .iter()
+        .find(|v| v.candidate == selection.chosen)
+        .expect("the chosen candidate was validated");
+    for (entry, maps) in policy.bank.iter_mut().zip(&chosen.calibrated) {
+        entry.calibration = maps.clone();
+    }
     Ok((policy, selection))
+}
+
+/// [`super::train`] with calibration: the same options trained again without the validation
+/// articles carved out of the training ones fit each entry's maps on them. With fewer than two
+/// training articles the policy stays uncalibrated (returned with `false`).
+pub fn train_calibrated(
+    labels: &Labels,
+    options: &TrainOptions,
+) -> anyhow::Result<(PolicyFile, bool)> {
+    let mut policy = super::train(labels, options)?;
+    let articles = policy.split.train_articles.clone();
+    let (inner, validation) = split_by_article(&articles, options.split_seed, VALIDATION_FRACTION);
+    if inner.is_empty() || validation.is_empty() {
+        return Ok((policy, false));
+    }
+    let fewer = train_on(labels, options, inner, validation.clone())?;
+    calibrate(
+        labels,
+        &fewer,
+        &labels.in_articles(&validation),
+        &mut policy,
+    )?;
+    Ok((policy, true))
 }
 
 #[derive(Debug, Clone)]
