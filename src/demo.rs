@@ -90,7 +90,12 @@ pub async fn demo(
         },
     )
     .await?;
-    let offline = evaluate(&labels, &file, &EvalOptions::default())?;
+    // Priced as the live scheduler prices waiting, at the pool's declared service times.
+    let eval_options = EvalOptions {
+        waiting: pool.waiting(options.scheduler.wait_price),
+        ..EvalOptions::default()
+    };
+    let offline = evaluate(&labels, &file, &eval_options)?;
     Ok(DemoResult {
         live,
         questions,
@@ -217,7 +222,15 @@ pub fn demo_table(result: &DemoResult) -> String {
         ));
     };
     row("learned policy (live)", &result.live);
-    row("random mix at the same cost", &result.offline.random_mix);
+    row(
+        "learned policy (offline evaluation)",
+        &result.offline.policy.row,
+    );
+    // The mix at the cost the live policy was charged, not at the offline one.
+    row(
+        "random mix at the live cost",
+        &crate::train::eval::mix_row(&result.offline, result.live.mean_cost),
+    );
     if let Some(c) = &result.offline.cascade {
         row("cascade (match-lstm+rnet, else bert)", c);
     }

@@ -190,6 +190,20 @@ impl PoolFile {
     }
 }
 
+impl PoolFile {
+    /// The price of waiting for each expert's answer at zero load, by expert id: `wait_price`
+    /// (cost units per second) × its mean service time (0 for an expert without one).
+    pub fn waiting(&self, wait_price: f64) -> std::collections::BTreeMap<String, f64> {
+        self.experts
+            .iter()
+            .map(|e| {
+                let mean = e.service_time.map_or(0.0, |t| t.mean());
+                (e.id.clone(), wait_price * mean)
+            })
+            .collect()
+    }
+}
+
 fn missing_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("missing field `")?;
     Some(rest[..rest.find('`')?].to_owned())

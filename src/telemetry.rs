@@ -85,6 +85,19 @@ fn describe() {
         "l2d_policy_lambda",
         "The price of compute of the policy in force"
     );
+    describe_counter!(
+        "l2d_admission_shed_total",
+        "Router.Ask calls refused before any expert call: queue_full, queue_timeout \
+         (RESOURCE_EXHAUSTED) or deadline (DEADLINE_EXCEEDED while waiting)"
+    );
+    describe_gauge!(
+        "l2d_admission_in_flight",
+        "Router.Ask calls being worked on (at most --max-queries)"
+    );
+    describe_gauge!(
+        "l2d_admission_queued",
+        "Router.Ask calls waiting for one of the --max-queries slots"
+    );
     describe_counter!("l2d_policy_reloads_total", "Policy file reloads, by result");
     describe_counter!("l2d_pool_reloads_total", "Pool file reloads, by result");
     describe_counter!(

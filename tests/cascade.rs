@@ -431,6 +431,23 @@ fn a_calibrated_cascade_scores_actions_in_expected_cost() {
     let (file, calibrated) = l2d::train::select::train_calibrated(&labels, &options).unwrap();
     assert!(calibrated);
     assert_eq!(file.bank[0].calibration.len(), 4, "one map per stage");
+    // Offline, priced: waiting for `c` at more than a wrong answer costs means never asking it;
+    // priced at nothing, the rejector's own walk.
+    let records: Vec<_> = labels.records.iter().take(300).collect();
+    let own = l2d::train::eval::choices_at(&file, &[0], &records, &labels, &[]);
+    let free = l2d::train::eval::choices_priced(&file, &[0], &records, &labels, &[], &[0.0; 4]);
+    assert_eq!(own, free);
+    let slow_c = [0.0, 0.0, 2.0, 0.0];
+    let priced = l2d::train::eval::choices_priced(&file, &[0], &records, &labels, &[], &slow_c);
+    assert!(
+        priced[0]
+            .iter()
+            .all(|&(kept, cost)| kept != 2 && cost < 100.0)
+    );
+    assert!(
+        own[0].iter().any(|&(kept, _)| kept == 2),
+        "unpriced, c answers sometimes"
+    );
     let policy = LearnedPolicy::new(file, None, "test");
     let experts: Vec<ExpertMeta<'_>> = labels
         .header

@@ -47,7 +47,8 @@ pub struct AskArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// The scheduler to load (Router.Ask), host:port.
+    /// The scheduler to load (Router.Ask), host:port. With --rps-steps, several may be
+    /// compared in one run: NAME=HOST:PORT,NAME=HOST:PORT,...
     #[arg(long, required_unless_present = "expert", conflicts_with = "expert")]
     pub router: Option<String>,
     /// Load an expert worker directly (Expert.Answer) instead.
@@ -65,6 +66,16 @@ pub struct LoadArgs {
     /// Measured run time, after the warm-up.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// A step test: open loop at each of these rates in turn (e.g. 50,100,200,400,800), each
+    /// for --step-duration after its own warm-up, against every --router; prints a table.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["rps", "duration", "limit", "expert"])]
+    pub rps_steps: Vec<f64>,
+    /// How long each step of --rps-steps is measured.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub step_duration: Duration,
+    /// With --rps-steps: also write the steps as an SVG plot here.
+    #[arg(long, requires = "rps_steps")]
+    pub svg: Option<PathBuf>,
     /// Time sent but not counted, at the start.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
@@ -149,8 +160,18 @@ pub(super) async fn ask(args: AskArgs) -> anyhow::Result<()> {
 pub(super) async fn load(args: LoadArgs) -> anyhow::Result<()> {
     use crate::load::{LoadOptions, Target, queries, rss_kib, run};
     use std::io::IsTerminal;
-    let data = args.data.unwrap_or_else(default_data_path);
+    let data = args.data.clone().unwrap_or_else(default_data_path);
     let dataset = Dataset::load(&data)?;
+    if !args.rps_steps.is_empty() {
+        return load_steps(args, &dataset).await;
+    }
+    if args
+        .router
+        .as_deref()
+        .is_some_and(|r| r.contains(',') || r.contains('='))
+    {
+        bail!("--router: several schedulers (or a name) are for a step test, with --rps-steps");
+    }
     let (target, address) = match (args.router, args.expert) {
         (Some(r), _) => (Target::Router, r),
         (None, Some(e)) => (Target::Expert, e),
@@ -188,6 +209,52 @@ pub(super) async fn load(args: LoadArgs) -> anyhow::Result<()> {
             json["rss_kib"] = serde_json::json!({ "start": a, "end": b });
         }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `l2d load --rps-steps`: every step against every scheduler given.
+async fn load_steps(args: LoadArgs, dataset: &Dataset) -> anyhow::Result<()> {
+    use crate::load::steps::{parse_steps, parse_targets, run_steps};
+    use crate::load::{LoadOptions, Target, queries};
+    use std::io::IsTerminal;
+    let targets = parse_targets(args.router.as_deref().unwrap_or_default())?;
+    let steps = parse_steps(&args.rps_steps)?;
+    anyhow::ensure!(
+        !args.step_duration.is_zero(),
+        "--step-duration must be longer than 0s"
+    );
+    let base = LoadOptions {
+        target: Target::Router,
+        address: String::new(),
+        concurrency: args.concurrency,
+        rps: None,
+        duration: None,
+        warmup: args.warmup,
+        connections: args.connections,
+        limit: None,
+        timeout: args.timeout,
+        progress: std::io::stderr().is_terminal(),
+        tls: args.client.tls()?,
+        token: args.client.token()?,
+    };
+    let report = run_steps(
+        &base,
+        &targets,
+        &steps,
+        args.step_duration,
+        Arc::new(queries(dataset)),
+        dataset.metric_version(),
+    )
+    .await?;
+    print!("{}", report.to_markdown());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report.to_svg())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

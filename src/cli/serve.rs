@@ -10,6 +10,7 @@ use crate::expert::{self, ExpertNode, Registration};
 use crate::grpc::server::{ServerLimits, shutdown_signal};
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile, check_expert_id};
 use crate::scheduler::ReplicaPolicy;
+use crate::scheduler::admission::AdmissionLimits;
 use crate::scheduler::{self, Scheduler, SchedulerConfig};
 use crate::squad::DatasetCache;
 use anyhow::{Context, bail};
@@ -49,6 +50,16 @@ pub struct DispatchArgs {
     /// replica saturates or the deadline is near.
     #[arg(long, default_value_t = DecisionParams::default().wait_price * 100.0)]
     pub wait_price: f64,
+    /// Queries the scheduler works on at once; beyond it they wait (see --max-queue-time).
+    #[arg(long, default_value_t = AdmissionLimits::default().max_in_flight)]
+    pub max_queries: usize,
+    /// Longest a query waits for one of the --max-queries slots before RESOURCE_EXHAUSTED
+    /// (with a retry hint); never past its own deadline.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub max_queue_time: Duration,
+    /// Queries that may wait at once; more are refused at once.
+    #[arg(long, default_value_t = AdmissionLimits::default().max_queued)]
+    pub max_queued: usize,
     /// Consecutive failed calls that eject a replica (exponential backoff from 1 s to 30 s).
     #[arg(long, default_value_t = HealthParams::default().consecutive_failures)]
     pub eject_after: u32,
@@ -137,6 +148,12 @@ impl DispatchArgs {
             self.wait_price
         );
         anyhow::ensure!(self.eject_after > 0, "--eject-after must be at least 1");
+        anyhow::ensure!(self.max_queries > 0, "--max-queries must be at least 1");
+        config.admission = AdmissionLimits {
+            max_in_flight: self.max_queries,
+            max_queue_time: self.max_queue_time,
+            max_queued: self.max_queued,
+        };
         anyhow::ensure!(
             !self.dns_interval.is_zero(),
             "--dns-interval must be longer than 0s"

@@ -181,6 +181,13 @@ pub struct EvalArgs {
         default_value = "match-lstm,rnet-plus,bert-large"
     )]
     pub cascade: Vec<String>,
+    /// Price waiting as the scheduler does, at this pool file's mean service times (zero
+    /// load): the choices are then those `l2d up --pool` serves. Unpriced without it.
+    #[arg(long)]
+    pub pool: Option<PathBuf>,
+    /// With --pool: accuracy points one second of waiting is worth (as `l2d up --wait-price`).
+    #[arg(long, default_value_t = crate::core::decision::DEFAULT_WAIT_PRICE * 100.0, requires = "pool")]
+    pub wait_price: f64,
 }
 
 #[derive(Debug, Args)]
@@ -402,7 +409,10 @@ pub(super) fn cv(args: CvArgs) -> anyhow::Result<()> {
             folds: args.folds,
             at_cost: args.at_cost,
             seed: args.seed,
-            eval: crate::train::eval::EvalOptions { cascade },
+            eval: crate::train::eval::EvalOptions {
+                cascade,
+                ..Default::default()
+            },
         },
     )?;
     let markdown = crate::train::select::to_markdown(&report);
@@ -443,10 +453,19 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .cascade
         .try_into()
         .map_err(|_| anyhow::anyhow!("--cascade takes three expert ids: first,second,fallback"))?;
+    anyhow::ensure!(
+        args.wait_price.is_finite() && args.wait_price >= 0.0,
+        "--wait-price must be a finite number >= 0 (accuracy points per second), got {}",
+        args.wait_price
+    );
+    let waiting = match &args.pool {
+        Some(path) => crate::pool_file::PoolFile::load(path)?.waiting(args.wait_price / 100.0),
+        None => Default::default(),
+    };
     let report = crate::train::eval::evaluate(
         &labels,
         &policy,
-        &crate::train::eval::EvalOptions { cascade },
+        &crate::train::eval::EvalOptions { cascade, waiting },
     )?;
     let markdown = crate::train::eval::to_markdown(&report);
     if let Some(path) = &args.json {

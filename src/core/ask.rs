@@ -1238,6 +1238,71 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_expected_after_the_deadline_is_not_sent_and_the_decision_goes_on() {
+        let fast = [ReplicaLoad::idle(0.01)];
+        let slow = [ReplicaLoad::idle(2.0)];
+        let names = ids(3);
+        let view = [
+            ExpertView {
+                id: &names[0],
+                price: 1.0,
+                replicas: &fast,
+            },
+            ExpertView {
+                id: &names[1],
+                price: 2.0,
+                replicas: &slow,
+            },
+            ExpertView {
+                id: &names[2],
+                price: 50.0,
+                replicas: &slow,
+            },
+        ];
+        // The slow probe's answer is missing when the policy scores; e2 (also slow) would be
+        // best without a deadline.
+        let scorer = |observed: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
+            let answers: Vec<(&str, Option<&str>)> =
+                observed.iter().map(|o| (o.expert, o.answer)).collect();
+            assert_eq!(answers, [("e0", Some("a")), ("e1", None)]);
+            out.extend([Some(0.3), Some(0.2), Some(0.1)]);
+        };
+        let params = AskParams {
+            deadline: Some(Duration::from_millis(500)),
+            ..AskParams::default()
+        };
+        let mut ask = Ask::<String, _>::new(&view, &[0, 1], params, scorer).unwrap();
+        let Step::Call(only) = ask.next_step() else {
+            panic!("the fast probe is sent");
+        };
+        assert_eq!((only.expert, only.role), (0, Role::Probe(0)));
+        assert_eq!(ask.next_step(), Step::Wait, "the slow probe is not sent");
+        ask.record(
+            only.id,
+            CallResult::Answered("a".into()),
+            Duration::from_millis(10),
+        );
+        // e2 expects 2 s with 490 ms left: excluded while the kept probe answer fits.
+        assert_eq!(ask.next_step(), Step::Done);
+        let Finished {
+            outcome,
+            explanation,
+        } = ask.finish();
+        let answered = outcome.unwrap();
+        assert_eq!((answered.expert, answered.kept_probe), (0, true));
+        assert_eq!(explanation.charged, 1.0);
+        assert_eq!(
+            explanation.probes[1].miss,
+            Some(Miss::NotSent(NotSent::TooSlow))
+        );
+        let reason = explanation.reason(&view);
+        assert!(
+            reason.contains("e2 (expected latency beyond the deadline)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn probes_run_together_then_the_kept_answer_costs_nothing_more() {
         let up = [ReplicaLoad::idle(0.01), ReplicaLoad::idle(0.01)];
         let names = ids(3);

@@ -354,6 +354,28 @@ impl PolicyFile {
             .logits(&features.dense, &features.hashed, out);
     }
 
+    /// Turns the logits of bank entry `entry` at `stage` (0 outside cascade mode) into each
+    /// action's score, in place: the softmax over the actions in `valid`, mapped by the
+    /// stage's [`Calibration`] to an expected deferral cost (`1 − softmax` without one);
+    /// infinite for an action not in `valid`. The scores serving ranks, and offline evaluation
+    /// with priced waiting.
+    pub fn expected_costs(&self, entry: usize, stage: usize, logits: &mut [f64], valid: &[bool]) {
+        for (r, v) in logits.iter_mut().zip(valid) {
+            if !v {
+                *r = f64::NEG_INFINITY;
+            }
+        }
+        softmax(logits);
+        let calibration = self.bank[entry].calibration.get(stage);
+        for (q, v) in logits.iter_mut().zip(valid) {
+            *q = match (v, calibration) {
+                (false, _) => f64::INFINITY,
+                (true, Some(c)) => c.expected_cost(*q),
+                (true, None) => 1.0 - *q,
+            };
+        }
+    }
+
     /// Softmax of the rejector at bank entry `entry` for a query.
     pub fn probabilities(
         &self,
@@ -529,11 +551,6 @@ impl Policy for LearnedPolicy {
             if stage == self.file.stages {
                 // The last stage keeps an answer seen: asking more is not an action.
                 valid = asked;
-                for (r, v) in p.iter_mut().zip(&valid) {
-                    if !v {
-                        *r = f64::NEG_INFINITY;
-                    }
-                }
             }
         } else {
             let probe_answers: Vec<Option<&str>> = self
@@ -555,12 +572,12 @@ impl Policy for LearnedPolicy {
             );
             self.file.logits(self.entry(position), &features, &mut p);
         }
-        softmax(&mut p);
-        let calibration = self.file.bank[self.entry(position)].calibration.get(stage);
+        self.file
+            .expected_costs(self.entry(position), stage, &mut p, &valid);
         out.clear();
         out.extend(experts.iter().map(|e| {
             let j = agent(e.id).filter(|&j| valid[j])?;
-            Some(calibration.map_or(1.0 - p[j], |c| c.expected_cost(p[j])))
+            Some(p[j])
         }));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod simulate;
+pub mod steps;
 pub mod tally;
 
 use crate::core::metric::{MetricVersion, score};
@@ -247,7 +248,7 @@ pub async fn run(
                     options.limit,
                 );
                 workers.push(tokio::spawn(async move {
-                    let mut tally = Tally::default();
+                    let mut tally = Tally::with_deadline(timeout);
                     loop {
                         let now = Instant::now();
                         if end.is_some_and(|e| now >= e) {
@@ -267,14 +268,14 @@ pub async fn run(
                     tally
                 }));
             }
-            let mut total = Tally::default();
+            let mut total = Tally::with_deadline(options.timeout);
             for w in workers {
                 total.merge(&w.await?);
             }
             total
         }
         Some(rps) => {
-            let tally = Arc::new(Mutex::new(Tally::default()));
+            let tally = Arc::new(Mutex::new(Tally::with_deadline(options.timeout)));
             let in_flight = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
             let mut tasks = tokio::task::JoinSet::new();
             let mut i: u64 = 0;

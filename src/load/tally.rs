@@ -33,6 +33,10 @@ pub struct Failed {
 
 pub struct Tally {
     histogram: Histogram<u64>,
+    /// Answers slower than this do not count toward goodput (the calls' deadline).
+    deadline: Duration,
+    /// Answers within `deadline`.
+    good: u64,
     count: u64,
     status_codes: BTreeMap<String, u64>,
     error_samples: BTreeMap<String, u64>,
@@ -48,6 +52,8 @@ impl Default for Tally {
         Self {
             histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("valid histogram bounds"),
+            deadline: Duration::MAX,
+            good: 0,
             count: 0,
             status_codes: BTreeMap::new(),
             error_samples: BTreeMap::new(),
@@ -61,8 +67,19 @@ impl Default for Tally {
 }
 
 impl Tally {
+    /// A tally whose goodput counts answers within `deadline`.
+    pub fn with_deadline(deadline: Duration) -> Self {
+        Self {
+            deadline,
+            ..Self::default()
+        }
+    }
+
     pub fn record(&mut self, outcome: &Outcome) {
         self.count += 1;
+        if outcome.result.is_ok() && outcome.latency <= self.deadline {
+            self.good += 1;
+        }
         self.histogram
             .saturating_record((outcome.latency.as_micros() as u64).max(1));
         match &outcome.result {
@@ -90,6 +107,7 @@ impl Tally {
 
     pub fn merge(&mut self, other: &Tally) {
         self.count += other.count;
+        self.good += other.good;
         let _ = self.histogram.add(&other.histogram);
         for (k, v) in &other.status_codes {
             *self.status_codes.entry(k.clone()).or_default() += v;
@@ -127,6 +145,12 @@ impl Tally {
             total_s: secs,
             rps: if secs > 0.0 {
                 self.count as f64 / secs
+            } else {
+                0.0
+            },
+            within_deadline: self.good,
+            goodput_rps: if secs > 0.0 {
+                self.good as f64 / secs
             } else {
                 0.0
             },
@@ -236,6 +260,10 @@ pub struct LoadReport {
     pub error_samples: BTreeMap<String, u64>,
     pub total_s: f64,
     pub rps: f64,
+    /// Answers (OK) within the calls' deadline, counted from when each call was due.
+    pub within_deadline: u64,
+    /// `within_deadline` per second.
+    pub goodput_rps: f64,
     pub latency_us: Latency,
     pub histogram: Vec<Bucket>,
     /// Official-metric EM/F1 (percent) over the answered queries that have references.
@@ -252,13 +280,14 @@ impl LoadReport {
     pub fn to_text(&self) -> String {
         let ms = |us: f64| us / 1000.0;
         let mut out = format!(
-            "\nSummary:\n  Count:\t{}\n  Total:\t{:.2} s\n  Slowest:\t{:.3} ms\n  Fastest:\t{:.3} ms\n  Average:\t{:.3} ms\n  Requests/sec:\t{:.2}\n",
+            "\nSummary:\n  Count:\t{}\n  Total:\t{:.2} s\n  Slowest:\t{:.3} ms\n  Fastest:\t{:.3} ms\n  Average:\t{:.3} ms\n  Requests/sec:\t{:.2}\n  Goodput/sec:\t{:.2} (answered within the deadline)\n",
             self.count,
             self.total_s,
             ms(self.latency_us.max as f64),
             ms(self.latency_us.fastest as f64),
             ms(self.latency_us.average),
-            self.rps
+            self.rps,
+            self.goodput_rps
         );
         out.push_str("\nResponse time histogram:\n");
         let peak = self
@@ -359,6 +388,21 @@ mod tests {
         assert!((r.expert_share["b"] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!((r.latency_us.fastest, r.latency_us.max), (50, 300));
         assert_eq!(r.histogram.iter().map(|b| b.count).sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn goodput_counts_answers_within_the_deadline_only() {
+        let mut t = Tally::with_deadline(Duration::from_micros(250));
+        t.record(&ok("a", 1.0, 100, None));
+        t.record(&ok("a", 1.0, 250, None));
+        t.record(&ok("a", 1.0, 300, None));
+        t.record(&failed("UNAVAILABLE", "down"));
+        let mut other = Tally::with_deadline(Duration::from_micros(250));
+        other.record(&ok("b", 1.0, 10, None));
+        t.merge(&other);
+        let r = t.report(Duration::from_secs(2));
+        assert_eq!(r.within_deadline, 3);
+        assert_eq!(r.goodput_rps, 1.5);
     }
 
     #[test]

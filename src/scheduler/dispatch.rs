@@ -177,16 +177,19 @@ impl Router for RouterService {
         let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request_id(&request, number);
         let span = tracing::info_span!("ask", request_id = %request_id);
-        let result = self
-            .answer(
+        let result = async {
+            let _slot = self.scheduler.admission.enter(deadline).await?;
+            self.answer(
                 request.into_inner(),
                 number,
                 request_id.clone(),
                 started,
                 deadline,
             )
-            .instrument(span)
-            .await;
+            .await
+        }
+        .instrument(span)
+        .await;
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.scheduler.asks.increment(code);
         self.scheduler

@@ -6,6 +6,7 @@
 //! through [`Registry`]; a background task reaps expired leases.
 
 pub mod access;
+pub mod admission;
 pub mod contexts;
 pub mod decision_log;
 pub mod discovery;
@@ -87,6 +88,8 @@ pub struct SchedulerConfig {
     pub register_rate: f64,
     /// Connection, stream, header and time limits of the listeners.
     pub server_limits: crate::grpc::server::ServerLimits,
+    /// Queries worked on at once, and how long and how many may wait (see [`admission`]).
+    pub admission: admission::AdmissionLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -119,6 +122,7 @@ impl Default for SchedulerConfig {
             register_allow: crate::core::allow_list::AllowList::loopback(),
             register_rate: 20.0,
             server_limits: crate::grpc::server::ServerLimits::default(),
+            admission: admission::AdmissionLimits::default(),
         }
     }
 }
@@ -246,6 +250,8 @@ pub struct Scheduler {
     pool_file: Mutex<Option<crate::pool_file::PoolFile>>,
     /// Analyses of recent contexts, for policies that read the context.
     pub contexts: contexts::ContextCache,
+    /// The global limit on queries in flight.
+    pub(crate) admission: admission::Admission,
 }
 
 impl Scheduler {
@@ -271,6 +277,7 @@ impl Scheduler {
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
             contexts: contexts::ContextCache::default(),
+            admission: admission::Admission::new(config.admission),
             registry: Arc::new(
                 Registry::new(config.replicas).with_client_tls(config.expert_tls.clone()),
             ),
@@ -418,6 +425,8 @@ impl Scheduler {
             metrics::gauge!("l2d_cost_target").set(target);
         }
         metrics::gauge!("l2d_policy_lambda").set(self.policy().lambda());
+        metrics::gauge!("l2d_admission_in_flight").set(self.admission.in_flight() as f64);
+        metrics::gauge!("l2d_admission_queued").set(self.admission.queued() as f64);
         let mut out = crate::telemetry::PoolSeries::new();
         out.codes("l2d_asks_total", &[], &self.asks);
         self.registry.write_metrics(&mut out, Instant::now());

@@ -78,12 +78,17 @@ pub struct EvalOptions {
     /// (first, second, fallback): run the first two; if they agree answer the second's, else ask
     /// the fallback. Skipped when any is not an expert of the labels.
     pub cascade: [String; 3],
+    /// The price of waiting for each expert's answer, by expert id, in cost units (wait
+    /// price × expected service time): the policy's choices are then the scheduler's at zero
+    /// load on a pool with those service times. Empty: unpriced.
+    pub waiting: BTreeMap<String, f64>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
         Self {
             cascade: ["match-lstm".into(), "rnet-plus".into(), "bert-large".into()],
+            waiting: BTreeMap::new(),
         }
     }
 }
@@ -199,6 +204,27 @@ impl MixLine {
 }
 
 /// Evaluates `policy` on the test articles recorded in it.
+/// The random mix of single experts (on the hull of `report.experts`) at mean cost `cost`.
+pub fn mix_row(report: &EvalReport, cost: f64) -> Row {
+    let ids: Vec<&String> = report.experts.keys().collect();
+    let points: Vec<(f64, f64, f64)> = report
+        .experts
+        .values()
+        .map(|r| (r.mean_cost, r.em, r.f1))
+        .collect();
+    let (em, f1, mixture) = MixLine::new(&points).at(cost);
+    Row {
+        em,
+        f1,
+        mean_cost: mixture.iter().map(|&(j, p)| p * points[j].0).sum(),
+        shares: mixture
+            .iter()
+            .filter(|(_, p)| *p > 0.0)
+            .map(|&(j, p)| (ids[j].clone(), p))
+            .collect(),
+    }
+}
+
 pub fn evaluate(
     labels: &Labels,
     policy: &PolicyFile,
@@ -238,7 +264,14 @@ pub fn evaluate(
 
     // The policy's curve: every bank entry.
     let entries: Vec<usize> = (0..policy.bank.len()).collect();
-    let all = choices_at(policy, &entries, &test_records, labels, &probes);
+    let waiting: Vec<f64> = if options.waiting.is_empty() {
+        Vec::new()
+    } else {
+        ids.iter()
+            .map(|id| options.waiting.get(id).copied().unwrap_or(0.0))
+            .collect()
+    };
+    let all = choices_priced(policy, &entries, &test_records, labels, &probes, &waiting);
     let mut curve = Vec::new();
     for (entry, picks) in policy.bank.iter().zip(all) {
         let mut t = Tally::new(&ids);
@@ -427,9 +460,63 @@ pub fn choices_at(
     labels: &Labels,
     probes: &[usize],
 ) -> Vec<Vec<(usize, f64)>> {
+    choices_priced(policy, entries, records, labels, probes, &[])
+}
+
+/// [`choices_at`] as the scheduler makes them when waiting is priced: `waiting[j]` is the
+/// price of waiting for agent `j`'s answer (wait price × its expected service time), added to
+/// the score of every action that calls it (answers already seen are free). Empty: no price,
+/// the rejector's own choices.
+pub fn choices_priced(
+    policy: &PolicyFile,
+    entries: &[usize],
+    records: &[&LabelRecord],
+    labels: &Labels,
+    probes: &[usize],
+    waiting: &[f64],
+) -> Vec<Vec<(usize, f64)>> {
     let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
     let mut out = vec![Vec::with_capacity(records.len()); entries.len()];
     let mut logits = Vec::new();
+    let priced = waiting.iter().any(|w| *w > 0.0);
+    // The best action: lowest score plus the waiting of a call it makes.
+    let best = |scores: &[f64], free: &dyn Fn(usize) -> bool| {
+        (0..scores.len())
+            .map(|j| (j, scores[j] + if free(j) { 0.0 } else { waiting[j] }))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(costs[a.0].total_cmp(&costs[b.0])))
+            .map_or(0, |(j, _)| j)
+    };
+    if policy.mode == Mode::Cascade && priced {
+        let last = policy.stages;
+        for r in records {
+            let full = super::cascade::full_features(r);
+            for (&e, choices) in entries.iter().zip(&mut out) {
+                let mut asked = vec![false; costs.len()];
+                let kept = loop {
+                    let stage = asked.iter().filter(|a| **a).count().min(last);
+                    let state = policy.mask_state(&full, &asked);
+                    policy.stage_logits(e, stage, &state, &mut logits);
+                    let valid = if stage == last {
+                        asked.clone()
+                    } else {
+                        vec![true; costs.len()]
+                    };
+                    policy.expected_costs(e, stage, &mut logits, &valid);
+                    let j = best(&logits, &|j| asked[j]);
+                    if asked[j] {
+                        break j;
+                    }
+                    asked[j] = true;
+                };
+                let cost = (0..costs.len())
+                    .filter(|&k| asked[k])
+                    .map(|k| costs[k])
+                    .sum();
+                choices.push((kept, cost));
+            }
+        }
+        return out;
+    }
     if policy.mode == Mode::Cascade {
         let stages: Vec<Vec<_>> = entries.iter().map(|&e| policy.stage_rejectors(e)).collect();
         let mut scratch = (Vec::new(), Vec::new());
@@ -452,7 +539,12 @@ pub fn choices_at(
         let f = policy.features(&r.question, &r.context, None, &probe_answers(r, probes));
         for (&e, choices) in entries.iter().zip(&mut out) {
             policy.logits(e, &f, &mut logits);
-            let j = argmax(&logits);
+            let j = if priced {
+                policy.expected_costs(e, 0, &mut logits, &vec![true; costs.len()]);
+                best(&logits, &|j| probes.contains(&j))
+            } else {
+                argmax(&logits)
+            };
             choices.push((j, probe_cost + extra_cost(labels, probes, j)));
         }
     }

@@ -468,12 +468,7 @@ fn selected_row(
 
 /// The mix line of the report's single experts at `cost`.
 fn mix_at(report: &EvalReport, cost: f64) -> f64 {
-    let points: Vec<(f64, f64, f64)> = report
-        .experts
-        .values()
-        .map(|r| (r.mean_cost, r.em, r.f1))
-        .collect();
-    super::eval::MixLine::new(&points).at(cost).0
+    super::eval::mix_row(report, cost).em
 }
 
 fn point_at(curve: &[CurvePoint], lambda: f64) -> &CurvePoint {
