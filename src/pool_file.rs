@@ -13,7 +13,7 @@
 //! # addresses = ["127.0.0.1:50061", "127.0.0.1:50062"]   # several running workers
 //! # dns = "l2d-expert-bert:50061"  # every address a name resolves to (re-resolved periodically),
 //! #                                # e.g. a Kubernetes headless Service
-//! # max_in_flight = 16             # calls the scheduler sends one replica at once (default 64);
+//! # max_in_flight = 16             # calls the scheduler sends one replica at once (default 128);
 //! #                                # in-process replicas also answer at most this many at once
 //! # service_time = "20ms"          # any backend: the median time an answer takes, slept by the
 //! # service_time_p99 = "60ms"      # worker (lognormal between the two; p99 defaults to the median)

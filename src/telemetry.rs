@@ -13,6 +13,9 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `l2d_asks_total` | counter | `code` |
+//! | `l2d_admission_shed_total` | counter | `reason` (`queue_full`, `queue_timeout`, `deadline`) |
+//! | `l2d_admission_in_flight` | gauge | queries being worked on |
+//! | `l2d_admission_queued` | gauge | queries waiting for a slot |
 //! | `l2d_ask_duration_seconds` | histogram | |
 //! | `l2d_decisions_total` | counter | `expert` (first choice) |
 //! | `l2d_fallbacks_total` | counter | `expert`, `code` (the failed call) |

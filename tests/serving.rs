@@ -125,7 +125,8 @@ async fn pool_file_changes_apply_while_serving_and_bad_ones_are_refused_whole() 
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(experts(), [("strong".to_string(), vec![64])]);
+    let default = l2d::scheduler::ReplicaPolicy::default().max_in_flight;
+    assert_eq!(experts(), [("strong".to_string(), vec![default])]);
 
     // Seen by the watcher: a new expert, and a new limit for the old one.
     write(strong_at("max_in_flight = 3") + &cheap_at(1));
@@ -133,7 +134,7 @@ async fn pool_file_changes_apply_while_serving_and_bad_ones_are_refused_whole() 
         experts()
             == [
                 ("strong".to_string(), vec![3]),
-                ("cheap".to_string(), vec![64]),
+                ("cheap".to_string(), vec![default]),
             ]
     })
     .await;
@@ -163,7 +164,8 @@ async fn pool_file_changes_apply_while_serving_and_bad_ones_are_refused_whole() 
         assert_eq!(changes.removed, ["cheap"]);
         assert_eq!(changes.updated, ["strong"]);
     }
-    assert_eq!(experts(), [("strong".to_string(), vec![64])]);
+    let default = l2d::scheduler::ReplicaPolicy::default().max_in_flight;
+    assert_eq!(experts(), [("strong".to_string(), vec![default])]);
     assert_eq!(router.ask(ask).await.unwrap().expert_id, "strong");
     assert!(scheduler.reload_pool().unwrap().is_none(), "unchanged file");
 }

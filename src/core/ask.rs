@@ -565,6 +565,11 @@ where
                             | Miss::NotSent(NotSent::DeadlinePassed)
                     );
                     if deadline || past_deadline {
+                        // An answer already seen needs no time: the best one ranked is kept
+                        // rather than failing the request.
+                        if let Some(kept) = self.best_answer_seen() {
+                            return self.finish_with(Ok(kept));
+                        }
                         let calls = self.explanation.misses().count();
                         self.finish_with(Err(AskError::DeadlinePassed { calls }));
                     } else if let Miss::Failed(f) = m
@@ -756,6 +761,21 @@ where
             plan,
         });
         self.phase = Phase::Answering { next: 0 };
+    }
+
+    /// The answer seen (a probe's or a stage's) the decision ranked best, taken out.
+    fn best_answer_seen(&mut self) -> Option<Answered<A>> {
+        let ranked = &self.explanation.decision.as_ref()?.plan.ranked;
+        let (k, expert) = ranked.iter().find_map(|&e| {
+            let k = self.probe_experts.iter().position(|&p| p == e)?;
+            self.probes[k].answer.is_some().then_some((k, e))
+        })?;
+        Some(Answered {
+            answer: self.probes[k].answer.take()?,
+            expert,
+            replica: self.explanation.probes[k].replica.unwrap_or(0),
+            kept_probe: true,
+        })
     }
 
     fn next_answer_call(&mut self, next: usize) -> Option<Call> {
@@ -1235,6 +1255,68 @@ mod tests {
                     "expert {} drawn with frequency {} but logged with propensity {}", expert, frequency, propensity);
             }
         }
+    }
+
+    #[test]
+    fn when_the_deadline_cuts_the_answer_call_the_best_answer_seen_is_kept() {
+        let up = [ReplicaLoad::idle(0.01)];
+        let names = ids(3);
+        let view: Vec<ExpertView<'_>> = [1.0, 2.0, 50.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &price)| ExpertView {
+                id: &names[i],
+                price,
+                replicas: &up,
+            })
+            .collect();
+        // e2 is best; of the probes, e1 ranks above e0.
+        let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
+            out.extend([Some(0.5), Some(0.3), Some(0.1)]);
+        };
+        let params = AskParams {
+            deadline: Some(Duration::from_millis(500)),
+            ..AskParams::default()
+        };
+        let mut ask = Ask::<String, _>::new(&view, &[0, 1], params, scorer).unwrap();
+        let (Step::Call(a), Step::Call(b)) = (ask.next_step(), ask.next_step()) else {
+            panic!("both probes start");
+        };
+        ask.record(
+            a.id,
+            CallResult::Answered("zero".into()),
+            Duration::from_millis(5),
+        );
+        ask.record(
+            b.id,
+            CallResult::Answered("one".into()),
+            Duration::from_millis(20),
+        );
+        let Step::Call(call) = ask.next_step() else {
+            panic!("the best expert is called");
+        };
+        assert_eq!((call.expert, call.role), (2, Role::Answer));
+        ask.record(
+            call.id,
+            CallResult::Missed(Miss::Failed(Failure::DeadlinePassed)),
+            Duration::from_millis(500),
+        );
+        assert_eq!(ask.next_step(), Step::Done);
+        let Finished {
+            outcome,
+            explanation,
+        } = ask.finish();
+        let answered = outcome.unwrap();
+        assert_eq!(
+            (
+                answered.answer.as_str(),
+                answered.expert,
+                answered.kept_probe
+            ),
+            ("one", 1, true)
+        );
+        // The call cut by the deadline is not charged; the probes are.
+        assert_eq!(explanation.charged, 3.0);
     }
 
     #[test]

@@ -2,14 +2,17 @@
 //! scheduler prices everything in (a wrong answer costs 1).
 //!
 //! The rejector is trained so that its highest-scoring action has the lowest expected cost
-//! `c_j = loss_j + λ · price_j`, but its softmax probabilities are not those costs: two experts
-//! whose probabilities differ by a few thousandths may differ by whole accuracy points in
-//! expected cost, or not at all. [`Calibration`] is a decreasing map `q ↦ E[c | q]`, fitted by
-//! isotonic regression (pool-adjacent-violators) on held-out questions: every action's
-//! probability paired with the cost that action turned out to have. It is one map for all of
-//! an entry's actions (per stage in cascade mode), so it keeps the rejector's order of the
-//! actions, and the policy serves the same choices as before at zero load; what it adds is
+//! `c_j = loss_j + λ · price_j`, but its softmax probabilities are not those costs.
+//! [`Calibration`] is a decreasing map `q ↦ E[c | q]` fitted on held-out questions: every
+//! action's probability paired with the cost that action turned out to have. It is one map for
+//! all of an entry's actions (per stage in cascade mode), so it keeps the rejector's order of
+//! the actions, and the policy serves the same choices as before at zero load; what it adds is
 //! the size of each gap, comparable with the price of waiting.
+//!
+//! The map is isotonic, interpolated between blocks and extended linearly to the ends (see
+//! [`Calibration::fit`]): a step function, or one flat past its last block, would make every
+//! near-choice among the rejector's favourite actions a tie that the smallest waiting price
+//! decides.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,14 +25,73 @@ pub struct Calibration {
     pub pairs: usize,
 }
 
-/// Below the map's resolution: keeps the rejector's own order where the map is flat.
-const TIE_BREAK: f64 = 1e-6;
-
 /// At most this many bins of probability are pooled before the isotonic fit.
 const MAX_BINS: usize = 256;
 
+/// A line through the pairs (slope at most 0), as knots at its mean probability and 1 beyond.
+fn least_squares(pairs: &[(f64, f64)]) -> Vec<[f64; 2]> {
+    let n = pairs.len() as f64;
+    let mean_q = pairs.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_c = pairs.iter().map(|p| p.1).sum::<f64>() / n;
+    let var_q = pairs.iter().map(|p| (p.0 - mean_q).powi(2)).sum::<f64>();
+    let cov = pairs
+        .iter()
+        .map(|p| (p.0 - mean_q) * (p.1 - mean_c))
+        .sum::<f64>();
+    let slope = if var_q > 0.0 {
+        (cov / var_q).min(0.0)
+    } else {
+        0.0
+    };
+    if slope == 0.0 || mean_q >= 1.0 {
+        return vec![[mean_q, mean_c]];
+    }
+    vec![[mean_q, mean_c], [1.0, mean_c + slope * (1.0 - mean_q)]]
+}
+
+/// Extends decreasing knots to probabilities 0 and 1 along their end segments, stopping at a
+/// cost of 0 (a flat 0 beyond).
+fn extend_to_the_ends(knots: &mut Vec<[f64; 2]>) {
+    if knots.len() < 2 {
+        let c = knots.first().map_or(0.0, |k| k[1]);
+        *knots = vec![[0.0, c], [1.0, c]];
+        return;
+    }
+    let slope = |a: [f64; 2], b: [f64; 2]| (b[1] - a[1]) / (b[0] - a[0]);
+    let [first, second] = [knots[0], knots[1]];
+    if first[0] > 0.0 {
+        knots.insert(0, [0.0, first[1] - slope(first, second) * first[0]]);
+    }
+    let (a, b) = (knots[knots.len() - 2], knots[knots.len() - 1]);
+    if b[0] < 1.0 {
+        let at_one = b[1] + slope(a, b) * (1.0 - b[0]);
+        if at_one >= 0.0 {
+            knots.push([1.0, at_one]);
+        } else if b[1] > 0.0 {
+            // Where the line reaches 0, then flat.
+            knots.push([b[0] - b[1] / slope(a, b), 0.0]);
+            knots.push([1.0, 0.0]);
+        } else {
+            knots.push([1.0, b[1]]);
+        }
+    }
+    for k in knots.iter_mut() {
+        k[1] = k[1].max(0.0);
+    }
+}
+
+/// Below the map's resolution: keeps the rejector's own order where the map is flat.
+const TIE_BREAK: f64 = 1e-6;
+
 impl Calibration {
     /// Fits the map on `(probability, realised cost)` pairs; `None` without pairs.
+    ///
+    /// Isotonic regression (pool-adjacent-violators, on at most 256 equal-count bins of
+    /// probability), interpolated linearly between the blocks' centroids and extended to
+    /// probabilities 0 and 1 along the end segments (never below a cost of 0): the map falls
+    /// strictly, so the rejector's preference among its favourite actions stays a gap, not a
+    /// tie that the smallest waiting price would decide. With a single block, a least-squares
+    /// line (slope at most 0).
     pub fn fit(mut pairs: Vec<(f64, f64)>) -> Option<Self> {
         pairs.retain(|(q, c)| q.is_finite() && c.is_finite());
         if pairs.is_empty() {
@@ -39,18 +101,14 @@ impl Calibration {
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
         // Equal-count bins of probability: (weight, mean probability, mean cost).
         let bins = MAX_BINS.min(n);
-        let mut blocks: Vec<(f64, f64, f64)> = Vec::with_capacity(bins);
+        let mut fitted: Vec<(f64, f64, f64)> = Vec::with_capacity(bins);
         for b in 0..bins {
             let chunk = &pairs[b * n / bins..(b + 1) * n / bins];
             let w = chunk.len() as f64;
             let q = chunk.iter().map(|p| p.0).sum::<f64>() / w;
             let c = chunk.iter().map(|p| p.1).sum::<f64>() / w;
-            blocks.push((w, q, c));
-        }
-        // Pool adjacent violators: cost must not rise with probability.
-        let mut fitted: Vec<(f64, f64, f64)> = Vec::with_capacity(blocks.len());
-        for block in blocks {
-            fitted.push(block);
+            fitted.push((w, q, c));
+            // Pool adjacent violators: cost must fall as probability rises.
             while fitted.len() > 1 {
                 let (w2, q2, c2) = fitted[fitted.len() - 1];
                 let (w1, q1, c1) = fitted[fitted.len() - 2];
@@ -62,10 +120,13 @@ impl Calibration {
                 fitted.push((w, (w1 * q1 + w2 * q2) / w, (w1 * c1 + w2 * c2) / w));
             }
         }
-        Some(Self {
-            knots: fitted.into_iter().map(|(_, q, c)| [q, c]).collect(),
-            pairs: n,
-        })
+        let mut knots: Vec<[f64; 2]> = if fitted.len() >= 2 {
+            fitted.iter().map(|&(_, q, c)| [q, c]).collect()
+        } else {
+            least_squares(&pairs)
+        };
+        extend_to_the_ends(&mut knots);
+        Some(Self { knots, pairs: n })
     }
 
     /// The expected cost of an action the rejector gives probability `q`.
@@ -126,16 +187,8 @@ mod tests {
     }
 
     #[test]
-    fn pools_violators_into_their_mean() {
-        // Two probability levels where the higher one is costlier: one pooled block.
-        let mut pairs = vec![(0.2, 0.1); 10];
-        pairs.extend(vec![(0.8, 0.5); 10]);
-        let cal = Calibration::fit(pairs).unwrap();
-        assert_eq!(cal.knots.len(), 1);
-        assert!((cal.knots[0][1] - 0.3).abs() < 1e-12);
-        assert!((cal.knots[0][0] - 0.5).abs() < 1e-12);
-        assert_eq!(cal.pairs, 20);
-        // Noisy 0/1 costs with P(cost 1) = 1 − q: means follow 1 − q.
+    fn fits_the_mean_cost_by_probability_and_never_rises() {
+        // Noisy 0/1 costs with P(cost 1) = 1 − q: the line follows 1 − q.
         let pairs: Vec<(f64, f64)> = (0..20_000)
             .map(|i| {
                 let q = (i % 100) as f64 / 100.0;
@@ -145,8 +198,21 @@ mod tests {
             .collect();
         let cal = Calibration::fit(pairs).unwrap();
         cal.check().unwrap();
+        assert_eq!(cal.pairs, 20_000);
         assert!((cal.expected_cost(0.25) - 0.75).abs() < 0.03);
         assert!((cal.expected_cost(0.75) - 0.25).abs() < 0.03);
+        // Cost rising with probability: held flat at the mean, not inverted.
+        let mut pairs = vec![(0.2, 0.1); 10];
+        pairs.extend(vec![(0.8, 0.5); 10]);
+        let cal = Calibration::fit(pairs).unwrap();
+        cal.check().unwrap();
+        assert!((cal.expected_cost(0.2) - 0.3).abs() < 1e-5);
+        assert!((cal.expected_cost(0.8) - 0.3).abs() < 1e-5);
+        // A line that would fall below zero stops at zero.
+        let cal = Calibration::fit(vec![(0.0, 0.6), (0.5, 0.0), (0.5, 0.0), (0.5, 0.0)]).unwrap();
+        cal.check().unwrap();
+        assert!(cal.expected_cost(1.0) >= 0.0 && cal.expected_cost(1.0) < 1e-5);
+        assert!(cal.expected_cost(0.0) > 0.5);
     }
 
     #[test]

@@ -91,11 +91,16 @@ pub struct ServerLimits {
     pub handshake_timeout: Duration,
 }
 
+impl ServerLimits {
+    /// Concurrent streams one connection may carry by default.
+    pub const DEFAULT_STREAMS: u32 = 128;
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_connections: 512,
-            max_concurrent_streams: 128,
+            max_concurrent_streams: Self::DEFAULT_STREAMS,
             max_header_list_bytes: 16 * 1024,
             max_pending_reset_streams: 32,
             max_calls_in_service: 256,

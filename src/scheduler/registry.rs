@@ -425,7 +425,9 @@ pub struct Registry {
 pub struct ReplicaPolicy {
     pub leases: LeasePolicy,
     pub health: HealthParams,
-    /// Calls in flight per replica when neither the pool file nor the replica says otherwise.
+    /// Calls in flight per replica when neither the pool file nor the replica says otherwise:
+    /// by default the concurrent streams an l2d worker accepts on the one HTTP/2 connection the
+    /// scheduler keeps to it (more would wait in that connection anyway).
     pub max_in_flight: u32,
     /// Experts the pool may hold; a registration that would add one more is refused.
     pub max_experts: usize,
@@ -438,7 +440,7 @@ impl Default for ReplicaPolicy {
         Self {
             leases: LeasePolicy::default(),
             health: HealthParams::default(),
-            max_in_flight: 64,
+            max_in_flight: crate::grpc::server::ServerLimits::DEFAULT_STREAMS,
             max_experts: 64,
             max_replicas: 1024,
         }
