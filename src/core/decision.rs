@@ -278,6 +278,8 @@ pub fn decide(
     let mut ranked = Vec::with_capacity(candidates.len());
     let mut excluded = Vec::new();
     let mut load = vec![0.0; candidates.len()];
+    // Expected completion of each eligible expert's best replica, computed once.
+    let mut completion = vec![f64::INFINITY; candidates.len()];
     for (i, c) in candidates.iter().enumerate() {
         if params.budget.is_some_and(|b| c.cost > b) {
             excluded.push((i, Exclusion::OverBudget));
@@ -286,7 +288,8 @@ pub fn decide(
         } else if !c.replicas.iter().any(ReplicaLoad::usable) {
             excluded.push((i, Exclusion::Saturated));
         } else {
-            load[i] = load_term(c.replicas, params.wait_price);
+            completion[i] = expected_completion(c.replicas);
+            load[i] = params.wait_price.max(0.0) * completion[i];
             ranked.push(i);
         }
     }
@@ -294,7 +297,7 @@ pub fn decide(
         return Err(nothing_eligible(candidates, &excluded, params));
     }
     if let Some(left) = params.time_left {
-        let too_slow = |i: usize| expected_completion(candidates[i].replicas) > left;
+        let too_slow = |i: usize| completion[i] > left;
         if ranked.iter().any(|&i| !too_slow(i)) {
             for &i in ranked.iter().filter(|&&i| too_slow(i)) {
                 excluded.push((i, Exclusion::TooSlow));
