@@ -32,12 +32,16 @@
 //!
 //!    A sequential policy (cascade mode, `stages > 0`) is asked again after each answer: while
 //!    fewer than `stages` experts were asked, an unasked expert ranked first is called like a
-//!    probe (a *stage*), and the decision is made again with its answer. A stage decision
-//!    excludes experts over the budget left and, when others fit, experts whose replicas expect
-//!    a latency beyond the time left; it never explores (the final decision may).
+//!    probe (a *stage*), and the decision is made again with its answer. Stage decisions never
+//!    explore (the final decision may).
+//!
+//!    Every decision excludes experts over the budget left and, when others fit, experts whose
+//!    expected completion is beyond the time left. A probe expected to finish after the
+//!    deadline is not sent.
 //! 3. **Answer**: the plan's attempts are made one at a time. Keeping a probe's answer needs no
 //!    call. The first answer ends the request. A failure moves on to the next attempt, unless it
-//!    cannot succeed elsewhere (a refused query) or the deadline has passed.
+//!    cannot succeed elsewhere (a refused query) or the deadline has passed; then the best
+//!    ranked answer already seen, if any, is kept rather than failing the request.
 //!
 //! # Charging
 //!
