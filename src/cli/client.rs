@@ -225,6 +225,17 @@ async fn load_steps(args: LoadArgs, dataset: &Dataset) -> anyhow::Result<()> {
         !args.step_duration.is_zero(),
         "--step-duration must be longer than 0s"
     );
+    // Open loop: calls in flight reach the rate × the time each takes, up to the deadline.
+    let top = steps.iter().copied().fold(0.0, f64::max);
+    let needed = (top * args.timeout.as_secs_f64()).ceil();
+    if (args.concurrency as f64) < needed {
+        eprintln!(
+            "l2d: warning: --concurrency {} caps the calls in flight below {top} q/s × {} = \
+             {needed:.0}: at the higher steps the generator, not the scheduler, may be the limit",
+            args.concurrency,
+            humantime::format_duration(args.timeout)
+        );
+    }
     let base = LoadOptions {
         target: Target::Router,
         address: String::new(),

@@ -48,7 +48,7 @@ pub struct DispatchArgs {
     /// Accuracy points one second of expected waiting is worth (queueing and service, from
     /// each replica's latency, calls in flight and slot limit): 0 ignores time until a
     /// replica saturates or the deadline is near.
-    #[arg(long, default_value_t = DecisionParams::default().wait_price * 100.0)]
+    #[arg(long, default_value_t = DecisionParams::default().wait_price * 100.0, allow_negative_numbers = true)]
     pub wait_price: f64,
     /// Queries the scheduler works on at once; beyond it they wait (see --max-queue-time).
     #[arg(long, default_value_t = AdmissionLimits::default().max_in_flight)]
