@@ -213,6 +213,25 @@ fn agreement_labels(questions: usize, articles: usize, seed: u64) -> Labels {
     }
 }
 
+/// A three-stage cascade at lambda 0.3 on [`agreement_labels`], `test_fraction` of the articles
+/// held out.
+fn agreement_options(test_fraction: f64) -> TrainOptions {
+    TrainOptions {
+        lambdas: vec![0.3],
+        default_lambda: None,
+        mode: Mode::Cascade,
+        probes: Vec::new(),
+        stages: 3,
+        loss: LossKind::Em,
+        split_seed: 1,
+        test_fraction,
+        fit: FitConfig {
+            epochs: 200,
+            ..FitConfig::default()
+        },
+    }
+}
+
 /// Whether a walk (agent kept, cost paid) on `r` is the best one: `a` and `b` asked, then their
 /// agreed answer kept, or `c` asked when they disagree and its answer (given by `c` or by the
 /// one that agrees with it) kept.
@@ -228,20 +247,7 @@ fn best_walk(r: &l2d::train::labels::LabelRecord, kept: usize, cost: f64) -> boo
 #[test]
 fn backward_induction_learns_to_ask_the_dear_expert_only_when_the_cheap_ones_disagree() {
     let labels = agreement_labels(1200, 12, 7);
-    let options = TrainOptions {
-        lambdas: vec![0.3],
-        default_lambda: None,
-        mode: Mode::Cascade,
-        probes: Vec::new(),
-        stages: 3,
-        loss: LossKind::Em,
-        split_seed: 1,
-        test_fraction: 0.5,
-        fit: FitConfig {
-            epochs: 200,
-            ..FitConfig::default()
-        },
-    };
+    let options = agreement_options(0.5);
     let policy = train(&labels, &options).unwrap();
     let test: HashSet<&str> = policy
         .split
@@ -414,20 +420,7 @@ fn a_calibrated_cascade_scores_actions_in_expected_cost() {
     use l2d::core::policy::{ExpertMeta, Observed, Policy};
     use l2d::core::query::{Query, QueryLimits};
     let labels = agreement_labels(2400, 16, 11);
-    let options = TrainOptions {
-        lambdas: vec![0.3],
-        default_lambda: None,
-        mode: Mode::Cascade,
-        probes: Vec::new(),
-        stages: 3,
-        loss: LossKind::Em,
-        split_seed: 1,
-        test_fraction: 0.25,
-        fit: FitConfig {
-            epochs: 200,
-            ..FitConfig::default()
-        },
-    };
+    let options = agreement_options(0.25);
     let (file, calibrated) = l2d::train::select::train_calibrated(&labels, &options).unwrap();
     assert!(calibrated);
     assert_eq!(file.bank[0].calibration.len(), 4, "one map per stage");

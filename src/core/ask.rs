@@ -430,15 +430,19 @@ where
             });
         }
         // A probe that cannot answer in time is not sent: the decision goes on without it.
-        let too_slow = |p: usize| {
-            params
-                .deadline
-                .is_some_and(|d| expected_completion(view[p].replicas) > d.as_secs_f64())
-        };
+        let too_slow: Vec<bool> = probes
+            .iter()
+            .map(|&p| {
+                params
+                    .deadline
+                    .is_some_and(|d| expected_completion(view[p].replicas) > d.as_secs_f64())
+            })
+            .collect();
         let runs = probes
             .iter()
-            .map(|&p| ProbeRun {
-                attempts: if too_slow(p) {
+            .zip(&too_slow)
+            .map(|(&p, &slow)| ProbeRun {
+                attempts: if slow {
                     Vec::new()
                 } else {
                     probe_attempts(&view[p], &params)
@@ -451,11 +455,12 @@ where
             .collect();
         let records = probes
             .iter()
-            .map(|&expert| ProbeRecord {
+            .zip(&too_slow)
+            .map(|(&expert, &slow)| ProbeRecord {
                 expert,
                 text: None,
                 replica: None,
-                miss: too_slow(expert).then_some(Miss::NotSent(NotSent::TooSlow)),
+                miss: slow.then_some(Miss::NotSent(NotSent::TooSlow)),
             })
             .collect();
         Ok(Self {

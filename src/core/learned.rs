@@ -354,18 +354,44 @@ impl PolicyFile {
             .logits(&features.dense, &features.hashed, out);
     }
 
-    /// Turns the logits of bank entry `entry` at `stage` (0 outside cascade mode) into each
-    /// action's score, in place: the softmax over the actions in `valid`, mapped by the
-    /// stage's [`Calibration`] to an expected deferral cost (`1 − softmax` without one);
-    /// infinite for an action not in `valid`. The scores serving ranks, and offline evaluation
-    /// with priced waiting.
-    pub fn expected_costs(&self, entry: usize, stage: usize, logits: &mut [f64], valid: &[bool]) {
+    /// Cascade mode: the logits of bank entry `entry` in the state where the agents flagged in
+    /// `asked` were asked (`full` as for [`PolicyFile::mask_state`]). Returns the stage and
+    /// which actions it has: every agent, except at the last stage, where only the answers
+    /// seen can be kept.
+    pub fn state_logits(
+        &self,
+        entry: usize,
+        full: &Features,
+        asked: &[bool],
+        out: &mut Vec<f64>,
+    ) -> (usize, Vec<bool>) {
+        let stage = asked.iter().filter(|a| **a).count().min(self.stages);
+        self.stage_logits(entry, stage, &self.mask_state(full, asked), out);
+        let valid = if stage == self.stages {
+            asked.to_vec()
+        } else {
+            vec![true; asked.len()]
+        };
+        (stage, valid)
+    }
+
+    /// The softmax of `logits` over the actions in `valid`, in place (0 for the others).
+    pub fn action_probabilities(logits: &mut [f64], valid: &[bool]) {
         for (r, v) in logits.iter_mut().zip(valid) {
             if !v {
                 *r = f64::NEG_INFINITY;
             }
         }
         softmax(logits);
+    }
+
+    /// Turns the logits of bank entry `entry` at `stage` (0 outside cascade mode) into each
+    /// action's score, in place: [`PolicyFile::action_probabilities`], mapped by the stage's
+    /// [`Calibration`] to an expected deferral cost (`1 − softmax` without one); infinite for
+    /// an action not in `valid`. The scores serving ranks, and offline evaluation with priced
+    /// waiting.
+    pub fn expected_costs(&self, entry: usize, stage: usize, logits: &mut [f64], valid: &[bool]) {
+        Self::action_probabilities(logits, valid);
         let calibration = self.bank[entry].calibration.get(stage);
         for (q, v) in logits.iter_mut().zip(valid) {
             *q = match (v, calibration) {

@@ -12,7 +12,6 @@ use super::labels::{LabelRecord, Labels};
 use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::calibration::Calibration;
 use crate::core::learned::{Mode, PolicyFile, best_action, walk};
-use crate::core::rejector::softmax;
 use serde::Serialize;
 
 /// The (probability, realised cost) pairs of bank entry `entry` on `records`, by stage.
@@ -33,7 +32,7 @@ pub fn pairs(
         for r in records {
             let f = policy.features(&r.question, &r.context, None, &probe_answers(r, &probes));
             policy.logits(entry, &f, &mut p);
-            softmax(&mut p);
+            PolicyFile::action_probabilities(&mut p, &vec![true; agents]);
             for (j, &q) in p.iter().enumerate() {
                 let price = extra_cost(labels, &probes, j) / max_cost;
                 out[0].push((q, r.experts[j].loss(policy.loss) + lambda * price));
@@ -48,23 +47,12 @@ pub fn pairs(
         let full = super::cascade::full_features(r);
         let mut asked = vec![false; agents];
         loop {
-            let stage = asked.iter().filter(|a| **a).count().min(last);
-            let state = policy.mask_state(&full, &asked);
-            policy.stage_logits(entry, stage, &state, &mut p);
+            let (stage, valid) = policy.state_logits(entry, &full, &asked, &mut p);
             let logits = p.clone();
-            if stage == last {
-                for (x, a) in p.iter_mut().zip(&asked) {
-                    if !a {
-                        *x = f64::NEG_INFINITY;
-                    }
-                }
-            }
-            softmax(&mut p);
-            for j in 0..agents {
+            PolicyFile::action_probabilities(&mut p, &valid);
+            for j in (0..agents).filter(|&j| valid[j]) {
                 let cost = if asked[j] {
                     r.experts[j].loss(policy.loss)
-                } else if stage == last {
-                    continue;
                 } else {
                     // Ask j, then follow the policy (paying for what it still asks).
                     let mut next = asked.clone();

@@ -486,21 +486,20 @@ pub fn choices_priced(
             .min_by(|a, b| a.1.total_cmp(&b.1).then(costs[a.0].total_cmp(&costs[b.0])))
             .map_or(0, |(j, _)| j)
     };
+    // What a walk that asked the agents flagged in `asked` paid.
+    let paid = |asked: &[bool]| -> f64 {
+        (0..costs.len())
+            .filter(|&k| asked[k])
+            .map(|k| costs[k])
+            .sum()
+    };
     if policy.mode == Mode::Cascade && priced {
-        let last = policy.stages;
         for r in records {
             let full = super::cascade::full_features(r);
             for (&e, choices) in entries.iter().zip(&mut out) {
                 let mut asked = vec![false; costs.len()];
                 let kept = loop {
-                    let stage = asked.iter().filter(|a| **a).count().min(last);
-                    let state = policy.mask_state(&full, &asked);
-                    policy.stage_logits(e, stage, &state, &mut logits);
-                    let valid = if stage == last {
-                        asked.clone()
-                    } else {
-                        vec![true; costs.len()]
-                    };
+                    let (stage, valid) = policy.state_logits(e, &full, &asked, &mut logits);
                     policy.expected_costs(e, stage, &mut logits, &valid);
                     let j = best(&logits, &|j| asked[j]);
                     if asked[j] {
@@ -508,11 +507,7 @@ pub fn choices_priced(
                     }
                     asked[j] = true;
                 };
-                let cost = (0..costs.len())
-                    .filter(|&k| asked[k])
-                    .map(|k| costs[k])
-                    .sum();
-                choices.push((kept, cost));
+                choices.push((kept, paid(&asked)));
             }
         }
         return out;
@@ -525,11 +520,7 @@ pub fn choices_priced(
             for (stages, choices) in stages.iter().zip(&mut out) {
                 let mut asked = vec![false; costs.len()];
                 let j = walk(stages, &policy.standardize, &full, &mut asked, &mut scratch);
-                let cost = (0..costs.len())
-                    .filter(|&k| asked[k])
-                    .map(|k| costs[k])
-                    .sum();
-                choices.push((j, cost));
+                choices.push((j, paid(&asked)));
             }
         }
         return out;
