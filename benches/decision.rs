@@ -79,6 +79,7 @@ fn bench_decision(c: &mut Criterion) {
                             cost: m.cost,
                             expected_cost: *s,
                             replicas: r,
+                            unfit: None,
                         })
                         .collect();
                     seed = seed.wrapping_add(1);
@@ -194,6 +195,7 @@ fn bench_learned(c: &mut Criterion) {
                                 cost: m.cost,
                                 expected_cost: *s,
                                 replicas: &loads,
+                                unfit: None,
                             })
                             .collect();
                         black_box(decide(&candidates, &DecisionParams::default()).unwrap())

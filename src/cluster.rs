@@ -88,6 +88,7 @@ pub async fn spawn_local_experts(pool: &PoolFile) -> anyhow::Result<LocalExperts
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let address = listener.local_addr()?;
             let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone())
+                .with_capabilities(&spec.capabilities)
                 .with_service_time(spec.service_time)
                 .with_max_concurrency(spec.max_in_flight.unwrap_or(0));
             let (stop, stopped) = oneshot::channel::<()>();
@@ -124,6 +125,7 @@ pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Resul
     let registry = &scheduler.registry;
     for spec in &pool.experts {
         registry.declare_expert(&spec.id, spec.cost, spec.backend.kind());
+        registry.declare_capabilities(&spec.id, spec.capabilities.clone());
         let origin = match spec.placement {
             Placement::Remote { .. } => Origin::Static,
             Placement::InProcess { .. } => Origin::InProcess,
@@ -151,6 +153,8 @@ pub async fn start_pool(pool: &PoolFile, scheduler: &Scheduler) -> anyhow::Resul
             )?;
         }
     }
+    // What each replica takes (a replay expert's recorded questions), before the first query.
+    scheduler.learn_capabilities(true).await;
     scheduler.set_pool_file(pool.clone());
     Ok(local)
 }

@@ -17,6 +17,10 @@
 //! #                                # in-process replicas also answer at most this many at once
 //! # service_time = "20ms"          # any backend: the median time an answer takes, slept by the
 //! # service_time_p99 = "60ms"      # worker (lognormal between the two; p99 defaults to the median)
+//! # max_context_chars = 4000       # what it takes: the longest context in characters and/or in
+//! # max_context_tokens = 1024      # l2d's tokens, and the languages it answers in (BCP 47); a
+//! # languages = ["en"]             # query beyond them is not sent to it (replay experts also
+//! #                                # announce the questions they hold)
 //! ```
 //!
 //! `replicas`, `address`, `addresses` and `dns` are exclusive: one way to place an expert.
@@ -24,6 +28,7 @@
 //! Relative paths resolve from the pool file's folder. Errors name the file, the expert and the
 //! field. Parsing is separate from reading ([`PoolFile::parse`] takes text), so tests need no files.
 
+use crate::core::capability::Capabilities;
 use crate::core::service_time::{ServiceTime, ServiceTimeError};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -50,6 +55,9 @@ pub struct ExpertSpec {
     pub max_in_flight: Option<u32>,
     /// Time the worker takes per answer (slept before the backend answers), if any.
     pub service_time: Option<ServiceTime>,
+    /// What it takes, declared here on top of what its replicas declare (limits and
+    /// languages; holdings come from the replicas).
+    pub capabilities: Capabilities,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +134,9 @@ struct RawExpert {
     max_in_flight: Option<i64>,
     service_time: Option<String>,
     service_time_p99: Option<String>,
+    max_context_chars: Option<i64>,
+    max_context_tokens: Option<i64>,
+    languages: Option<Vec<String>>,
 }
 
 const BACKENDS: &[&str] = &["replay", "lexical", "typed"];
@@ -366,6 +377,21 @@ fn expert_spec(
             field_error(field, e.to_string())
         })?),
     };
+    let limit = |field: &str, value: Option<i64>| match value {
+        None => Ok(None),
+        Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Ok(Some(n as u32)),
+        Some(n) => Err(field_error(
+            field,
+            format!("must be a positive number of at most {}, got {n}", u32::MAX),
+        )),
+    };
+    let capabilities = Capabilities {
+        max_context_chars: limit("max_context_chars", raw.max_context_chars)?,
+        max_context_tokens: limit("max_context_tokens", raw.max_context_tokens)?,
+        languages: Capabilities::parse_languages(raw.languages.as_deref().unwrap_or_default())
+            .map_err(|m| field_error("languages", m))?,
+        holds: None,
+    };
     Ok(ExpertSpec {
         id: raw.id,
         cost: raw.cost,
@@ -374,6 +400,7 @@ fn expert_spec(
         placement,
         max_in_flight,
         service_time,
+        capabilities,
     })
 }
 

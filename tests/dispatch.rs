@@ -194,6 +194,7 @@ async fn dns_names_become_replicas_and_metrics_describe_the_traffic_without_quer
         context,
         id: Some(id),
         budget: None,
+        language: None,
     });
     request
         .metadata_mut()

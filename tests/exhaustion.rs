@@ -274,6 +274,7 @@ async fn registration_churn(target: &Target, total: usize) -> (usize, usize) {
                         version: "x".into(),
                         lease_ttl_ms: 100,
                         max_in_flight: 0,
+                        capabilities: None,
                     };
                     if pool.register(request).await.is_ok() {
                         granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

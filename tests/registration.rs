@@ -31,6 +31,7 @@ async fn registered_experts_serve_until_their_lease_lapses() {
             version: "test".into(),
             lease_ttl_ms: 200,
             max_in_flight: 0,
+            capabilities: None,
         })
         .await
         .unwrap()
@@ -193,6 +194,7 @@ async fn registration_input_is_validated() {
         version: "test".into(),
         lease_ttl_ms: 0,
         max_in_flight: 0,
+        capabilities: None,
     };
     let cases = [
         (

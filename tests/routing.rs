@@ -134,13 +134,10 @@ async fn bad_asks_get_invalid_argument_and_unknown_ids_not_found() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
-    // Each expert's refusal, in the scheduler's words: what the replica said stays in the log.
-    assert!(
-        unknown
-            .message()
-            .contains("NOT_FOUND from strong, cheap: the expert has no answer to this query"),
-        "{}",
-        unknown.message()
+    // The replay experts announced what they hold: neither is asked.
+    assert_eq!(
+        unknown.message(),
+        "no expert can take this query: cheap, strong (no recording of this question)"
     );
     assert!(
         !unknown.message().contains("recorded"),

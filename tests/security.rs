@@ -109,6 +109,7 @@ fn register_at(address: &str, token: Option<&str>) -> tonic::Request<pb::Registe
         version: "test".into(),
         lease_ttl_ms: 0,
         max_in_flight: 0,
+        capabilities: None,
     });
     if let Some(t) = token {
         request

@@ -35,6 +35,10 @@ pub struct AskArgs {
     /// Maximum cost for this query.
     #[arg(long, allow_negative_numbers = true)]
     pub budget: Option<f64>,
+    /// The query's language, a BCP 47 tag (e.g. `en`): experts that declare other languages
+    /// are not asked.
+    #[arg(long)]
+    pub language: Option<String>,
     /// Deadline of the call.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -128,6 +132,9 @@ pub(super) async fn ask(args: AskArgs) -> anyhow::Result<()> {
     }
     if let Some(budget) = args.budget {
         request = request.budget(budget);
+    }
+    if let Some(language) = args.language {
+        request = request.language(language);
     }
     let answer = client
         .ask(request)
@@ -294,9 +301,34 @@ pub(super) async fn pool_status(
     Ok(())
 }
 
+/// What a replica takes, in a few words: "any", or its limits ("≤ 4000 chars, en, 10570 held").
+fn takes(capabilities: Option<&pb::Capabilities>) -> String {
+    let Some(c) = capabilities else {
+        return "any".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(n) = c.max_context_chars {
+        parts.push(format!("≤ {n} chars"));
+    }
+    if let Some(n) = c.max_context_tokens {
+        parts.push(format!("≤ {n} tokens"));
+    }
+    if !c.languages.is_empty() {
+        parts.push(c.languages.join("/"));
+    }
+    if let Some(h) = &c.holds {
+        parts.push(format!("{} held", h.count));
+    }
+    if parts.is_empty() {
+        "any".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The pool as a text table: one line per replica (or per expert without one).
 pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
-    const HEADER: [&str; 11] = [
+    const HEADER: [&str; 13] = [
         "EXPERT",
         "COST",
         "REPLICA",
@@ -308,6 +340,8 @@ pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
         "ERRORS",
         "ANSWERED",
         "FAILED",
+        "REFUSED",
+        "TAKES",
     ];
     let mut rows: Vec<Vec<String>> = vec![HEADER.iter().map(|h| h.to_string()).collect()];
     for e in &pool.experts {
@@ -349,6 +383,8 @@ pub fn pool_table(pool: &pb::ListPoolResponse) -> String {
                 format!("{:.0}%", r.error_rate * 100.0),
                 r.answered_total.to_string(),
                 r.failed_total.to_string(),
+                r.refused_total.to_string(),
+                takes(r.capabilities.as_ref()),
             ]);
         }
     }

@@ -3,6 +3,7 @@
 
 use super::tls_args::{ServerTlsArgs, client_tls};
 use crate::cluster;
+use crate::core::capability::Capabilities;
 use crate::core::decision::DecisionParams;
 use crate::core::replica_health::HealthParams;
 use crate::core::service_time::ServiceTime;
@@ -390,6 +391,18 @@ pub struct ExpertArgs {
     /// 99th percentile of the service time (default: the median, a fixed time).
     #[arg(long, value_parser = humantime::parse_duration, requires = "service_time")]
     pub service_time_p99: Option<Duration>,
+    /// Longest context this expert takes, in characters: a longer one gets OUT_OF_RANGE, and the
+    /// scheduler (which reads it from Describe and the registration) does not send it one.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_context_chars: Option<u32>,
+    /// Longest context this expert takes, in tokens as l2d counts them (words, numbers and
+    /// punctuation marks).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_context_tokens: Option<u32>,
+    /// Languages it answers in, as BCP 47 tags (e.g. `en,de`); queries that state another
+    /// language are not sent to it. Default: any.
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
     /// After SIGTERM (and leaving the pool): report NOT_SERVING, keep serving this long, drain.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
@@ -597,7 +610,15 @@ pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         0 => spec.max_in_flight.unwrap_or(0),
         n => n,
     };
+    let declared = Capabilities {
+        max_context_chars: args.max_context_chars,
+        max_context_tokens: args.max_context_tokens,
+        languages: Capabilities::parse_languages(&args.languages)
+            .map_err(|m| anyhow::anyhow!("--languages: {m}"))?,
+        holds: None,
+    };
     let node = ExpertNode::new(spec.id, spec.cost, backend)
+        .with_capabilities(&spec.capabilities.tightened_by(&declared))
         .with_max_concurrency(max_concurrency)
         .with_delay(args.delay)
         .with_service_time(spec.service_time)
@@ -650,6 +671,7 @@ pub(super) fn expert_spec_from_flags(args: &ExpertArgs) -> anyhow::Result<Expert
             .map(|median| ServiceTime::new(median, args.service_time_p99))
             .transpose()
             .context("--service-time")?,
+        capabilities: Capabilities::default(),
     })
 }
 

@@ -46,13 +46,15 @@
 //! # Charging
 //!
 //! A call is charged its expert's price when the expert ran: it answered, or it failed after
-//! running ([`Failure::charges_compute`]). A probe's answer kept as the final one is not charged
+//! running ([`Failure::charges_compute`]). An expert that could not take the query (no
+//! recording, beyond its limits) did no work and is not charged. A probe's answer kept as the final one is not charged
 //! again. A call is not sent when the price of everything that could still be charged, itself
 //! included, would exceed the budget: a budget is never exceeded.
 
 use super::call::{Failure, Miss, NotSent};
+use super::capability::Unfit;
 use super::decision::{
-    Attempt, Candidate, DecisionError, DecisionParams, Plan, ReplicaLoad, decide,
+    Attempt, Candidate, DecisionError, DecisionParams, Exclusion, Plan, ReplicaLoad, decide,
     expected_completion, explore, retry_after,
 };
 use super::policy::Observed;
@@ -65,7 +67,10 @@ pub struct ExpertView<'a> {
     pub id: &'a str,
     /// What one call is charged.
     pub price: f64,
+    /// A replica that cannot take this query is given here as unavailable.
     pub replicas: &'a [ReplicaLoad],
+    /// Why the expert cannot take this query, when no replica of it can: it is not asked.
+    pub unfit: Option<Unfit>,
 }
 
 /// What the machine needs of an answer: its text, which the policy reads for probes.
@@ -276,15 +281,27 @@ fn why(d: &Chosen, view: &[ExpertView<'_>]) -> String {
         None => format!("no policy score; cheapest of {eligible} eligible experts"),
     };
     if !d.plan.excluded.is_empty() {
-        let excluded: Vec<String> = d
-            .plan
-            .excluded
-            .iter()
-            .map(|&(i, why)| format!("{} ({})", id(i), why.as_str()))
-            .collect();
-        r.push_str(&format!("; excluded: {}", excluded.join(", ")));
+        let excluded = d.plan.excluded.iter().map(|&(i, why)| (why, id(i)));
+        r.push_str("; excluded: ");
+        r.push_str(&describe_exclusions(excluded));
     }
     r
+}
+
+/// "a, b (why); c (other reason)": experts grouped by reason, in order of first appearance.
+fn describe_exclusions<'a>(excluded: impl Iterator<Item = (Exclusion, &'a str)>) -> String {
+    let mut groups: Vec<(Exclusion, Vec<&str>)> = Vec::new();
+    for (why, id) in excluded {
+        match groups.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((why, vec![id])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(why, ids)| format!("{} ({why})", ids.join(", ")))
+        .collect();
+    parts.join(", ")
 }
 
 /// A number with four decimals, as `{:.4}` writes it, without the exact float-to-decimal
@@ -349,6 +366,13 @@ pub enum AskError {
         /// The misses grouped by kind, with the experts that had each, in order of first
         /// appearance.
         groups: Vec<(Miss, Vec<String>)>,
+    },
+    #[error("no expert can take this query: {experts}")]
+    NoneCanTake {
+        /// Every expert lacks a recording of it (rather than, say, a long enough context window).
+        not_held: bool,
+        /// The experts and why, grouped by reason.
+        experts: String,
     },
     #[error("the request ended before its calls did")]
     Unfinished,
@@ -429,20 +453,28 @@ where
                 probes: ids.join(", "),
             });
         }
-        // A probe that cannot answer in time is not sent: the decision goes on without it.
-        let too_slow: Vec<bool> = probes
+        // A probe that cannot take the query, or cannot answer in time, is not sent: the decision
+        // goes on without it.
+        let skipped: Vec<Option<NotSent>> = probes
             .iter()
             .map(|&p| {
-                params
+                if view[p].unfit.is_some() {
+                    Some(NotSent::CannotTake)
+                } else if params
                     .deadline
                     .is_some_and(|d| expected_completion(view[p].replicas) > d.as_secs_f64())
+                {
+                    Some(NotSent::TooSlow)
+                } else {
+                    None
+                }
             })
             .collect();
         let runs = probes
             .iter()
-            .zip(&too_slow)
-            .map(|(&p, &slow)| ProbeRun {
-                attempts: if slow {
+            .zip(&skipped)
+            .map(|(&p, skip)| ProbeRun {
+                attempts: if skip.is_some() {
                     Vec::new()
                 } else {
                     probe_attempts(&view[p], &params)
@@ -455,12 +487,12 @@ where
             .collect();
         let records = probes
             .iter()
-            .zip(&too_slow)
-            .map(|(&expert, &slow)| ProbeRecord {
+            .zip(&skipped)
+            .map(|(&expert, skip)| ProbeRecord {
                 expert,
                 text: None,
                 replica: None,
-                miss: slow.then_some(Miss::NotSent(NotSent::TooSlow)),
+                miss: skip.map(Miss::NotSent),
             })
             .collect();
         Ok(Self {
@@ -698,11 +730,13 @@ where
                         } else {
                             &FAILED_PROBE
                         },
+                        unfit: e.unfit,
                     },
                     None => Candidate {
                         cost: e.price,
                         expected_cost: scores[i],
                         replicas: e.replicas,
+                        unfit: e.unfit,
                     },
                 },
             )
@@ -723,6 +757,10 @@ where
         };
         let mut plan = match decide(&candidates, &params) {
             Ok(plan) => plan,
+            Err(DecisionError::NoneCanTake) => {
+                let error = self.none_can_take();
+                return self.finish_with(Err(error));
+            }
             Err(e) => return self.finish_with(Err(e.into())),
         };
         let greedy = plan.chosen();
@@ -819,6 +857,21 @@ where
         Some(self.issue(expert, replica, Role::Answer))
     }
 
+    /// The error when no expert of the pool can take the query: which could not, and why.
+    fn none_can_take(&self) -> AskError {
+        let reasons: Vec<(Exclusion, &str)> = self
+            .view
+            .iter()
+            .filter_map(|e| Some((Exclusion::Unfit(e.unfit?), e.id)))
+            .collect();
+        AskError::NoneCanTake {
+            not_held: reasons
+                .iter()
+                .all(|(why, _)| *why == Exclusion::Unfit(Unfit::NotHeld)),
+            experts: describe_exclusions(reasons.into_iter()),
+        }
+    }
+
     /// The error once every attempt of the plan missed.
     fn exhausted(&self) -> AskError {
         let answers: Vec<&CallRecord> = self
@@ -887,6 +940,7 @@ fn probe_attempts(expert: &ExpertView<'_>, params: &AskParams) -> Vec<Attempt> {
         cost: expert.price,
         expected_cost: None,
         replicas: expert.replicas,
+        unfit: None,
     }];
     let tries = params.tries_per_expert;
     let probe = DecisionParams {
@@ -928,12 +982,10 @@ mod tests {
         ]
     }
 
-    /// The experts whose failures the expert paid for (an independent statement of the rule).
+    /// The failures the request pays for: the expert ran on the query (an independent statement
+    /// of the rule; one that could not take the query is not charged).
     fn ran(f: Failure) -> bool {
-        matches!(
-            f,
-            Failure::NoAnswer | Failure::Broken | Failure::Declined | Failure::Malformed { .. }
-        )
+        matches!(f, Failure::Broken | Failure::Malformed { .. })
     }
 
     #[derive(Debug, Clone)]
@@ -1045,6 +1097,7 @@ mod tests {
                 id: &names[i],
                 price: case.prices[i],
                 replicas: &case.replicas[i],
+                unfit: None,
             })
             .collect();
         let scores = case.scores.clone();
@@ -1277,6 +1330,7 @@ mod tests {
                 id: &names[i],
                 price,
                 replicas: &up,
+                unfit: None,
             })
             .collect();
         // e2 is best; of the probes, e1 ranks above e0.
@@ -1338,16 +1392,19 @@ mod tests {
                 id: &names[0],
                 price: 1.0,
                 replicas: &fast,
+                unfit: None,
             },
             ExpertView {
                 id: &names[1],
                 price: 2.0,
                 replicas: &slow,
+                unfit: None,
             },
             ExpertView {
                 id: &names[2],
                 price: 50.0,
                 replicas: &slow,
+                unfit: None,
             },
         ];
         // The slow probe's answer is missing when the policy scores; e2 (also slow) would be
@@ -1404,6 +1461,7 @@ mod tests {
                 id: &names[i],
                 price,
                 replicas: &up,
+                unfit: None,
             })
             .collect();
         // The policy prefers the second probe once it has read both answers.
@@ -1470,6 +1528,7 @@ mod tests {
                 id: &names[i],
                 price: prices[i],
                 replicas: loads[i],
+                unfit: None,
             })
             .collect();
         let mut seen = Vec::new();
@@ -1553,6 +1612,7 @@ mod tests {
             id: "e",
             price: 1.0,
             replicas: &one,
+            unfit: None,
         }];
         let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.push(Some(0.1));
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -1582,6 +1642,7 @@ mod tests {
                 id: &names[i],
                 price: 1.0,
                 replicas: &one,
+                unfit: None,
             })
             .collect();
         let scorer =

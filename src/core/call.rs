@@ -43,11 +43,19 @@ pub enum Failure {
 
 impl Failure {
     /// The expert ran, so its compute was spent and is charged. A call that never reached it,
-    /// or that it rejected before running, costs nothing.
+    /// that it rejected before running, or that it could not take ([`Failure::could_not_take`])
+    /// costs nothing.
     pub fn charges_compute(self) -> bool {
+        matches!(self, Failure::Broken | Failure::Malformed { .. })
+    }
+
+    /// The expert could not take this query: it holds no recording of it, a precondition of its
+    /// own fails, or the query is beyond its limits. Not charged, not the replica's fault, kept
+    /// apart from failures in the explanation and the pool's counters.
+    pub fn could_not_take(self) -> bool {
         matches!(
             self,
-            Failure::NoAnswer | Failure::Broken | Failure::Malformed { .. } | Failure::Declined
+            Failure::NoAnswer | Failure::Declined | Failure::BeyondLimits
         )
     }
 
@@ -126,6 +134,8 @@ pub enum NotSent {
     OverBudget,
     /// The replica's expected completion time exceeded the time the request had left.
     TooSlow,
+    /// The expert cannot take the query (no recording of it, a context over its limits).
+    CannotTake,
 }
 
 impl fmt::Display for NotSent {
@@ -135,6 +145,7 @@ impl fmt::Display for NotSent {
             NotSent::DeadlinePassed => "deadline passed",
             NotSent::OverBudget => "over the budget left after the calls already charged; not sent",
             NotSent::TooSlow => "expected completion beyond the deadline; not sent",
+            NotSent::CannotTake => "the expert cannot take the query; not sent",
         })
     }
 }
@@ -175,8 +186,12 @@ mod tests {
 
     #[test]
     fn only_calls_the_expert_ran_are_charged_and_only_hopeless_ones_stop_the_walk() {
-        assert!(Failure::NoAnswer.charges_compute());
-        assert!(Failure::Declined.charges_compute());
+        assert!(Failure::Broken.charges_compute());
+        assert!(!Failure::NoAnswer.charges_compute());
+        assert!(!Failure::Declined.charges_compute());
+        assert!(!Failure::BeyondLimits.charges_compute());
+        assert!(Failure::NoAnswer.could_not_take() && Failure::BeyondLimits.could_not_take());
+        assert!(!Failure::Broken.could_not_take() && !Failure::Unreachable.could_not_take());
         assert!(!Failure::Unreachable.charges_compute());
         assert!(!Failure::Refused.charges_compute());
         assert!(!Miss::NotSent(NotSent::ReplicaFull).charges_compute());

@@ -29,7 +29,8 @@
 //!
 //! # The rules, in order
 //!
-//! 1. An expert is *excluded* when its declared cost exceeds the request's budget, when none of
+//! 1. An expert is *excluded* when it cannot take the query (no replica of it can: see
+//!    [`super::capability`]), when its declared cost exceeds the request's budget, when none of
 //!    its replicas is available, or when every available replica is saturated. Excluded experts
 //!    are never attempted.
 //! 2. Eligible experts are ranked by `adjusted` (lower first); experts the policy did not score
@@ -44,6 +45,7 @@
 //! 4. Each expert gets up to `tries_per_expert` attempts on distinct replicas (a retry on another
 //!    replica), then the next expert is the fallback; at most `max_attempts` in total.
 
+use super::capability::Unfit;
 use super::rng::mix;
 use std::cmp::Ordering;
 
@@ -125,6 +127,9 @@ pub struct Candidate<'a> {
     /// The policy's expected deferral cost, lower is better; `None` when the policy has no score.
     pub expected_cost: Option<f64>,
     pub replicas: &'a [ReplicaLoad],
+    /// Why the expert cannot take this query, when none of its replicas can (see
+    /// [`super::capability`]); such an expert is excluded before anything else.
+    pub unfit: Option<Unfit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -169,6 +174,8 @@ pub const DEFAULT_WAIT_PRICE: f64 = 0.01;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exclusion {
+    /// It cannot take the query (no recording of it, a context over its limits, ...).
+    Unfit(Unfit),
     OverBudget,
     NoAvailableReplica,
     Saturated,
@@ -176,13 +183,14 @@ pub enum Exclusion {
     TooSlow,
 }
 
-impl Exclusion {
-    pub fn as_str(self) -> &'static str {
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Exclusion::OverBudget => "over budget",
-            Exclusion::NoAvailableReplica => "no available replica",
-            Exclusion::Saturated => "every replica at its concurrency limit",
-            Exclusion::TooSlow => "expected latency beyond the deadline",
+            Exclusion::Unfit(why) => why.fmt(f),
+            Exclusion::OverBudget => f.write_str("over budget"),
+            Exclusion::NoAvailableReplica => f.write_str("no available replica"),
+            Exclusion::Saturated => f.write_str("every replica at its concurrency limit"),
+            Exclusion::TooSlow => f.write_str("expected latency beyond the deadline"),
         }
     }
 }
@@ -218,6 +226,8 @@ impl Plan {
 pub enum DecisionError {
     #[error("the pool has no experts")]
     EmptyPool,
+    #[error("no expert can take this query")]
+    NoneCanTake,
     #[error("no expert fits the budget of {budget}: the cheapest costs {cheapest}")]
     OverBudget { budget: f64, cheapest: f64 },
     #[error("no expert has an available replica ({over_budget} more are over budget)")]
@@ -281,7 +291,9 @@ pub fn decide(
     // Expected completion of each eligible expert's best replica, computed once.
     let mut completion = vec![f64::INFINITY; candidates.len()];
     for (i, c) in candidates.iter().enumerate() {
-        if params.budget.is_some_and(|b| c.cost > b) {
+        if let Some(why) = c.unfit {
+            excluded.push((i, Exclusion::Unfit(why)));
+        } else if params.budget.is_some_and(|b| c.cost > b) {
             excluded.push((i, Exclusion::OverBudget));
         } else if !c.replicas.iter().any(|r| r.available) {
             excluded.push((i, Exclusion::NoAvailableReplica));
@@ -347,6 +359,12 @@ fn nothing_eligible(
     excluded: &[(usize, Exclusion)],
     params: &DecisionParams,
 ) -> DecisionError {
+    if excluded
+        .iter()
+        .all(|(_, e)| matches!(e, Exclusion::Unfit(_)))
+    {
+        return DecisionError::NoneCanTake;
+    }
     let count = |kind| excluded.iter().filter(|(_, e)| *e == kind).count();
     let (over_budget, saturated) = (count(Exclusion::OverBudget), count(Exclusion::Saturated));
     if saturated > 0 {
@@ -510,6 +528,7 @@ mod tests {
             cost,
             expected_cost: score,
             replicas,
+            unfit: None,
         }
     }
 
@@ -857,7 +876,7 @@ mod tests {
             let cands: Vec<Candidate<'_>> = raw
                 .iter()
                 .zip(&replicas)
-                .map(|((cost, score, _), r)| Candidate { cost: *cost, expected_cost: *score, replicas: r })
+                .map(|((cost, score, _), r)| Candidate { cost: *cost, expected_cost: *score, replicas: r, unfit: None })
                 .collect();
             let params = DecisionParams { budget, max_attempts, tries_per_expert, seed, explore: 0.0, wait_price, full_scan_up_to, time_left: None };
             // Eligible: within budget, with a replica neither ejected nor saturated.

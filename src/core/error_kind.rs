@@ -13,6 +13,9 @@ pub enum ErrorKind {
     /// The request is valid but the system is not in a state to serve it (a budget below every
     /// price, a cost that contradicts the known one).
     Unsatisfiable,
+    /// The request is valid but beyond what this node takes (a context over an expert's declared
+    /// limit).
+    BeyondLimits,
     /// Nothing can serve it now (no expert, no reachable replica); trying later may work.
     Unavailable,
     /// The caller's deadline passed before the work was done.
@@ -66,12 +69,22 @@ impl HasKind for super::query::QueryError {
     }
 }
 
+impl HasKind for super::capability::Unfit {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            super::capability::Unfit::NotHeld => ErrorKind::NotFound,
+            _ => ErrorKind::BeyondLimits,
+        }
+    }
+}
+
 impl HasKind for super::decision::DecisionError {
     fn kind(&self) -> ErrorKind {
         use super::decision::DecisionError as E;
         match self {
             E::OverBudget { .. } => ErrorKind::Unsatisfiable,
             E::EmptyPool | E::NoAvailableReplica { .. } => ErrorKind::Unavailable,
+            E::NoneCanTake => ErrorKind::Unsatisfiable,
             E::Saturated { retry_after, .. } => ErrorKind::Exhausted {
                 retry_after: Some(Duration::from_secs_f64(*retry_after)),
             },
@@ -97,6 +110,10 @@ impl HasKind for super::ask::AskError {
                 no_answer: true, ..
             } => ErrorKind::NotFound,
             E::EveryCallFailed { .. } => ErrorKind::Unavailable,
+            // A replay-only pool without the query is what NOT_FOUND always said; a query over
+            // every expert's limits is one the pool cannot serve as it is.
+            E::NoneCanTake { not_held: true, .. } => ErrorKind::NotFound,
+            E::NoneCanTake { .. } => ErrorKind::Unsatisfiable,
             E::Unfinished => ErrorKind::Internal,
         }
     }

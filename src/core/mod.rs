@@ -11,6 +11,7 @@ pub mod answer_type;
 pub mod ask;
 pub mod calibration;
 pub mod call;
+pub mod capability;
 pub mod cost_target;
 pub mod decision;
 pub mod error_kind;

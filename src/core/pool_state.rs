@@ -43,6 +43,11 @@ pub struct ReplicaState {
     pub reported: Option<LoadReport>,
     pub answered_total: u64,
     pub failed_total: u64,
+    /// Calls it refused because it could not take the query (not failures: see
+    /// [`super::call::Failure::could_not_take`]).
+    pub refused_total: u64,
+    /// What it takes, as the pool file and the replica declare.
+    pub capabilities: super::capability::Capabilities,
     /// Calls this scheduler sends to the replica at once, at most.
     pub max_in_flight: u32,
     /// PeakEWMA latency estimate in seconds (the default before the first call).

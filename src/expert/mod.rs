@@ -15,6 +15,7 @@ pub use registration::LoadCounters;
 pub use registration::Registration;
 pub use service::{ExpertNode, Fault, SERVICES, serve};
 
+use crate::core::capability::Capabilities;
 use crate::core::query::Query;
 
 /// One answer as a backend produces it; the service adds timing and identity.
@@ -92,6 +93,11 @@ pub trait Backend: Send + Sync + 'static {
     /// One line saying what this instance serves (e.g. its predictions file).
     fn detail(&self) -> String;
     fn answer(&self, query: &Query) -> Result<BackendAnswer, BackendError>;
+    /// What it can take (a replay backend: the queries it holds a recording of). Default:
+    /// anything.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
 }
 
 /// Code-point span of the first occurrence of `needle` in `haystack`, if any.

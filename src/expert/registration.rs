@@ -67,6 +67,9 @@ pub struct Announcement {
     pub backend: String,
     /// The node's concurrency limit (0: none), so the scheduler sends no more than it takes.
     pub max_in_flight: u32,
+    /// What it takes. Registration carries the limits and languages; the scheduler reads the
+    /// holdings (too large for a registration) with `Expert.Describe`.
+    pub capabilities: crate::core::capability::Capabilities,
 }
 
 /// Live load of one worker, reported to the scheduler with every heartbeat.
@@ -126,6 +129,10 @@ pub async fn keep_lease(
         version: env!("CARGO_PKG_VERSION").into(),
         lease_ttl_ms: registration.lease_ttl.map_or(0, |d| d.as_millis() as u64),
         max_in_flight: announcement.max_in_flight,
+        capabilities: Some(crate::grpc::convert::capabilities_to_pb(
+            &announcement.capabilities,
+            false,
+        )),
     };
     let mut backoff = Duration::from_millis(100);
     loop {

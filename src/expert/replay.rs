@@ -1,8 +1,10 @@
 //! The replay backend: serves one QA system's recorded answers (`{question id: answer text}`),
 //! looking the query up by id, or by (question, context) in the data set the recordings belong
-//! to. It never makes an answer up: a query it has no recording for is `NoAnswer`.
+//! to. It never makes an answer up: a query it has no recording for is `NoAnswer`. It announces
+//! the queries it holds ([`Capabilities::holds`]), so the scheduler does not ask it others.
 
 use super::{Backend, BackendAnswer, BackendError, find_span};
+use crate::core::capability::{Capabilities, Holdings, content_fingerprint, id_fingerprint};
 use crate::core::query::Query;
 use crate::squad::{Dataset, PredictionsError, load_predictions};
 use std::collections::HashMap;
@@ -12,7 +14,12 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct ReplayBackend {
     answers: HashMap<String, String>,
-    dataset: Option<Arc<Dataset>>,
+    /// Content fingerprint of each recorded question of the data set → its id.
+    by_content: HashMap<u64, String>,
+    /// The queries it answers, announced to the scheduler.
+    holdings: Arc<Holdings>,
+    /// It has the data set, so it can resolve a query by its text.
+    resolves_text: bool,
     source: PathBuf,
     /// Compute units one recorded answer stands for: the declared cost of the recorded system.
     units_per_answer: f64,
@@ -39,9 +46,21 @@ impl ReplayBackend {
         source: PathBuf,
         units_per_answer: f64,
     ) -> Self {
+        let by_content: HashMap<u64, String> = dataset
+            .iter()
+            .flat_map(|d| d.questions())
+            .filter(|(_, _, q)| answers.contains_key(&q.id))
+            .map(|(_, p, q)| (content_fingerprint(&q.question, &p.context), q.id.clone()))
+            .collect();
+        let holdings = Arc::new(Holdings::new(
+            answers.keys().map(|id| id_fingerprint(id)),
+            by_content.keys().copied(),
+        ));
         Self {
+            resolves_text: dataset.is_some(),
             answers,
-            dataset,
+            by_content,
+            holdings,
             source,
             units_per_answer,
         }
@@ -69,25 +88,34 @@ impl Backend for ReplayBackend {
         )
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            holds: Some(self.holdings.clone()),
+            ..Capabilities::default()
+        }
+    }
+
     fn answer(&self, query: &Query) -> Result<BackendAnswer, BackendError> {
-        let id = match (query.id(), &self.dataset) {
-            (Some(id), _) => id,
-            (None, Some(dataset)) => dataset
-                .find_id(query.question(), query.context())
-                .ok_or_else(|| {
-                    BackendError::NoAnswer(
-                        "no question of the replayed data set has this question text and context; \
-                         send the query id"
-                            .into(),
-                    )
-                })?,
-            (None, None) => {
+        // By id, or by the question and context as the announced holdings fingerprint them.
+        let id = match query.id() {
+            Some(id) => id,
+            None if !self.resolves_text => {
                 return Err(BackendError::CannotResolve(
                     "this replay expert has no data file to resolve queries by text; send the \
                      query id"
                         .into(),
                 ));
             }
+            None => self
+                .by_content
+                .get(&content_fingerprint(query.question(), query.context()))
+                .ok_or_else(|| {
+                    BackendError::NoAnswer(
+                        "no recorded question has this question text and context; send the \
+                         query id"
+                            .into(),
+                    )
+                })?,
         };
         let text = self.answers.get(id).ok_or_else(|| {
             BackendError::NoAnswer(format!("no recorded answer for query id {id:?}"))
@@ -153,6 +181,30 @@ mod tests {
         assert!(matches!(err, Err(BackendError::NoAnswer(_))));
         let err = backend(false).answer(&query("Who won?", "ctx", None));
         assert!(matches!(err, Err(BackendError::CannotResolve(_))));
+    }
+
+    #[test]
+    fn it_announces_exactly_the_queries_it_answers() {
+        use crate::core::capability::QueryFit;
+        let ctx = "The Broncos beat the Panthers.";
+        let cases = [
+            ("anything", "at all", Some("q1")),
+            ("Who won?", ctx, None),
+            (" Who   won? ", "The Broncos beat\nthe Panthers. ", None),
+            ("Who won?", ctx, Some("q2")),
+            ("Who lost?", ctx, None),
+            ("Who won?", "The Broncos beat the Panthers", None),
+        ];
+        for with_data in [true, false] {
+            let b = backend(with_data);
+            let capabilities = b.capabilities();
+            for (q, c, id) in cases {
+                let admitted = capabilities.admits(&QueryFit::new(q, c, id, None)).is_ok();
+                let answered = b.answer(&query(q, c, id)).is_ok();
+                assert_eq!(admitted, answered, "{q:?} {c:?} {id:?} (data: {with_data})");
+            }
+        }
+        assert_eq!(backend(true).capabilities().holds.unwrap().len(), 1);
     }
 
     #[test]

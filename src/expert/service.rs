@@ -6,6 +6,7 @@
 
 use super::Backend;
 use super::registration::{self, Announcement, LoadCounters, Registration};
+use crate::core::capability::{Capabilities, QueryFit};
 use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::query::{Query, QueryLimits};
 use crate::core::service_time::ServiceTime;
@@ -49,6 +50,8 @@ pub struct ExpertNode {
     drain_delay: Duration,
     fault: Fault,
     tls: Option<Arc<crate::grpc::tls::ServerTls>>,
+    /// What it takes: the backend's own, tightened by what the operator declared.
+    capabilities: Capabilities,
 }
 
 /// A deliberate misbehaviour, for fault drills and tests (`l2d expert --fault`).
@@ -67,7 +70,6 @@ impl ExpertNode {
         Self {
             id: id.into(),
             cost,
-            backend,
             limits: QueryLimits::default(),
             load: Arc::default(),
             slots: None,
@@ -75,8 +77,22 @@ impl ExpertNode {
             service_time: None,
             drain_delay: Duration::ZERO,
             fault: Fault::None,
+            capabilities: backend.capabilities(),
+            backend,
             tls: None,
         }
+    }
+
+    /// Declares limits on top of the backend's own: the tighter context limit of the two, and
+    /// these languages when any are given. A query over the context limits gets OUT_OF_RANGE
+    /// without reaching the backend.
+    pub fn with_capabilities(mut self, declared: &Capabilities) -> Self {
+        self.capabilities = self.capabilities.tightened_by(declared);
+        self
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
     }
 
     /// Serves over TLS (mutual TLS when the configuration has a client CA).
@@ -125,6 +141,7 @@ impl ExpertNode {
             cost: self.cost,
             backend: self.backend_kind().to_owned(),
             max_in_flight: self.max_concurrency(),
+            capabilities: self.capabilities.clone(),
         }
     }
 
@@ -158,6 +175,12 @@ impl expert_server::Expert for Arc<ExpertNode> {
     ) -> Result<Response<pb::AnswerResponse>, Status> {
         let msg = request.into_inner();
         let query = Query::new(msg.question, msg.context, msg.id, &self.limits)?;
+        // A context over the declared limits never reaches the backend.
+        let fit = QueryFit::new(query.question(), query.context(), query.id(), None);
+        if let Err(why) = self.capabilities.context_limits().admits(&fit) {
+            tracing::debug!(expert = %self.id, %query, %why, "query beyond the declared limits");
+            return Err(crate::grpc::status::status_of(&why));
+        }
         let _slot = match &self.slots {
             None => None,
             Some((_, semaphore)) => {
@@ -212,6 +235,10 @@ impl expert_server::Expert for Arc<ExpertNode> {
             in_flight: self.load.in_flight.load(Ordering::Relaxed),
             queue_depth: self.load.queued.load(Ordering::Relaxed),
             max_concurrency: self.max_concurrency(),
+            capabilities: Some(crate::grpc::convert::capabilities_to_pb(
+                &self.capabilities,
+                true,
+            )),
         }))
     }
 }

@@ -42,6 +42,7 @@ impl Ask {
                 context: context.into(),
                 id: None,
                 budget: None,
+                language: None,
             },
             timeout: None,
         }
@@ -50,6 +51,12 @@ impl Ask {
     /// The query's id in a labelled data set (replay experts answer by id).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.request.id = Some(id.into());
+        self
+    }
+
+    /// The query's language, a BCP 47 tag: experts that declare other languages are not asked.
+    pub fn language(mut self, tag: impl Into<String>) -> Self {
+        self.request.language = Some(tag.into());
         self
     }
 

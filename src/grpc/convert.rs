@@ -8,6 +8,8 @@
 //! origin as an enum number, "absent" as zero or an empty string) live only here.
 
 use crate::core::ask::{AnswerText, ExpertView, Explanation};
+use crate::core::call::Miss;
+use crate::core::capability::{Capabilities, Holdings};
 use crate::core::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
 use crate::grpc::pb;
 use crate::grpc::status::{code_name, code_of_miss};
@@ -35,6 +37,7 @@ pub fn decision(
             replica: address(call.expert, call.replica),
             code: code_name(code_of_miss(miss)).into(),
             message: miss.to_string(),
+            refused: matches!(miss, Miss::Failed(f) if f.could_not_take()),
         })
         .collect();
     let probes = explanation
@@ -78,7 +81,7 @@ pub fn decision(
             d.plan
                 .excluded
                 .iter()
-                .map(|&(i, why)| score(i, why.as_str())),
+                .map(|&(i, why)| score(i, &why.to_string())),
         )
         .collect();
     pb::Decision {
@@ -139,6 +142,8 @@ impl From<ReplicaState> for pb::ReplicaState {
             reported: r.reported.map(Into::into),
             answered_total: r.answered_total,
             failed_total: r.failed_total,
+            refused_total: r.refused_total,
+            capabilities: Some(capabilities_to_pb(&r.capabilities, false)),
             max_in_flight: r.max_in_flight,
             rtt_ms: r.rtt_seconds * 1e3,
             error_rate: r.error_rate,
@@ -199,6 +204,13 @@ mod tests {
             }),
             answered_total: 11,
             failed_total: 5,
+            refused_total: 3,
+            capabilities: Capabilities {
+                max_context_chars: Some(4000),
+                languages: vec!["en".into()],
+                holds: Some(std::sync::Arc::new(Holdings::new([1, 2], [3, 4]))),
+                ..Capabilities::default()
+            },
             max_in_flight: 64,
             rtt_seconds: 0.0125,
             error_rate: 0.25,
@@ -227,6 +239,18 @@ mod tests {
                 }),
                 answered_total: 11,
                 failed_total: 5,
+                refused_total: 3,
+                // ListPool reports what a replica holds by its size only.
+                capabilities: Some(pb::Capabilities {
+                    max_context_chars: Some(4000),
+                    max_context_tokens: None,
+                    languages: vec!["en".into()],
+                    holds: Some(pb::Holdings {
+                        ids: Vec::new(),
+                        contents: Vec::new(),
+                        count: 2,
+                    }),
+                }),
                 max_in_flight: 64,
                 rtt_ms: 0.0125 * 1e3,
                 error_rate: 0.25,
@@ -264,4 +288,51 @@ mod tests {
             ]
         );
     }
+}
+
+/// Capabilities on the wire; with `fingerprints` false, the holdings go as their size only.
+pub fn capabilities_to_pb(c: &Capabilities, fingerprints: bool) -> pb::Capabilities {
+    pb::Capabilities {
+        max_context_chars: c.max_context_chars,
+        max_context_tokens: c.max_context_tokens,
+        languages: c.languages.clone(),
+        holds: c.holds.as_ref().map(|h| pb::Holdings {
+            ids: if fingerprints {
+                h.ids().collect()
+            } else {
+                Vec::new()
+            },
+            contents: if fingerprints {
+                h.contents().collect()
+            } else {
+                Vec::new()
+            },
+            count: h.len() as u64,
+        }),
+    }
+}
+
+/// Capabilities from the wire (a registration, a Describe reply), checked: a zero limit or a
+/// language that is not a tag is refused with the field's name.
+pub fn capabilities_from_pb(c: pb::Capabilities) -> Result<Capabilities, String> {
+    for (field, limit) in [
+        ("max_context_chars", c.max_context_chars),
+        ("max_context_tokens", c.max_context_tokens),
+    ] {
+        if limit == Some(0) {
+            return Err(format!("{field} must be positive when set"));
+        }
+    }
+    let languages =
+        Capabilities::parse_languages(&c.languages).map_err(|e| format!("languages: {e}"))?;
+    Ok(Capabilities {
+        max_context_chars: c.max_context_chars,
+        max_context_tokens: c.max_context_tokens,
+        languages,
+        // Holdings reported by their size alone (a registration) say nothing about a query.
+        holds: c
+            .holds
+            .filter(|h| h.count == 0 || !(h.ids.is_empty() && h.contents.is_empty()))
+            .map(|h| std::sync::Arc::new(Holdings::new(h.ids, h.contents))),
+    })
 }

@@ -14,6 +14,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::InvalidInput => Code::InvalidArgument,
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::Unsatisfiable => Code::FailedPrecondition,
+        ErrorKind::BeyondLimits => Code::OutOfRange,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::DeadlinePassed => Code::DeadlineExceeded,
         ErrorKind::Exhausted { .. } => Code::ResourceExhausted,
@@ -32,6 +33,7 @@ pub fn kind_of(code: Code) -> Option<ErrorKind> {
         Code::InvalidArgument => ErrorKind::InvalidInput,
         Code::NotFound => ErrorKind::NotFound,
         Code::FailedPrecondition => ErrorKind::Unsatisfiable,
+        Code::OutOfRange => ErrorKind::BeyondLimits,
         Code::Unavailable => ErrorKind::Unavailable,
         Code::DeadlineExceeded => ErrorKind::DeadlinePassed,
         Code::ResourceExhausted => ErrorKind::Exhausted { retry_after: None },
@@ -165,7 +167,7 @@ pub fn code_of_miss(miss: Miss) -> Code {
         },
         Miss::NotSent(NotSent::ReplicaFull) => Code::ResourceExhausted,
         Miss::NotSent(NotSent::DeadlinePassed | NotSent::TooSlow) => Code::DeadlineExceeded,
-        Miss::NotSent(NotSent::OverBudget) => Code::FailedPrecondition,
+        Miss::NotSent(NotSent::OverBudget | NotSent::CannotTake) => Code::FailedPrecondition,
     }
 }
 

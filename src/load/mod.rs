@@ -110,6 +110,7 @@ impl Client {
                     context: q.context.clone(),
                     id: Some(q.id.clone()),
                     budget: None,
+                    language: None,
                 });
                 r.set_timeout(timeout);
                 if let Some(token) = token {

@@ -103,6 +103,7 @@ pub fn simulate(
                 cost: costs[e],
                 expected_cost: scores[e],
                 replicas: &loads[e],
+                unfit: None,
             })
             .collect();
         let plan = decide(

@@ -11,7 +11,9 @@ use crate::core::ask::{
     Ask, AskError, AskParams, CallResult, ExpertView, Explanation, Finished, Step,
 };
 use crate::core::call::{Failure, Miss, NotSent};
+use crate::core::capability::{Capabilities, QueryFit, Unfit};
 use crate::core::decision::ReplicaLoad;
+use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::policy::{ExpertMeta, Observed};
 use crate::core::query::Query;
 use crate::core::rng::uniform_pair;
@@ -224,16 +226,43 @@ impl RouterService {
             query
         };
 
+        let language = msg
+            .language
+            .as_deref()
+            .map(|tag| {
+                Capabilities::parse_languages(&[tag.to_owned()])
+                    .map_err(|e| Refusal::new(ErrorKind::InvalidInput, format!("language: {e}")))
+            })
+            .transpose()?;
+        let fit = QueryFit::new(
+            query.question(),
+            query.context(),
+            query.id(),
+            language
+                .as_ref()
+                .and_then(|l| l.first())
+                .map(String::as_str),
+        );
+
         let now = Instant::now();
-        let loads: Vec<Vec<ReplicaLoad>> = snapshot.experts.iter().map(|g| g.loads(now)).collect();
+        let mut loads: Vec<Vec<ReplicaLoad>> =
+            snapshot.experts.iter().map(|g| g.loads(now)).collect();
+        let unfit: Vec<Option<Unfit>> = snapshot
+            .experts
+            .iter()
+            .zip(loads.iter_mut())
+            .map(|(g, loads)| g.fit(&fit, loads))
+            .collect();
         let view: Vec<ExpertView<'_>> = snapshot
             .experts
             .iter()
             .zip(&loads)
-            .map(|(g, loads)| ExpertView {
+            .zip(&unfit)
+            .map(|((g, loads), unfit)| ExpertView {
                 id: &g.entry.id,
                 price: g.entry.cost,
                 replicas: loads,
+                unfit: *unfit,
             })
             .collect();
         let metas: Vec<ExpertMeta<'_>> = view

@@ -252,6 +252,8 @@ pub struct Scheduler {
     pub contexts: contexts::ContextCache,
     /// The global limit on queries in flight.
     pub(crate) admission: admission::Admission,
+    /// Wakes the task that reads new replicas' `Describe` (see [`Scheduler::learn_capabilities`]).
+    describe_wanted: tokio::sync::Notify,
 }
 
 impl Scheduler {
@@ -292,6 +294,7 @@ impl Scheduler {
             decisions: None,
             config,
             requests: AtomicU64::new(0),
+            describe_wanted: tokio::sync::Notify::new(),
         }
     }
 
@@ -531,6 +534,7 @@ pub async fn serve_on(
         tokio::spawn(reap_leases(scheduler.clone())),
         tokio::spawn(resolve_dns(scheduler.clone())),
         tokio::spawn(check_health(scheduler.clone())),
+        tokio::spawn(describe_joiners(scheduler.clone())),
         tokio::spawn(crate::telemetry::upkeep(Duration::from_secs(5))),
         tokio::spawn(watch_file(
             scheduler.clone(),
@@ -693,13 +697,16 @@ async fn resolve_dns(scheduler: Arc<Scheduler>) {
         for target in targets {
             match target.sync(&scheduler.registry).await {
                 Ok((0, 0)) => {}
-                Ok((added, removed)) => tracing::info!(
+                Ok((added, removed)) => {
+                    scheduler.describe_soon();
+                    tracing::info!(
                     expert = %target.expert_id,
                     name = %target.name,
                     added,
                     removed,
                     "DNS replicas changed"
-                ),
+                    )
+                }
                 Err(e) => tracing::warn!(
                     expert = %target.expert_id,
                     name = %target.name,
@@ -707,6 +714,87 @@ async fn resolve_dns(scheduler: Arc<Scheduler>) {
                     "DNS resolution failed; keeping the replicas known so far"
                 ),
             }
+        }
+    }
+}
+
+impl Scheduler {
+    /// Reads `Expert.Describe` of every replica not described yet, for what it takes (its
+    /// context limits, languages, recorded questions), a few at a time. With `retry`, also the
+    /// ones whose earlier attempt failed (the health checker's rounds); without, only replicas
+    /// never asked (a replica that joined). One without `Describe` declares nothing.
+    pub async fn learn_capabilities(&self, retry: bool) {
+        const AT_ONCE: usize = 16;
+        let snapshot = self.registry.snapshot();
+        let pending: Vec<&Arc<registry::Replica>> = snapshot
+            .experts
+            .iter()
+            .flat_map(|g| g.replicas.iter())
+            .filter(|r| r.claim_description(retry))
+            .collect();
+        use futures_util::StreamExt;
+        futures_util::stream::iter(pending)
+            .for_each_concurrent(AT_ONCE, |r| describe_replica(r))
+            .await;
+    }
+
+    /// Asks the background task to read the `Describe` of replicas that just joined.
+    pub fn describe_soon(&self) {
+        self.describe_wanted.notify_one();
+    }
+}
+
+/// Reads the capabilities of replicas that joined, when woken ([`Scheduler::describe_soon`]):
+/// one task, however many registrations arrive.
+async fn describe_joiners(scheduler: Arc<Scheduler>) {
+    loop {
+        scheduler.describe_wanted.notified().await;
+        scheduler.learn_capabilities(false).await;
+    }
+}
+
+/// One replica's `Describe`, into its capabilities.
+async fn describe_replica(replica: &registry::Replica) {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let mut client = replica.client.clone();
+    let mut request = tonic::Request::new(crate::grpc::pb::DescribeRequest {});
+    request.set_timeout(TIMEOUT);
+    let reply = match tokio::time::timeout(TIMEOUT, client.describe(request)).await {
+        Ok(Ok(reply)) => reply.into_inner(),
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+            replica.set_capabilities(Default::default(), true);
+            return;
+        }
+        Ok(Err(status)) => {
+            tracing::debug!(expert = %replica.expert_id, replica = %replica.address,
+                code = ?status.code(), "Describe failed; asking again later");
+            replica.description_failed();
+            return;
+        }
+        Err(_) => {
+            replica.description_failed();
+            return;
+        }
+    };
+    match crate::grpc::convert::capabilities_from_pb(reply.capabilities.unwrap_or_default()) {
+        Ok(capabilities) => {
+            if !capabilities.is_unlimited() {
+                tracing::info!(
+                    expert = %replica.expert_id,
+                    replica = %replica.address,
+                    held = capabilities.holds.as_ref().map(|h| h.len()),
+                    max_context_chars = capabilities.max_context_chars,
+                    max_context_tokens = capabilities.max_context_tokens,
+                    languages = ?capabilities.languages,
+                    "replica capabilities"
+                );
+            }
+            replica.set_capabilities(capabilities, true);
+        }
+        Err(e) => {
+            tracing::warn!(expert = %replica.expert_id, replica = %replica.address, error = %e,
+                "replica declares capabilities that are not valid; treating it as declaring none");
+            replica.set_capabilities(Default::default(), true);
         }
     }
 }
@@ -726,6 +814,7 @@ async fn check_health(scheduler: Arc<Scheduler>) {
     let mut tick = ticker(every);
     loop {
         tick.tick().await;
+        scheduler.learn_capabilities(true).await;
         let snapshot = scheduler.registry.snapshot();
         let checks = snapshot.experts.iter().flat_map(|g| {
             g.replicas

@@ -1,7 +1,8 @@
 //! Applying a changed pool file to a running scheduler, all or nothing.
 //!
 //! What a reload may change: experts placed at static `addresses` or by a `dns` name may be
-//! added, removed, moved to other addresses or names, and get another `max_in_flight`. What it
+//! added, removed, moved to other addresses or names, and get another `max_in_flight` or other
+//! declared limits (`max_context_chars`, `max_context_tokens`, `languages`). What it
 //! may not (the scheduler must restart): an expert's cost or backend, and anything about
 //! in-process experts (their servers are started with the scheduler). A file that asks for one
 //! of those, or does not parse, is refused whole; the pool keeps running as it was.
@@ -124,6 +125,7 @@ pub fn apply(scheduler: &Scheduler, old: &PoolFile, new: &PoolFile) -> Result<Ch
             &[Origin::Static, Origin::Dns, Origin::InProcess],
             n.max_in_flight,
         );
+        registry.declare_capabilities(&n.id, n.capabilities.clone());
         if before.is_none() {
             changes.added.push(n.id.clone());
         } else {

@@ -10,6 +10,7 @@ use super::{RegistryError, Scheduler};
 use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::lease::LeasePolicy;
 use crate::core::rate_limit::TokenBucket;
+use crate::grpc::convert;
 use crate::grpc::pb::{self, pool_server::Pool};
 use crate::grpc::server::Caller;
 use crate::pool_file::check_expert_id;
@@ -137,6 +138,8 @@ impl Pool for PoolService {
         if msg.backend.len() > 64 {
             return Err(invalid("backend", "must be at most 64 bytes".into()));
         }
+        let capabilities = convert::capabilities_from_pb(msg.capabilities.unwrap_or_default())
+            .map_err(|m| invalid("capabilities", m))?;
         self.admit(&who, &msg.expert_id, &msg.address)?;
         let requested = (msg.lease_ttl_ms > 0).then(|| Duration::from_millis(msg.lease_ttl_ms));
         let granted = self.scheduler.registry.register(
@@ -148,9 +151,12 @@ impl Pool for PoolService {
                 backend: &msg.backend,
                 requested_ttl: requested,
                 limit: (msg.max_in_flight > 0).then_some(msg.max_in_flight),
+                capabilities: &capabilities,
             },
             Instant::now(),
         )?;
+        // What it holds (a replay expert's recordings) does not fit a registration: read it.
+        self.scheduler.describe_soon();
         tracing::info!(
             expert = %msg.expert_id,
             address = %msg.address,

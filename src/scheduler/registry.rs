@@ -6,6 +6,7 @@
 //! behind a std `Mutex`, held for a few instructions and never across an `.await`.
 
 use crate::core::call::{Failure, Miss, Verdict};
+use crate::core::capability::{Capabilities, QueryFit, Unfit};
 use crate::core::decision::ReplicaLoad;
 use crate::core::lease::{Lease, LeasePolicy};
 pub use crate::core::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
@@ -15,7 +16,7 @@ use crate::grpc::status::code_of_miss;
 use crate::telemetry::{CodeCounts, LatencyHistogram, PoolSeries};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -81,6 +82,8 @@ pub struct ExpertEntry {
     decisions: AtomicU64,
     /// Failed calls that moved a query on, by code.
     fallbacks: CodeCounts,
+    /// What the pool file declares it takes (on top of what each replica declares).
+    declared_capabilities: ArcSwap<Capabilities>,
 }
 
 impl ExpertEntry {
@@ -94,7 +97,13 @@ impl ExpertEntry {
             charged_micro_units: AtomicU64::new(0),
             decisions: AtomicU64::new(0),
             fallbacks: CodeCounts::default(),
+            declared_capabilities: ArcSwap::from_pointee(Capabilities::default()),
         }
+    }
+
+    /// What the pool file declares this expert takes.
+    pub fn declared_capabilities(&self) -> Arc<Capabilities> {
+        self.declared_capabilities.load_full()
     }
 
     /// An answer through the scheduler, charged at `cost`.
@@ -151,7 +160,19 @@ pub struct Replica {
     calls: CodeCounts,
     latency: LatencyHistogram,
     ejections: AtomicU64,
+    /// Calls it refused because it could not take the query (kept apart from `failed`).
+    refused: AtomicU64,
+    /// What the replica declares it takes (its registration, then its `Describe` reply).
+    capabilities: ArcSwap<Capabilities>,
+    /// Where reading its `Describe` reply stands: not asked, being asked, asked without a reply, described.
+    description: AtomicU8,
 }
+
+/// Where reading a replica's `Describe` stands.
+const NOT_ASKED: u8 = 0;
+const ASKING: u8 = 1;
+const ASKED: u8 = 2;
+const DESCRIBED: u8 = 3;
 
 /// A registered replica's lease: its id, the credential that took it, its clock.
 #[derive(Debug)]
@@ -208,7 +229,11 @@ impl Replica {
                 Code::Ok
             }
             Err(failure) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                if failure.could_not_take() {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                }
                 code_of_miss(Miss::Failed(failure))
             }
         };
@@ -236,6 +261,39 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// What the replica declares it takes (nothing known yet: anything).
+    pub fn capabilities(&self) -> arc_swap::Guard<Arc<Capabilities>> {
+        self.capabilities.load()
+    }
+
+    /// Records what the replica declares; `described` when it comes from its `Describe` reply
+    /// (which is then not asked for again).
+    pub fn set_capabilities(&self, capabilities: Capabilities, described: bool) {
+        self.capabilities.store(Arc::new(capabilities));
+        if described {
+            self.description.store(DESCRIBED, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the job of reading its `Describe` reply: true when it was never asked, or (with
+    /// `retry`) when it was asked and did not answer. Two readers never take the same replica
+    /// at once.
+    pub fn claim_description(&self, retry: bool) -> bool {
+        let claim = |from| {
+            self.description
+                .compare_exchange(from, ASKING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        };
+        claim(NOT_ASKED) || (retry && claim(ASKED))
+    }
+
+    /// The `Describe` call ended without a reply: another round may try again.
+    pub fn description_failed(&self) {
+        let _ =
+            self.description
+                .compare_exchange(ASKING, ASKED, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// The result of an active health check; returns the ejection length when it ejected.
@@ -312,7 +370,7 @@ impl Replica {
         out.sample("l2d_replica_ejections_total", labels, ejections);
     }
 
-    fn state(&self, now: Instant) -> ReplicaState {
+    fn state(&self, now: Instant, declared: &Capabilities) -> ReplicaState {
         let lease_remaining = self
             .lease
             .as_ref()
@@ -326,6 +384,8 @@ impl Replica {
             reported: self.lease.as_ref().map(|_| *lock(&self.reported)),
             answered_total: self.answered.load(Ordering::Relaxed),
             failed_total: self.failed.load(Ordering::Relaxed),
+            refused_total: self.refused.load(Ordering::Relaxed),
+            capabilities: self.capabilities().tightened_by(declared),
             max_in_flight: self.limit(),
             rtt_seconds: health.rtt(now, &self.health_params),
             error_rate: health.error_rate(),
@@ -372,6 +432,29 @@ impl ExpertGroup {
     }
 }
 
+impl ExpertGroup {
+    /// Whether the expert can take the query: marks each replica that cannot as unavailable in
+    /// `loads` (the expert's [`ExpertGroup::loads`]) and, when none can (or the pool file's
+    /// declaration rules the query out), says why.
+    pub fn fit(&self, query: &QueryFit<'_>, loads: &mut [ReplicaLoad]) -> Option<Unfit> {
+        if let Err(why) = self.entry.declared_capabilities.load().admits(query) {
+            return Some(why);
+        }
+        let mut first = None;
+        let mut any = self.replicas.is_empty();
+        for (replica, load) in self.replicas.iter().zip(loads.iter_mut()) {
+            match replica.capabilities().admits(query) {
+                Ok(()) => any = true,
+                Err(why) => {
+                    load.available = false;
+                    first.get_or_insert(why);
+                }
+            }
+        }
+        if any { None } else { first }
+    }
+}
+
 /// The pool at one moment: immutable, cheap to read, replaced on membership change.
 #[derive(Debug, Default)]
 pub struct PoolSnapshot {
@@ -392,6 +475,8 @@ pub struct Join<'a> {
     pub requested_ttl: Option<Duration>,
     /// Calls it accepts at once (`None`: the registry's default).
     pub limit: Option<u32>,
+    /// Its context limits and languages (its holdings come later, from `Describe`).
+    pub capabilities: &'a Capabilities,
 }
 
 /// What a successful registration grants.
@@ -492,6 +577,13 @@ impl Registry {
         }
         drop(order);
         self.rebuild_snapshot();
+    }
+
+    /// Sets what the pool file declares an expert takes (a reload replaces it).
+    pub fn declare_capabilities(&self, expert_id: &str, capabilities: Capabilities) {
+        if let Some(entry) = self.experts.get(expert_id) {
+            entry.declared_capabilities.store(Arc::new(capabilities));
+        }
     }
 
     /// Adds a replica that needs no lease (in-process, or a static address from the pool file),
@@ -627,6 +719,7 @@ impl Registry {
             backend,
             requested_ttl,
             limit,
+            capabilities,
         } = join;
         // One registration at a time: the checks below and the insert must not interleave with
         // another registration's (two could pass the caps, or take one address, together).
@@ -679,9 +772,12 @@ impl Registry {
         };
         let inserted =
             self.insert_replica(expert_id, address, Origin::Registered, Some(slot), limit);
-        if let Err(e) = inserted {
-            self.forget_if_empty(expert_id);
-            return Err(e);
+        match inserted {
+            Ok(replica) => replica.set_capabilities(capabilities.clone(), false),
+            Err(e) => {
+                self.forget_if_empty(expert_id);
+                return Err(e);
+            }
         }
         // The old lease goes after the new one is in, so the expert (and its counters) stays.
         for key in stale {
@@ -793,7 +889,14 @@ impl Registry {
                 expert_id: group.entry.id.clone(),
                 cost: group.entry.cost,
                 backend: group.entry.backend.clone(),
-                replicas: group.replicas.iter().map(|r| r.state(now)).collect(),
+                replicas: {
+                    let declared = group.entry.declared_capabilities();
+                    group
+                        .replicas
+                        .iter()
+                        .map(|r| r.state(now, &declared))
+                        .collect()
+                },
                 answered_total: group.entry.answered_total(),
                 cost_charged_total: group.entry.cost_charged_total(),
             })
@@ -807,7 +910,7 @@ impl Registry {
         origin: Origin,
         lease: Option<LeaseSlot>,
         limit: Option<u32>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Arc<Replica>, RegistryError> {
         let endpoint = crate::grpc::tls::endpoint(address, self.client_tls.as_ref())
             .map_err(|e| RegistryError::Invalid {
                 field: "address",
@@ -840,9 +943,13 @@ impl Registry {
             calls: CodeCounts::default(),
             latency: LatencyHistogram::default(),
             ejections: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            capabilities: ArcSwap::from_pointee(Capabilities::default()),
+            description: AtomicU8::new(NOT_ASKED),
         };
-        self.replicas.insert(key, Arc::new(replica));
-        Ok(())
+        let replica = Arc::new(replica);
+        self.replicas.insert(key, replica.clone());
+        Ok(replica)
     }
 
     /// Removes a replica; an expert only registered replicas made (none declared in the pool
@@ -936,6 +1043,7 @@ mod tests {
             backend,
             requested_ttl,
             limit: None,
+            capabilities: Box::leak(Box::default()),
         }
     }
 
