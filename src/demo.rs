@@ -77,9 +77,15 @@ pub async fn demo(
     local.shutdown().await?;
     let (live, questions, errors) = result?;
 
-    // The same questions, asked of every expert directly: the baselines.
+    // The same questions, asked directly of every expert the policy knows: the baselines. (An
+    // expert it was not trained on, such as the live reader for questions no recording holds,
+    // is in the pool but not in the comparison.)
+    let known: Vec<String> = file.experts.iter().map(|e| e.id.clone()).collect();
+    let labelled = pool
+        .only(&known)
+        .map_err(|e| anyhow::anyhow!("the policy's experts are not all in the pool: {e}"))?;
     let labels = label(
-        &pool,
+        &labelled,
         &dataset,
         &data_path.display().to_string(),
         &LabelOptions {

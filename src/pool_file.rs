@@ -202,6 +202,31 @@ impl PoolFile {
 }
 
 impl PoolFile {
+    /// The pool with only the experts `ids` (kept in pool order). An id the pool does not have
+    /// is an error that lists the ones it has.
+    pub fn only(&self, ids: &[String]) -> Result<PoolFile, String> {
+        if let Some(unknown) = ids
+            .iter()
+            .find(|id| !self.experts.iter().any(|e| &e.id == *id))
+        {
+            let known: Vec<&str> = self.experts.iter().map(|e| e.id.as_str()).collect();
+            return Err(format!(
+                "pool file {} has no expert {unknown:?} (it has: {})",
+                self.path.display(),
+                known.join(", ")
+            ));
+        }
+        Ok(PoolFile {
+            experts: self
+                .experts
+                .iter()
+                .filter(|e| ids.contains(&e.id))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        })
+    }
+
     /// The price of waiting for each expert's answer at zero load, by expert id: `wait_price`
     /// (cost units per second) × its mean service time (0 for an expert without one).
     pub fn waiting(&self, wait_price: f64) -> std::collections::BTreeMap<String, f64> {
@@ -625,6 +650,52 @@ mod tests {
             }
         );
         assert_eq!(pool.experts[1].max_in_flight, None);
+    }
+
+    #[test]
+    fn any_expert_may_declare_context_limits_and_languages() {
+        let pool = parse(&format!(
+            "[[expert]]\n{OK}cost = 1\nmax_context_chars = 4000\nmax_context_tokens = 900\n\
+             languages = [\"en-US\", \"de\"]\n[[expert]]\nid = \"y\"\nbackend = \"lexical\"\ncost = 1\n"
+        ))
+        .unwrap();
+        let declared = &pool.experts[0].capabilities;
+        assert_eq!(
+            (declared.max_context_chars, declared.max_context_tokens),
+            (Some(4000), Some(900))
+        );
+        assert_eq!(declared.languages, ["en", "de"]);
+        assert!(pool.experts[1].capabilities.is_unlimited());
+        let e = err(&format!(
+            "[[expert]]\n{OK}cost = 1\nmax_context_chars = 0\n"
+        ));
+        assert!(
+            e.ends_with(
+                "field `max_context_chars`: must be a positive number of at most 4294967295, got 0"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("[[expert]]\n{OK}cost = 1\nlanguages = [\"\"]\n"));
+        assert!(
+            e.ends_with("field `languages`: \"\" is not a language tag (e.g. \"en\", \"de-CH\")"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_keeps_the_named_experts_in_pool_order() {
+        let pool = parse(&format!(
+            "[[expert]]\n{OK}cost = 1\n[[expert]]\nid = \"y\"\nbackend = \"lexical\"\ncost = 1\n"
+        ))
+        .unwrap();
+        let ids = |p: &PoolFile| p.experts.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&pool.only(&["y".into(), "x".into()]).unwrap()),
+            ["x", "y"]
+        );
+        assert_eq!(ids(&pool.only(&["y".into()]).unwrap()), ["y"]);
+        let e = pool.only(&["z".into()]).unwrap_err();
+        assert!(e.ends_with("has no expert \"z\" (it has: x, y)"), "{e}");
     }
 
     #[test]

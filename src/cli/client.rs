@@ -412,6 +412,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_a_replica_takes_is_summed_up_in_a_few_words() {
+        assert_eq!(takes(None), "any");
+        assert_eq!(takes(Some(&pb::Capabilities::default())), "any");
+        let declared = pb::Capabilities {
+            max_context_chars: Some(4000),
+            max_context_tokens: Some(900),
+            languages: vec!["en".into(), "de".into()],
+            holds: Some(pb::Holdings {
+                count: 10570,
+                ..pb::Holdings::default()
+            }),
+        };
+        assert_eq!(
+            takes(Some(&declared)),
+            "≤ 4000 chars, ≤ 900 tokens, en/de, 10570 held"
+        );
+    }
+
+    #[test]
     fn a_registered_replica_shows_its_lease_and_an_ejected_one_its_ejection() {
         let replica = |origin: Origin, lease_ms: u64, ejected_ms: u64| pb::ReplicaState {
             address: "127.0.0.1:1".into(),

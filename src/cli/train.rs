@@ -40,6 +40,9 @@ pub struct LabelArgs {
     /// Label only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Label only these experts of the pool (comma-separated ids, in pool order); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub experts: Vec<String>,
     /// Calls in flight per expert.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
@@ -227,6 +230,12 @@ pub(super) async fn experts_report(args: ExpertsReportArgs) -> anyhow::Result<()
 pub(super) async fn label(args: LabelArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let pool = PoolFile::load(&args.pool.unwrap_or_else(default_pool_path))?;
+    let pool = if args.experts.is_empty() {
+        pool
+    } else {
+        pool.only(&args.experts)
+            .map_err(|e| anyhow::anyhow!("--experts: {e}"))?
+    };
     let dataset = Dataset::load(&args.data)?;
     let options = crate::train::labels::LabelOptions {
         concurrency: args.concurrency,

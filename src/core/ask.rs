@@ -265,20 +265,21 @@ fn why(d: &Chosen, view: &[ExpertView<'_>]) -> String {
             id(d.greedy)
         );
     }
-    let eligible = d.plan.ranked.len();
+    let eligible = match d.plan.ranked.len() {
+        1 => "the only eligible expert".to_owned(),
+        n => format!("{n} eligible experts"),
+    };
     let load = d.plan.load[d.chosen];
     let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
         // Waiting priced below the fourth decimal is left out of the words.
         Some(s) if load >= 0.000_05 => format!(
-            "best policy score plus waiting ({} + {}) among {eligible} eligible experts",
+            "best policy score plus waiting ({} + {}) among {eligible}",
             Fixed4(s),
             Fixed4(load)
         ),
-        Some(s) => format!(
-            "best policy score ({}) among {eligible} eligible experts",
-            Fixed4(s)
-        ),
-        None => format!("no policy score; cheapest of {eligible} eligible experts"),
+        Some(s) => format!("best policy score ({}) among {eligible}", Fixed4(s)),
+        None if d.plan.ranked.len() == 1 => "no policy score; the only eligible expert".to_owned(),
+        None => format!("no policy score; cheapest of {eligible}"),
     };
     if !d.plan.excluded.is_empty() {
         let excluded = d.plan.excluded.iter().map(|&(i, why)| (why, id(i)));

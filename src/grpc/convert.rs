@@ -165,6 +165,53 @@ impl From<ExpertState> for pb::ExpertState {
     }
 }
 
+/// Capabilities on the wire; with `fingerprints` false, the holdings go as their size only.
+pub fn capabilities_to_pb(c: &Capabilities, fingerprints: bool) -> pb::Capabilities {
+    pb::Capabilities {
+        max_context_chars: c.max_context_chars,
+        max_context_tokens: c.max_context_tokens,
+        languages: c.languages.clone(),
+        holds: c.holds.as_ref().map(|h| pb::Holdings {
+            ids: if fingerprints {
+                h.ids().collect()
+            } else {
+                Vec::new()
+            },
+            contents: if fingerprints {
+                h.contents().collect()
+            } else {
+                Vec::new()
+            },
+            count: h.len() as u64,
+        }),
+    }
+}
+
+/// Capabilities from the wire (a registration, a Describe reply), checked: a zero limit or a
+/// language that is not a tag is refused with the field's name.
+pub fn capabilities_from_pb(c: pb::Capabilities) -> Result<Capabilities, String> {
+    for (field, limit) in [
+        ("max_context_chars", c.max_context_chars),
+        ("max_context_tokens", c.max_context_tokens),
+    ] {
+        if limit == Some(0) {
+            return Err(format!("{field} must be positive when set"));
+        }
+    }
+    let languages =
+        Capabilities::parse_languages(&c.languages).map_err(|e| format!("languages: {e}"))?;
+    Ok(Capabilities {
+        max_context_chars: c.max_context_chars,
+        max_context_tokens: c.max_context_tokens,
+        languages,
+        // Holdings reported by their size alone (a registration) say nothing about a query.
+        holds: c
+            .holds
+            .filter(|h| h.count == 0 || !(h.ids.is_empty() && h.contents.is_empty()))
+            .map(|h| std::sync::Arc::new(Holdings::new(h.ids, h.contents))),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,51 +335,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// Capabilities on the wire; with `fingerprints` false, the holdings go as their size only.
-pub fn capabilities_to_pb(c: &Capabilities, fingerprints: bool) -> pb::Capabilities {
-    pb::Capabilities {
-        max_context_chars: c.max_context_chars,
-        max_context_tokens: c.max_context_tokens,
-        languages: c.languages.clone(),
-        holds: c.holds.as_ref().map(|h| pb::Holdings {
-            ids: if fingerprints {
-                h.ids().collect()
-            } else {
-                Vec::new()
-            },
-            contents: if fingerprints {
-                h.contents().collect()
-            } else {
-                Vec::new()
-            },
-            count: h.len() as u64,
-        }),
-    }
-}
-
-/// Capabilities from the wire (a registration, a Describe reply), checked: a zero limit or a
-/// language that is not a tag is refused with the field's name.
-pub fn capabilities_from_pb(c: pb::Capabilities) -> Result<Capabilities, String> {
-    for (field, limit) in [
-        ("max_context_chars", c.max_context_chars),
-        ("max_context_tokens", c.max_context_tokens),
-    ] {
-        if limit == Some(0) {
-            return Err(format!("{field} must be positive when set"));
-        }
-    }
-    let languages =
-        Capabilities::parse_languages(&c.languages).map_err(|e| format!("languages: {e}"))?;
-    Ok(Capabilities {
-        max_context_chars: c.max_context_chars,
-        max_context_tokens: c.max_context_tokens,
-        languages,
-        // Holdings reported by their size alone (a registration) say nothing about a query.
-        holds: c
-            .holds
-            .filter(|h| h.count == 0 || !(h.ids.is_empty() && h.contents.is_empty()))
-            .map(|h| std::sync::Arc::new(Holdings::new(h.ids, h.contents))),
-    })
 }
