@@ -32,7 +32,7 @@ scheduler=$!
 sleep 0.5
 
 next=$((port + 10))
-for id in lr match-lstm rnet-plus slqa-plus bert-large; do
+for id in lr match-lstm rnet-plus slqa-plus bert-large typed; do
   for _ in $(seq "$replicas"); do
     "$bin" expert --listen "127.0.0.1:$next" --pool "$pool" --id "$id" \
       --register "127.0.0.1:$port" &
