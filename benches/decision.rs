@@ -1,7 +1,8 @@
 //! Cost of one routing decision on the request path's pure part: prior-policy scoring plus
 //! `decide` (exclusions, load term, ranking, replica choice, attempt plan), for pools of growing
 //! size; and the shipped learned policy (featurize + score + decide) on the default pool, on
-//! whole dev passages of the median and the 90th-percentile length.
+//! whole dev passages of the median and the 90th-percentile length; and the check of what each
+//! expert of the default pool can take.
 //!
 //! Run: `cargo bench --bench decision`
 
@@ -219,5 +220,49 @@ fn bench_learned(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decision, bench_learned);
+/// What the request path adds per query to know who can take it: the default pool's five replay
+/// experts (their announced recordings) and the live reader (no declaration), checked by query
+/// id and, for a query sent without one, by its question and context (a whole dev passage).
+fn bench_capabilities(c: &mut Criterion) {
+    use l2d::core::capability::{Capabilities, QueryFit};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dataset = Arc::new(Dataset::load(&root.join("data/squad-v1.1/dev.json")).unwrap());
+    let pool = l2d::pool_file::PoolFile::load(&root.join("pools/squad-v1.1.toml")).unwrap();
+    let cache = l2d::squad::DatasetCache::default();
+    let declared: Vec<Capabilities> = pool
+        .experts
+        .iter()
+        .map(|spec| {
+            l2d::cluster::build_backend(spec, &cache)
+                .unwrap()
+                .capabilities()
+        })
+        .collect();
+    let questions: Vec<(String, String, String)> = dataset
+        .questions()
+        .step_by(97)
+        .map(|(_, p, q)| (q.id.clone(), q.question.clone(), p.context.clone()))
+        .collect();
+    let mut group = c.benchmark_group("capabilities");
+    for by_id in [true, false] {
+        let mut i = 0;
+        let name = if by_id {
+            "by id"
+        } else {
+            "by question and context"
+        };
+        group.bench_function(format!("default pool, 6 experts, {name}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % questions.len();
+                let (id, question, context) = &questions[i];
+                let fit = QueryFit::new(question, context, by_id.then_some(id.as_str()), None);
+                let held = declared.iter().filter(|c| c.admits(&fit).is_ok()).count();
+                black_box(held)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_decision, bench_learned, bench_capabilities);
 criterion_main!(benches);

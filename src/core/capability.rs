@@ -10,6 +10,7 @@
 //! its question and context, with surrounding white space trimmed and inner runs of white space
 //! made one space.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -78,20 +79,46 @@ pub fn id_fingerprint(id: &str) -> u64 {
 pub fn content_fingerprint(question: &str, context: &str) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(b"qc\0");
-    feed_normalised(&mut hasher, question);
+    hasher.update(normalised(question).as_bytes());
     hasher.update(b"\0");
-    feed_normalised(&mut hasher, context);
+    hasher.update(normalised(context).as_bytes());
     hasher.digest()
 }
 
-/// Feeds `text`'s words separated by single spaces, without allocating.
-fn feed_normalised(hasher: &mut xxhash_rust::xxh3::Xxh3, text: &str) {
-    for (i, word) in text.split_whitespace().enumerate() {
-        if i > 0 {
-            hasher.update(b" ");
-        }
-        hasher.update(word.as_bytes());
+/// `text`'s words separated by single spaces; borrowed when it already is (the usual case: one
+/// pass over the text, no copy).
+fn normalised(text: &str) -> Cow<'_, str> {
+    let clean = text.as_bytes().first() != Some(&b' ')
+        && text.as_bytes().last() != Some(&b' ')
+        && !text.contains("  ")
+        && !has_other_white_space(text);
+    if clean || text.is_empty() {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.split_whitespace().collect::<Vec<_>>().join(" "))
     }
+}
+
+/// Whether `text` has white space other than the ASCII space: a control character from tab to
+/// carriage return, or a non-ASCII one (each starts with one of four UTF-8 lead bytes). Scanned
+/// in blocks without early exit, which the compiler vectorises; only a block with a candidate
+/// byte is looked at closely.
+fn has_other_white_space(text: &str) -> bool {
+    const BLOCK: usize = 64;
+    let candidate = |b: u8| (b'\t'..=b'\r').contains(&b) | matches!(b, 0xC2 | 0xE1 | 0xE2 | 0xE3);
+    text.as_bytes()
+        .chunks(BLOCK)
+        .enumerate()
+        .filter(|(_, block)| block.iter().fold(false, |any, &b| any | candidate(b)))
+        .any(|(k, block)| {
+            block.iter().enumerate().any(|(i, &b)| {
+                candidate(b)
+                    && text[k * BLOCK + i..]
+                        .chars()
+                        .next()
+                        .is_some_and(char::is_whitespace)
+            })
+        })
 }
 
 /// Tokens of `text` as l2d's tokenizer counts them: runs of letters and digits (a number keeps
@@ -374,6 +401,15 @@ mod tests {
             held.admits(&fit("Who lost?", "Denver won in 2016.", None)),
             Err(Unfit::NotHeld)
         );
+        assert_eq!(normalised("a b"), Cow::Borrowed("a b"));
+        assert_eq!(normalised(" a\u{a0}b  c\n"), "a b c");
+        assert_eq!(normalised("a b "), "a b");
+        assert_eq!(normalised("  "), "");
+        assert_eq!(normalised("a\tb"), "a b");
+        assert_eq!(normalised("a  b"), "a b");
+        assert_eq!(normalised(" a"), "a");
+        assert_eq!(normalised("Zürich — a\u{2009}b\u{3000}"), "Zürich — a b");
+        assert_eq!(normalised("Zürich — “a”"), Cow::Borrowed("Zürich — “a”"));
         // The question and the context are kept apart.
         assert_ne!(
             content_fingerprint("a b", "c"),

@@ -560,6 +560,46 @@ mod tests {
     }
 
     #[test]
+    fn an_expert_that_cannot_take_the_query_is_excluded_first_and_never_attempted() {
+        let one = [UP];
+        let held_elsewhere = Candidate {
+            unfit: Some(Unfit::NotHeld),
+            ..cand(100.0, Some(0.0), &one)
+        };
+        let cands = [held_elsewhere, cand(1.0, Some(0.9), &one)];
+        // The unfit expert has the best score and is over the budget: its exclusion says why
+        // it cannot take the query, not the budget.
+        let params = DecisionParams {
+            budget: Some(10.0),
+            ..DecisionParams::default()
+        };
+        let plan = decide(&cands, &params).unwrap();
+        assert_eq!(plan.ranked, vec![1]);
+        assert_eq!(plan.excluded, vec![(0, Exclusion::Unfit(Unfit::NotHeld))]);
+        assert!(pairs(&plan).iter().all(|&(e, _)| e == 1));
+        assert_eq!(
+            plan.excluded[0].1.to_string(),
+            "no recording of this question"
+        );
+        // When no expert can take it, the decision says so (not "no available replica").
+        let none = [held_elsewhere, held_elsewhere];
+        assert_eq!(
+            decide(&none, &DecisionParams::default()),
+            Err(DecisionError::NoneCanTake)
+        );
+        // Unfit beside unavailable: the unavailable one is the reason given.
+        let down = [ReplicaLoad {
+            available: false,
+            ..UP
+        }];
+        let mixed = [held_elsewhere, cand(1.0, Some(0.9), &down)];
+        assert!(matches!(
+            decide(&mixed, &DecisionParams::default()),
+            Err(DecisionError::NoAvailableReplica { .. })
+        ));
+    }
+
+    #[test]
     fn experts_slower_than_the_time_left_are_excluded_while_another_fits() {
         let slow = [ReplicaLoad { rtt: 2.0, ..UP }, busy(4, 4)];
         let fast = [ReplicaLoad { rtt: 0.01, ..UP }];
