@@ -1,5 +1,5 @@
-//! The pure core of l2d: validated queries, the allocation policy interface, the dispatch
-//! decision, lease arithmetic.
+//! The pure core of l2d: validated queries, what experts can take, the allocation policy
+//! interface, the dispatch decision, lease arithmetic.
 //!
 //! Nothing here performs I/O or depends on tokio, tonic, prost, dashmap or metrics: every
 //! function is a function of its arguments (time is passed in as `now`), so it is unit- and

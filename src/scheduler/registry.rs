@@ -164,7 +164,8 @@ pub struct Replica {
     refused: AtomicU64,
     /// What the replica declares it takes (its registration, then its `Describe` reply).
     capabilities: ArcSwap<Capabilities>,
-    /// Where reading its `Describe` reply stands: not asked, being asked, asked without a reply, described.
+    /// Where reading its `Describe` reply stands: not asked, being asked, asked without a
+    /// reply, described.
     description: AtomicU8,
 }
 
@@ -430,9 +431,7 @@ impl ExpertGroup {
         }
         loads
     }
-}
 
-impl ExpertGroup {
     /// Whether the expert can take the query: marks each replica that cannot as unavailable in
     /// `loads` (the expert's [`ExpertGroup::loads`]) and, when none can (or the pool file's
     /// declaration rules the query out), says why.
