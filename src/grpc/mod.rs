@@ -8,6 +8,7 @@ pub mod deadline;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod wire;
 
 /// Largest gRPC message an l2d client accepts or sends (the scheduler's calls to experts, the
 /// `Router` client): servers are held to the tighter limits below.
