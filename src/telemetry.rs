@@ -25,7 +25,13 @@
 //! | `l2d_replica_rtt_seconds` | gauge | `expert`, `replica` (PeakEWMA) |
 //! | `l2d_replica_ejected` | gauge | `expert`, `replica` (1 while ejected) |
 //! | `l2d_replica_ejections_total` | counter | `expert`, `replica` |
-//! | `l2d_answers_total` | counter | `expert` |
+//! | `l2d_answers_total` | counter | `expert` (answered calls, probes included) |
+//! | `l2d_served_total` | counter | `expert` (queries answered with its answer) |
+//! | `l2d_probe_calls_total` | counter | `expert` (calls as a probe or cascade stage) |
+//! | `l2d_exclusions_total` | counter | `expert`, `reason` (why a final decision excluded it) |
+//! | `l2d_expert_available_replicas` | gauge | `expert` |
+//! | `l2d_build_info` | gauge (1) | `version` |
+//! | `l2d_policy_info` | gauge (1) | `policy_id`, `kind` |
 //! | `l2d_cost_charged_units` | gauge | `expert` (cumulative cost charged) |
 //! | `l2d_cost_realized` | gauge | mean cost per query over the recent window |
 //! | `l2d_cost_target` | gauge | the live cost target, when set |
@@ -216,6 +222,36 @@ impl PoolSeries {
                     "l2d_answers_total",
                     "counter",
                     "Answers returned, by expert",
+                ),
+                family(
+                    "l2d_served_total",
+                    "counter",
+                    "Queries answered with this expert's answer",
+                ),
+                family(
+                    "l2d_probe_calls_total",
+                    "counter",
+                    "Calls sent to the expert as a probe or a cascade stage",
+                ),
+                family(
+                    "l2d_exclusions_total",
+                    "counter",
+                    "Final decisions that excluded the expert, by reason",
+                ),
+                family(
+                    "l2d_expert_available_replicas",
+                    "gauge",
+                    "Replicas of the expert that may receive traffic (lease held, not ejected)",
+                ),
+                family(
+                    "l2d_build_info",
+                    "gauge",
+                    "Always 1; the l2d version serving",
+                ),
+                family(
+                    "l2d_policy_info",
+                    "gauge",
+                    "Always 1; the allocation policy in force",
                 ),
                 family(
                     "l2d_cost_charged_units",

@@ -187,6 +187,53 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
         assert_eq!(scores.last().unwrap().expert_id, "typed");
     }
 
+    // The metrics tell who answered (three queries) apart from who was called (the probes of
+    // the two dev questions, too), and why experts were left out.
+    let text = scheduler.publish_metrics();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let experts = ["lr", "match-lstm", "rnet-plus", "slqa-plus", "bert-large", "typed"];
+    let total = |family: &str| -> f64 {
+        experts
+            .iter()
+            .map(|e| value(&format!("{family}{{expert=\"{e}\"}}")))
+            .sum()
+    };
+    assert_eq!(total("l2d_served_total"), 3.0);
+    assert_eq!(value("l2d_served_total{expert=\"typed\"}"), 1.0);
+    assert_eq!(value("l2d_probe_calls_total{expert=\"match-lstm\"}"), 2.0);
+    assert_eq!(value("l2d_probe_calls_total{expert=\"rnet-plus\"}"), 2.0);
+    assert_eq!(value("l2d_probe_calls_total{expert=\"typed\"}"), 0.0);
+    // Answered calls count the four probe answers besides typed's: more than were served.
+    assert!(total("l2d_answers_total") >= 5.0, "{text}");
+    for expert in &experts[..5] {
+        assert_eq!(
+            value(&format!(
+                "l2d_exclusions_total{{expert=\"{expert}\",reason=\"no_recording\"}}"
+            )),
+            1.0
+        );
+    }
+    assert_eq!(value("l2d_expert_available_replicas{expert=\"typed\"}"), 1.0);
+    let identity = scheduler.policy().identity().clone();
+    assert_eq!(
+        value(&format!(
+            "l2d_policy_info{{policy_id=\"{}\",kind=\"{}\"}}",
+            identity.id, identity.kind
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "l2d_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+
     node.stop().await;
     local.shutdown().await.unwrap();
 }

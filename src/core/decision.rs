@@ -183,6 +183,33 @@ pub enum Exclusion {
     TooSlow,
 }
 
+impl Exclusion {
+    /// Every reason as a metric label, in [`Exclusion::index`] order.
+    pub const LABELS: [&'static str; 7] = [
+        "no_recording",
+        "context_limit",
+        "language",
+        "over_budget",
+        "no_available_replica",
+        "saturated",
+        "too_slow",
+    ];
+
+    /// The reason's position in [`Exclusion::LABELS`] (what cannot take the query grouped by
+    /// kind, not by the numbers in it).
+    pub fn index(self) -> usize {
+        match self {
+            Exclusion::Unfit(Unfit::NotHeld) => 0,
+            Exclusion::Unfit(Unfit::ContextChars { .. } | Unfit::ContextTokens { .. }) => 1,
+            Exclusion::Unfit(Unfit::Language) => 2,
+            Exclusion::OverBudget => 3,
+            Exclusion::NoAvailableReplica => 4,
+            Exclusion::Saturated => 5,
+            Exclusion::TooSlow => 6,
+        }
+    }
+}
+
 impl std::fmt::Display for Exclusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

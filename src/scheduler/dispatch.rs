@@ -8,7 +8,7 @@ use super::Scheduler;
 use super::decision_log::LoggedDecision;
 use super::registry::{ExpertGroup, PoolSnapshot};
 use crate::core::ask::{
-    Ask, AskError, AskParams, CallResult, ExpertView, Explanation, Finished, Step,
+    Ask, AskError, AskParams, CallResult, ExpertView, Explanation, Finished, Role, Step,
 };
 use crate::core::call::{Failure, Miss, NotSent};
 use crate::core::capability::{Capabilities, QueryFit, Unfit};
@@ -321,7 +321,11 @@ impl RouterService {
             outcome,
             explanation,
         } = ask.finish();
-        self.publish(&snapshot, &explanation, outcome.is_ok());
+        self.publish(
+            &snapshot,
+            &explanation,
+            outcome.as_ref().ok().map(|a| a.expert),
+        );
         let address = |e: usize, r: usize| snapshot.experts[e].replicas[r].address.clone();
         let lambda = policy.lambda();
         if let Some(d) = &explanation.decision {
@@ -395,9 +399,17 @@ impl RouterService {
     }
 
     /// The request's effect on the experts' counters and the cost window, from its explanation.
-    fn publish(&self, snapshot: &PoolSnapshot, explanation: &Explanation, answered: bool) {
+    fn publish(&self, snapshot: &PoolSnapshot, explanation: &Explanation, served: Option<usize>) {
+        let answered = served.is_some();
+        if let Some(expert) = served {
+            snapshot.experts[expert].entry.record_served();
+        }
         for call in &explanation.calls {
             let entry = &snapshot.experts[call.expert].entry;
+            let sent = matches!(call.end, Some(Ok(()) | Err(Miss::Failed(_))));
+            if sent && matches!(call.role, Role::Probe(_)) {
+                entry.record_probe_call();
+            }
             match call.end {
                 Some(Ok(())) => entry.record_answer(call.charged),
                 Some(Err(miss)) => {
@@ -411,6 +423,9 @@ impl RouterService {
         }
         if let Some(d) = &explanation.decision {
             snapshot.experts[d.chosen].entry.record_decision();
+            for &(expert, why) in &d.plan.excluded {
+                snapshot.experts[expert].entry.record_exclusion(why);
+            }
         }
         if answered {
             self.scheduler.record_cost(explanation.charged);

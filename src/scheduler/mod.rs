@@ -432,6 +432,18 @@ impl Scheduler {
         metrics::gauge!("l2d_admission_queued").set(self.admission.queued() as f64);
         let mut out = crate::telemetry::PoolSeries::new();
         out.codes("l2d_asks_total", &[], &self.asks);
+        out.sample(
+            "l2d_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        let policy = self.policy();
+        let identity = policy.identity();
+        out.sample(
+            "l2d_policy_info",
+            &[("policy_id", &identity.id), ("kind", &identity.kind)],
+            1.0,
+        );
         self.registry.write_metrics(&mut out, Instant::now());
         out.render()
     }

@@ -7,7 +7,7 @@
 
 use crate::core::call::{Failure, Miss, Verdict};
 use crate::core::capability::{Capabilities, QueryFit, Unfit};
-use crate::core::decision::ReplicaLoad;
+use crate::core::decision::{Exclusion, ReplicaLoad};
 use crate::core::lease::{Lease, LeasePolicy};
 pub use crate::core::pool_state::{ExpertState, LoadReport, Origin, ReplicaState};
 use crate::core::replica_health::{FailureOutcome, HealthParams, ReplicaHealth};
@@ -84,6 +84,12 @@ pub struct ExpertEntry {
     fallbacks: CodeCounts,
     /// What the pool file declares it takes (on top of what each replica declares).
     declared_capabilities: ArcSwap<Capabilities>,
+    /// Queries answered with its answer (probes' answers kept included).
+    served: AtomicU64,
+    /// Calls sent to it as a probe or a cascade stage.
+    probe_calls: AtomicU64,
+    /// Final decisions that excluded it, by reason ([`Exclusion::LABELS`]).
+    exclusions: [AtomicU64; Exclusion::LABELS.len()],
 }
 
 impl ExpertEntry {
@@ -98,7 +104,25 @@ impl ExpertEntry {
             decisions: AtomicU64::new(0),
             fallbacks: CodeCounts::default(),
             declared_capabilities: ArcSwap::from_pointee(Capabilities::default()),
+            served: AtomicU64::new(0),
+            probe_calls: AtomicU64::new(0),
+            exclusions: Default::default(),
         }
+    }
+
+    /// A query was answered with its answer.
+    pub fn record_served(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call was sent to it as a probe or a cascade stage.
+    pub fn record_probe_call(&self) {
+        self.probe_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A query's final decision excluded it.
+    pub fn record_exclusion(&self, why: Exclusion) {
+        self.exclusions[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// What the pool file declares this expert takes.
@@ -871,8 +895,25 @@ impl Registry {
             let decisions = entry.decisions.load(Ordering::Relaxed) as f64;
             out.sample("l2d_decisions_total", labels, decisions);
             out.sample("l2d_answers_total", labels, entry.answered_total() as f64);
+            let served = entry.served.load(Ordering::Relaxed) as f64;
+            out.sample("l2d_served_total", labels, served);
+            let probes = entry.probe_calls.load(Ordering::Relaxed) as f64;
+            out.sample("l2d_probe_calls_total", labels, probes);
             out.sample("l2d_cost_charged_units", labels, entry.cost_charged_total());
             out.codes("l2d_fallbacks_total", labels, &entry.fallbacks);
+            for (reason, n) in Exclusion::LABELS.iter().zip(&entry.exclusions) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels: &[(&str, &str)] = &[("expert", &entry.id), ("reason", reason)];
+                    out.sample("l2d_exclusions_total", labels, n as f64);
+                }
+            }
+            let available = group
+                .replicas
+                .iter()
+                .filter(|r| r.is_available(now))
+                .count();
+            out.sample("l2d_expert_available_replicas", labels, available as f64);
             for replica in &group.replicas {
                 replica.write_series(out, now);
             }
