@@ -32,11 +32,14 @@
 //! | `l2d_expert_available_replicas` | gauge | `expert` |
 //! | `l2d_build_info` | gauge (1) | `version` |
 //! | `l2d_policy_info` | gauge (1) | `policy_id`, `kind` |
-//! | `l2d_cost_charged_units` | gauge | `expert` (cumulative cost charged) |
+//! | `l2d_cost_charged_units_total` | counter | `expert` (cost charged, declared cost units) |
+//! | `l2d_replica_max_in_flight` | gauge | `expert`, `replica` (the scheduler's limit for it) |
 //! | `l2d_cost_realized` | gauge | mean cost per query over the recent window |
 //! | `l2d_cost_target` | gauge | the live cost target, when set |
 //! | `l2d_policy_lambda` | gauge | the price of compute in force |
-//! | `l2d_policy_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `l2d_policy_reloads_total` | counter | `result` (`ok`, `error`; both from the start) |
+//! | `l2d_config_last_reload_success` | gauge (1 or 0) | `file` (`policy`, `pool`, `credential`) |
+//! | `l2d_config_last_reload_success_timestamp_seconds` | gauge | `file` |
 //! | `l2d_pool_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `l2d_credential_reloads_total` | counter | `result` (`ok`, `error`) |
 
@@ -108,6 +111,15 @@ fn describe() {
         "Router.Ask calls waiting for one of the --max-queries slots"
     );
     describe_counter!("l2d_policy_reloads_total", "Policy file reloads, by result");
+    describe_gauge!(
+        "l2d_config_last_reload_success",
+        "1 when the file's last reload (or the start-up read) succeeded, 0 while it is refused"
+    );
+    describe_gauge!(
+        "l2d_config_last_reload_success_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "Unix time of the file's last successful reload (or start-up read)"
+    );
     describe_counter!("l2d_pool_reloads_total", "Pool file reloads, by result");
     describe_counter!(
         "l2d_credential_reloads_total",
@@ -254,9 +266,9 @@ impl PoolSeries {
                     "Always 1; the allocation policy in force",
                 ),
                 family(
-                    "l2d_cost_charged_units",
-                    "gauge",
-                    "Cumulative cost charged for calls to the expert (declared cost units)",
+                    "l2d_cost_charged_units_total",
+                    "counter",
+                    "Cost charged for calls to the expert (declared cost units)",
                 ),
                 family(
                     "l2d_fallbacks_total",
@@ -277,6 +289,11 @@ impl PoolSeries {
                     "l2d_replica_in_flight",
                     "gauge",
                     "Calls in flight from this scheduler to the replica",
+                ),
+                family(
+                    "l2d_replica_max_in_flight",
+                    "gauge",
+                    "Calls this scheduler may have in flight to the replica at once",
                 ),
                 family(
                     "l2d_replica_rtt_seconds",

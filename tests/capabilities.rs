@@ -195,7 +195,14 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
     };
-    let experts = ["lr", "match-lstm", "rnet-plus", "slqa-plus", "bert-large", "typed"];
+    let experts = [
+        "lr",
+        "match-lstm",
+        "rnet-plus",
+        "slqa-plus",
+        "bert-large",
+        "typed",
+    ];
     let total = |family: &str| -> f64 {
         experts
             .iter()
@@ -217,7 +224,10 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
             1.0
         );
     }
-    assert_eq!(value("l2d_expert_available_replicas{expert=\"typed\"}"), 1.0);
+    assert_eq!(
+        value("l2d_expert_available_replicas{expert=\"typed\"}"),
+        1.0
+    );
     let identity = scheduler.policy().identity().clone();
     assert_eq!(
         value(&format!(

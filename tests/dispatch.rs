@@ -215,7 +215,7 @@ async fn dns_names_become_replicas_and_metrics_describe_the_traffic_without_quer
         &format!("l2d_expert_calls_total{{expert=\"strong\",replica=\"{addr}\",code=\"OK\"}} 21"),
         &format!("l2d_replica_in_flight{{expert=\"strong\",replica=\"{addr}\"}} 0"),
         &format!("l2d_replica_ejected{{expert=\"strong\",replica=\"{addr}\"}} 0"),
-        "l2d_cost_charged_units{expert=\"strong\"} 210",
+        "l2d_cost_charged_units_total{expert=\"strong\"} 210",
         "l2d_cost_realized 10",
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");

@@ -339,8 +339,36 @@ async fn a_corrupt_policy_or_pool_file_keeps_the_old_one_serving() {
     let text = scrape(&metrics);
     for needle in [
         "l2d_policy_reloads_total{result=\"error\"} 1",
+        "l2d_policy_reloads_total{result=\"ok\"} 0",
         "l2d_pool_reloads_total{result=\"error\"} 1",
+        // What an alert reads: the files in force are not the files on disk.
+        "l2d_config_last_reload_success{file=\"policy\"} 0",
+        "l2d_config_last_reload_success{file=\"pool\"} 0",
+        "l2d_config_last_reload_success_timestamp_seconds{file=\"policy\"}",
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
+
+    // The policy file put back as it was: nothing to apply, and the alert clears.
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/squad-v1.1.json"),
+        &policy,
+    )
+    .unwrap();
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the policy's reload gauge to clear",
+        || {
+            let metrics = metrics.clone();
+            async move {
+                scrape(&metrics).contains("l2d_config_last_reload_success{file=\"policy\"} 1")
+            }
+        },
+    )
+    .await;
+    let text = scrape(&metrics);
+    assert!(
+        text.contains("l2d_config_last_reload_success{file=\"pool\"} 0"),
+        "{text}"
+    );
 }

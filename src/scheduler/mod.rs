@@ -664,6 +664,25 @@ async fn watch_file<T: Send + 'static>(
     applied: fn(&T),
     refused: &'static str,
 ) {
+    // "l2d_policy_reloads_total" → "policy": the file label of the health gauges.
+    let file = metric
+        .trim_start_matches("l2d_")
+        .trim_end_matches("_reloads_total");
+    // Both results exist from the start (an alert on errors needs the zero), and the file in
+    // force was read at start-up.
+    metrics::counter!(metric, "result" => "ok").absolute(0);
+    metrics::counter!(metric, "result" => "error").absolute(0);
+    let reloaded = |ok: bool| {
+        metrics::gauge!("l2d_config_last_reload_success", "file" => file).set(f64::from(ok));
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics::gauge!("l2d_config_last_reload_success_timestamp_seconds", "file" => file)
+                .set(now.as_secs_f64());
+        }
+    };
+    reloaded(true);
     let mut tick = ticker(scheduler.config.policy_poll);
     let mut last_error = String::new();
     loop {
@@ -672,11 +691,18 @@ async fn watch_file<T: Send + 'static>(
         match tokio::task::spawn_blocking(move || reload(&s)).await {
             Ok(Ok(Some(change))) => {
                 metrics::counter!(metric, "result" => "ok").increment(1);
+                reloaded(true);
                 applied(&change);
+                last_error.clear();
+            }
+            // Back to the content in force: nothing to apply, and nothing refused any more.
+            Ok(Ok(None)) if !last_error.is_empty() => {
+                metrics::gauge!("l2d_config_last_reload_success", "file" => file).set(1.0);
                 last_error.clear();
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
+                reloaded(false);
                 if e != last_error {
                     metrics::counter!(metric, "result" => "error").increment(1);
                     tracing::error!(error = %e, "{refused}");
@@ -712,11 +738,11 @@ async fn resolve_dns(scheduler: Arc<Scheduler>) {
                 Ok((added, removed)) => {
                     scheduler.describe_soon();
                     tracing::info!(
-                    expert = %target.expert_id,
-                    name = %target.name,
-                    added,
-                    removed,
-                    "DNS replicas changed"
+                        expert = %target.expert_id,
+                        name = %target.name,
+                        added,
+                        removed,
+                        "DNS replicas changed"
                     )
                 }
                 Err(e) => tracing::warn!(

@@ -385,6 +385,7 @@ impl Replica {
         out.codes("l2d_expert_calls_total", labels, &self.calls);
         out.histogram("l2d_expert_call_duration_seconds", labels, &self.latency);
         out.sample("l2d_replica_in_flight", labels, f64::from(self.in_flight()));
+        out.sample("l2d_replica_max_in_flight", labels, f64::from(self.limit()));
         out.sample("l2d_replica_rtt_seconds", labels, rtt);
         out.sample(
             "l2d_replica_ejected",
@@ -899,7 +900,11 @@ impl Registry {
             out.sample("l2d_served_total", labels, served);
             let probes = entry.probe_calls.load(Ordering::Relaxed) as f64;
             out.sample("l2d_probe_calls_total", labels, probes);
-            out.sample("l2d_cost_charged_units", labels, entry.cost_charged_total());
+            out.sample(
+                "l2d_cost_charged_units_total",
+                labels,
+                entry.cost_charged_total(),
+            );
             out.codes("l2d_fallbacks_total", labels, &entry.fallbacks);
             for (reason, n) in Exclusion::LABELS.iter().zip(&entry.exclusions) {
                 let n = n.load(Ordering::Relaxed);
