@@ -173,12 +173,17 @@ impl expert_server::Expert for Arc<ExpertNode> {
         &self,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
-        let msg = request.into_inner();
+        let (metadata, _, msg) = request.into_parts();
+        // The scheduler's request id, for this expert's log lines about the call.
+        let request_id = metadata
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let query = Query::new(msg.question, msg.context, msg.id, &self.limits)?;
         // A context over the declared limits never reaches the backend.
         let fit = QueryFit::new(query.question(), query.context(), query.id(), None);
         if let Err(why) = self.capabilities.context_limits().admits(&fit) {
-            tracing::debug!(expert = %self.id, %query, %why, "query beyond the declared limits");
+            tracing::debug!(expert = %self.id, request_id, %query, %why, "query beyond the declared limits");
             return Err(crate::grpc::status::status_of(&why));
         }
         let _slot = match &self.slots {
@@ -202,7 +207,7 @@ impl expert_server::Expert for Arc<ExpertNode> {
         let answer = self.backend.answer(&query);
         let micros = started.elapsed().as_micros() as u64;
         let answer = answer.inspect_err(|e| {
-            tracing::debug!(expert = %self.id, %query, error = %e, "no answer");
+            tracing::debug!(expert = %self.id, request_id, %query, error = %e, "no answer");
         })?;
         self.load.answered_total.fetch_add(1, Ordering::Relaxed);
         let (text, span) = match self.fault {

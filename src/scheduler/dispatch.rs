@@ -51,8 +51,8 @@ async fn call_replica(
     group: &ExpertGroup,
     replica: usize,
     query: &Query,
-    deadline: Option<Instant>,
-    try_timeout: Duration,
+    (deadline, try_timeout): (Option<Instant>, Duration),
+    request_id: &str,
 ) -> CallResult<pb::AnswerResponse> {
     let replica = &group.replicas[replica];
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -72,6 +72,10 @@ async fn call_replica(
     let wait = remaining.map_or(try_timeout, |r| r.min(try_timeout));
     let caller_limited = remaining.is_some_and(|r| r <= try_timeout);
     call.set_timeout(wait);
+    // The request's id goes with every expert call, for the expert's logs.
+    if let Ok(value) = request_id.parse() {
+        call.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
     let mut client = replica.client.clone();
     let started = Instant::now();
     // tonic's client enforces the grpc-timeout it sends too (CANCELLED "Timeout expired"), racing
@@ -144,14 +148,36 @@ fn check_answer(answer: pb::AnswerResponse, query: &Query) -> Result<pb::AnswerR
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The client's request id when it sent a usable one (1–64 visible ASCII characters), else a
-/// fresh one from the request counter.
+/// fresh one: this process's random prefix and the request's number, so ids from the pods of
+/// a fleet do not collide (two processes share a prefix with probability 2^-64).
 fn request_id<T>(request: &Request<T>, number: u64) -> String {
     request
         .metadata()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| format!("{number:x}"), str::to_owned)
+        .map_or_else(
+            || format!("{:016x}-{number:x}", process_prefix()),
+            str::to_owned,
+        )
+}
+
+/// A random number drawn once per process (from the standard library's hasher keys, which the
+/// operating system's random source seeds).
+fn process_prefix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PREFIX.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    })
 }
 
 fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
@@ -302,10 +328,16 @@ impl RouterService {
                 Step::Call(call) => {
                     let group = &snapshot.experts[call.expert];
                     let query = &query;
+                    let request_id = request_id.as_str();
                     running.push(async move {
-                        let result =
-                            call_replica(group, call.replica, query, deadline, config.try_timeout)
-                                .await;
+                        let result = call_replica(
+                            group,
+                            call.replica,
+                            query,
+                            (deadline, config.try_timeout),
+                            request_id,
+                        )
+                        .await;
                         (call.id, result, started.elapsed())
                     });
                 }
