@@ -475,3 +475,53 @@ async fn a_registered_replay_expert_is_read_for_what_it_holds_and_not_asked_the_
     node.stop().await;
     expert.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_announced_at_registration_stand_for_an_expert_without_describe() {
+    let (expert, seen) = spawn_recording_expert().await;
+    let (node, _scheduler, _local) = spawn_scheduler(SchedulerConfig::default(), None, 0.1).await;
+    let mut admin = PoolClient::new(node.channel().await);
+    admin
+        .register(pb::RegisterRequest {
+            expert_id: "recording".into(),
+            address: expert.addr.to_string(),
+            cost: 1.0,
+            backend: "adapter".into(),
+            version: "test".into(),
+            lease_ttl_ms: 60_000,
+            max_in_flight: 0,
+            capabilities: Some(pb::Capabilities {
+                max_context_chars: Some(20),
+                ..pb::Capabilities::default()
+            }),
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the scheduler's Describe call",
+        || {
+            let seen = seen.clone();
+            async move { seen.describes.load(Ordering::SeqCst) > 0 }
+        },
+    )
+    .await;
+    let mut router = RouterClient::from_channel(node.channel().await);
+    let short = router
+        .ask(Ask::new("Who won?", "Denver won."))
+        .await
+        .unwrap();
+    assert_eq!(short.expert_id, "recording");
+    let long = router
+        .ask(Ask::new("Who won?", "Denver won the game in 2016."))
+        .await
+        .unwrap_err();
+    assert_eq!(long.code(), Code::FailedPrecondition);
+    assert_eq!(
+        long.message(),
+        "no expert can take this query: recording (context of 28 characters over its limit of 20)"
+    );
+    assert_eq!(seen.ids.lock().unwrap().len(), 1);
+    node.stop().await;
+    expert.stop().await;
+}

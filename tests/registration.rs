@@ -222,6 +222,28 @@ async fn registration_input_is_validated() {
             Code::FailedPrecondition,
             "expert \"strong\" is known with cost 10; a replica declaring cost 3 cannot join it",
         ),
+        (
+            pb::RegisterRequest {
+                capabilities: Some(pb::Capabilities {
+                    max_context_chars: Some(0),
+                    ..pb::Capabilities::default()
+                }),
+                ..request("x", "127.0.0.1:1", 1.0)
+            },
+            Code::InvalidArgument,
+            "capabilities: max_context_chars must be positive when set",
+        ),
+        (
+            pb::RegisterRequest {
+                capabilities: Some(pb::Capabilities {
+                    languages: vec!["en".into(), "e n".into()],
+                    ..pb::Capabilities::default()
+                }),
+                ..request("x", "127.0.0.1:1", 1.0)
+            },
+            Code::InvalidArgument,
+            "capabilities: languages: \"e n\" is not a language tag (e.g. \"en\", \"de-CH\")",
+        ),
     ];
     for (req, code, message) in cases {
         let err = pool.register(req).await.unwrap_err();

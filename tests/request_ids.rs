@@ -5,67 +5,14 @@ mod common;
 
 use common::process::Proc;
 use common::*;
-use l2d::pb::{self, expert_server};
+use l2d::pb;
 use l2d::scheduler::SchedulerConfig;
 use l2d::{Ask, RouterClient};
-use std::sync::{Arc, Mutex};
-use tonic::{Request, Response, Status};
-
-/// An expert that answers with the context's first word and keeps the request ids it was sent.
-#[derive(Clone, Default)]
-struct Recording(Arc<Mutex<Vec<String>>>);
-
-#[tonic::async_trait]
-impl expert_server::Expert for Recording {
-    async fn answer(
-        &self,
-        request: Request<pb::AnswerRequest>,
-    ) -> Result<Response<pb::AnswerResponse>, Status> {
-        let id = request
-            .metadata()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        self.0.lock().unwrap().push(id);
-        let context = request.into_inner().context;
-        Ok(Response::new(pb::AnswerResponse {
-            text: context.split_whitespace().next().unwrap_or("").to_owned(),
-            expert_id: "recording".into(),
-            ..pb::AnswerResponse::default()
-        }))
-    }
-
-    async fn describe(
-        &self,
-        _request: Request<pb::DescribeRequest>,
-    ) -> Result<Response<pb::DescribeResponse>, Status> {
-        Err(Status::unimplemented("not needed here"))
-    }
-}
+use tonic::Request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_id_goes_with_the_expert_call() {
-    let seen = Recording::default();
-    let service = seen.clone();
-    let expert = spawn_node(move |listener, stopped| async move {
-        // Static replicas are health-checked: it says it serves the Expert interface.
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status("l2d.v1.Expert", tonic_health::ServingStatus::Serving)
-            .await;
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(expert_server::ExpertServer::new(service))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await?;
-        Ok(())
-    })
-    .await;
+    let (expert, seen) = spawn_recording_expert().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool_file(
         dir.path(),
@@ -97,7 +44,7 @@ async fn the_request_id_goes_with_the_expert_call() {
     let (prefix, number) = fresh.split_once('-').unwrap();
     assert_eq!(prefix.len(), 16, "{fresh}");
     assert!(u64::from_str_radix(prefix, 16).is_ok() && u64::from_str_radix(number, 16).is_ok());
-    assert_eq!(*seen.0.lock().unwrap(), ["trace-7f3a".to_owned(), fresh]);
+    assert_eq!(*seen.ids.lock().unwrap(), ["trace-7f3a".to_owned(), fresh]);
 
     node.stop().await;
     local.shutdown().await.unwrap();

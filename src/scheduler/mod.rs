@@ -760,7 +760,8 @@ impl Scheduler {
     /// Reads `Expert.Describe` of every replica not described yet, for what it takes (its
     /// context limits, languages, recorded questions), a few at a time. With `retry`, also the
     /// ones whose earlier attempt failed (the health checker's rounds); without, only replicas
-    /// never asked (a replica that joined). One without `Describe` declares nothing.
+    /// never asked (a replica that joined). For one without `Describe`, what it declared when it
+    /// registered stands.
     pub async fn learn_capabilities(&self, retry: bool) {
         const AT_ONCE: usize = 16;
         let snapshot = self.registry.snapshot();
@@ -799,8 +800,9 @@ async fn describe_replica(replica: &registry::Replica) {
     request.set_timeout(TIMEOUT);
     let reply = match tokio::time::timeout(TIMEOUT, client.describe(request)).await {
         Ok(Ok(reply)) => reply.into_inner(),
+        // No Describe: what it declared when it registered (if anything) stands.
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-            replica.set_capabilities(Default::default(), true);
+            replica.mark_described();
             return;
         }
         Ok(Err(status)) => {
@@ -831,8 +833,8 @@ async fn describe_replica(replica: &registry::Replica) {
         }
         Err(e) => {
             tracing::warn!(expert = %replica.expert_id, replica = %replica.address, error = %e,
-                "replica declares capabilities that are not valid; treating it as declaring none");
-            replica.set_capabilities(Default::default(), true);
+                "replica's Describe declares capabilities that are not valid; ignoring them");
+            replica.mark_described();
         }
     }
 }

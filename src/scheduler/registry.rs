@@ -302,6 +302,12 @@ impl Replica {
         }
     }
 
+    /// Its `Describe` was read without anything to take from it (no such method, or declarations
+    /// that are not valid): what it declared before stands, and it is not asked again.
+    pub fn mark_described(&self) {
+        self.description.store(DESCRIBED, Ordering::Relaxed);
+    }
+
     /// Takes the job of reading its `Describe` reply: true when it was never asked, or (with
     /// `retry`) when it was asked and did not answer. Two readers never take the same replica
     /// at once.

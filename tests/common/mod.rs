@@ -179,3 +179,67 @@ pub fn answer_request(question: &str, context: &str, id: Option<&str>) -> l2d::p
 pub fn two_experts() -> String {
     replay_pair(Some(0.6), Some(0.95))
 }
+
+/// An expert with no `Describe` (UNIMPLEMENTED, as a minimal adapter may be): it answers with
+/// the context's first word and keeps the request ids it was sent and the `Describe` calls.
+#[derive(Clone, Default)]
+pub struct Recording {
+    pub ids: Arc<std::sync::Mutex<Vec<String>>>,
+    pub describes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl l2d::pb::expert_server::Expert for Recording {
+    async fn answer(
+        &self,
+        request: tonic::Request<l2d::pb::AnswerRequest>,
+    ) -> Result<tonic::Response<l2d::pb::AnswerResponse>, tonic::Status> {
+        let id = request
+            .metadata()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        self.ids.lock().unwrap().push(id);
+        let context = request.into_inner().context;
+        Ok(tonic::Response::new(l2d::pb::AnswerResponse {
+            text: context.split_whitespace().next().unwrap_or("").to_owned(),
+            expert_id: "recording".into(),
+            ..l2d::pb::AnswerResponse::default()
+        }))
+    }
+
+    async fn describe(
+        &self,
+        _request: tonic::Request<l2d::pb::DescribeRequest>,
+    ) -> Result<tonic::Response<l2d::pb::DescribeResponse>, tonic::Status> {
+        self.describes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(tonic::Status::unimplemented("no Describe here"))
+    }
+}
+
+/// A [`Recording`] expert on loopback, serving `grpc.health.v1` as SERVING for the Expert
+/// interface (static replicas are health-checked).
+pub async fn spawn_recording_expert() -> (Node, Recording) {
+    let seen = Recording::default();
+    let service = seen.clone();
+    let node = spawn_node(move |listener, stopped| async move {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("l2d.v1.Expert", tonic_health::ServingStatus::Serving)
+            .await;
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(l2d::pb::expert_server::ExpertServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await?;
+        Ok(())
+    })
+    .await;
+    (node, seen)
+}
