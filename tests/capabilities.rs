@@ -166,6 +166,19 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
         );
     }
 
+    // A budget below the probes' prices: they cannot take the question, so it does not matter.
+    let cheap = router
+        .ask(
+            Ask::new(
+                "Who won Super Bowl 50?",
+                "The Denver Broncos defeated the Carolina Panthers 24–10 to win Super Bowl 50.",
+            )
+            .budget(1.0),
+        )
+        .await
+        .unwrap();
+    assert_eq!((cheap.expert_id.as_str(), cheap.cost), ("typed", 0.5));
+
     // A dev question is still the recordings' to answer, by id or by its text (white space
     // aside); the live reader, which the policy does not score, ranks last.
     let dataset = l2d::squad::Dataset::load(&root.join("data/squad-v1.1/dev.json")).unwrap();
@@ -187,7 +200,7 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
         assert_eq!(scores.last().unwrap().expert_id, "typed");
     }
 
-    // The metrics tell who answered (three queries) apart from who was called (the probes of
+    // The metrics tell who answered (four queries) apart from who was called (the probes of
     // the two dev questions, too), and why experts were left out.
     let text = scheduler.publish_metrics();
     let value = |series: &str| -> f64 {
@@ -209,19 +222,19 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
             .map(|e| value(&format!("{family}{{expert=\"{e}\"}}")))
             .sum()
     };
-    assert_eq!(total("l2d_served_total"), 3.0);
-    assert_eq!(value("l2d_served_total{expert=\"typed\"}"), 1.0);
+    assert_eq!(total("l2d_served_total"), 4.0);
+    assert_eq!(value("l2d_served_total{expert=\"typed\"}"), 2.0);
     assert_eq!(value("l2d_probe_calls_total{expert=\"match-lstm\"}"), 2.0);
     assert_eq!(value("l2d_probe_calls_total{expert=\"rnet-plus\"}"), 2.0);
     assert_eq!(value("l2d_probe_calls_total{expert=\"typed\"}"), 0.0);
-    // Answered calls count the four probe answers besides typed's: more than were served.
-    assert!(total("l2d_answers_total") >= 5.0, "{text}");
+    // Answered calls count the four probe answers besides typed's two: more than were served.
+    assert!(total("l2d_answers_total") >= 6.0, "{text}");
     for expert in &experts[..5] {
         assert_eq!(
             value(&format!(
                 "l2d_exclusions_total{{expert=\"{expert}\",reason=\"no_recording\"}}"
             )),
-            1.0
+            2.0
         );
     }
     assert_eq!(

@@ -47,9 +47,9 @@
 //!
 //! A call is charged its expert's price when the expert ran: it answered, or it failed after
 //! running ([`Failure::charges_compute`]). An expert that could not take the query (no
-//! recording, beyond its limits) did no work and is not charged. A probe's answer kept as the final one is not charged
-//! again. A call is not sent when the price of everything that could still be charged, itself
-//! included, would exceed the budget: a budget is never exceeded.
+//! recording, beyond its limits) did no work and is not charged. A probe's answer kept as the
+//! final one is not charged again. A call is not sent when the price of everything that could
+//! still be charged, itself included, would exceed the budget: a budget is never exceeded.
 
 use super::call::{Failure, Miss, NotSent};
 use super::capability::Unfit;
@@ -289,7 +289,7 @@ fn why(d: &Chosen, view: &[ExpertView<'_>]) -> String {
     r
 }
 
-/// "a, b (why); c (other reason)": experts grouped by reason, in order of first appearance.
+/// "a, b (why), c (other reason)": experts grouped by reason, in order of first appearance.
 fn describe_exclusions<'a>(excluded: impl Iterator<Item = (Exclusion, &'a str)>) -> String {
     let mut groups: Vec<(Exclusion, Vec<&str>)> = Vec::new();
     for (why, id) in excluded {
@@ -442,12 +442,18 @@ where
         {
             return Err(AskError::InvalidBudget(b));
         }
-        let probe_cost: f64 = probes.iter().map(|&p| view[p].price).sum();
+        // The probes that could take the query: the others will not be called or charged.
+        let callable: Vec<usize> = probes
+            .iter()
+            .copied()
+            .filter(|&p| view[p].unfit.is_none())
+            .collect();
+        let probe_cost: f64 = callable.iter().map(|&p| view[p].price).sum();
         if let Some(budget) = params.budget
-            && !probes.is_empty()
+            && !callable.is_empty()
             && budget < probe_cost
         {
-            let ids: Vec<&str> = probes.iter().map(|&p| view[p].id).collect();
+            let ids: Vec<&str> = callable.iter().map(|&p| view[p].id).collect();
             return Err(AskError::ProbesOverBudget {
                 budget,
                 cost: probe_cost,
