@@ -10,7 +10,7 @@ use l2d::core::capability::Capabilities;
 use l2d::core::query::Query;
 use l2d::expert::{Backend, BackendAnswer, BackendError, ExpertNode, Registration};
 use l2d::pb::{self, expert_client::ExpertClient, pool_client::PoolClient};
-use l2d::scheduler::{PolicySource, Scheduler, SchedulerConfig, load_policy_file};
+use l2d::scheduler::SchedulerConfig;
 use l2d::{Ask, RouterClient};
 use std::path::Path;
 use std::sync::Arc;
@@ -59,7 +59,15 @@ async fn serve_counting(node: ExpertNode, registration: Option<Registration>) ->
     .await
 }
 
-async fn replica<'a>(pool: &'a pb::ListPoolResponse, expert: &str) -> &'a pb::ReplicaState {
+async fn list(admin: &mut PoolClient<tonic::transport::Channel>) -> pb::ListPoolResponse {
+    admin
+        .list_pool(pb::ListPoolRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn replica<'a>(pool: &'a pb::ListPoolResponse, expert: &str) -> &'a pb::ReplicaState {
     &pool
         .experts
         .iter()
@@ -72,25 +80,11 @@ async fn replica<'a>(pool: &'a pb::ListPoolResponse, expert: &str) -> &'a pb::Re
 async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_replay_call() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pool = l2d::pool_file::PoolFile::load(&root.join("pools/squad-v1.1.toml")).unwrap();
-    let policy_path = root.join("policies/squad-v1.1.json");
-    let (learned, digest) = load_policy_file(&policy_path, None).unwrap();
-    let source = PolicySource::File {
-        path: policy_path.clone(),
-        lambda: None,
-    };
-    let scheduler = Arc::new(Scheduler::with_source(
+    let (node, scheduler, local) = spawn_policy_scheduler(
         SchedulerConfig::default(),
-        Box::new(learned),
-        source,
-        digest,
-    ));
-    let local = l2d::cluster::start_pool(&pool, &scheduler).await.unwrap();
-    let s = scheduler.clone();
-    let node = spawn_node(move |listener, stopped| {
-        l2d::scheduler::serve(listener, s, async {
-            let _ = stopped.await;
-        })
-    })
+        &pool,
+        &root.join("policies/squad-v1.1.json"),
+    )
     .await;
     let mut router = RouterClient::from_channel(node.channel().await);
     let mut admin = PoolClient::new(node.channel().await);
@@ -135,11 +129,7 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
             .iter()
             .all(|(_, why)| *why == "no recording of this question")
     );
-    let listed = admin
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list(&mut admin).await;
     for expert in listed.experts.iter().filter(|e| e.expert_id != "typed") {
         let r = &expert.replicas[0];
         assert_eq!(
@@ -385,12 +375,8 @@ async fn a_refusal_from_an_expert_that_declares_nothing_is_not_charged_nor_a_fai
         assert!(fallbacks[0].refused);
     }
     assert_eq!(refusing.calls.load(Ordering::SeqCst), 8);
-    let listed = admin
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let blind = replica(&listed, "blind").await;
+    let listed = list(&mut admin).await;
+    let blind = replica(&listed, "blind");
     assert_eq!(
         (
             blind.answered_total,
@@ -444,11 +430,7 @@ async fn a_registered_replay_expert_is_read_for_what_it_holds_and_not_asked_the_
     eventually(Duration::from_secs(10), "the replica's holdings", || {
         let mut admin = admin.clone();
         async move {
-            let listed = admin
-                .list_pool(pb::ListPoolRequest {})
-                .await
-                .unwrap()
-                .into_inner();
+            let listed = list(&mut admin).await;
             listed.experts.iter().any(|e| {
                 e.replicas.iter().any(|r| {
                     r.capabilities
@@ -475,12 +457,8 @@ async fn a_registered_replay_expert_is_read_for_what_it_holds_and_not_asked_the_
         unknown.message(),
         "no expert can take this query: cheap (no recording of this question)"
     );
-    let listed = admin
-        .list_pool(pb::ListPoolRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let r = replica(&listed, "cheap").await;
+    let listed = list(&mut admin).await;
+    let r = replica(&listed, "cheap");
     assert_eq!(
         (r.answered_total, r.failed_total, r.refused_total),
         (1, 0, 0)

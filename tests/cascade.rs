@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::spawn_policy_scheduler;
 use l2d::core::learned::{LossKind, Mode};
-use l2d::scheduler::{PolicySource, Scheduler, SchedulerConfig, load_policy_file};
+use l2d::scheduler::SchedulerConfig;
 use l2d::train::eval::{EvalOptions, choices};
 use l2d::train::fit::FitConfig;
 use l2d::train::labels::Labels;
@@ -17,7 +18,6 @@ use l2d::train::{TrainOptions, probe_indices, train};
 use l2d::{Ask, RouterClient};
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 
 const ARTICLES: [&str; 4] = ["Super_Bowl_50", "Warsaw", "Normans", "Nikola_Tesla"];
 
@@ -78,29 +78,12 @@ async fn the_live_cascade_walks_as_the_offline_evaluation_does() {
     let offline = choices(&policy, served, &records, &labels, &probes);
 
     // Live, with no load term (the offline walk knows no load).
-    let (learned, digest) = load_policy_file(&policy_path, None).unwrap();
-    let source = PolicySource::File {
-        path: policy_path.clone(),
-        lambda: None,
-    };
     let config = SchedulerConfig {
         wait_price: 0.0,
         ..SchedulerConfig::default()
     };
-    let scheduler = Arc::new(Scheduler::with_source(
-        config,
-        Box::new(learned),
-        source,
-        digest,
-    ));
-    let local = l2d::cluster::start_pool(&pool, &scheduler).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(l2d::scheduler::serve(listener, scheduler, async {
-        let _ = stopped.await;
-    }));
-    let mut router = RouterClient::connect(&uri).await.unwrap();
+    let (node, _scheduler, local) = spawn_policy_scheduler(config, &pool, &policy_path).await;
+    let mut router = RouterClient::connect(&node.uri()).await.unwrap();
     let ids: Vec<&str> = labels
         .header
         .experts
@@ -144,8 +127,7 @@ async fn the_live_cascade_walks_as_the_offline_evaluation_does() {
         several > 0 && staged > records.len(),
         "{staged} asks, {several} with more than one"
     );
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    node.stop().await;
     local.shutdown().await.unwrap();
 }
 

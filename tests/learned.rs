@@ -143,25 +143,9 @@ async fn label_train_evaluate_serve_and_reload() {
     // Serve it: the scheduler loads the file and explains decisions with it.
     let policy_path = dir.path().join("policy.json");
     std::fs::write(&policy_path, serde_json::to_string(&policy).unwrap()).unwrap();
-    let (learned, digest) = load_policy_file(&policy_path, None).unwrap();
-    let source = PolicySource::File {
-        path: policy_path.clone(),
-        lambda: None,
-    };
-    let scheduler = Arc::new(Scheduler::with_source(
-        SchedulerConfig::default(),
-        Box::new(learned),
-        source,
-        digest,
-    ));
-    let local = l2d::cluster::start_pool(&pool, &scheduler).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(l2d::scheduler::serve(listener, scheduler.clone(), async {
-        let _ = stopped.await;
-    }));
-    let uri = format!("http://{addr}");
+    let (node, _scheduler, local) =
+        spawn_policy_scheduler(SchedulerConfig::default(), &pool, &policy_path).await;
+    let uri = node.uri();
     let mut router = RouterClient::connect(&uri).await.unwrap();
     let mut admin = PoolClient::connect(uri.clone()).await.unwrap();
     let context = &labels.records[0].context;
@@ -240,8 +224,7 @@ async fn label_train_evaluate_serve_and_reload() {
     // The probe is always charged.
     assert!(answer.cost >= 1.0);
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    node.stop().await;
     local.shutdown().await.unwrap();
 }
 

@@ -1097,15 +1097,20 @@ mod tests {
         (0..n).map(|i| format!("e{i}")).collect()
     }
 
+    /// An expert that can take any query.
+    fn expert<'a>(id: &'a str, price: f64, replicas: &'a [ReplicaLoad]) -> ExpertView<'a> {
+        ExpertView {
+            id,
+            price,
+            replicas,
+            unfit: None,
+        }
+    }
+
     fn run(case: &Case) -> Run {
         let names = ids(case.prices.len());
         let view: Vec<ExpertView<'_>> = (0..case.prices.len())
-            .map(|i| ExpertView {
-                id: &names[i],
-                price: case.prices[i],
-                replicas: &case.replicas[i],
-                unfit: None,
-            })
+            .map(|i| expert(&names[i], case.prices[i], &case.replicas[i]))
             .collect();
         let scores = case.scores.clone();
         let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.extend(&scores);
@@ -1333,12 +1338,7 @@ mod tests {
         let view: Vec<ExpertView<'_>> = [1.0, 2.0, 50.0]
             .iter()
             .enumerate()
-            .map(|(i, &price)| ExpertView {
-                id: &names[i],
-                price,
-                replicas: &up,
-                unfit: None,
-            })
+            .map(|(i, &price)| expert(&names[i], price, &up))
             .collect();
         // e2 is best; of the probes, e1 ranks above e0.
         let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
@@ -1395,24 +1395,9 @@ mod tests {
         let slow = [ReplicaLoad::idle(2.0)];
         let names = ids(3);
         let view = [
-            ExpertView {
-                id: &names[0],
-                price: 1.0,
-                replicas: &fast,
-                unfit: None,
-            },
-            ExpertView {
-                id: &names[1],
-                price: 2.0,
-                replicas: &slow,
-                unfit: None,
-            },
-            ExpertView {
-                id: &names[2],
-                price: 50.0,
-                replicas: &slow,
-                unfit: None,
-            },
+            expert(&names[0], 1.0, &fast),
+            expert(&names[1], 2.0, &slow),
+            expert(&names[2], 50.0, &slow),
         ];
         // The slow probe's answer is missing when the policy scores; e2 (also slow) would be
         // best without a deadline.
@@ -1464,12 +1449,7 @@ mod tests {
         let view: Vec<ExpertView<'_>> = [1.0, 2.0, 50.0]
             .iter()
             .enumerate()
-            .map(|(i, &price)| ExpertView {
-                id: &names[i],
-                price,
-                replicas: &up,
-                unfit: None,
-            })
+            .map(|(i, &price)| expert(&names[i], price, &up))
             .collect();
         // The policy prefers the second probe once it has read both answers.
         let scorer = |observed: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
@@ -1531,12 +1511,7 @@ mod tests {
         let loads: [&[ReplicaLoad]; 4] = [&fast, &slow, &fast, &fast];
         let prices = [1.0, 5.0, 50.0, 10.0];
         let view: Vec<ExpertView<'_>> = (0..4)
-            .map(|i| ExpertView {
-                id: &names[i],
-                price: prices[i],
-                replicas: loads[i],
-                unfit: None,
-            })
+            .map(|i| expert(&names[i], prices[i], loads[i]))
             .collect();
         let mut seen = Vec::new();
         // The policy wants e1, then e2, then e3 asked; once it has seen e3 it keeps e0's answer.
@@ -1615,12 +1590,7 @@ mod tests {
     #[test]
     fn budgets_must_be_positive_and_finite() {
         let one = [ReplicaLoad::idle(0.02)];
-        let view = [ExpertView {
-            id: "e",
-            price: 1.0,
-            replicas: &one,
-            unfit: None,
-        }];
+        let view = [expert("e", 1.0, &one)];
         let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.push(Some(0.1));
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let params = AskParams {
@@ -1644,14 +1614,7 @@ mod tests {
     fn a_deadline_that_passes_ends_the_walk_and_a_full_pool_sheds_with_a_hint() {
         let one = [ReplicaLoad::idle(0.02)];
         let names = ids(2);
-        let view: Vec<ExpertView<'_>> = (0..2)
-            .map(|i| ExpertView {
-                id: &names[i],
-                price: 1.0,
-                replicas: &one,
-                unfit: None,
-            })
-            .collect();
+        let view: Vec<ExpertView<'_>> = (0..2).map(|i| expert(&names[i], 1.0, &one)).collect();
         let scorer =
             |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| out.extend([Some(0.1), Some(0.2)]);
         let params = AskParams {

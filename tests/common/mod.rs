@@ -107,7 +107,31 @@ pub async fn spawn_scheduler(
         Some(pool) => l2d::cluster::prior_policy(pool, Some(lambda)).unwrap(),
         None => PriorPolicy::new(lambda, []).unwrap(),
     };
-    let scheduler = Arc::new(Scheduler::new(config, Box::new(policy)));
+    serve_scheduler(Scheduler::new(config, Box::new(policy)), pool).await
+}
+
+/// A scheduler serving the policy file at `policy_path` (as `l2d up --policy` does, its bank's
+/// default lambda), and the experts of `pool`.
+pub async fn spawn_policy_scheduler(
+    config: SchedulerConfig,
+    pool: &PoolFile,
+    policy_path: &Path,
+) -> (Node, Arc<Scheduler>, l2d::cluster::LocalExperts) {
+    let (learned, digest) = l2d::scheduler::load_policy_file(policy_path, None).unwrap();
+    let source = l2d::scheduler::PolicySource::File {
+        path: policy_path.to_owned(),
+        lambda: None,
+    };
+    let scheduler = Scheduler::with_source(config, Box::new(learned), source, digest);
+    serve_scheduler(scheduler, Some(pool)).await
+}
+
+/// Starts `pool`'s experts in `scheduler` and serves it on loopback.
+async fn serve_scheduler(
+    scheduler: Scheduler,
+    pool: Option<&PoolFile>,
+) -> (Node, Arc<Scheduler>, l2d::cluster::LocalExperts) {
+    let scheduler = Arc::new(scheduler);
     let local = match pool {
         Some(pool) => l2d::cluster::start_pool(pool, &scheduler).await.unwrap(),
         None => Default::default(),
