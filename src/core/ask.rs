@@ -768,6 +768,14 @@ where
                 let error = self.none_can_take();
                 return self.finish_with(Err(error));
             }
+            // Out of time, nothing else matters: a full pool would say "retry", which cannot
+            // help this request.
+            Err(DecisionError::Saturated { .. } | DecisionError::NoAvailableReplica { .. })
+                if self.out_of_time() =>
+            {
+                let calls = self.explanation.misses().count();
+                return self.finish_with(Err(AskError::DeadlinePassed { calls }));
+            }
             Err(e) => return self.finish_with(Err(e.into())),
         };
         let greedy = plan.chosen();
@@ -879,6 +887,22 @@ where
         }
     }
 
+    /// The deadline has passed, or a call missed for want of time: a later failure to find a
+    /// free replica is the deadline's.
+    fn out_of_time(&self) -> bool {
+        let passed = self
+            .params
+            .deadline
+            .is_some_and(|d| self.elapsed + Duration::from_millis(1) >= d);
+        passed
+            || self.explanation.misses().any(|(_, m)| {
+                matches!(
+                    m,
+                    Miss::Failed(Failure::DeadlinePassed) | Miss::NotSent(NotSent::DeadlinePassed)
+                )
+            })
+    }
+
     /// The error once every attempt of the plan missed.
     fn exhausted(&self) -> AskError {
         let answers: Vec<&CallRecord> = self
@@ -893,6 +917,10 @@ where
             .decision
             .as_ref()
             .map_or(0, |d| d.plan.attempts.len());
+        if self.out_of_time() {
+            let calls = self.explanation.misses().count();
+            return AskError::DeadlinePassed { calls };
+        }
         if attempts > 0 && answers.iter().filter(|c| full(c)).count() == attempts {
             // Every option filled up between the view and the calls: shed, with a hint.
             let latencies = answers
@@ -1646,6 +1674,28 @@ mod tests {
             call.id,
             CallResult::Missed(Miss::NotSent(NotSent::DeadlinePassed)),
             Duration::from_millis(20),
+        );
+        assert_eq!(ask.next_step(), Step::Done);
+        assert_eq!(
+            ask.finish().outcome.unwrap_err(),
+            AskError::DeadlinePassed { calls: 1 }
+        );
+
+        // A probe that ran out of time, then every other expert full: still the deadline's.
+        let full = [ReplicaLoad {
+            in_flight: 1,
+            limit: 1,
+            ..ReplicaLoad::idle(0.02)
+        }];
+        let probed = [expert(&names[0], 1.0, &one), expert(&names[1], 1.0, &full)];
+        let mut ask = Ask::<String, _>::new(&probed, &[0], params, scorer).unwrap();
+        let Step::Call(call) = ask.next_step() else {
+            panic!()
+        };
+        ask.record(
+            call.id,
+            CallResult::Missed(Miss::Failed(Failure::DeadlinePassed)),
+            Duration::from_millis(100),
         );
         assert_eq!(ask.next_step(), Step::Done);
         assert_eq!(
