@@ -29,6 +29,8 @@
 //! | `l2d_served_total` | counter | `expert` (queries answered with its answer) |
 //! | `l2d_probe_calls_total` | counter | `expert` (calls as a probe or cascade stage) |
 //! | `l2d_exclusions_total` | counter | `expert`, `reason` (why a final decision excluded it) |
+//! | `l2d_decision_overrides_total` | counter | `reason` (why the expert that answered is not the one the policy's scores preferred: `capability`, `budget`, `unavailable`, `load`, `deadline`, `exploration`, `fallback`) |
+//! | `l2d_defer_outcomes_total` | counter | `outcome` (a probing policy's answer: `kept` from an expert already asked, or `deferred` to another) |
 //! | `l2d_expert_available_replicas` | gauge | `expert` |
 //! | `l2d_build_info` | gauge (1) | `version` |
 //! | `l2d_policy_info` | gauge (1) | `policy_id`, `kind` |
@@ -249,6 +251,17 @@ impl PoolSeries {
                     "l2d_exclusions_total",
                     "counter",
                     "Final decisions that excluded the expert, by reason",
+                ),
+                family(
+                    "l2d_decision_overrides_total",
+                    "counter",
+                    "Answers from another expert than the one the policy's scores preferred, by why",
+                ),
+                family(
+                    "l2d_defer_outcomes_total",
+                    "counter",
+                    "Answers of a policy that asks before deciding: kept (an answer already seen) \
+                     or deferred (another expert asked)",
                 ),
                 family(
                     "l2d_expert_available_replicas",

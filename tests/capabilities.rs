@@ -231,6 +231,24 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
         value("l2d_expert_available_replicas{expert=\"typed\"}"),
         1.0
     );
+    // The policy's scores preferred a recorded system for the two questions of our own: an
+    // override for capability. The dev questions went where the policy wanted, each either
+    // kept from a probe or deferred; the questions no probe answered are neither.
+    assert_eq!(
+        value("l2d_decision_overrides_total{reason=\"capability\"}"),
+        2.0
+    );
+    let overrides: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("l2d_decision_overrides_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(overrides, 2.0, "{text}");
+    assert_eq!(
+        value("l2d_defer_outcomes_total{outcome=\"kept\"}")
+            + value("l2d_defer_outcomes_total{outcome=\"deferred\"}"),
+        2.0
+    );
     let identity = scheduler.policy().identity().clone();
     assert_eq!(
         value(&format!(

@@ -198,6 +198,71 @@ pub struct Chosen {
     pub kept_probe: bool,
 }
 
+/// Why the expert that answered is not the one the policy's scores alone preferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Override {
+    /// The preferred expert cannot take the query (no recording, context, language).
+    Capability,
+    /// It costs more than the budget left.
+    Budget,
+    /// None of its replicas can be sent to: ejected, lease expired, or its probe failed.
+    Unavailable,
+    /// Its replicas are at their concurrency limit, or the price of waiting for them ranked
+    /// another expert first.
+    Load,
+    /// It is not expected to answer within the deadline.
+    Deadline,
+    /// Exploration drew another expert.
+    Exploration,
+    /// It was chosen, but every call to it failed and another expert answered.
+    Fallback,
+}
+
+impl Override {
+    /// Every reason as a metric label, in [`Override::index`] order.
+    pub const LABELS: [&'static str; 7] = [
+        "capability",
+        "budget",
+        "unavailable",
+        "load",
+        "deadline",
+        "exploration",
+        "fallback",
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Chosen {
+    /// Why `served` (the expert whose answer was returned) is not the one the scores alone
+    /// preferred; `None` when it is, or when nothing was served.
+    pub fn override_reason(&self, served: Option<usize>) -> Option<Override> {
+        let served = served?;
+        let preferred = self.plan.preferred;
+        if self.greedy != preferred {
+            let why = self
+                .plan
+                .excluded
+                .iter()
+                .find(|&&(i, _)| i == preferred)
+                .map(|&(_, why)| why);
+            return Some(match why {
+                Some(Exclusion::Unfit(_)) => Override::Capability,
+                Some(Exclusion::OverBudget) => Override::Budget,
+                Some(Exclusion::NoAvailableReplica) => Override::Unavailable,
+                Some(Exclusion::TooSlow) => Override::Deadline,
+                Some(Exclusion::Saturated) | None => Override::Load,
+            });
+        }
+        if self.chosen != self.greedy {
+            return Some(Override::Exploration);
+        }
+        (served != self.chosen).then_some(Override::Fallback)
+    }
+}
+
 /// Everything the request did and why: the one source of the reply's decision, the decision log
 /// and the metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -1613,6 +1678,102 @@ mod tests {
         );
         assert!(reason.contains("keep e0's answer"), "{reason}");
         assert_eq!(seen, [vec![], vec!["e3"], vec!["e3", "e0"]]);
+    }
+
+    /// Runs a request to its end, every call answered except those to `failing` experts.
+    fn served_and_override(
+        view: &[ExpertView<'_>],
+        params: AskParams,
+        failing: &[usize],
+    ) -> (Option<usize>, Option<Override>) {
+        // e0 is the policy's favourite, e1 its second.
+        let scorer = |_: &[Observed<'_>], out: &mut Vec<Option<f64>>| {
+            out.extend([Some(0.1), Some(0.2)]);
+        };
+        let mut ask = Ask::<String, _>::new(view, &[], params, scorer).unwrap();
+        while let Step::Call(call) = ask.next_step() {
+            let result = if failing.contains(&call.expert) {
+                CallResult::Missed(Miss::Failed(Failure::Unreachable))
+            } else {
+                CallResult::Answered(format!("e{}", call.expert))
+            };
+            ask.record(call.id, result, Duration::from_millis(1));
+        }
+        let finished = ask.finish();
+        let served = finished.outcome.ok().map(|a| a.expert);
+        let decision = finished.explanation.decision.expect("a decision was made");
+        (served, decision.override_reason(served))
+    }
+
+    #[test]
+    fn an_answer_from_another_expert_than_the_policy_preferred_says_why() {
+        let idle = [ReplicaLoad::idle(0.02)];
+        let ejected = [ReplicaLoad {
+            available: false,
+            ..ReplicaLoad::idle(0.02)
+        }];
+        let full = [ReplicaLoad {
+            in_flight: 2,
+            limit: 2,
+            ..ReplicaLoad::idle(0.02)
+        }];
+        // Ten seconds of expected waiting at 0.01 a second outweighs the 0.1 score gap.
+        let slow = [ReplicaLoad::idle(10.0)];
+        fn pool<'a>(first: &'a [ReplicaLoad], idle: &'a [ReplicaLoad]) -> [ExpertView<'a>; 2] {
+            [expert("e0", 5.0, first), expert("e1", 1.0, idle)]
+        }
+        let free = AskParams::default();
+        assert_eq!(
+            served_and_override(&pool(&idle, &idle), free, &[]),
+            (Some(0), None)
+        );
+        assert_eq!(
+            served_and_override(&pool(&ejected, &idle), free, &[]),
+            (Some(1), Some(Override::Unavailable))
+        );
+        assert_eq!(
+            served_and_override(&pool(&full, &idle), free, &[]),
+            (Some(1), Some(Override::Load))
+        );
+        let waiting = AskParams {
+            wait_price: 0.02,
+            ..free
+        };
+        assert_eq!(
+            served_and_override(&pool(&slow, &idle), waiting, &[]),
+            (Some(1), Some(Override::Load))
+        );
+        let short = AskParams {
+            deadline: Some(Duration::from_secs(1)),
+            ..free
+        };
+        assert_eq!(
+            served_and_override(&pool(&slow, &idle), short, &[]),
+            (Some(1), Some(Override::Deadline))
+        );
+        let tight = AskParams {
+            budget: Some(2.0),
+            ..free
+        };
+        assert_eq!(
+            served_and_override(&pool(&idle, &idle), tight, &[]),
+            (Some(1), Some(Override::Budget))
+        );
+        assert_eq!(
+            served_and_override(&pool(&idle, &idle), free, &[0]),
+            (Some(1), Some(Override::Fallback))
+        );
+        // Nothing served, nothing overridden.
+        assert_eq!(
+            served_and_override(&pool(&idle, &idle), free, &[0, 1]),
+            (None, None)
+        );
+        let mut unfit = pool(&idle, &idle);
+        unfit[0].unfit = Some(Unfit::Language);
+        assert_eq!(
+            served_and_override(&unfit, free, &[]),
+            (Some(1), Some(Override::Capability))
+        );
     }
 
     #[test]

@@ -240,6 +240,9 @@ pub struct Plan {
     pub load: Vec<f64>,
     /// The calls to make, in order, until one succeeds. Never empty.
     pub attempts: Vec<Attempt>,
+    /// The expert the scores alone rank first, exclusions and the price of waiting aside: what
+    /// the policy would choose with the whole pool idle and able to take the query.
+    pub preferred: usize,
 }
 
 impl Plan {
@@ -373,11 +376,15 @@ pub fn decide(
             });
         }
     }
+    let preferred = (0..candidates.len())
+        .min_by(|&a, &b| rank_order(a, &candidates[a], 0.0, b, &candidates[b], 0.0))
+        .unwrap_or(0);
     Ok(Plan {
         ranked,
         excluded,
         load,
         attempts,
+        preferred,
     })
 }
 

@@ -8,7 +8,8 @@ use super::Scheduler;
 use super::decision_log::LoggedDecision;
 use super::registry::{ExpertGroup, PoolSnapshot};
 use crate::core::ask::{
-    Ask, AskError, AskParams, CallResult, ExpertView, Explanation, Finished, Role, Step,
+    Answered, Ask, AskError, AskParams, CallResult, ExpertView, Explanation, Finished, Override,
+    Role, Step,
 };
 use crate::core::call::{Failure, Miss, NotSent};
 use crate::core::capability::{Capabilities, QueryFit, Unfit};
@@ -24,10 +25,53 @@ use crate::grpc::status::{code_name, code_of_miss, failure_of};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
+
+/// How final decisions departed from the policy's preference, and whether a probing policy
+/// kept an answer it had or asked another expert (written out at scrape time).
+#[derive(Debug, Default)]
+pub(crate) struct DecisionCounters {
+    overrides: [AtomicU64; Override::LABELS.len()],
+    kept: AtomicU64,
+    deferred: AtomicU64,
+}
+
+impl DecisionCounters {
+    fn record(&self, explanation: &Explanation, served: Option<&Answered<pb::AnswerResponse>>) {
+        let Some(decision) = &explanation.decision else {
+            return;
+        };
+        if let Some(why) = decision.override_reason(served.map(|a| a.expert)) {
+            self.overrides[why.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        // Only a policy that has an answer in hand before deciding can keep one.
+        if let Some(answered) = served
+            && explanation.probes.iter().any(|p| p.text.is_some())
+        {
+            let count = if answered.kept_probe {
+                &self.kept
+            } else {
+                &self.deferred
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every series, zeros included (a rate needs the series before its first increment).
+    pub(crate) fn write(&self, out: &mut crate::telemetry::PoolSeries) {
+        for (reason, n) in Override::LABELS.iter().zip(&self.overrides) {
+            let n = n.load(Ordering::Relaxed) as f64;
+            out.sample("l2d_decision_overrides_total", &[("reason", reason)], n);
+        }
+        for (outcome, n) in [("kept", &self.kept), ("deferred", &self.deferred)] {
+            let n = n.load(Ordering::Relaxed) as f64;
+            out.sample("l2d_defer_outcomes_total", &[("outcome", outcome)], n);
+        }
+    }
+}
 
 pub struct RouterService {
     scheduler: Arc<Scheduler>,
@@ -358,6 +402,9 @@ impl RouterService {
             &explanation,
             outcome.as_ref().ok().map(|a| a.expert),
         );
+        self.scheduler
+            .decision_counters
+            .record(&explanation, outcome.as_ref().ok());
         let address = |e: usize, r: usize| snapshot.experts[e].replicas[r].address.clone();
         let lambda = policy.lambda();
         if let Some(d) = &explanation.decision {

@@ -242,6 +242,7 @@ pub struct Scheduler {
     target: Option<Mutex<CostTarget>>,
     decisions: Option<decision_log::DecisionLog>,
     ask_duration: metrics::Histogram,
+    decision_counters: dispatch::DecisionCounters,
     /// `Router.Ask` calls by final status code (`l2d_asks_total`, written at scrape time).
     pub(crate) asks: crate::telemetry::CodeCounts,
     /// DNS names resolved again every `dns_interval`.
@@ -275,6 +276,7 @@ impl Scheduler {
             .map(|t| Mutex::new(CostTarget::new(t, config.target_window, 0.05)));
         Self {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
+            decision_counters: Default::default(),
             asks: Default::default(),
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
@@ -444,6 +446,7 @@ impl Scheduler {
             &[("policy_id", &identity.id), ("kind", &identity.kind)],
             1.0,
         );
+        self.decision_counters.write(&mut out);
         self.registry.write_metrics(&mut out, Instant::now());
         out.render()
     }
