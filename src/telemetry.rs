@@ -43,7 +43,15 @@
 //! | `l2d_config_last_reload_success` | gauge (1 or 0) | `file` (`policy`, `pool`, `credential`) |
 //! | `l2d_config_last_reload_success_timestamp_seconds` | gauge | `file` |
 //! | `l2d_pool_reloads_total` | counter | `result` (`ok`, `error`) |
-//! | `l2d_credential_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `l2d_credential_reloads_total` | counter | `result` (`ok`, `error`) |//!
+//! An expert worker (`l2d expert --metrics-listen`) exports its own, labelled by its expert id:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `l2d_worker_requests_total` | counter | `expert`, `code` |
+//! | `l2d_worker_request_duration_seconds` | histogram | `expert` |
+//! | `l2d_worker_in_flight`, `l2d_worker_queued`, `l2d_worker_max_concurrency` | gauge | `expert` |
+//! | `l2d_build_info` | gauge (1) | `version` |
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -322,6 +330,33 @@ impl PoolSeries {
                     "l2d_replica_ejections_total",
                     "counter",
                     "Times the replica was ejected",
+                ),
+                // An expert worker's own (`l2d expert --metrics-listen`).
+                family(
+                    "l2d_worker_requests_total",
+                    "counter",
+                    "Expert.Answer calls the worker ended, by status code (CANCELLED: the caller \
+                     gave up)",
+                ),
+                family(
+                    "l2d_worker_request_duration_seconds",
+                    "histogram",
+                    "Expert.Answer latency at the worker, from arrival (queueing included)",
+                ),
+                family(
+                    "l2d_worker_in_flight",
+                    "gauge",
+                    "Queries the worker is answering now",
+                ),
+                family(
+                    "l2d_worker_queued",
+                    "gauge",
+                    "Queries waiting for one of the worker's --max-concurrency slots",
+                ),
+                family(
+                    "l2d_worker_max_concurrency",
+                    "gauge",
+                    "The worker's concurrency limit (0: none)",
                 ),
             ],
         }

@@ -252,6 +252,11 @@ fn check_overlay(overlay: &str) {
         assert_eq!(listen, port);
         check_grpc(c, listen, listen, l2d::expert::SERVICES);
         assert_eq!(service_port["targetPort"], "grpc");
+        // Its metrics are where the scrape annotations say.
+        let metrics_port = port_of(arg(c, "--metrics-listen"));
+        assert_eq!(container_port(c, "metrics"), metrics_port);
+        let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/port"], metrics_port.to_string());
         // The Service selects exactly this expert's pods.
         let labels = &deployment["spec"]["template"]["metadata"]["labels"];
         for (k, v) in service["spec"]["selector"].as_mapping().unwrap() {

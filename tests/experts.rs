@@ -8,6 +8,7 @@ use l2d::expert::Backend;
 use l2d::report::{ReportOptions, experts_report};
 use std::collections::HashMap;
 use std::process::Command;
+use std::time::Duration;
 
 /// The replay pair plus the two live readers (`typed` with two in-process replicas).
 fn mixed_pool() -> String {
@@ -130,4 +131,118 @@ fn experts_report_prints_a_table_and_json() {
     }
     assert_eq!(reports[0]["questions"], 3);
     assert_eq!(reports[2]["backend"], "lexical");
+}
+
+/// One series' value in a Prometheus text scrape, 0 if absent.
+fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_own_metrics_by_status_code() {
+    use l2d::core::capability::Capabilities;
+    use l2d::expert::ExpertNode;
+    use l2d::expert::replay::ReplayBackend;
+    let backend =
+        ReplayBackend::load(&fixture("cheap-predictions.json"), Some(mini_squad()), 1.0).unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_at = metrics.local_addr().unwrap().to_string();
+    let node = ExpertNode::new("cheap", 1.0, std::sync::Arc::new(backend))
+        .with_capabilities(&Capabilities {
+            max_context_chars: Some(400),
+            ..Capabilities::default()
+        })
+        .with_max_concurrency(3)
+        .with_delay(Duration::from_millis(200))
+        .with_metrics(Some(metrics));
+    let served = spawn_node(move |listener, stopped| {
+        l2d::expert::serve(listener, node, None, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    let mut client =
+        l2d::pb::expert_client::ExpertClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+    // Answered; no recording (NOT_FOUND); a context over the declared limit (OUT_OF_RANGE); a
+    // call its caller gave up on (CANCELLED).
+    client
+        .answer(answer_request(SB_AFC, SB_CONTEXT, Some("sb-afc")))
+        .await
+        .unwrap();
+    let missing = client
+        .answer(answer_request("Where?", SB_CONTEXT, Some("no-such-id")))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let long = client
+        .answer(answer_request(SB_AFC, &SB_CONTEXT.repeat(2), None))
+        .await
+        .unwrap_err();
+    assert_eq!(long.code(), tonic::Code::OutOfRange);
+    let mut impatient = tonic::Request::new(answer_request(SB_AFC, SB_CONTEXT, Some("sb-afc")));
+    impatient.set_timeout(Duration::from_millis(20));
+    assert!(client.answer(impatient).await.is_err());
+
+    let scrape = || {
+        let at = metrics_at.clone();
+        async move {
+            tokio::task::spawn_blocking(move || common::cluster::scrape(&at))
+                .await
+                .unwrap()
+        }
+    };
+    let code = |text: &str, code: &str| {
+        series(
+            text,
+            &format!("l2d_worker_requests_total{{expert=\"cheap\",code=\"{code}\"}}"),
+        )
+    };
+    // The cancelled call is counted once the worker has dropped it.
+    eventually(
+        Duration::from_secs(10),
+        "the cancelled call counted",
+        || async { code(&scrape().await, "CANCELLED") == 1.0 },
+    )
+    .await;
+    let text = scrape().await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(code(&text, "OK"), 1.0, "{text}");
+    assert_eq!(code(&text, "NOT_FOUND"), 1.0, "{text}");
+    assert_eq!(code(&text, "OUT_OF_RANGE"), 1.0, "{text}");
+    assert_eq!(
+        series(
+            &text,
+            "l2d_worker_request_duration_seconds_count{expert=\"cheap\"}"
+        ),
+        4.0
+    );
+    // Latency is measured from arrival: the answered call alone slept the 200 ms delay.
+    assert!(
+        series(
+            &text,
+            "l2d_worker_request_duration_seconds_sum{expert=\"cheap\"}"
+        ) >= 0.2,
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "l2d_worker_max_concurrency{expert=\"cheap\"}"),
+        3.0
+    );
+    assert_eq!(series(&text, "l2d_worker_in_flight{expert=\"cheap\"}"), 0.0);
+    assert!(
+        text.contains(&format!(
+            "l2d_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    // Never the query text.
+    assert!(
+        !text.contains("Super Bowl") && !text.contains("AFC"),
+        "{text}"
+    );
 }

@@ -406,6 +406,10 @@ pub struct ExpertArgs {
     /// After SIGTERM (and leaving the pool): report NOT_SERVING, keep serving this long, drain.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (calls by status code, latency, in
+    /// flight, queued).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Misbehave on purpose, for fault drills: `empty` answers nothing, `malformed` returns
     /// spans outside the context.
     #[arg(long, value_enum, default_value = "none")]
@@ -587,6 +591,14 @@ pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
+    let metrics = match args.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for metrics"))?,
+        ),
+        None => None,
+    };
     let scheduler_tls = client_tls(
         args.scheduler_tls_ca.as_deref(),
         args.scheduler_tls_cert.as_deref(),
@@ -623,6 +635,7 @@ pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         .with_delay(args.delay)
         .with_service_time(spec.service_time)
         .with_drain_delay(args.drain_delay)
+        .with_metrics(metrics)
         .with_tls(args.tls.config()?)
         .with_fault(match args.fault {
             FaultKind::None => expert::Fault::None,

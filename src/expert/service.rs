@@ -12,6 +12,7 @@ use crate::core::query::{Query, QueryLimits};
 use crate::core::service_time::ServiceTime;
 use crate::grpc::pb::{self, expert_server};
 use crate::grpc::server;
+use crate::telemetry::{CodeCounts, LatencyHistogram, PoolSeries};
 use rand_distr::{Distribution, StandardNormal};
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// Adds one to a counter for as long as it lives.
 struct Counted<'a>(&'a AtomicU32);
@@ -52,6 +53,11 @@ pub struct ExpertNode {
     tls: Option<Arc<crate::grpc::tls::ServerTls>>,
     /// What it takes: the backend's own, tightened by what the operator declared.
     capabilities: Capabilities,
+    /// `Expert.Answer` calls by final status code, and their latency from arrival.
+    calls: CodeCounts,
+    latency: LatencyHistogram,
+    /// Where `/metrics` is served, if anywhere (taken when serving starts).
+    metrics: std::sync::Mutex<Option<TcpListener>>,
 }
 
 /// A deliberate misbehaviour, for fault drills and tests (`l2d expert --fault`).
@@ -80,7 +86,42 @@ impl ExpertNode {
             capabilities: backend.capabilities(),
             backend,
             tls: None,
+            calls: CodeCounts::default(),
+            latency: LatencyHistogram::default(),
+            metrics: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Serves Prometheus metrics at `/metrics` on `listener` while the node serves.
+    pub fn with_metrics(self, listener: Option<TcpListener>) -> Self {
+        *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = listener;
+        self
+    }
+
+    /// The node's series in the Prometheus text format (see [`crate::telemetry`]).
+    pub fn publish_metrics(&self) -> String {
+        let mut out = PoolSeries::new();
+        let expert = [("expert", self.id.as_str())];
+        out.codes("l2d_worker_requests_total", &expert, &self.calls);
+        out.histogram(
+            "l2d_worker_request_duration_seconds",
+            &expert,
+            &self.latency,
+        );
+        let gauge = |n: &AtomicU32| f64::from(n.load(Ordering::Relaxed));
+        out.sample("l2d_worker_in_flight", &expert, gauge(&self.load.in_flight));
+        out.sample("l2d_worker_queued", &expert, gauge(&self.load.queued));
+        out.sample(
+            "l2d_worker_max_concurrency",
+            &expert,
+            f64::from(self.max_concurrency()),
+        );
+        out.sample(
+            "l2d_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        out.render()
     }
 
     /// Declares limits on top of the backend's own: the tighter context limit of the two, and
@@ -173,6 +214,58 @@ impl expert_server::Expert for Arc<ExpertNode> {
         &self,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
+        let arrived = Instant::now();
+        // Counted when the call ends; a call the client cancels counts as CANCELLED.
+        let mut ending = Ending {
+            node: self,
+            arrived,
+            code: Code::Cancelled,
+        };
+        let reply = self.answer_query(request).await;
+        ending.code = reply.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        reply
+    }
+
+    async fn describe(
+        &self,
+        _request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        Ok(Response::new(pb::DescribeResponse {
+            expert_id: self.id.clone(),
+            backend: self.backend.kind().into(),
+            cost: self.cost,
+            version: env!("CARGO_PKG_VERSION").into(),
+            detail: self.backend.detail(),
+            in_flight: self.load.in_flight.load(Ordering::Relaxed),
+            queue_depth: self.load.queued.load(Ordering::Relaxed),
+            max_concurrency: self.max_concurrency(),
+            capabilities: Some(crate::grpc::convert::capabilities_to_pb(
+                &self.capabilities,
+                true,
+            )),
+        }))
+    }
+}
+
+/// Counts one `Expert.Answer` call when dropped, with the code it ended with.
+struct Ending<'a> {
+    node: &'a ExpertNode,
+    arrived: Instant,
+    code: Code,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.node.calls.increment(self.code);
+        self.node.latency.record(self.arrived.elapsed());
+    }
+}
+
+impl ExpertNode {
+    async fn answer_query(
+        &self,
+        request: Request<pb::AnswerRequest>,
+    ) -> Result<Response<pb::AnswerResponse>, Status> {
         let (metadata, _, msg) = request.into_parts();
         // The scheduler's request id, for this expert's log lines about the call.
         let request_id = metadata
@@ -226,26 +319,6 @@ impl expert_server::Expert for Arc<ExpertNode> {
             expert_id: self.id.clone(),
         }))
     }
-
-    async fn describe(
-        &self,
-        _request: Request<pb::DescribeRequest>,
-    ) -> Result<Response<pb::DescribeResponse>, Status> {
-        Ok(Response::new(pb::DescribeResponse {
-            expert_id: self.id.clone(),
-            backend: self.backend.kind().into(),
-            cost: self.cost,
-            version: env!("CARGO_PKG_VERSION").into(),
-            detail: self.backend.detail(),
-            in_flight: self.load.in_flight.load(Ordering::Relaxed),
-            queue_depth: self.load.queued.load(Ordering::Relaxed),
-            max_concurrency: self.max_concurrency(),
-            capabilities: Some(crate::grpc::convert::capabilities_to_pb(
-                &self.capabilities,
-                true,
-            )),
-        }))
-    }
 }
 
 /// The gRPC service an expert serves, as named in `grpc.health.v1` (besides "", the server).
@@ -292,6 +365,39 @@ pub async fn serve(
             })
         }
     };
+    let metrics = node
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics.map(|listener| {
+        let node = node.clone();
+        tokio::spawn(crate::telemetry::serve_metrics(
+            listener,
+            move || node.publish_metrics(),
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    // Metrics are served until the gRPC server has drained.
+    let shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
+    let result = serve_node(listener, &node, routes, reporter, shutdown).await;
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    result
+}
+
+async fn serve_node(
+    listener: TcpListener,
+    node: &ExpertNode,
+    routes: tonic::service::Routes,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
     let options = server::ServeOptions {
         drain_delay: node.drain_delay,
         tls: node.tls.clone(),
