@@ -37,6 +37,7 @@ pub mod demo;
 pub mod expert;
 pub mod grpc;
 pub mod load;
+pub mod logs;
 pub mod pool_file;
 pub mod report;
 pub mod scheduler;

@@ -30,12 +30,14 @@ async fn main() -> std::process::ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    // L2D_LOG_FORMAT=json: one JSON object per line (for log collectors), request ids as fields.
-    if std::env::var("L2D_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    // L2D_LOG_FORMAT=json: one flat JSON object per line (for log collectors), the fatal error
+    // included; see l2d::logs.
+    let json = l2d::logs::json_chosen();
+    if json {
         tracing_subscriber::fmt()
-            .json()
             .with_env_filter(filter)
-            .with_current_span(true)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(l2d::logs::FlatJson)
             .with_writer(std::io::stderr)
             .init();
     } else {
@@ -47,6 +49,10 @@ async fn main() -> std::process::ExitCode {
     }
     match l2d::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if json => {
+            eprintln!("{}", l2d::logs::error_line(&format!("{e:#}")));
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("l2d: error: {e:#}");
             std::process::ExitCode::FAILURE

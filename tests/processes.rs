@@ -283,3 +283,135 @@ fn a_live_reader_process_registers_and_answers_like_the_library_reader() {
     scheduler.signal("TERM");
     assert!(scheduler.exit_success());
 }
+
+/// Every line parsed as a flat JSON object, with the fields every line carries.
+fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    assert!(!lines.is_empty());
+    lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            for field in ["timestamp", "level", "target", "message", "pod", "version"] {
+                assert!(value[field].is_string(), "no {field} in {line}");
+            }
+            assert_eq!(value["version"], env!("CARGO_PKG_VERSION"));
+            let object = value.as_object().unwrap();
+            assert!(
+                !object.contains_key("fields") && !object.contains_key("span"),
+                "nested fields in {line}"
+            );
+            value
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_are_flat_objects_on_every_line_of_scheduler_and_expert() {
+    let json = [
+        ("L2D_LOG_FORMAT", "json"),
+        ("RUST_LOG", "debug,h2=info,tower=info,hyper=info"),
+    ];
+    let policy = fixture("../../policies/squad-v1.1.json");
+    let mut scheduler = Proc::spawn_with(
+        L2D,
+        &[
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-ttl",
+            "2s",
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let serving: serde_json::Value =
+        serde_json::from_str(&scheduler.wait_for("scheduler serving")).unwrap();
+    let router = serving["address"].as_str().unwrap().to_owned();
+    let predictions = fixture("strong-predictions.json");
+    let data = fixture("mini-squad.json");
+    let mut expert = Proc::spawn_with(
+        L2D,
+        &[
+            "expert",
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            "strong",
+            "--backend",
+            "replay",
+            "--predictions",
+            predictions.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--cost",
+            "10",
+            "--register",
+            &router,
+        ],
+        &json,
+    );
+    expert.wait_for("registered with scheduler");
+    let out = l2d(&[
+        "ask",
+        "--router",
+        &router,
+        "--data",
+        data.to_str().unwrap(),
+        "--id",
+        "sb-afc",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let request_id = answer["request_id"].as_str().unwrap().to_owned();
+    expert.signal("TERM");
+    let expert_lines = json_lines(&expert.all_lines());
+    assert!(expert.exit_success());
+    scheduler.signal("TERM");
+    let scheduler_lines = json_lines(&scheduler.all_lines());
+    assert!(scheduler.exit_success());
+
+    // The worker names its expert on every line.
+    assert!(expert_lines.iter().all(|l| l["expert"] == "strong"));
+    // The scheduler names the policy in force on every line.
+    let policy_id = serving["policy_id"].as_str().unwrap();
+    assert!(!policy_id.is_empty());
+    assert!(scheduler_lines.iter().all(|l| l["policy_id"] == policy_id));
+    // The request's decision: its id (from the request's span) and the scores, an array, at the
+    // top level.
+    let decision = scheduler_lines
+        .iter()
+        .find(|l| l["message"] == "decision")
+        .unwrap_or_else(|| panic!("no decision line in {scheduler_lines:?}"));
+    assert_eq!(decision["request_id"], request_id.as_str());
+    assert!(decision["scores"].is_array(), "{decision}");
+    assert_eq!(decision["chosen"], "strong");
+}
+
+#[test]
+fn a_fatal_error_is_a_json_line_when_json_logs_are_chosen() {
+    let mut scheduler = Proc::spawn_with(
+        L2D,
+        &[
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--pool",
+            "/nonexistent/pool.toml",
+        ],
+        &[("L2D_LOG_FORMAT", "json")],
+    );
+    let lines = json_lines(&scheduler.all_lines());
+    assert!(!scheduler.exit_success());
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/pool.toml"),
+        "{last}"
+    );
+}

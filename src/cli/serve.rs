@@ -537,7 +537,7 @@ pub(super) async fn run_scheduler(
             },
         ))
     });
-    if banner {
+    if banner && !crate::logs::json_chosen() {
         let active = scheduler.policy();
         eprintln!(
             "l2d: scheduler on {address} with {} experts ({} in-process replicas); policy {} at lambda {}",
@@ -567,6 +567,7 @@ pub(super) async fn run_scheduler(
 
 pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
     check_expert_id(&args.id).map_err(|m| anyhow::anyhow!("--id: {m}"))?;
+    crate::logs::set_expert(&args.id);
     let spec = match &args.pool {
         Some(path) => {
             let pool = PoolFile::load(path)?;

@@ -439,7 +439,7 @@ impl RouterService {
                 query_id = query.id().unwrap_or(""),
                 chosen = view[d.chosen].id,
                 lambda,
-                scores = ?view.iter().zip(&d.scores).map(|(e, s)| (e.id, *s)).collect::<Vec<_>>(),
+                scores = ?crate::logs::AsJson(view.iter().zip(&d.scores).map(|(e, s)| (e.id, *s)).collect::<Vec<_>>()),
                 "decision"
             );
         }

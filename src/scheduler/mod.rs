@@ -286,6 +286,7 @@ impl Scheduler {
                 Registry::new(config.replicas).with_client_tls(config.expert_tls.clone()),
             ),
             policy: ArcSwap::from_pointee({
+                crate::logs::set_policy_id(&policy.identity().id);
                 let position = policy.default_position();
                 ActivePolicy::new(policy, position)
             }),
@@ -322,6 +323,12 @@ impl Scheduler {
     /// keep the one they loaded.
     pub fn set_policy(&self, policy: Box<dyn Policy>) {
         let position = policy.default_position();
+        self.activate(policy, position);
+    }
+
+    /// Serves `policy` at `position` from now on (and names it on every log line).
+    fn activate(&self, policy: Box<dyn Policy>, position: usize) {
+        crate::logs::set_policy_id(&policy.identity().id);
         self.policy
             .store(Arc::new(ActivePolicy::new(policy, position)));
     }
@@ -345,8 +352,7 @@ impl Scheduler {
             policy.default_position()
         };
         tracing::info!(policy = %policy.identity().id, path = %path.display(), "policy loaded");
-        self.policy
-            .store(Arc::new(ActivePolicy::new(Box::new(policy), position)));
+        self.activate(Box::new(policy), position);
         *loaded = digest;
         Ok(true)
     }

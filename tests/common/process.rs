@@ -22,9 +22,15 @@ impl Proc {
 
     /// `bin` (another build of l2d, for comparisons) with `args`.
     pub fn spawn_bin(bin: &str, args: &[&str]) -> Self {
+        Self::spawn_with(bin, args, &[])
+    }
+
+    /// `bin` with `args` and these environment variables (on top of `RUST_LOG=info`).
+    pub fn spawn_with(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -75,6 +81,20 @@ impl Proc {
             .find_map(|w| w.strip_prefix("address="))
             .unwrap_or_else(|| panic!("no address in {line:?}"));
         field.to_owned()
+    }
+
+    /// Every stderr line, once the process has exited and closed it (hang guard: 20 s).
+    pub fn all_lines(&mut self) -> Vec<String> {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.seen.clone(),
+                Err(e) => panic!(
+                    "stderr still open ({e}); it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
     }
 
     pub fn signal(&self, signal: &str) {
