@@ -43,6 +43,11 @@
 //! | `l2d_config_last_reload_success` | gauge (1 or 0) | `file` (`policy`, `pool`, `credential`) |
 //! | `l2d_config_last_reload_success_timestamp_seconds` | gauge | `file` |
 //! | `l2d_pool_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `l2d_candidate_policy_reloads_total` | counter | `result` (`ok`, `error`), with a candidate |
+//! | `l2d_policy_asks_total` | counter | `policy_id`, `role` (`serving`, `candidate`), `code` |
+//! | `l2d_policy_cost_charged_units_total` | counter | `policy_id`, `role` |
+//! | `l2d_shadow_decisions_total` | counter | `policy_id`, `outcome` (`agree`, `disagree`, `unobserved`) |
+//! | `l2d_shadow_cost_units_total`, `l2d_shadow_serving_cost_units_total` | counter | `policy_id` |
 //! | `l2d_credential_reloads_total` | counter | `result` (`ok`, `error`) |//!
 //! An expert worker (`l2d expert --metrics-listen`) exports its own, labelled by its expert id:
 //!
@@ -177,6 +182,13 @@ impl CodeCounts {
     pub fn increment(&self, code: Code) {
         let i = CODES.iter().position(|c| *c == code).unwrap_or(2);
         self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every count back to zero.
+    pub fn reset(&self) {
+        for n in &self.0 {
+            n.store(0, Ordering::Relaxed);
+        }
     }
 
     /// (code name, count) of the codes seen at least once.
@@ -330,6 +342,35 @@ impl PoolSeries {
                     "l2d_replica_ejections_total",
                     "counter",
                     "Times the replica was ejected",
+                ),
+                // A candidate policy (`--candidate-policy`).
+                family(
+                    "l2d_policy_asks_total",
+                    "counter",
+                    "Router.Ask calls decided by each policy (role: serving or candidate), by \
+                     status code",
+                ),
+                family(
+                    "l2d_policy_cost_charged_units_total",
+                    "counter",
+                    "Cost charged on the requests each policy decided (declared cost units)",
+                ),
+                family(
+                    "l2d_shadow_decisions_total",
+                    "counter",
+                    "The candidate's decisions on requests it did not decide: agree or disagree \
+                     with the expert that answered, or unobserved (it needed an answer the \
+                     request never saw)",
+                ),
+                family(
+                    "l2d_shadow_cost_units_total",
+                    "counter",
+                    "What the candidate's shadow decisions would have cost (declared prices)",
+                ),
+                family(
+                    "l2d_shadow_serving_cost_units_total",
+                    "counter",
+                    "What the policy in force charged on the same requests",
                 ),
                 // An expert worker's own (`l2d expert --metrics-listen`).
                 family(

@@ -67,7 +67,7 @@ fn queries() -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rules_and_the_dashboard_read_metrics_the_scheduler_exports() {
-    // With a cost target, so its gauge exists too.
+    // With a cost target and a candidate policy in shadow, so their series exist too.
     let mut up = Proc::spawn(&[
         "up",
         "--listen",
@@ -76,6 +76,8 @@ async fn the_rules_and_the_dashboard_read_metrics_the_scheduler_exports() {
         "127.0.0.1:0",
         "--target-cost",
         "50",
+        "--candidate-policy",
+        "policies/squad-v1.1-cascade.json",
     ]);
     let metrics = up.address_in("metrics serving");
     let router = up.address_in("scheduler serving");

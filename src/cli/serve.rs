@@ -332,6 +332,19 @@ pub struct PolicyArgs {
     /// Append one JSON line per decision to this file (no query text).
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
+    /// A policy file to try beside the one in force: it decides --candidate-share of the
+    /// requests, and scores every other one in shadow (no call, no change to the answer),
+    /// with agreement and estimated cost exported. Reloaded when it changes.
+    #[arg(long)]
+    pub candidate_policy: Option<PathBuf>,
+    /// The share of requests the candidate decides, in [0, 1]; 0 (the default) is shadow only.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        requires = "candidate_policy",
+        allow_negative_numbers = true
+    )]
+    pub candidate_share: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -499,7 +512,17 @@ pub(super) async fn run_scheduler(
             Box::new(cluster::prior_policy(&pool, policy.lambda)?),
         ),
     };
-    let mut scheduler = scheduler;
+    let mut scheduler = match &policy.candidate_policy {
+        Some(path) => scheduler.with_candidate(
+            crate::scheduler::candidate::Candidate::load(
+                path.clone(),
+                None,
+                policy.candidate_share,
+            )
+            .context("--candidate-policy")?,
+        ),
+        None => scheduler,
+    };
     scheduler.open_decision_log()?;
     let scheduler = Arc::new(scheduler);
     let bind = |address: SocketAddr, what: &'static str| async move {

@@ -32,6 +32,10 @@ pub struct LoggedDecision {
     /// The expert whose answer was returned (`None` when the request failed).
     pub answered_by: Option<String>,
     pub cost: f64,
+    /// A candidate policy's decision on a request it did not decide (`cost` is what it would
+    /// have paid); off-policy evaluation skips these.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 pub struct DecisionLog {

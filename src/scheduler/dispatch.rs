@@ -4,12 +4,13 @@
 //! per-replica atomics. Cancelling the client call drops this future, which drops the in-flight
 //! expert call (cancelling it) and its in-flight guard.
 
-use super::Scheduler;
+use super::candidate::{Candidate, Decider, Shadow, shadow_decision};
 use super::decision_log::LoggedDecision;
 use super::registry::{ExpertGroup, PoolSnapshot};
+use super::{ActivePolicy, Scheduler};
 use crate::core::ask::{
-    Answered, Ask, AskError, AskParams, CallResult, ExpertView, Explanation, Finished, Override,
-    Role, Step,
+    Answered, Ask, AskError, AskParams, CallResult, Chosen, ExpertView, Explanation, Finished,
+    Override, Role, Step,
 };
 use crate::core::call::{Failure, Miss, NotSent};
 use crate::core::capability::{Capabilities, QueryFit, Unfit};
@@ -288,8 +289,20 @@ impl RouterService {
         let config = &self.scheduler.config;
         let query = Query::new(msg.question, msg.context, msg.id, &config.limits)?;
         let snapshot = self.scheduler.registry.snapshot();
-        let policy = self.scheduler.policy();
-        let query = if policy.reads_context() {
+        // The policy that decides: the one in force, or for a share of the requests the
+        // candidate; the other one (if any) decides in shadow afterwards.
+        let candidate = self.scheduler.candidate.as_ref();
+        let decider = match candidate {
+            Some(c) if c.decides(number, config.explore_seed) => Decider::Candidate,
+            _ => Decider::Serving,
+        };
+        let (policy, shadow) = match (decider, candidate) {
+            (Decider::Candidate, Some(c)) => (c.policy(), None),
+            (_, c) => (self.scheduler.policy(), c.map(Candidate::policy)),
+        };
+        let reads_context =
+            policy.reads_context() || shadow.as_ref().is_some_and(|s| s.reads_context());
+        let query = if reads_context {
             let analysis = self.scheduler.contexts.analysis(query.context());
             query.with_analysis(analysis)
         } else {
@@ -407,31 +420,65 @@ impl RouterService {
             .record(&explanation, outcome.as_ref().ok());
         let address = |e: usize, r: usize| snapshot.experts[e].replicas[r].address.clone();
         let lambda = policy.lambda();
+        let logged =
+            |policy: &ActivePolicy, d: &Chosen, answered_by: Option<usize>, cost| LoggedDecision {
+                request_id: request_id.clone(),
+                query_id: query.id().map(str::to_owned),
+                policy_id: policy.identity().id.clone(),
+                lambda: policy.lambda(),
+                eligible: d
+                    .plan
+                    .ranked
+                    .iter()
+                    .map(|&i| view[i].id.to_owned())
+                    .collect(),
+                scores: view
+                    .iter()
+                    .zip(&d.scores)
+                    .map(|(e, s)| (e.id.to_owned(), *s))
+                    .collect(),
+                greedy: view[d.greedy].id.to_owned(),
+                chosen: view[d.chosen].id.to_owned(),
+                propensity: d.propensity,
+                epsilon: d.epsilon,
+                answered_by: answered_by.map(|a| view[a].id.to_owned()),
+                cost,
+                shadow: false,
+            };
+        if let Some(c) = candidate {
+            let code = match &outcome {
+                Ok(_) => Code::Ok,
+                Err(e) => Status::from(e.clone()).code(),
+            };
+            c.record_ask(decider, &policy.identity().id, code, explanation.charged);
+        }
+        if let (Some(c), Some(shadow)) = (candidate, &shadow) {
+            let served = outcome
+                .as_ref()
+                .ok()
+                .map(|a| (a.expert, a.answer.text.as_str()));
+            let verdict =
+                shadow_decision(shadow, &view, &metas, &query, params, &explanation, served);
+            c.record_shadow(&verdict, served.map(|(e, _)| e), explanation.charged);
+            if let (
+                Some(decisions),
+                Shadow::Decided {
+                    cost,
+                    decision: Some(d),
+                    ..
+                },
+            ) = (&self.scheduler.decisions, &verdict)
+            {
+                decisions.record(&LoggedDecision {
+                    shadow: true,
+                    ..logged(shadow, d, None, *cost)
+                });
+            }
+        }
         if let Some(d) = &explanation.decision {
             if let Some(decisions) = &self.scheduler.decisions {
-                decisions.record(&LoggedDecision {
-                    request_id: request_id.clone(),
-                    query_id: query.id().map(str::to_owned),
-                    policy_id: policy.identity().id.clone(),
-                    lambda,
-                    eligible: d
-                        .plan
-                        .ranked
-                        .iter()
-                        .map(|&i| view[i].id.to_owned())
-                        .collect(),
-                    scores: view
-                        .iter()
-                        .zip(&d.scores)
-                        .map(|(e, s)| (e.id.to_owned(), *s))
-                        .collect(),
-                    greedy: view[d.greedy].id.to_owned(),
-                    chosen: view[d.chosen].id.to_owned(),
-                    propensity: d.propensity,
-                    epsilon: d.epsilon,
-                    answered_by: outcome.as_ref().ok().map(|a| view[a.expert].id.to_owned()),
-                    cost: explanation.charged,
-                });
+                let answered_by = outcome.as_ref().ok().map(|a| a.expert);
+                decisions.record(&logged(&policy, d, answered_by, explanation.charged));
             }
             tracing::debug!(
                 target: "l2d::decision",

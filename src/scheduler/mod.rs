@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod candidate;
 pub mod contexts;
 pub mod decision_log;
 pub mod discovery;
@@ -243,6 +244,8 @@ pub struct Scheduler {
     decisions: Option<decision_log::DecisionLog>,
     ask_duration: metrics::Histogram,
     decision_counters: dispatch::DecisionCounters,
+    /// A candidate policy in shadow or on a share of the requests.
+    pub(crate) candidate: Option<candidate::Candidate>,
     /// `Router.Ask` calls by final status code (`l2d_asks_total`, written at scrape time).
     pub(crate) asks: crate::telemetry::CodeCounts,
     /// DNS names resolved again every `dns_interval`.
@@ -277,6 +280,7 @@ impl Scheduler {
         Self {
             ask_duration: metrics::histogram!("l2d_ask_duration_seconds"),
             decision_counters: Default::default(),
+            candidate: None,
             asks: Default::default(),
             dns_targets: Mutex::new(Vec::new()),
             pool_file: Mutex::new(None),
@@ -309,6 +313,16 @@ impl Scheduler {
             self.decisions = Some(log);
         }
         Ok(())
+    }
+
+    /// Tries `candidate` beside the policy in force (see [`candidate`]).
+    pub fn with_candidate(mut self, candidate: candidate::Candidate) -> Self {
+        self.candidate = Some(candidate);
+        self
+    }
+
+    pub fn candidate(&self) -> Option<&candidate::Candidate> {
+        self.candidate.as_ref()
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -453,6 +467,9 @@ impl Scheduler {
             1.0,
         );
         self.decision_counters.write(&mut out);
+        if let Some(candidate) = &self.candidate {
+            candidate.write(&mut out);
+        }
         self.registry.write_metrics(&mut out, Instant::now());
         out.render()
     }
@@ -580,6 +597,19 @@ pub async fn serve_on(
             "policy reload failed; the previous policy stays active",
         )));
     }
+    if scheduler.candidate.is_some() {
+        tasks.push(tokio::spawn(watch_file(
+            scheduler.clone(),
+            "l2d_candidate_policy_reloads_total",
+            |s| {
+                s.candidate
+                    .as_ref()
+                    .map_or(Ok(None), candidate::Candidate::reload)
+            },
+            |id| tracing::info!(candidate = %id, "candidate policy loaded"),
+            "candidate policy reload failed; the previous candidate stays",
+        )));
+    }
     if lock(&scheduler.pool_file).is_some() {
         tasks.push(tokio::spawn(watch_file(
             scheduler.clone(),
@@ -602,6 +632,11 @@ pub async fn serve_on(
         registration = config.gate.registration,
         tls = config.tls.is_some(),
         policy = %scheduler.policy().identity().id,
+        candidate = scheduler
+            .candidate
+            .as_ref()
+            .map_or_else(String::new, |c| c.policy().identity().id.clone()),
+        candidate_share = scheduler.candidate.as_ref().map_or(0.0, |c| c.share()),
         experts = scheduler.registry.snapshot().experts.len(),
         "scheduler serving"
     );

@@ -40,10 +40,12 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LoggedDecision>> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line)
-                .with_context(|| format!("decision log {}: line {}", path.display(), i + 1))?,
-        );
+        let entry: LoggedDecision = serde_json::from_str(&line)
+            .with_context(|| format!("decision log {}: line {}", path.display(), i + 1))?;
+        // A candidate's shadow decision served nothing: it carries no reward.
+        if !entry.shadow {
+            out.push(entry);
+        }
     }
     Ok(out)
 }

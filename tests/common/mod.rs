@@ -126,6 +126,27 @@ pub async fn spawn_policy_scheduler(
     serve_scheduler(scheduler, Some(pool)).await
 }
 
+/// Like [`spawn_policy_scheduler`], with `candidate` deciding `share` of the requests and the
+/// rest in shadow.
+pub async fn spawn_scheduler_with_candidate(
+    config: SchedulerConfig,
+    pool: &PoolFile,
+    policy_path: &Path,
+    candidate: &Path,
+    share: f64,
+) -> (Node, Arc<Scheduler>, l2d::cluster::LocalExperts) {
+    let (learned, digest) = l2d::scheduler::load_policy_file(policy_path, None).unwrap();
+    let source = l2d::scheduler::PolicySource::File {
+        path: policy_path.to_owned(),
+        lambda: None,
+    };
+    let candidate =
+        l2d::scheduler::candidate::Candidate::load(candidate.to_owned(), None, share).unwrap();
+    let scheduler =
+        Scheduler::with_source(config, Box::new(learned), source, digest).with_candidate(candidate);
+    serve_scheduler(scheduler, Some(pool)).await
+}
+
 /// Starts `pool`'s experts in `scheduler` and serves it on loopback.
 async fn serve_scheduler(
     scheduler: Scheduler,
