@@ -148,6 +148,60 @@ fn check_pod_security(name: &str, pod: &Value) {
     }
 }
 
+/// The value following `flag` in a container's args, if the flag is there.
+fn args_has<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
+    let args = container["args"].as_sequence().unwrap();
+    let at = args.iter().position(|a| a == flag)?;
+    Some(str_of(&args[at + 1]))
+}
+
+/// The families an expert worker's `/metrics` has.
+fn worker_metric_families() -> Vec<String> {
+    let node = l2d::expert::ExpertNode::new(
+        "typed",
+        1.0,
+        std::sync::Arc::new(l2d::expert::typed::TypedReader::default()),
+    );
+    node.publish_metrics()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A production expert keeps a replica through a node drain, and can be drained: its budget
+/// requires at least one pod but fewer than it always has.
+fn check_disruption_budget(objects: &[Value], name: &str, deployment: &Value) {
+    let budget = find(objects, "PodDisruptionBudget", name);
+    assert!(budget["spec"]["maxUnavailable"].is_null(), "{name}");
+    let min_available = budget["spec"]["minAvailable"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name}: no minAvailable"));
+    let fewest = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "HorizontalPodAutoscaler" && o["spec"]["scaleTargetRef"]["name"] == name
+        })
+        .map_or_else(
+            || deployment["spec"]["replicas"].as_u64(),
+            |hpa| hpa["spec"]["minReplicas"].as_u64(),
+        )
+        .unwrap_or(1);
+    assert!(
+        (1..fewest).contains(&min_available),
+        "{name}: minAvailable {min_available} with at least {fewest} replicas"
+    );
+    // The budget covers exactly this expert's pods.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in budget["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&labels[k.as_str().unwrap()], v, "{name}");
+    }
+}
+
 fn seconds(duration: &str) -> u64 {
     humantime::parse_duration(duration).unwrap().as_secs()
 }
@@ -209,6 +263,19 @@ fn check_overlay(overlay: &str) {
     }
     let pool_text = mounted_file(&objects, pod, c, arg(c, "--pool"));
     let policy_text = mounted_file(&objects, pod, c, arg(c, "--policy"));
+    // Content-hashed ConfigMaps: a changed file is a new name, so a rollout (and its undo).
+    for (flag, base) in [("--pool", "l2d-pool-"), ("--policy", "l2d-policy-")] {
+        let volume = mounted_volume(pod, c, Path::new(arg(c, flag)));
+        let name = str_of(&volume["configMap"]["name"]);
+        assert!(
+            name.strip_prefix(base).is_some_and(|hash| hash.len() >= 8),
+            "{flag} is mounted from {name}, not a content-hashed ConfigMap"
+        );
+    }
+    // How long a draining expert may keep getting calls: until the scheduler's next health
+    // check sees NOT_SERVING, or its next DNS resolution drops the pod.
+    let discovery = seconds(arg(c, "--health-interval")) + seconds(arg(c, "--dns-interval"));
+    let try_timeout = args_has(c, "--try-timeout").map_or(10, seconds);
 
     // The policy in the ConfigMap is the shipped one, byte for byte, and loads.
     let shipped = std::fs::read_to_string(repo().join("policies/squad-v1.1.json")).unwrap();
@@ -264,10 +331,21 @@ fn check_overlay(overlay: &str) {
         }
         assert_eq!(labels["l2d.dev/expert"], spec.id.as_str());
         assert_eq!(mounted_file(&objects, pod, c, arg(c, "--pool")), pool_text);
+        // It answers until the scheduler has stopped sending, then finishes the calls it has.
+        let drain = seconds(arg(c, "--drain-delay"));
         assert!(
-            pod["terminationGracePeriodSeconds"].as_u64().unwrap()
-                > seconds(arg(c, "--drain-delay"))
+            drain > discovery,
+            "{}: a drain of {drain} s ends before the scheduler notices ({discovery} s)",
+            spec.id
         );
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= drain + try_timeout,
+            "{}",
+            spec.id
+        );
+        if overlay == "prod" {
+            check_disruption_budget(&objects, host, deployment);
+        }
         check_pod_security(&spec.id, pod);
         // The files it serves are in the image: /usr/share/l2d/ is the repository's root.
         let BackendSpec::Replay { predictions, data } = &spec.backend else {
@@ -279,6 +357,33 @@ fn check_overlay(overlay: &str) {
                 repo().join(inside).exists(),
                 "{} is not in the image",
                 path.display()
+            );
+        }
+    }
+
+    // The policy's probes get a call on every query: in production they scale with that traffic,
+    // read from a metric the workers export.
+    if overlay == "prod" {
+        let exported = worker_metric_families();
+        for probe in &policy.probes {
+            let name = format!("l2d-expert-{probe}");
+            let hpa = objects
+                .iter()
+                .find(|o| {
+                    o["kind"] == "HorizontalPodAutoscaler" && o["metadata"]["name"] == name.as_str()
+                })
+                .unwrap_or_else(|| panic!("the probe {probe} has no autoscaler"));
+            assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], name.as_str());
+            let traffic = hpa["spec"]["metrics"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["type"] == "Pods")
+                .unwrap_or_else(|| panic!("{name} does not scale with traffic"));
+            let metric = str_of(&traffic["pods"]["metric"]["name"]);
+            assert!(
+                exported.iter().any(|e| e == metric),
+                "{name} scales on {metric}, which a worker does not export ({exported:?})"
             );
         }
     }
