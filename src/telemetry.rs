@@ -25,6 +25,7 @@
 //! | `l2d_replica_rtt_seconds` | gauge | `expert`, `replica` (PeakEWMA) |
 //! | `l2d_replica_ejected` | gauge | `expert`, `replica` (1 while ejected) |
 //! | `l2d_replica_ejections_total` | counter | `expert`, `replica` |
+//! | `l2d_replica_draining` | gauge | `expert`, `replica` (1 while it says NOT_SERVING) |
 //! | `l2d_answers_total` | counter | `expert` (answered calls, probes included) |
 //! | `l2d_served_total` | counter | `expert` (queries answered with its answer) |
 //! | `l2d_probe_calls_total` | counter | `expert` (calls as a probe or cascade stage) |
@@ -342,6 +343,12 @@ impl PoolSeries {
                     "l2d_replica_ejections_total",
                     "counter",
                     "Times the replica was ejected",
+                ),
+                family(
+                    "l2d_replica_draining",
+                    "gauge",
+                    "1 while the replica's health check says NOT_SERVING (shutting down): no \
+                     calls, no ejection",
                 ),
                 // A candidate policy (`--candidate-policy`).
                 family(

@@ -884,7 +884,8 @@ async fn describe_replica(replica: &registry::Replica) {
 }
 
 /// Asks every static and DNS replica `grpc.health.v1.Health/Check("l2d.v1.Expert")` every
-/// `health_interval`: a replica not SERVING is ejected (with the ejection backoff) until a check
+/// `health_interval`: a replica whose check fails is ejected (with the ejection backoff); one
+/// that says NOT_SERVING is draining, out of rotation without an ejection; either until a check
 /// passes. Registered replicas prove their health with heartbeats; in-process ones share our fate.
 async fn check_health(scheduler: Arc<Scheduler>) {
     use tonic_health::pb::{
@@ -911,11 +912,24 @@ async fn check_health(scheduler: Arc<Scheduler>) {
                 service: "l2d.v1.Expert".into(),
             });
             request.set_timeout(timeout);
-            let serving = matches!(
-                tokio::time::timeout(timeout, client.check(request)).await,
-                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-            );
-            if let Some(length) = replica.record_health_check(serving, Instant::now()) {
+            let check = match tokio::time::timeout(timeout, client.check(request)).await {
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                    registry::HealthCheck::Serving
+                }
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::NotServing as i32 => {
+                    registry::HealthCheck::NotServing
+                }
+                _ => registry::HealthCheck::Failed,
+            };
+            let was_draining = replica.is_draining();
+            if check == registry::HealthCheck::NotServing && !was_draining {
+                tracing::info!(
+                    expert = %replica.expert_id,
+                    replica = %replica.address,
+                    "replica is draining (NOT_SERVING); no more calls to it"
+                );
+            }
+            if let Some(length) = replica.record_health_check(check, Instant::now()) {
                 tracing::warn!(
                     expert = %replica.expert_id,
                     replica = %replica.address,

@@ -16,7 +16,7 @@ use crate::grpc::status::code_of_miss;
 use crate::telemetry::{CodeCounts, LatencyHistogram, PoolSeries};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -191,6 +191,19 @@ pub struct Replica {
     /// Where reading its `Describe` reply stands: not asked, being asked, asked without a
     /// reply, described.
     description: AtomicU8,
+    /// Its health check said NOT_SERVING (it is shutting down): no traffic, and no ejection,
+    /// until it says SERVING again.
+    draining: AtomicBool,
+}
+
+/// What an active health check of a replica found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    Serving,
+    /// It answered NOT_SERVING: shutting down (draining) or otherwise out of rotation.
+    NotServing,
+    /// No answer, or an error.
+    Failed,
 }
 
 /// Where reading a replica's `Describe` stands.
@@ -328,25 +341,39 @@ impl Replica {
     }
 
     /// The result of an active health check; returns the ejection length when it ejected.
-    pub fn record_health_check(&self, serving: bool, now: Instant) -> Option<Duration> {
+    /// NOT_SERVING takes the replica out of rotation without an ejection (a worker says it when
+    /// it starts to drain); so does a failed check after it, when the drained worker is gone.
+    pub fn record_health_check(&self, check: HealthCheck, now: Instant) -> Option<Duration> {
         let mut health = lock(&self.health);
-        match (serving, health.is_ejected(now)) {
-            (true, true) => {
-                health.readmit();
+        match check {
+            HealthCheck::Serving => {
+                self.draining.store(false, Ordering::Relaxed);
+                if health.is_ejected(now) {
+                    health.readmit();
+                }
                 None
             }
-            (false, false) => {
+            HealthCheck::NotServing => {
+                self.draining.store(true, Ordering::Relaxed);
+                None
+            }
+            HealthCheck::Failed if self.is_draining() || health.is_ejected(now) => None,
+            HealthCheck::Failed => {
                 self.ejections.fetch_add(1, Ordering::Relaxed);
                 Some(health.eject(now, &self.health_params))
             }
-            _ => None,
         }
+    }
+
+    /// Said NOT_SERVING at its last health check.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// May receive traffic: a registered replica while its lease holds, any replica while it
     /// is not ejected.
     pub fn is_available(&self, now: Instant) -> bool {
-        !self.lease_expired(now) && !lock(&self.health).is_ejected(now)
+        !self.lease_expired(now) && !self.is_draining() && !lock(&self.health).is_ejected(now)
     }
 
     /// A registered replica whose lease ran out (ejected replicas stay: they come back).
@@ -377,7 +404,7 @@ impl Replica {
             in_flight: self.in_flight().saturating_add(queued),
             limit: self.limit(),
             rtt,
-            available: !self.lease_expired(now) && !ejected,
+            available: !self.lease_expired(now) && !ejected && !self.is_draining(),
         }
     }
 
@@ -400,6 +427,8 @@ impl Replica {
         );
         let ejections = self.ejections.load(Ordering::Relaxed) as f64;
         out.sample("l2d_replica_ejections_total", labels, ejections);
+        let draining = if self.is_draining() { 1.0 } else { 0.0 };
+        out.sample("l2d_replica_draining", labels, draining);
     }
 
     fn state(&self, now: Instant, declared: &Capabilities) -> ReplicaState {
@@ -997,6 +1026,7 @@ impl Registry {
             refused: AtomicU64::new(0),
             capabilities: ArcSwap::from_pointee(Capabilities::default()),
             description: AtomicU8::new(NOT_ASKED),
+            draining: AtomicBool::new(false),
         };
         let replica = Arc::new(replica);
         self.replicas.insert(key, replica.clone());
@@ -1287,10 +1317,14 @@ mod tests {
         // Ejected is not gone: the reaper only removes lapsed leases.
         assert!(reg.reap_expired(t0).is_empty());
         assert_eq!(reg.snapshot().experts[0].replicas.len(), 1);
-        assert_eq!(replica.record_health_check(true, t0), None);
+        assert_eq!(replica.record_health_check(HealthCheck::Serving, t0), None);
         assert!(replica.is_available(t0));
         // A failed check ejects at once.
-        assert!(replica.record_health_check(false, t0).is_some());
+        assert!(
+            replica
+                .record_health_check(HealthCheck::Failed, t0)
+                .is_some()
+        );
         assert!(!replica.is_available(t0));
     }
 
