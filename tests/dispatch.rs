@@ -128,6 +128,18 @@ async fn a_short_deadline_ends_with_deadline_exceeded_and_frees_the_experts_slot
     // The expert would take an hour: returning at all means the deadline ended the call.
     let status = client.ask(ask).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // And it was the scheduler that ended it, before the caller's own timer: its status names
+    // the request and says how far it got.
+    assert!(
+        status.metadata().get("x-request-id").is_some(),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .starts_with("deadline passed after 1 expert call"),
+        "{status:?}"
+    );
 
     // The expert's own slot is freed (the scheduler cancelled the call), and so is the
     // scheduler's.

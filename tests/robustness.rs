@@ -101,12 +101,22 @@ proptest! {
 
     #[test]
     fn the_labels_reader_returns_an_error_for_any_text(
-        header in prop::sample::select(&["", "{\"format\":\"l2d-labels/1\"}\n", "{\"format\":\"l2d-labels/1\",\"experts\":[]}\n"][..]),
-        text in ".{0,300}",
+        header in prop::sample::select(&[
+            "",
+            "{\"format\":\"l2d-labels/1\"}\n",
+            "{\"format\":\"l2d-labels/1\",\"experts\":[]}\n",
+            "{\"format\":\"l2d-labels/1\",\"data\":\"d.json\",\"metric\":\"v1.1\",\"experts\":[]}\n",
+        ][..]),
+        text in prop_oneof![Just(String::new()), Just("\n".to_owned()), ".{0,300}"],
     ) {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), format!("{header}{text}")).unwrap();
-        let _ = l2d::train::labels::Labels::read(file.path());
+        // None of these is a labels file: a header without experts, or a line that is not a
+        // record. The error names the file.
+        let error = l2d::train::labels::Labels::read(file.path())
+            .expect_err("a labels file needs experts and records of them");
+        let message = format!("{error:#}");
+        prop_assert!(message.contains(&file.path().display().to_string()), "{}", message);
     }
 }
 

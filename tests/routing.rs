@@ -288,8 +288,14 @@ async fn a_deadline_shorter_than_the_expert_ends_with_deadline_exceeded() {
         .await
         .unwrap_err();
     // Not the expert's answer (it comes after 2 s), nor tonic's CANCELLED: the scheduler's own
-    // DEADLINE_EXCEEDED, sent before the caller's deadline.
+    // DEADLINE_EXCEEDED, sent before the caller's deadline (the client's own timer would give
+    // "deadline passed before the answer arrived", without the request id).
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.metadata().get("x-request-id").is_some(), "{err:?}");
+    assert!(
+        err.message().starts_with("deadline passed after"),
+        "{err:?}"
+    );
     // The scheduler's slot for the call is freed with it.
     let mut pool = PoolClient::new(node.channel().await);
     let listed = pool

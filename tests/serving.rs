@@ -234,3 +234,46 @@ async fn invalid_utf8_and_garbage_at_the_wire_get_a_status_and_the_server_keeps_
     let ask = Ask::new(SB_AFC, SB_CONTEXT).id("sb-afc");
     assert_eq!(router.ask(ask).await.unwrap().text, "Denver Broncos");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_resource_exhausted_on_every_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_file(dir.path(), &replay_pair(None, None));
+    let (node, _scheduler, _local) =
+        spawn_scheduler(SchedulerConfig::default(), Some(&pool), 0.1).await;
+    let expert = spawn_replay_expert("cheap", 1.0, "cheap-predictions.json", None).await;
+    // 6 MB: over the query-sized limit of both (and tonic's own 4 MiB default).
+    let huge = "x".repeat(6 << 20);
+    let mut router = l2d::pb::router_client::RouterClient::new(node.channel().await);
+    let refused = router
+        .ask(l2d::pb::AskRequest {
+            question: "Who?".into(),
+            context: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let mut worker = l2d::pb::expert_client::ExpertClient::new(expert.channel().await);
+    let refused_by_expert = worker
+        .answer(answer_request("Who?", &huge, None))
+        .await
+        .unwrap_err();
+    for status in [&refused, &refused_by_expert] {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().starts_with("the request message of 6291")
+                && status.message().contains("over this server's limit of"),
+            "{status:?}"
+        );
+    }
+    // Both keep serving.
+    let mut client = RouterClient::from_channel(node.channel().await);
+    client
+        .ask(Ask::new(SB_AFC, SB_CONTEXT).id("sb-afc"))
+        .await
+        .unwrap();
+    worker
+        .answer(answer_request(SB_AFC, SB_CONTEXT, Some("sb-afc")))
+        .await
+        .unwrap();
+}

@@ -107,15 +107,25 @@ def main():
     expect_code("an id no expert knows is NOT_FOUND", lambda: ask(id="no-such-question"), grpc.StatusCode.NOT_FOUND)
     expect_code("a question over the size limit is INVALID_ARGUMENT", lambda: ask(question="x" * 10_000),
                 grpc.StatusCode.INVALID_ARGUMENT)
-    # Refused from the length prefix, before the body is read (tonic's code for it: OUT_OF_RANGE).
-    expect_code("a message over the query-sized limit (264 KiB) is OUT_OF_RANGE", lambda: ask(context="x" * (5 << 20)),
-                grpc.StatusCode.OUT_OF_RANGE)
+    # Refused from the length prefix, before the body is read.
+    expect_code("a message over the query-sized limit (264 KiB) is RESOURCE_EXHAUSTED",
+                lambda: ask(context="x" * (5 << 20)), grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     if args.slow_router:
         slow = router_pb2_grpc.RouterStub(grpc.insecure_channel(args.slow_router))
         request = router_pb2.AskRequest(question=args.question, context=args.context, id=args.id)
-        expect_code("a deadline shorter than the expert is DEADLINE_EXCEEDED",
-                    lambda: slow.Ask(request, timeout=0.3), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The scheduler's own DEADLINE_EXCEEDED, sent before the caller's deadline: it carries the
+        # request id and says so. A client whose own timer fired (a scheduler ignoring
+        # grpc-timeout) would get "Deadline Exceeded" with neither.
+        try:
+            slow.Ask(request, timeout=0.3)
+            check("a deadline shorter than the expert is DEADLINE_EXCEEDED", False, "(the call succeeded)")
+        except grpc.RpcError as e:
+            sent = dict(e.trailing_metadata() or ()).get("x-request-id")
+            check("a deadline shorter than the expert is the scheduler's DEADLINE_EXCEEDED",
+                  e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and bool(sent)
+                  and e.details().startswith("deadline passed after"),
+                  f"(got {e.code().name}: {e.details()!r}, request id {sent!r})")
     print("conformance: every check passed")
 
 

@@ -71,6 +71,11 @@ impl Ask {
         self.timeout = Some(timeout);
         self
     }
+
+    /// The deadline sent with the call, if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.timeout
+    }
 }
 
 /// A cheaply cloneable client of a scheduler's `Router` service.

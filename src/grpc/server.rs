@@ -438,16 +438,18 @@ struct Guarded<S> {
 type BoxedResponse<R, E> =
     Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send + 'static>>;
 
-impl<S, R> tower::Service<http::Request<tonic::body::Body>> for Guarded<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Guarded<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: Default + Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxedResponse<R, S::Error>;
+    type Future = BoxedResponse<tonic::body::Body, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -493,9 +495,84 @@ where
         Box::pin(async move {
             let response = call.await;
             drop(permit);
-            response
+            response.map(|response| {
+                over_limit_is_exhausted(response)
+                    .map(|body| tonic::body::Body::new(OverLimitTrailers { inner: body }))
+            })
         })
     }
+}
+
+/// tonic refuses a request message over the decoding limit with OUT_OF_RANGE; gRPC's status
+/// code guide says RESOURCE_EXHAUSTED for a message over a size limit. The refusal is a
+/// trailers-only response, so its status is in the headers, rewritten here (a client may not
+/// retry it as it is: the limit does not change).
+fn over_limit_is_exhausted<R>(mut response: http::Response<R>) -> http::Response<R> {
+    rewrite_over_limit(response.headers_mut());
+    response
+}
+
+/// The same rewrite on a status in trailers (tonic's unary handler reports a decoding error
+/// there, after the response headers).
+struct OverLimitTrailers {
+    inner: tonic::body::Body,
+}
+
+impl http_body::Body for OverLimitTrailers {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        rewrite_over_limit(&mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn rewrite_over_limit(headers: &mut http::HeaderMap) {
+    const TONIC: &str = "Error, decoded message length too large: ";
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return;
+    }
+    let Some(detail) = status.message().strip_prefix(TONIC) else {
+        return;
+    };
+    // "found N bytes, the limit is: M bytes"
+    let numbers: Vec<&str> = detail
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = match numbers[..] {
+        [found, limit] => format!(
+            "the request message of {found} bytes is over this server's limit of {limit} bytes"
+        ),
+        _ => format!("the request message is over this server's size limit ({detail})"),
+    };
+    let _ = Status::resource_exhausted(message).add_header(headers);
 }
 
 /// A request body that must end within a time from the request's headers: a client that

@@ -114,15 +114,22 @@ pub fn retry_after(status: &Status) -> Option<std::time::Duration> {
     status.get_details_retry_info()?.retry_delay
 }
 
-/// A client's view of a call it gave a deadline: tonic's client enforces that deadline itself
-/// and reports it as CANCELLED "Timeout expired" when it fires before the server's answer
-/// arrives; that is the deadline's, DEADLINE_EXCEEDED, as gRPC specifies for clients.
+/// A client's view of a call's failure, in the codes gRPC specifies for clients. tonic's client
+/// enforces a deadline itself and reports it as CANCELLED "Timeout expired" when it fires before
+/// the server's answer arrives: that is DEADLINE_EXCEEDED. A connection that fails under the call
+/// is UNAVAILABLE.
 pub fn client_deadline(status: Status) -> Status {
     if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
-        Status::deadline_exceeded("deadline passed before the answer arrived")
-    } else {
-        status
+        return Status::deadline_exceeded("deadline passed before the answer arrived");
     }
+    // The connection failed under the call (the server died, a reset): the client library
+    // reports it as CANCELLED or UNKNOWN with the transport's error as its source, where the
+    // status-code guide says UNAVAILABLE. A status the server sent has no such source.
+    let transport = std::error::Error::source(&status).is_some();
+    if transport && matches!(status.code(), Code::Cancelled | Code::Unknown) {
+        return Status::unavailable(format!("the connection failed: {}", status.message()));
+    }
+    status
 }
 
 /// What a status code from an expert call says happened, in the domain's words (the rules for
@@ -249,10 +256,27 @@ mod tests {
         assert!(!failure_of(Code::InvalidArgument).worth_another_try());
         let local = client_deadline(Status::cancelled("Timeout expired"));
         assert_eq!(local.code(), Code::DeadlineExceeded);
+        // A CANCELLED or UNKNOWN the server sent stays; the same codes made by the client
+        // library from a failed connection (the transport's error as source) are UNAVAILABLE.
         assert_eq!(
             client_deadline(Status::cancelled("other")).code(),
             Code::Cancelled
         );
+        assert_eq!(client_deadline(Status::unknown("x")).code(), Code::Unknown);
+        let reset = || {
+            std::sync::Arc::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ))
+        };
+        for code in [Code::Cancelled, Code::Unknown] {
+            let mut lost = Status::new(code, "operation was canceled");
+            lost.set_source(reset());
+            assert_eq!(client_deadline(lost).code(), Code::Unavailable, "{code:?}");
+        }
+        let mut refused = Status::invalid_argument("bad");
+        refused.set_source(reset());
+        assert_eq!(client_deadline(refused).code(), Code::InvalidArgument);
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
     }
 

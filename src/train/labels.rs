@@ -232,6 +232,11 @@ impl Labels {
             path.display(),
             header.format
         );
+        anyhow::ensure!(
+            !header.experts.is_empty(),
+            "labels file {}: the header names no experts",
+            path.display()
+        );
         let mut records = Vec::new();
         for (i, line) in lines.enumerate() {
             let line = line?;

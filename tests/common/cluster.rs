@@ -107,12 +107,20 @@ pub fn questions_both_answer() -> Vec<(String, String, String)> {
 /// The message of a request that got neither an answer nor a status in time.
 pub const LOST: &str = "lost: no answer and no status within the deadline and 5 s more";
 
-/// One ask, with a hang guard past its deadline: a request that outlives it is *lost*.
+/// How long past its deadline a request may go without an answer or a status before it counts
+/// as lost (RELIABILITY.md).
+pub const LOST_MARGIN: Duration = Duration::from_secs(5);
+
+/// One ask, with a hang guard of its deadline plus [`LOST_MARGIN`]: a request that outlives it
+/// is *lost*. Every drill's ask has a deadline.
 pub async fn ask_or_lost(
     client: &mut RouterClient,
     ask: Ask,
 ) -> Result<pb::AskResponse, tonic::Status> {
-    let limit = Duration::from_secs(15);
+    let deadline = ask
+        .deadline()
+        .expect("a drill's ask has a deadline (lost is counted from it)");
+    let limit = deadline + LOST_MARGIN;
     match tokio::time::timeout(limit, client.ask(ask)).await {
         Ok(result) => result,
         Err(_) => Err(tonic::Status::unknown(LOST)),
