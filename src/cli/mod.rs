@@ -119,6 +119,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..SchedulerConfig::default()
                 },
             };
+            let mut options = options;
+            if let Some(points) = args.wait_price {
+                anyhow::ensure!(
+                    points.is_finite() && points >= 0.0,
+                    "--wait-price must be a finite number of accuracy points per second, at least 0, got {points}"
+                );
+                // Accuracy points per second, in score units (a point is 0.01).
+                options.scheduler.wait_price = points / 100.0;
+            }
             let result = crate::demo::demo(&pool, &policy, &data, &options).await?;
             print!("{}", crate::demo::demo_table(&result));
             Ok(())

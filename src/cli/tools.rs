@@ -33,6 +33,11 @@ pub struct DemoArgs {
     /// Live cost target (see `l2d scheduler --target-cost`).
     #[arg(long)]
     pub target_cost: Option<f64>,
+    /// Accuracy points one second of expected waiting is worth (see `l2d scheduler
+    /// --wait-price`); the offline row prices waiting the same way. 0 compares the decisions
+    /// alone: the live row then equals the offline one.
+    #[arg(long, allow_negative_numbers = true)]
+    pub wait_price: Option<f64>,
 }
 
 #[derive(Debug, Args)]
