@@ -74,11 +74,15 @@ proptest! {
         noise in ".{0,40}",
     ) {
         let text = pieces.concat() + &noise;
-        if let Ok(pool) = PoolFile::parse(&text, Path::new("fuzz.toml")) {
-            for e in &pool.experts {
-                prop_assert!(e.cost.is_finite() && e.cost > 0.0);
-                prop_assert!(!e.id.is_empty());
+        match PoolFile::parse(&text, Path::new("fuzz.toml")) {
+            Ok(pool) => {
+                for e in &pool.experts {
+                    prop_assert!(e.cost.is_finite() && e.cost > 0.0);
+                    prop_assert!(!e.id.is_empty());
+                }
             }
+            // A refusal names the file, so the operator knows which one to fix.
+            Err(e) => prop_assert!(e.to_string().contains("fuzz.toml"), "{}", e),
         }
     }
 
@@ -96,7 +100,23 @@ proptest! {
         let at = at % bytes.len();
         bytes[at] = byte & 0x7f;
         let damaged = String::from_utf8(bytes).unwrap();
-        let _ = PolicyFile::parse(&damaged);
+        // A damaged file either is refused, or (a weight changed, say) is a policy that can be
+        // served: every score it gives is a number or none.
+        if let Ok(file) = PolicyFile::parse(&damaged) {
+            use l2d::core::policy::{ExpertMeta, Policy};
+            let policy = l2d::core::learned::LearnedPolicy::new(file, None, "damaged");
+            let experts: Vec<ExpertMeta<'_>> = policy
+                .file()
+                .experts
+                .iter()
+                .map(|a| ExpertMeta { id: &a.id, cost: a.cost })
+                .collect();
+            let query = Query::new("Who won?", "The Broncos won.", None, &QueryLimits::default()).unwrap();
+            let mut scores = Vec::new();
+            policy.score(policy.default_position(), &query, &[], &experts, &mut scores);
+            prop_assert_eq!(scores.len(), experts.len());
+            prop_assert!(scores.iter().flatten().all(|s| s.is_finite()), "{:?}", scores);
+        }
     }
 
     #[test]
