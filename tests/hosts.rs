@@ -68,7 +68,13 @@ impl Hosts {
             return None;
         }
         let mut hosts = Self {
-            prefix: format!("l2d{}", std::process::id()),
+            prefix: {
+                // Unique per harness: tests of this file run at once, in one process.
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("l2d{}x{n}", std::process::id())
+            },
             hosts: Vec::new(),
             children: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
@@ -173,6 +179,22 @@ impl Hosts {
         }
     }
 
+    /// The DNS server's process (the first one spawned).
+    fn dns_pid(&self) -> String {
+        self.children[0].id().to_string()
+    }
+
+    /// Makes the DNS server read its hosts file again.
+    fn reload_dns(&self) {
+        run("kill", &["-HUP", &self.dns_pid()]).unwrap();
+    }
+
+    /// Stops the DNS server: names no longer resolve.
+    fn stop_dns(&mut self) {
+        let _ = self.children[0].kill();
+        let _ = self.children[0].wait();
+    }
+
     /// Drops every packet to and from `host`: no reset, no answer.
     fn blackhole(&self, host: &str) {
         let rules = "table inet l2dblackhole {\n\
@@ -257,12 +279,10 @@ fn wait_for(hosts: &Hosts, log: &str, what: &str) {
     }
 }
 
-#[test]
-fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_partition_heals() {
-    let Some(mut hosts) = Hosts::new(&["scheduler", "e1", "e2", "client"]) else {
-        return;
-    };
-    hosts.serve_dns("l2d-expert-strong", &["e1", "e2"]);
+/// The pool, the expert's replicas on `replicas` and the scheduler on host `scheduler`, with
+/// the expert's name answered by the DNS server. Returns the scheduler's address.
+fn start_pool(hosts: &mut Hosts, replicas: &[&str]) -> String {
+    hosts.serve_dns("l2d-expert-strong", &replicas[..2.min(replicas.len())]);
     let pool = hosts.dir.path().join("pool.toml");
     std::fs::write(
         &pool,
@@ -275,7 +295,7 @@ fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_p
     )
     .unwrap();
     let pool = pool.to_str().unwrap().to_owned();
-    for host in ["e1", "e2"] {
+    for host in replicas {
         let args = [
             "expert",
             "--pool",
@@ -286,11 +306,10 @@ fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_p
             "0.0.0.0:50061",
         ];
         hosts.spawn(host, L2D, &args, &format!("{host}.log"));
+        wait_for(hosts, &format!("{host}.log"), "expert serving");
     }
-    wait_for(&hosts, "e1.log", "expert serving");
-    wait_for(&hosts, "e2.log", "expert serving");
-    // A try timeout of 1 s and health checks every second: a silent replica costs one slow
-    // try per query in flight, then is ejected.
+    // Names resolved and health checked every second; an expert call gets at most 1 s, so a
+    // silent replica costs one slow try per query in flight, then is ejected.
     let scheduler_args = [
         "scheduler",
         "--listen",
@@ -307,18 +326,24 @@ fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_p
         "1s",
     ];
     hosts.spawn("scheduler", L2D, &scheduler_args, "scheduler.log");
-    wait_for(&hosts, "scheduler.log", "scheduler serving");
-    let router = format!("{}:50051", hosts.address("scheduler"));
+    wait_for(hosts, "scheduler.log", "scheduler serving");
+    format!("{}:50051", hosts.address("scheduler"))
+}
+
+/// Starts `l2d load` on host `client` for `seconds` (4 calls in flight, 3 s deadlines); returns
+/// the index of its process and where its JSON report goes.
+fn start_load(hosts: &mut Hosts, router: &str, seconds: u32) -> (usize, std::path::PathBuf) {
     let data = fixture("mini-squad.json");
     let report = hosts.dir.path().join("load.json");
+    let duration = format!("{seconds}s");
     let load_args = [
         "load",
         "--router",
-        &router,
+        router,
         "--data",
         data.to_str().unwrap(),
         "--duration",
-        "12s",
+        &duration,
         "--warmup",
         "0s",
         "--concurrency",
@@ -329,6 +354,49 @@ fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_p
         report.to_str().unwrap(),
     ];
     hosts.spawn("client", L2D, &load_args, "load.log");
+    (hosts.children.len() - 1, report)
+}
+
+/// Waits for the load to end and returns its report, checking that every query was answered:
+/// none failed, none lost past its deadline.
+fn finish_load(
+    hosts: &mut Hosts,
+    (child, report): (usize, std::path::PathBuf),
+) -> serde_json::Value {
+    let status = hosts.children[child].wait().unwrap();
+    assert!(status.success(), "{}", hosts.log("load.log"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["count"], report["status_codes"]["OK"], "{report}");
+    assert!(report["count"].as_u64().unwrap() > 100, "{report}");
+    report
+}
+
+/// Polls `l2d pool status` from the client's host until `done` holds (hang guard: 30 s).
+fn wait_for_pool(hosts: &Hosts, router: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let table = pool_status(hosts, "client", router);
+        if done(&table) {
+            return table;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gave up waiting for {what}:\n{table}\n{}",
+            hosts.log("scheduler.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_partition_heals() {
+    let Some(mut hosts) = Hosts::new(&["scheduler", "e1", "e2", "client"]) else {
+        return;
+    };
+    let router = start_pool(&mut hosts, &["e1", "e2"]);
+    let load = start_load(&mut hosts, &router, 12);
     // Under load: cut e1 off, then let it back.
     std::thread::sleep(Duration::from_secs(3));
     hosts.blackhole("e1");
@@ -337,15 +405,7 @@ fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_p
     let ejected_after = cut.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     hosts.heal("e1");
-    let load = hosts.children.len() - 1;
-    let status = hosts.children[load].wait().unwrap();
-    assert!(status.success(), "{}", hosts.log("load.log"));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    // Every query answered: none failed, none lost past its deadline.
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["count"], report["status_codes"]["OK"], "{report}");
-    assert!(report["count"].as_u64().unwrap() > 100, "{report}");
+    let report = finish_load(&mut hosts, load);
     eprintln!(
         "RELIABILITY | replica host blackholed (nftables drop) 3 s mid-load, then healed | {} | {} | 0 | 0 | p99 {} ms, ejected {:.1} s after the cut",
         report["count"],
@@ -355,22 +415,55 @@ fn a_blackholed_replica_is_ejected_without_losing_a_query_and_returns_when_the_p
     );
     // Healed, it comes back into service: a health check passes and it is ready again.
     let e1 = format!("{}:50061", hosts.address("e1"));
-    let start = Instant::now();
-    loop {
-        let table = pool_status(&hosts, "client", &router);
-        let row = table
+    wait_for_pool(&hosts, &router, "e1 ready again", |table| {
+        table
             .lines()
-            .find(|l| l.contains(&e1))
-            .unwrap_or_default()
-            .to_owned();
-        if row.contains(" ready ") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "e1 never came back:\n{table}\n{}",
-            hosts.log("scheduler.log")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .any(|l| l.contains(&e1) && l.contains(" ready "))
+    });
+}
+
+#[test]
+fn a_replica_moved_in_dns_is_followed_and_a_dead_dns_server_keeps_the_last_answer() {
+    let Some(mut hosts) = Hosts::new(&["scheduler", "e1", "e2", "e3", "client"]) else {
+        return;
+    };
+    // DNS answers e1 and e2; e3 runs, unnamed.
+    let router = start_pool(&mut hosts, &["e1", "e2", "e3"]);
+    let (e1, e3) = (
+        format!("{}:50061", hosts.address("e1")),
+        format!("{}:50061", hosts.address("e3")),
+    );
+    let load = start_load(&mut hosts, &router, 12);
+    std::thread::sleep(Duration::from_secs(2));
+    // The replica moves: the name now answers e2 and e3.
+    hosts.set_dns("l2d-expert-strong", &["e2", "e3"]);
+    hosts.reload_dns();
+    let moved = Instant::now();
+    let table = wait_for_pool(&hosts, &router, "e3 in and e1 out", |table| {
+        table.contains(&e3) && !table.contains(&e1)
+    });
+    let followed_after = moved.elapsed();
+    // The DNS server dies: the last answer stands, both replicas stay.
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.stop_dns();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = pool_status(&hosts, "client", &router);
+    let report = finish_load(&mut hosts, load);
+    let rows = |t: &str| t.lines().filter(|l| l.starts_with("strong")).count();
+    assert_eq!(rows(&after), 2, "{after}");
+    assert!(
+        after.contains(&e3) && !after.contains(&e1),
+        "{after}\n{table}"
+    );
+    // The new replica took traffic (its ANSWERED column is not 0).
+    let e3_row = after.lines().find(|l| l.contains(&e3)).unwrap();
+    let answered: u64 = e3_row.split_whitespace().nth(9).unwrap().parse().unwrap();
+    assert!(answered > 0, "{after}");
+    eprintln!(
+        "RELIABILITY | replica moved in DNS, then the DNS server stopped, mid-load | {} | {} | 0 | 0 | p99 {} ms, followed {:.1} s after the change",
+        report["count"],
+        report["status_codes"]["OK"],
+        report["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN) / 1e3,
+        followed_after.as_secs_f64()
+    );
 }
