@@ -79,6 +79,9 @@ impl Hosts {
             children: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         };
+        // dnsmasq reads its hosts file as nobody.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(hosts.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let sw = hosts.ns("sw");
         run("ip", &["netns", "add", &sw]).unwrap();
         hosts.hosts.push("sw".into());
@@ -160,6 +163,7 @@ impl Hosts {
             "dnsmasq",
             &[
                 "--keep-in-foreground",
+                "--log-facility=-",
                 "--no-resolv",
                 "--no-hosts",
                 "--bind-interfaces",
