@@ -15,6 +15,7 @@ async fn main() -> std::process::ExitCode {
     // Logs go to stderr; RUST_LOG overrides the default level.
     let default_level = match cli.command {
         l2d::cli::Command::Ask(_)
+        | l2d::cli::Command::Health(_)
         | l2d::cli::Command::Pool { .. }
         | l2d::cli::Command::Score(_)
         | l2d::cli::Command::ExpertsReport(_)

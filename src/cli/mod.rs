@@ -50,6 +50,9 @@ pub enum Command {
     Expert(ExpertArgs),
     /// Ask a scheduler one question.
     Ask(AskArgs),
+    /// Check a node's gRPC health (`grpc.health.v1.Health/Check`), as a kubelet gRPC probe
+    /// does: exits 0 when SERVING, 1 otherwise.
+    Health(HealthArgs),
     /// Run every expert of a pool over a data set through gRPC: EM, F1, latency, cost.
     ExpertsReport(ExpertsReportArgs),
     /// Label a data set: run every expert of a pool on every question, through gRPC.
@@ -182,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExpertsReport(args) => experts_report(args).await,
         Command::Label(args) => label(args).await,
         Command::Train(args) => train(args),
+        Command::Health(args) => health(&args).await,
         Command::Cv(args) => cv(args),
         Command::Eval(args) => eval(args),
         Command::Pool {
@@ -193,4 +197,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => pool_status(&router, json, &client).await,
     }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// The node, host:port (plaintext, as kubelet probes speak).
+    #[arg(long)]
+    pub address: String,
+    /// The service to ask about; empty (the default) for the server as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+async fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.address))
+        .map_err(|e| anyhow::anyhow!("--address {}: {e}", args.address))?
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout)
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", args.address))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", crate::grpc::status::code_name(s.code()), s.message()))?;
+    let status = ServingStatus::try_from(reply.into_inner().status)
+        .map_or_else(|_| "UNKNOWN".to_owned(), |s| s.as_str_name().to_owned());
+    let what = if args.service.is_empty() { "(server)" } else { &args.service };
+    println!("{what}: {status}");
+    anyhow::ensure!(status == "SERVING", "{what} is {status} at {}", args.address);
+    Ok(())
 }
