@@ -1,8 +1,10 @@
-//! Failures of the network between hosts. Each node runs in its own network namespace (a
-//! "host") with a private address on a bridge, and a real DNS server (dnsmasq) answers the
-//! expert's Service name with its replicas' addresses. A replica's host is then blackholed with
-//! nftables (packets dropped, no reset, as when a node dies or a partition cuts it off) while
-//! the load generator, on its own host, keeps asking.
+//! Failures of the network between hosts, and the Kubernetes manifests run as processes. Each
+//! node runs in its own network namespace (a "host") with a private address on a bridge, and a
+//! real DNS server (dnsmasq) answers Service names with their pods' addresses. The drills
+//! blackhole a replica's host with nftables (packets dropped, no reset, as when a node dies or a
+//! partition cuts it off), move a replica in DNS and stop the DNS server, while the load
+//! generator, on its own host, keeps asking. The manifests test runs every pod of the rendered
+//! prod overlay as its container would run: args, env, mounted files, read-only root, user.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `dnsmasq`; skipped without them unless
 //! `L2D_REQUIRE_NETNS=1` (which `.ci/run` sets). Every namespace is the test's own, made and
@@ -152,6 +154,16 @@ impl Hosts {
     /// The DNS server on host `dns`, answering `name` with these hosts' addresses.
     fn serve_dns(&mut self, name: &str, hosts: &[&str]) {
         self.set_dns(name, hosts);
+        self.start_dns();
+    }
+
+    /// The DNS server on host `dns`, answering each name with its hosts' addresses.
+    fn serve_dns_names(&mut self, names: &[(String, Vec<String>)]) {
+        self.set_dns_names(names);
+        self.start_dns();
+    }
+
+    fn start_dns(&mut self) {
         let listen = format!("--listen-address={SUBNET}.2");
         let file = format!("--addn-hosts={}", self.dir.path().join("hosts").display());
         let pid = format!(
@@ -180,6 +192,16 @@ impl Hosts {
         let mut file = std::fs::File::create(self.dir.path().join("hosts")).unwrap();
         for host in hosts {
             writeln!(file, "{} {name}", self.address(host)).unwrap();
+        }
+    }
+
+    /// Several names at once: each with the hosts it answers.
+    fn set_dns_names(&self, names: &[(String, Vec<String>)]) {
+        let mut file = std::fs::File::create(self.dir.path().join("hosts")).unwrap();
+        for (name, hosts) in names {
+            for host in hosts {
+                writeln!(file, "{} {name}", self.address(host)).unwrap();
+            }
         }
     }
 
@@ -469,5 +491,405 @@ fn a_replica_moved_in_dns_is_followed_and_a_dead_dns_server_keeps_the_last_answe
         report["status_codes"]["OK"],
         report["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN) / 1e3,
         followed_after.as_secs_f64()
+    );
+}
+
+// ---- The Kubernetes manifests as processes -------------------------------------------------
+
+/// The prod overlay, rendered (`None` without kubectl, unless it is required).
+fn render_prod() -> Option<Vec<serde_yaml_ng::Value>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/overlays/prod");
+    let out = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var("L2D_REQUIRE_KUBECTL").is_err(),
+                "kubectl is required: {e}"
+            );
+            eprintln!("skipped: no kubectl ({e})");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    Some(
+        serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+            .collect(),
+    )
+}
+
+fn text(v: &serde_yaml_ng::Value) -> String {
+    match v {
+        serde_yaml_ng::Value::String(s) => s.clone(),
+        serde_yaml_ng::Value::Number(n) => n.to_string(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+/// One pod to run: where, as whom, what, with which files.
+struct Pod {
+    host: String,
+    service: String,
+    template: serde_yaml_ng::Value,
+}
+
+/// A CA, the scheduler's certificate for its Service names, and the pool token: the Secrets the
+/// prod overlay expects (docs/deploy.md#secrets-of-the-prod-overlay).
+fn secrets() -> std::collections::HashMap<String, Vec<(String, Vec<u8>)>> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "l2d drill CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec![
+        "l2d-scheduler".to_owned(),
+        "l2d-scheduler.l2d.svc".to_owned(),
+    ])
+    .unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "l2d-scheduler");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let mut out = std::collections::HashMap::new();
+    out.insert(
+        "l2d-scheduler-tls".to_owned(),
+        vec![
+            ("tls.crt".to_owned(), cert.pem().into_bytes()),
+            ("tls.key".to_owned(), key.serialize_pem().into_bytes()),
+            ("ca.crt".to_owned(), ca_cert.pem().into_bytes()),
+        ],
+    );
+    out.insert(
+        "l2d-pool-token".to_owned(),
+        vec![("token".to_owned(), b"drill-token-0123456789abcdef".to_vec())],
+    );
+    out
+}
+
+/// Writes the files of `template`'s volumes under `stage`, returns the shell lines that put them
+/// where the container mounts them (inside the pod's own mount namespace), read-only.
+fn stage_volumes(
+    template: &serde_yaml_ng::Value,
+    objects: &[serde_yaml_ng::Value],
+    secrets: &std::collections::HashMap<String, Vec<(String, Vec<u8>)>>,
+    stage: &std::path::Path,
+) -> Vec<String> {
+    let spec = &template["spec"];
+    let container = &spec["containers"][0];
+    let group = spec["securityContext"]["fsGroup"].as_u64();
+    let mut lines = Vec::new();
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    for mount in &mounts {
+        let path = text(&mount["mountPath"]);
+        assert!(
+            path.starts_with("/etc/l2d/"),
+            "{path}: the drill mounts volumes under /etc/l2d only"
+        );
+        let volume = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let mut files: Vec<(String, Vec<u8>)> =
+            if let Some(name) = volume["configMap"]["name"].as_str() {
+                let map = objects
+                    .iter()
+                    .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name)
+                    .unwrap_or_else(|| panic!("no ConfigMap {name}"));
+                map["data"]
+                    .as_mapping()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (text(k), text(v).into_bytes()))
+                    .collect()
+            } else {
+                let name = text(&volume["secret"]["secretName"]);
+                secrets[&name].clone()
+            };
+        let source = if volume["configMap"].is_mapping() {
+            &volume["configMap"]
+        } else {
+            &volume["secret"]
+        };
+        if let Some(items) = source["items"].as_sequence() {
+            files = items
+                .iter()
+                .map(|item| {
+                    let key = text(&item["key"]);
+                    let content = files.iter().find(|(k, _)| *k == key).unwrap().1.clone();
+                    (text(&item["path"]), content)
+                })
+                .collect();
+        }
+        let dir = stage.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in &files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        let mode = source["defaultMode"].as_u64().unwrap_or(0o644);
+        lines.push(format!(
+            "mkdir -p {path} && cp -r {}/. {path}/",
+            dir.display()
+        ));
+        lines.push(format!("chmod {mode:o} {path}/*"));
+        if let Some(group) = group {
+            lines.push(format!("chgrp {group} {path}/*"));
+        }
+    }
+    lines
+}
+
+impl Hosts {
+    /// Runs a pod's container on `host` as its manifest says: its args and env, its volumes'
+    /// files where it mounts them, the image's files (this repository) at /usr/share/l2d, a
+    /// read-only root, its user and group.
+    fn spawn_pod(
+        &mut self,
+        pod: &Pod,
+        objects: &[serde_yaml_ng::Value],
+        secrets: &std::collections::HashMap<String, Vec<(String, Vec<u8>)>>,
+        log: &str,
+    ) {
+        let spec = &pod.template["spec"];
+        let container = &spec["containers"][0];
+        let stage = self.dir.path().join("pods").join(&pod.host);
+        let mut script = vec![
+            "set -e".to_owned(),
+            "mount -t tmpfs tmpfs /etc/l2d".to_owned(),
+        ];
+        script.extend(stage_volumes(&pod.template, objects, secrets, &stage));
+        script.push("mount -o remount,ro /etc/l2d".to_owned());
+        let repo = env!("CARGO_MANIFEST_DIR");
+        script.push(format!("mount --bind {repo} /usr/share/l2d"));
+        script.push("mount -o remount,bind,ro /usr/share/l2d".to_owned());
+        if container["securityContext"]["readOnlyRootFilesystem"] == true {
+            script.push("mount -o remount,bind,ro /".to_owned());
+        }
+        let user = spec["securityContext"]["runAsUser"].as_u64().unwrap_or(0);
+        let group = spec["securityContext"]["runAsGroup"]
+            .as_u64()
+            .unwrap_or(user);
+        let mut env = Vec::new();
+        for var in container["env"].as_sequence().cloned().unwrap_or_default() {
+            let value = if var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+                pod.host.clone()
+            } else {
+                text(&var["value"])
+            };
+            env.push(format!("{}={value}", text(&var["name"])));
+        }
+        let mut groups = String::new();
+        if let Some(fs_group) = spec["securityContext"]["fsGroup"].as_u64() {
+            groups = format!("--groups {fs_group}");
+        }
+        script.push(format!(
+            "exec setpriv --reuid {user} --regid {group} {} env -i PATH=/usr/bin:/bin {} \"$@\"",
+            if groups.is_empty() {
+                "--clear-groups".to_owned()
+            } else {
+                groups
+            },
+            env.join(" ")
+        ));
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            self.ns(&pod.host),
+            "unshare".to_owned(),
+            "--mount".to_owned(),
+            "--propagation".to_owned(),
+            "private".to_owned(),
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script.join("\n"),
+            "sh".to_owned(),
+            L2D.to_owned(),
+        ];
+        args.extend(container["args"].as_sequence().unwrap().iter().map(text));
+        let out = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+    }
+}
+
+/// Creates an empty directory to mount over (inside pods' mount namespaces) if it is missing;
+/// removes it again when dropped.
+struct MountPoint(Option<std::path::PathBuf>);
+
+impl MountPoint {
+    fn new(path: &str) -> Self {
+        let path = std::path::PathBuf::from(path);
+        if path.exists() {
+            return Self(None);
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        Self(Some(path))
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_dir(path);
+        }
+    }
+}
+
+#[test]
+fn the_prod_overlay_runs_as_processes_and_its_load_test_answers_every_query() {
+    let Some(objects) = render_prod() else {
+        return;
+    };
+    // Every Deployment's pods: its autoscaler's minimum, else its replica count.
+    let mut pods = Vec::new();
+    for deployment in objects.iter().filter(|o| o["kind"] == "Deployment") {
+        let name = text(&deployment["metadata"]["name"]);
+        let count = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "HorizontalPodAutoscaler"
+                    && o["spec"]["scaleTargetRef"]["name"] == name.as_str()
+            })
+            .map_or_else(
+                || deployment["spec"]["replicas"].as_u64(),
+                |h| h["spec"]["minReplicas"].as_u64(),
+            )
+            .unwrap_or(1);
+        for i in 0..count {
+            pods.push(Pod {
+                host: format!("{name}-{i}"),
+                service: name.clone(),
+                template: deployment["spec"]["template"].clone(),
+            });
+        }
+    }
+    let mut names: Vec<String> = pods.iter().map(|p| p.host.clone()).collect();
+    names.push("load".to_owned());
+    let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+    let Some(mut hosts) = Hosts::new(&names_ref) else {
+        return;
+    };
+    let _mount_points = (
+        MountPoint::new("/etc/l2d"),
+        MountPoint::new("/usr/share/l2d"),
+    );
+    // Services as DNS names: each answers its Deployment's pods (the selector is the
+    // Deployment's own labels: tests/deploy.rs checks it), short and namespaced.
+    let namespace = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .map(|d| text(&d["metadata"]["namespace"]))
+        .unwrap();
+    let mut dns = Vec::new();
+    for service in objects.iter().filter(|o| o["kind"] == "Service") {
+        let name = text(&service["metadata"]["name"]);
+        let backing: Vec<String> = pods
+            .iter()
+            .filter(|p| p.service == name)
+            .map(|p| p.host.clone())
+            .collect();
+        assert!(
+            !backing.is_empty(),
+            "Service {name} has no Deployment of its name"
+        );
+        dns.push((name.clone(), backing.clone()));
+        dns.push((format!("{name}.{namespace}.svc"), backing));
+    }
+    hosts.serve_dns_names(&dns);
+    let secrets = secrets();
+    // Experts first, then the scheduler, as a rollout from nothing would bring them up.
+    let mut order: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.service != "l2d-scheduler")
+        .collect();
+    order.extend(pods.iter().filter(|p| p.service == "l2d-scheduler"));
+    for pod in &order {
+        hosts.spawn_pod(pod, &objects, &secrets, &format!("{}.log", pod.host));
+    }
+    // The kubelet's probes, as it runs them: startup and readiness on the named health service,
+    // liveness on the server, at the container's probe ports.
+    for pod in &pods {
+        let container = &pod.template["spec"]["containers"][0];
+        let address = hosts.address(&pod.host);
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let grpc = &container[probe]["grpc"];
+            let port = grpc["port"].as_u64().unwrap();
+            let service = grpc["service"].as_str().unwrap_or("").to_owned();
+            let target = format!("{address}:{port}");
+            let start = Instant::now();
+            loop {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &hosts.ns("load"),
+                        L2D,
+                        "health",
+                        "--address",
+                        &target,
+                        "--service",
+                        &service,
+                    ])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{} {probe} on {target} {service:?}: {}{}\n{}",
+                    pod.host,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr),
+                    hosts.log(&format!("{}.log", pod.host))
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+    // The load-test Job's command, from its own host: every query answered.
+    let job = objects.iter().find(|o| o["kind"] == "Job").unwrap();
+    let load = Pod {
+        host: "load".to_owned(),
+        service: String::new(),
+        template: job["spec"]["template"].clone(),
+    };
+    hosts.spawn_pod(&load, &objects, &secrets, "load.log");
+    let child = hosts.children.len() - 1;
+    let status = hosts.children[child].wait().unwrap();
+    let report = hosts.log("load.log");
+    assert!(status.success(), "{report}");
+    let codes: Vec<&str> = report
+        .lines()
+        .skip_while(|l| !l.starts_with("Status code distribution"))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with('['))
+        .collect();
+    assert!(
+        codes.len() == 1 && codes[0].contains("[OK]"),
+        "the load test failed queries:\n{report}"
+    );
+    eprintln!(
+        "the prod overlay as {} processes; load test: {}",
+        pods.len(),
+        codes[0].trim()
     );
 }

@@ -228,11 +228,25 @@ async fn health(args: &HealthArgs) -> anyhow::Result<()> {
             service: args.service.clone(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", crate::grpc::status::code_name(s.code()), s.message()))?;
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "{}: {}",
+                crate::grpc::status::code_name(s.code()),
+                s.message()
+            )
+        })?;
     let status = ServingStatus::try_from(reply.into_inner().status)
         .map_or_else(|_| "UNKNOWN".to_owned(), |s| s.as_str_name().to_owned());
-    let what = if args.service.is_empty() { "(server)" } else { &args.service };
+    let what = if args.service.is_empty() {
+        "(server)"
+    } else {
+        &args.service
+    };
     println!("{what}: {status}");
-    anyhow::ensure!(status == "SERVING", "{what} is {status} at {}", args.address);
+    anyhow::ensure!(
+        status == "SERVING",
+        "{what} is {status} at {}",
+        args.address
+    );
     Ok(())
 }
