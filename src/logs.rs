@@ -104,6 +104,14 @@ where
 /// One line: the event's metadata, the process's context, what `spans` adds, the event's fields.
 fn render(event: &Event<'_>, spans: impl FnOnce(&mut Map<String, Value>)) -> String {
     let meta = event.metadata();
+    let mut out = head(meta.level().as_str(), meta.target());
+    spans(&mut out);
+    event.record(&mut Fields(&mut out));
+    Value::Object(out).to_string()
+}
+
+/// What every line starts with: the time, the level, the target and the process's context.
+fn head(level: &str, target: &str) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert(
         "timestamp".into(),
@@ -111,15 +119,8 @@ fn render(event: &Event<'_>, spans: impl FnOnce(&mut Map<String, Value>)) -> Str
             .to_string()
             .into(),
     );
-    out.insert("level".into(), meta.level().as_str().into());
-    out.insert("target".into(), meta.target().into());
-    context(&mut out);
-    spans(&mut out);
-    event.record(&mut Fields(&mut out));
-    Value::Object(out).to_string()
-}
-
-fn context(out: &mut Map<String, Value>) {
+    out.insert("level".into(), level.into());
+    out.insert("target".into(), target.into());
     let context = &*CONTEXT;
     out.insert("pod".into(), context.pod.as_str().into());
     out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
@@ -129,20 +130,12 @@ fn context(out: &mut Map<String, Value>) {
     if let Some(id) = context.expert.load().as_deref() {
         out.insert("expert".into(), id.as_str().into());
     }
+    out
 }
 
 /// A line that is not an event (the fatal error before exit), in the same shape.
 pub fn error_line(message: &str) -> String {
-    let mut out = Map::new();
-    out.insert(
-        "timestamp".into(),
-        humantime::format_rfc3339_micros(std::time::SystemTime::now())
-            .to_string()
-            .into(),
-    );
-    out.insert("level".into(), "ERROR".into());
-    out.insert("target".into(), "l2d".into());
-    context(&mut out);
+    let mut out = head("ERROR", "l2d");
     out.insert("message".into(), message.into());
     Value::Object(out).to_string()
 }

@@ -56,17 +56,7 @@ fn str_of(v: &Value) -> &str {
 
 /// The value following `flag` in a container's args.
 fn arg<'a>(container: &'a Value, flag: &str) -> &'a str {
-    let args: Vec<&str> = container["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(str_of)
-        .collect();
-    let at = args
-        .iter()
-        .position(|a| *a == flag)
-        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
-    args[at + 1]
+    args_has(container, flag).unwrap_or_else(|| panic!("no {flag} in {:?}", container["args"]))
 }
 
 fn port_of(address: &str) -> u64 {

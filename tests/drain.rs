@@ -29,12 +29,6 @@ async fn draining_replica(drain: Duration) -> Node {
     .await
 }
 
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_drains_costs_no_query_and_no_ejection() {
     // The health interval is well inside the drain delay, as in the manifests (5 s and 15 s).
@@ -80,7 +74,7 @@ async fn a_replica_that_drains_costs_no_query_and_no_ejection() {
     }
     let calls_to = |address: &str| {
         let text = scheduler.publish_metrics();
-        value(
+        series_value(
             &text,
             &format!(
                 "l2d_expert_calls_total{{expert=\"strong\",replica=\"{address}\",code=\"OK\"}}"
@@ -101,7 +95,7 @@ async fn a_replica_that_drains_costs_no_query_and_no_ejection() {
         "the replica seen draining",
         || async {
             let text = scheduler.publish_metrics();
-            value(
+            series_value(
                 &text,
                 &format!("l2d_replica_draining{{expert=\"strong\",replica=\"{leaving_at}\"}}"),
             ) == 1.0
@@ -132,7 +126,7 @@ async fn a_replica_that_drains_costs_no_query_and_no_ejection() {
     let text = scheduler.publish_metrics();
     for address in [&leaving_at, &staying_at] {
         assert_eq!(
-            value(
+            series_value(
                 &text,
                 &format!("l2d_replica_ejections_total{{expert=\"strong\",replica=\"{address}\"}}")
             ),
@@ -145,7 +139,7 @@ async fn a_replica_that_drains_costs_no_query_and_no_ejection() {
     assert!(!text.contains("l2d_fallbacks_total{"), "{text}");
     assert!(calls_to(&leaving_at) - calls_when_seen <= 2.0, "{text}");
     assert_eq!(
-        value(&text, "l2d_expert_available_replicas{expert=\"strong\"}"),
+        series_value(&text, "l2d_expert_available_replicas{expert=\"strong\"}"),
         1.0
     );
     node.stop().await;

@@ -133,13 +133,6 @@ fn experts_report_prints_a_table_and_json() {
     assert_eq!(reports[2]["backend"], "lexical");
 }
 
-/// One series' value in a Prometheus text scrape, 0 if absent.
-fn series(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_its_own_metrics_by_status_code() {
     use l2d::core::capability::Capabilities;
@@ -196,7 +189,7 @@ async fn a_worker_serves_its_own_metrics_by_status_code() {
         }
     };
     let code = |text: &str, code: &str| {
-        series(
+        series_value(
             text,
             &format!("l2d_worker_requests_total{{expert=\"cheap\",code=\"{code}\"}}"),
         )
@@ -214,7 +207,7 @@ async fn a_worker_serves_its_own_metrics_by_status_code() {
     assert_eq!(code(&text, "NOT_FOUND"), 1.0, "{text}");
     assert_eq!(code(&text, "OUT_OF_RANGE"), 1.0, "{text}");
     assert_eq!(
-        series(
+        series_value(
             &text,
             "l2d_worker_request_duration_seconds_count{expert=\"cheap\"}"
         ),
@@ -222,17 +215,20 @@ async fn a_worker_serves_its_own_metrics_by_status_code() {
     );
     // Latency is measured from arrival: the answered call alone slept the 200 ms delay.
     assert!(
-        series(
+        series_value(
             &text,
             "l2d_worker_request_duration_seconds_sum{expert=\"cheap\"}"
         ) >= 0.2,
         "{text}"
     );
     assert_eq!(
-        series(&text, "l2d_worker_max_concurrency{expert=\"cheap\"}"),
+        series_value(&text, "l2d_worker_max_concurrency{expert=\"cheap\"}"),
         3.0
     );
-    assert_eq!(series(&text, "l2d_worker_in_flight{expert=\"cheap\"}"), 0.0);
+    assert_eq!(
+        series_value(&text, "l2d_worker_in_flight{expert=\"cheap\"}"),
+        0.0
+    );
     assert!(
         text.contains(&format!(
             "l2d_build_info{{version=\"{}\"}} 1",

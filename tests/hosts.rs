@@ -56,11 +56,10 @@ impl Hosts {
                     .any(|dir| std::path::Path::new(dir).join(tool).exists())
             })
             .collect();
-        let root = run("id", &["-u"]).is_ok()
-            && String::from_utf8(Command::new("id").arg("-u").output().ok()?.stdout)
-                .ok()?
-                .trim()
-                == "0";
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
         if !missing.is_empty() || !root {
             assert!(
                 !required,
@@ -221,6 +220,14 @@ impl Hosts {
         let _ = self.children[0].wait();
     }
 
+    /// Runs `program args` on `host` and waits for it.
+    fn exec(&self, host: &str, program: &str, args: &[&str]) -> Result<(), String> {
+        let ns = self.ns(host);
+        let mut all = vec!["netns", "exec", &ns, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
     /// Drops every packet to and from `host`: no reset, no answer.
     fn blackhole(&self, host: &str) {
         let rules = "table inet l2dblackhole {\n\
@@ -228,35 +235,13 @@ impl Hosts {
                      chain output { type filter hook output priority 0; policy drop; }\n}\n";
         let path = self.dir.path().join("blackhole.nft");
         std::fs::write(&path, rules).unwrap();
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns(host),
-                "nft",
-                "-f",
-                path.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+        self.exec(host, "nft", &["-f", path.to_str().unwrap()])
+            .unwrap();
     }
 
     fn heal(&self, host: &str) {
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns(host),
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "l2dblackhole",
-            ],
-        )
-        .unwrap();
+        self.exec(host, "nft", &["delete", "table", "inet", "l2dblackhole"])
+            .unwrap();
     }
 }
 

@@ -20,14 +20,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn separate_processes_register_answer_and_shut_down_gracefully() {
-    let mut scheduler = Proc::spawn(&["scheduler", "--listen", "127.0.0.1:0", "--lease-ttl", "2s"]);
-    let router = scheduler.address_in("scheduler serving");
-
+/// `l2d expert` args for the fixture's `strong` replay expert (cost 10), registering with
+/// `router`.
+fn strong_expert(router: &str) -> Vec<String> {
     let predictions = fixture("strong-predictions.json");
     let data = fixture("mini-squad.json");
-    let mut expert = Proc::spawn(&[
+    [
         "expert",
         "--listen",
         "127.0.0.1:0",
@@ -42,8 +40,24 @@ fn separate_processes_register_answer_and_shut_down_gracefully() {
         "--cost",
         "10",
         "--register",
-        &router,
-    ]);
+        router,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn separate_processes_register_answer_and_shut_down_gracefully() {
+    let mut scheduler = Proc::spawn(&["scheduler", "--listen", "127.0.0.1:0", "--lease-ttl", "2s"]);
+    let router = scheduler.address_in("scheduler serving");
+
+    let data = fixture("mini-squad.json");
+    let mut expert = Proc::spawn(
+        &strong_expert(&router)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     expert.wait_for("registered with scheduler");
 
     let out = l2d(&[
@@ -329,29 +343,10 @@ fn json_logs_are_flat_objects_on_every_line_of_scheduler_and_expert() {
     let serving: serde_json::Value =
         serde_json::from_str(&scheduler.wait_for("scheduler serving")).unwrap();
     let router = serving["address"].as_str().unwrap().to_owned();
-    let predictions = fixture("strong-predictions.json");
     let data = fixture("mini-squad.json");
-    let mut expert = Proc::spawn_with(
-        L2D,
-        &[
-            "expert",
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            "strong",
-            "--backend",
-            "replay",
-            "--predictions",
-            predictions.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--cost",
-            "10",
-            "--register",
-            &router,
-        ],
-        &json,
-    );
+    let args = strong_expert(&router);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut expert = Proc::spawn_with(L2D, &args, &json);
     expert.wait_for("registered with scheduler");
     let out = l2d(&[
         "ask",

@@ -9,13 +9,6 @@ use l2d::scheduler::SchedulerConfig;
 use l2d::{Ask, RouterClient};
 use std::path::Path;
 
-/// One series' value in a scrape, 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The first `n` dev questions as asks (with their ids, so the recordings answer).
 fn dev_asks(n: usize) -> Vec<Ask> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -50,7 +43,7 @@ async fn a_candidate_in_shadow_changes_no_answer_and_a_copy_of_the_policy_agrees
     }
     let text = scheduler.publish_metrics();
     let shadow = |outcome: &str| {
-        value(
+        series_value(
             &text,
             &format!(
                 "l2d_shadow_decisions_total{{policy_id=\"{policy_id}\",outcome=\"{outcome}\"}}"
@@ -59,7 +52,8 @@ async fn a_candidate_in_shadow_changes_no_answer_and_a_copy_of_the_policy_agrees
     };
     assert_eq!(shadow("agree"), n as f64, "{text}");
     assert_eq!(shadow("disagree") + shadow("unobserved"), 0.0, "{text}");
-    let cost = |family: &str| value(&text, &format!("{family}{{policy_id=\"{policy_id}\"}}"));
+    let cost =
+        |family: &str| series_value(&text, &format!("{family}{{policy_id=\"{policy_id}\"}}"));
     // What it would have paid is what the policy in force paid.
     assert!(
         (cost("l2d_shadow_cost_units_total") - charged).abs() < 1e-6,
@@ -70,7 +64,7 @@ async fn a_candidate_in_shadow_changes_no_answer_and_a_copy_of_the_policy_agrees
         "{text}"
     );
     assert_eq!(
-        value(
+        series_value(
             &text,
             &format!(
                 "l2d_policy_asks_total{{policy_id=\"{policy_id}\",role=\"serving\",code=\"OK\"}}"
@@ -116,7 +110,7 @@ async fn a_candidate_decides_its_share_of_requests_and_shadows_the_rest() {
     assert!(by_candidate.abs_diff(n / 2) <= 12, "{decided_by:?}");
     let text = scheduler.publish_metrics();
     let asks = |id: &str, role: &str| {
-        value(
+        series_value(
             &text,
             &format!("l2d_policy_asks_total{{policy_id=\"{id}\",role=\"{role}\",code=\"OK\"}}"),
         )
@@ -131,7 +125,7 @@ async fn a_candidate_decides_its_share_of_requests_and_shadows_the_rest() {
     let shadowed: f64 = ["agree", "disagree", "unobserved"]
         .iter()
         .map(|o| {
-            value(
+            series_value(
                 &text,
                 &format!(
                     "l2d_shadow_decisions_total{{policy_id=\"{candidate_id}\",outcome=\"{o}\"}}"

@@ -552,6 +552,10 @@ impl http_body::Body for OverLimitTrailers {
 
 fn rewrite_over_limit(headers: &mut http::HeaderMap) {
     const TONIC: &str = "Error, decoded message length too large: ";
+    // Every response passes here: only an OUT_OF_RANGE is parsed.
+    if headers.get("grpc-status").is_none_or(|code| code != "11") {
+        return;
+    }
     let Some(status) = Status::from_header_map(headers) else {
         return;
     };

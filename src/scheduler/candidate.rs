@@ -251,11 +251,7 @@ pub fn shadow_decision(
     if let Some((expert, text)) = served {
         heard[expert] = Some(Ok(text.to_owned()));
     }
-    let probes: Vec<usize> = candidate
-        .probes()
-        .iter()
-        .filter_map(|id| view.iter().position(|e| e.id == id))
-        .collect();
+    let probes = candidate.probes_in(view);
     let params = AskParams {
         stages: candidate.stages(),
         explore: 0.0,
@@ -412,50 +408,25 @@ mod tests {
                 miss,
             }])
         };
+        let shadow = |policy: &ActivePolicy, heard: &Explanation, served: Option<(usize, &str)>| {
+            decided(shadow_decision(
+                policy, &view, &metas, &query, params, heard, served,
+            ))
+        };
         // The request heard a's answer: the candidate keeps it, having paid for the probe only.
-        let shadow = shadow_decision(
-            &probing,
-            &view,
-            &metas,
-            &query,
-            params,
-            &heard_a(Some("x"), None),
-            Some((2, "y")),
-        );
-        assert_eq!(decided(shadow), Some((0, 1.0)));
+        let heard = heard_a(Some("x"), None);
+        assert_eq!(shadow(&probing, &heard, Some((2, "y"))), Some((0, 1.0)));
         // a failed for the request: the candidate defers to its next best, c (the last).
-        let shadow = shadow_decision(
-            &probing,
-            &view,
-            &metas,
-            &query,
-            params,
-            &heard_a(None, Some(BROKEN)),
-            Some((2, "y")),
-        );
-        assert_eq!(decided(shadow), Some((2, 21.0)));
+        let heard = heard_a(None, Some(BROKEN));
+        assert_eq!(shadow(&probing, &heard, Some((2, "y"))), Some((2, 21.0)));
         // The request never asked a: what the candidate would do is unknown.
-        let shadow = shadow_decision(
-            &probing,
-            &view,
-            &metas,
-            &query,
-            params,
-            &explanation(Vec::new()),
-            Some((1, "y")),
-        );
-        assert_eq!(decided(shadow), None);
+        let nothing = explanation(Vec::new());
+        assert_eq!(shadow(&probing, &nothing, Some((1, "y"))), None);
         // A candidate that probes nothing decides from the query alone.
-        let shadow = shadow_decision(
-            &candidate(&[]),
-            &view,
-            &metas,
-            &query,
-            params,
-            &explanation(Vec::new()),
-            Some((1, "y")),
+        assert_eq!(
+            shadow(&candidate(&[]), &nothing, Some((1, "y"))),
+            Some((2, 20.0))
         );
-        assert_eq!(decided(shadow), Some((2, 20.0)));
     }
 
     #[test]

@@ -355,11 +355,7 @@ impl RouterService {
                 cost: e.price,
             })
             .collect();
-        let probes: Vec<usize> = policy
-            .probes()
-            .iter()
-            .filter_map(|id| view.iter().position(|e| e.id == id))
-            .collect();
+        let probes = policy.probes_in(&view);
         let params = AskParams {
             budget: msg.budget,
             deadline: deadline.map(|d| d.saturating_duration_since(started)),

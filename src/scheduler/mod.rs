@@ -166,6 +166,14 @@ impl ActivePolicy {
         self.policy.stages()
     }
 
+    /// The policy's probe experts present in `view`, as indices into it, in the policy's order.
+    pub fn probes_in(&self, view: &[crate::core::ask::ExpertView<'_>]) -> Vec<usize> {
+        self.probes()
+            .iter()
+            .filter_map(|id| view.iter().position(|e| e.id == id))
+            .collect()
+    }
+
     /// The position along the bank (by ascending lambda) served now.
     pub fn position(&self) -> usize {
         self.position.load(AtomicOrdering::Relaxed)

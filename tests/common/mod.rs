@@ -288,3 +288,10 @@ pub async fn spawn_recording_expert() -> (Node, Recording) {
     .await;
     (node, seen)
 }
+
+/// One series' value in a Prometheus text scrape (`name{labels}` as written), 0 if absent.
+pub fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
