@@ -26,5 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // JSON output of the CLI (`l2d ask --json`, `l2d pool status --json`).
         .type_attribute(".l2d.v1", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)?;
+    // The Open Inference Protocol, which the `kserve` backend calls (a client only).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile(
+            ["inference/grpc_predict_v2.proto"],
+            ["proto"],
+        )?)?;
     Ok(())
 }

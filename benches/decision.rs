@@ -233,7 +233,7 @@ fn bench_capabilities(c: &mut Criterion) {
         .experts
         .iter()
         .map(|spec| {
-            l2d::cluster::build_backend(spec, &cache)
+            l2d::cluster::build_model(spec, &cache)
                 .unwrap()
                 .capabilities()
         })

@@ -2,10 +2,12 @@
 //! into a scheduler's registry. Shared by `l2d up` and `l2d scheduler --pool`.
 
 use crate::core::policy::{DEFAULT_LAMBDA, PriorPolicy};
+use crate::expert::kserve::KServeBackend;
 use crate::expert::lexical::LexicalReader;
+use crate::expert::openai::OpenAiBackend;
 use crate::expert::replay::ReplayBackend;
 use crate::expert::typed::TypedReader;
-use crate::expert::{Backend, ExpertNode};
+use crate::expert::{Backend, ExpertNode, Local, Model};
 use crate::pool_file::{BackendSpec, ExpertSpec, Placement, PoolFile};
 use crate::scheduler::Scheduler;
 use crate::scheduler::discovery::DnsTarget;
@@ -18,25 +20,33 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Builds the backend an expert spec describes, loading its files.
-pub fn build_backend(spec: &ExpertSpec, cache: &DatasetCache) -> anyhow::Result<Arc<dyn Backend>> {
-    match &spec.backend {
+/// Builds the model an expert spec describes: loads its files, or makes the client of its
+/// model server (which connects when first used).
+pub fn build_model(spec: &ExpertSpec, cache: &DatasetCache) -> anyhow::Result<Arc<dyn Model>> {
+    let local = |backend: Arc<dyn Backend>| -> Arc<dyn Model> { Arc::new(Local(backend)) };
+    let context = || format!("expert {:?}", spec.id);
+    Ok(match &spec.backend {
         BackendSpec::Replay { predictions, data } => {
             let dataset = data
                 .as_deref()
                 .map(|d| cache.get(d))
                 .transpose()
-                .with_context(|| format!("expert {:?}", spec.id))?;
-            let backend = ReplayBackend::load(predictions, dataset, spec.cost)
-                .with_context(|| format!("expert {:?}", spec.id))?;
-            Ok(Arc::new(backend))
+                .with_context(context)?;
+            let backend =
+                ReplayBackend::load(predictions, dataset, spec.cost).with_context(context)?;
+            local(Arc::new(backend))
         }
-        BackendSpec::Lexical => Ok(Arc::new(LexicalReader::default())),
-        BackendSpec::Typed => Ok(Arc::new(TypedReader::default())),
-    }
+        BackendSpec::Lexical => local(Arc::new(LexicalReader::default())),
+        BackendSpec::Typed => local(Arc::new(TypedReader::default())),
+        BackendSpec::OpenAi(config) => {
+            Arc::new(OpenAiBackend::new(config.clone()).with_context(context)?)
+        }
+        BackendSpec::KServe(config) => {
+            Arc::new(KServeBackend::new(config.clone(), spec.cost).with_context(context)?)
+        }
+    })
 }
 
-/// The prior policy of a pool file: declared accuracies, priced at `lambda`.
 pub fn prior_policy(pool: &PoolFile, lambda: Option<f64>) -> anyhow::Result<PriorPolicy> {
     let accuracies = pool
         .experts
@@ -83,11 +93,11 @@ pub async fn spawn_local_experts(pool: &PoolFile) -> anyhow::Result<LocalExperts
         if replicas == 0 {
             continue;
         }
-        let backend = build_backend(spec, &cache)?;
+        let model = build_model(spec, &cache)?;
         for _ in 0..replicas {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let address = listener.local_addr()?;
-            let node = ExpertNode::new(spec.id.clone(), spec.cost, backend.clone())
+            let node = ExpertNode::for_model(spec.id.clone(), spec.cost, model.clone())
                 .with_capabilities(&spec.capabilities)
                 .with_service_time(spec.service_time)
                 .with_max_concurrency(spec.max_in_flight.unwrap_or(0));

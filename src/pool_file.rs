@@ -3,7 +3,8 @@
 //! ```toml
 //! [[expert]]
 //! id = "bert"                      # unique; letters, digits, '-', '_', '.'
-//! backend = "replay"               # replay (recorded answers), lexical or typed (live readers)
+//! backend = "replay"               # replay (recorded answers), lexical or typed (live readers),
+//!                                  # openai or kserve (model servers, below)
 //! predictions = "../data/squad-v1.1/predictions/bert-large-ensemble.json"
 //! data = "../data/squad-v1.1/dev.json"   # resolves queries sent without an id
 //! cost = 100                       # declared relative cost of one call, > 0
@@ -21,6 +22,27 @@
 //! # max_context_tokens = 1024      # l2d's tokens, and the languages it answers in (BCP 47); a
 //! # languages = ["en"]             # query beyond them is not sent to it (replay experts also
 //! #                                # announce the questions they hold)
+//!
+//! [[expert]]                       # an LLM behind an OpenAI-compatible API (vLLM, llama.cpp…)
+//! id = "llm"
+//! backend = "openai"
+//! url = "http://vllm:8000/v1"      # the base URL, as OpenAI clients take it
+//! model = "Qwen/Qwen2.5-7B-Instruct"
+//! cost = 400
+//! # api_key_env = "VLLM_API_KEY"   # the NAME of the variable holding the key
+//! # prompt = "... {context} ... {question} ..."   # default: expert::openai::DEFAULT_PROMPT
+//! # max_tokens = 32                # default 32
+//! # timeout = "30s"                # per call, cut to the query's deadline (default 30 s)
+//! # max_in_flight = 8              # model servers default to 8 (the worker's limit too)
+//!
+//! [[expert]]                       # a model behind the Open Inference Protocol (Triton, KServe,
+//! id = "reader"                    # MLServer, OpenVINO Model Server), gRPC
+//! backend = "kserve"
+//! url = "http://triton:8001"
+//! model = "qa"
+//! # version = "1"                  # default: the server's choice
+//! # timeout = "10s"                # default 10 s
+//! cost = 10
 //! ```
 //!
 //! `replicas`, `address`, `addresses` and `dns` are exclusive: one way to place an expert.
@@ -71,6 +93,10 @@ pub enum BackendSpec {
     Lexical,
     /// BM25 sentence ranking plus answer-type rules (computes answers; no files).
     Typed,
+    /// An LLM behind an OpenAI-compatible HTTP API.
+    OpenAi(crate::expert::openai::OpenAiConfig),
+    /// A model behind the Open Inference Protocol (KServe V2) over gRPC.
+    KServe(crate::expert::kserve::KServeConfig),
 }
 
 impl BackendSpec {
@@ -79,6 +105,8 @@ impl BackendSpec {
             BackendSpec::Replay { .. } => "replay",
             BackendSpec::Lexical => "lexical",
             BackendSpec::Typed => "typed",
+            BackendSpec::OpenAi(_) => "openai",
+            BackendSpec::KServe(_) => "kserve",
         }
     }
 }
@@ -137,9 +165,16 @@ struct RawExpert {
     max_context_chars: Option<i64>,
     max_context_tokens: Option<i64>,
     languages: Option<Vec<String>>,
+    url: Option<String>,
+    model: Option<String>,
+    version: Option<String>,
+    api_key_env: Option<String>,
+    prompt: Option<String>,
+    max_tokens: Option<i64>,
+    timeout: Option<String>,
 }
 
-const BACKENDS: &[&str] = &["replay", "lexical", "typed"];
+const BACKENDS: &[&str] = &["replay", "lexical", "typed", "openai", "kserve"];
 
 impl PoolFile {
     pub fn load(path: &Path) -> Result<Self, PoolFileError> {
@@ -265,45 +300,7 @@ fn expert_spec(
             format!("must be in [0, 1], got {a}"),
         ));
     }
-    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-    let backend = match raw.backend.as_str() {
-        "replay" => BackendSpec::Replay {
-            predictions: resolve(raw.predictions.ok_or_else(|| {
-                field_error(
-                    "predictions",
-                    "a replay expert needs its recorded answers file".into(),
-                )
-            })?),
-            data: raw.data.map(resolve),
-        },
-        "lexical" | "typed" => {
-            for (field, given) in [
-                ("predictions", raw.predictions.is_some()),
-                ("data", raw.data.is_some()),
-            ] {
-                if given {
-                    return Err(field_error(
-                        field,
-                        format!(
-                            "only replay experts read files; a {} expert computes its answers",
-                            raw.backend
-                        ),
-                    ));
-                }
-            }
-            if raw.backend == "lexical" {
-                BackendSpec::Lexical
-            } else {
-                BackendSpec::Typed
-            }
-        }
-        other => {
-            return Err(field_error(
-                "backend",
-                format!("unknown backend {other:?}; known: {}", BACKENDS.join(", ")),
-            ));
-        }
-    };
+    let backend = backend_spec(&raw, base, field_error)?;
     let given: Vec<&str> = [
         ("replicas", raw.replicas.is_some()),
         ("address", raw.address.is_some()),
@@ -363,6 +360,10 @@ fn expert_spec(
         }
     };
     let max_in_flight = match raw.max_in_flight {
+        // A model server takes few calls at once: the scheduler's default would flood it.
+        None if matches!(backend, BackendSpec::OpenAi(_) | BackendSpec::KServe(_)) => {
+            Some(MODEL_SERVER_MAX_IN_FLIGHT)
+        }
         None => None,
         Some(n) if (1..=65_536).contains(&n) => Some(n as u32),
         Some(n) => {
@@ -372,18 +373,7 @@ fn expert_spec(
             ));
         }
     };
-    let duration = |field: &str, text: &Option<String>| {
-        text.as_deref()
-            .map(|t| {
-                humantime::parse_duration(t).map_err(|e| {
-                    field_error(
-                        field,
-                        format!("{t:?} is not a duration like \"20ms\" ({e})"),
-                    )
-                })
-            })
-            .transpose()
-    };
+    let duration = |field: &str, text: &Option<String>| duration(field, text, field_error);
     let median = duration("service_time", &raw.service_time)?;
     let p99 = duration("service_time_p99", &raw.service_time_p99)?;
     let service_time = match (median, p99) {
@@ -426,6 +416,171 @@ fn expert_spec(
         max_in_flight,
         service_time,
         capabilities,
+    })
+}
+
+/// The optional field `field`, a duration like "20ms".
+fn duration(
+    field: &str,
+    text: &Option<String>,
+    field_error: &dyn Fn(&str, String) -> PoolFileError,
+) -> Result<Option<std::time::Duration>, PoolFileError> {
+    text.as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).map_err(|e| {
+                field_error(
+                    field,
+                    format!("{t:?} is not a duration like \"20ms\" ({e})"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Per-replica calls at once for a model-server expert whose pool entry sets no
+/// `max_in_flight`: the worker's limit and what it announces to the scheduler.
+pub const MODEL_SERVER_MAX_IN_FLIGHT: u32 = 8;
+
+/// Fields that belong to some backends only, and which.
+const BACKEND_FIELDS: &[(&str, &[&str])] = &[
+    ("predictions", &["replay"]),
+    ("data", &["replay"]),
+    ("url", &["openai", "kserve"]),
+    ("model", &["openai", "kserve"]),
+    ("timeout", &["openai", "kserve"]),
+    ("version", &["kserve"]),
+    ("api_key_env", &["openai"]),
+    ("prompt", &["openai"]),
+    ("max_tokens", &["openai"]),
+];
+
+/// How the expert answers: its backend and that backend's fields.
+fn backend_spec(
+    raw: &RawExpert,
+    base: &Path,
+    field_error: &dyn Fn(&str, String) -> PoolFileError,
+) -> Result<BackendSpec, PoolFileError> {
+    let backend = raw.backend.as_str();
+    if !BACKENDS.contains(&backend) {
+        return Err(field_error(
+            "backend",
+            format!(
+                "unknown backend {backend:?}; known: {}",
+                BACKENDS.join(", ")
+            ),
+        ));
+    }
+    let given = [
+        raw.predictions.is_some(),
+        raw.data.is_some(),
+        raw.url.is_some(),
+        raw.model.is_some(),
+        raw.timeout.is_some(),
+        raw.version.is_some(),
+        raw.api_key_env.is_some(),
+        raw.prompt.is_some(),
+        raw.max_tokens.is_some(),
+    ];
+    for (&(field, owners), given) in BACKEND_FIELDS.iter().zip(given) {
+        if given && !owners.contains(&backend) {
+            return Err(field_error(
+                field,
+                format!("is for backend {}, not {backend}", owners.join(" or ")),
+            ));
+        }
+    }
+    let resolve = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        }
+    };
+    let required = |field: &str, value: &Option<String>| {
+        value
+            .clone()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| field_error(field, format!("backend {backend:?} needs it")))
+    };
+    let timeout = |default: std::time::Duration| -> Result<_, PoolFileError> {
+        match duration("timeout", &raw.timeout, field_error)? {
+            None => Ok(default),
+            Some(t) if !t.is_zero() => Ok(t),
+            Some(_) => Err(field_error("timeout", "must be longer than zero".into())),
+        }
+    };
+    let max_concurrency = raw
+        .max_in_flight
+        .map_or(MODEL_SERVER_MAX_IN_FLIGHT, |n| n.clamp(1, 65_536) as u32);
+    Ok(match backend {
+        "replay" => BackendSpec::Replay {
+            predictions: resolve(raw.predictions.as_ref().ok_or_else(|| {
+                field_error(
+                    "predictions",
+                    "a replay expert needs its recorded answers file".into(),
+                )
+            })?),
+            data: raw.data.as_ref().map(resolve),
+        },
+        "lexical" => BackendSpec::Lexical,
+        "typed" => BackendSpec::Typed,
+        "openai" => {
+            use crate::expert::openai::{DEFAULT_PROMPT, OpenAiConfig};
+            let url = required("url", &raw.url)?;
+            let url = reqwest::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| {
+                    field_error(
+                        "url",
+                        format!(
+                            "{url:?} is not an http:// or https:// URL like http://vllm:8000/v1"
+                        ),
+                    )
+                })?;
+            let prompt = raw.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.into());
+            OpenAiConfig::check_prompt(&prompt).map_err(|m| field_error("prompt", m))?;
+            if let Some(name) = &raw.api_key_env
+                && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
+                return Err(field_error(
+                    "api_key_env",
+                    format!(
+                        "{name:?} is not an environment variable's name (the name, not the key)"
+                    ),
+                ));
+            }
+            let max_tokens = match raw.max_tokens {
+                None => OpenAiConfig::DEFAULT_MAX_TOKENS,
+                Some(n) if (1..=4096).contains(&n) => n as u32,
+                Some(n) => {
+                    return Err(field_error(
+                        "max_tokens",
+                        format!("must be between 1 and 4096, got {n}"),
+                    ));
+                }
+            };
+            BackendSpec::OpenAi(OpenAiConfig {
+                url,
+                model: required("model", &raw.model)?,
+                api_key_env: raw.api_key_env.clone(),
+                prompt,
+                max_tokens,
+                timeout: timeout(OpenAiConfig::DEFAULT_TIMEOUT)?,
+                max_concurrency,
+            })
+        }
+        _ => {
+            use crate::expert::kserve::KServeConfig;
+            let url = required("url", &raw.url)?;
+            KServeConfig::check_url(&url).map_err(|m| field_error("url", m))?;
+            BackendSpec::KServe(KServeConfig {
+                url,
+                model: required("model", &raw.model)?,
+                version: raw.version.clone().unwrap_or_default(),
+                timeout: timeout(KServeConfig::DEFAULT_TIMEOUT)?,
+            })
+        }
     })
 }
 
@@ -623,7 +778,10 @@ mod tests {
         let e = err(
             "[[expert]]\nid = \"lex\"\nbackend = \"lexical\"\ncost = 1\npredictions = \"p.json\"\n",
         );
-        assert!(e.ends_with("field `predictions`: only replay experts read files; a lexical expert computes its answers"), "{e}");
+        assert!(
+            e.ends_with("field `predictions`: is for backend replay, not lexical"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -740,6 +898,106 @@ mod tests {
             e.contains("field `service_time`: the median service time must be longer than 0s"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn model_servers_are_described_by_url_and_model_with_defaults() {
+        let pool = parse(
+            r#"
+            [[expert]]
+            id = "llm"
+            backend = "openai"
+            url = "http://vllm:8000/v1"
+            model = "qwen"
+            api_key_env = "VLLM_API_KEY"
+            cost = 400
+            [[expert]]
+            id = "reader"
+            backend = "kserve"
+            url = "http://triton:8001"
+            model = "qa"
+            version = "2"
+            timeout = "250ms"
+            max_in_flight = 3
+            cost = 10
+            "#,
+        )
+        .unwrap();
+        let BackendSpec::OpenAi(llm) = &pool.experts[0].backend else {
+            panic!("{:?}", pool.experts[0].backend)
+        };
+        assert_eq!(llm.url.as_str(), "http://vllm:8000/v1");
+        assert_eq!(llm.api_key_env.as_deref(), Some("VLLM_API_KEY"));
+        assert_eq!(llm.prompt, crate::expert::openai::DEFAULT_PROMPT);
+        assert_eq!(
+            (llm.max_tokens, llm.timeout),
+            (32, std::time::Duration::from_secs(30))
+        );
+        // A model server takes few calls at once unless the pool says otherwise.
+        assert_eq!(
+            pool.experts[0].max_in_flight,
+            Some(MODEL_SERVER_MAX_IN_FLIGHT)
+        );
+        let BackendSpec::KServe(reader) = &pool.experts[1].backend else {
+            panic!("{:?}", pool.experts[1].backend)
+        };
+        assert_eq!(
+            (
+                reader.url.as_str(),
+                reader.model.as_str(),
+                reader.version.as_str()
+            ),
+            ("http://triton:8001", "qa", "2")
+        );
+        assert_eq!(reader.timeout, std::time::Duration::from_millis(250));
+        assert_eq!(pool.experts[1].max_in_flight, Some(3));
+    }
+
+    #[test]
+    fn model_server_fields_are_checked_and_kept_to_their_backends() {
+        let openai = "[[expert]]\nid = \"x\"\nbackend = \"openai\"\ncost = 1\n";
+        let cases = [
+            (
+                format!("{openai}model = \"m\"\n"),
+                "field `url`: backend \"openai\" needs it",
+            ),
+            (
+                format!("{openai}model = \"m\"\nurl = \"vllm:8000\"\n"),
+                "field `url`: \"vllm:8000\" is not an http:// or https:// URL like http://vllm:8000/v1",
+            ),
+            (
+                format!("{openai}url = \"http://h/v1\"\n"),
+                "field `model`: backend \"openai\" needs it",
+            ),
+            (
+                format!("{openai}url = \"http://h/v1\"\nmodel = \"m\"\nprompt = \"Q: {{question}}\"\n"),
+                "field `prompt`: the prompt template has no {context}",
+            ),
+            (
+                format!("{openai}url = \"http://h/v1\"\nmodel = \"m\"\napi_key_env = \"sk-live-123\"\n"),
+                "field `api_key_env`: \"sk-live-123\" is not an environment variable's name (the name, not the key)",
+            ),
+            (
+                format!("{openai}url = \"http://h/v1\"\nmodel = \"m\"\nversion = \"1\"\n"),
+                "field `version`: is for backend kserve, not openai",
+            ),
+            (
+                format!("{openai}url = \"http://h/v1\"\nmodel = \"m\"\ntimeout = \"0s\"\n"),
+                "field `timeout`: must be longer than zero",
+            ),
+            (
+                format!("[[expert]]\n{OK}cost = 1\nurl = \"http://h\"\n"),
+                "field `url`: is for backend openai or kserve, not replay",
+            ),
+            (
+                "[[expert]]\nid = \"x\"\nbackend = \"kserve\"\ncost = 1\nmodel = \"m\"\nurl = \"triton:8001\"\n".into(),
+                "field `url`: \"triton:8001\" must be http://host:port or https://host:port",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text);
+            assert!(e.ends_with(expected), "{e}\nwanted the end: {expected}");
+        }
     }
 
     #[test]

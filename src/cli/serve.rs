@@ -610,7 +610,7 @@ pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
         }
         None => expert_spec_from_flags(&args)?,
     };
-    let backend = cluster::build_backend(&spec, &DatasetCache::default())?;
+    let model = cluster::build_model(&spec, &DatasetCache::default())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -653,7 +653,7 @@ pub(super) async fn run_expert(args: ExpertArgs) -> anyhow::Result<()> {
             .map_err(|m| anyhow::anyhow!("--languages: {m}"))?,
         holds: None,
     };
-    let node = ExpertNode::new(spec.id, spec.cost, backend)
+    let node = ExpertNode::for_model(spec.id, spec.cost, model)
         .with_capabilities(&spec.capabilities.tightened_by(&declared))
         .with_max_concurrency(max_concurrency)
         .with_delay(args.delay)

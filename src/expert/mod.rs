@@ -1,11 +1,17 @@
 //! The expert worker: one QA model behind the `Expert` service.
 //!
-//! [`Backend`] is what a model must implement (synchronous: replay and lexical backends answer
-//! in microseconds; a heavy backend should hand work to `spawn_blocking` itself). [`ExpertNode`]
-//! wraps a backend with its identity, validation and load counters; [`serve`] runs it on a bound
-//! listener, optionally keeping a lease with a scheduler ([`registration`]).
+//! [`Model`] is what the worker calls: asynchronous, given the time the caller has left, with
+//! a readiness of its own when it stands for a model server (the `openai` and `kserve`
+//! backends call one over the network). [`Backend`] is the simpler form for models computed in
+//! the worker itself (replay and the live readers answer in microseconds; a heavy one should
+//! hand work to `spawn_blocking`); every `Backend` is a `Model` through [`Local`].
+//! [`ExpertNode`] wraps a model with its identity, validation and load counters; [`serve`] runs
+//! it on a bound listener, optionally keeping a lease with a scheduler ([`registration`]).
 
+pub mod align;
+pub mod kserve;
 pub mod lexical;
+pub mod openai;
 pub mod registration;
 pub mod replay;
 mod service;
@@ -17,6 +23,8 @@ pub use service::{ExpertNode, Fault, SERVICES, serve};
 
 use crate::core::capability::Capabilities;
 use crate::core::query::Query;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One answer as a backend produces it; the service adds timing and identity.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +74,12 @@ pub enum BackendError {
     /// The backend cannot work out which query this is (e.g. no id and no data file).
     #[error("{0}")]
     CannotResolve(String),
+    /// The model server cannot be reached or refuses work for now (worth another replica).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The answer did not come within the caller's deadline or the backend's timeout.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -76,6 +90,8 @@ impl crate::core::error_kind::HasKind for BackendError {
         match self {
             BackendError::NoAnswer(_) => ErrorKind::NotFound,
             BackendError::CannotResolve(_) => ErrorKind::Unsatisfiable,
+            BackendError::Unavailable(_) => ErrorKind::Unavailable,
+            BackendError::DeadlineExceeded(_) => ErrorKind::DeadlinePassed,
             BackendError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -97,6 +113,53 @@ pub trait Backend: Send + Sync + 'static {
     /// anything.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+}
+
+/// What the worker calls to answer a query.
+#[tonic::async_trait]
+pub trait Model: Send + Sync + 'static {
+    /// The backend kind as named in pool files: "replay", "openai", ...
+    fn kind(&self) -> &'static str;
+    /// One line saying what this instance serves (never a secret).
+    fn detail(&self) -> String;
+    /// What it can take. Default: anything.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    /// Answers `query`, within `time_left` when the caller set a deadline.
+    async fn answer(
+        &self,
+        query: &Query,
+        time_left: Option<Duration>,
+    ) -> Result<BackendAnswer, BackendError>;
+    /// Whether the model can answer now, for a model with a readiness of its own (a model
+    /// server): `Some(Err(why))` when it cannot. `None`: it is ready whenever the worker is.
+    async fn readiness(&self) -> Option<Result<(), String>> {
+        None
+    }
+}
+
+/// A [`Backend`] as a [`Model`]: answered in place, always ready.
+pub struct Local(pub Arc<dyn Backend>);
+
+#[tonic::async_trait]
+impl Model for Local {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn detail(&self) -> String {
+        self.0.detail()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn answer(
+        &self,
+        query: &Query,
+        _time_left: Option<Duration>,
+    ) -> Result<BackendAnswer, BackendError> {
+        self.0.answer(query)
     }
 }
 

@@ -4,8 +4,8 @@
 //! limit, queries beyond it wait for a slot on a semaphore (counted as the queue depth the worker
 //! reports); a cancelled call leaves the queue or frees its slot when its future is dropped.
 
-use super::Backend;
 use super::registration::{self, Announcement, LoadCounters, Registration};
+use super::{Backend, Local, Model};
 use crate::core::capability::{Capabilities, QueryFit};
 use crate::core::error_kind::{ErrorKind, Refusal};
 use crate::core::query::{Query, QueryLimits};
@@ -38,11 +38,15 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// One expert: identity, declared cost and a backend.
+/// How often a model with a readiness of its own is asked whether it is ready.
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One expert: identity, declared cost and a model.
 pub struct ExpertNode {
     id: String,
     cost: f64,
-    backend: Arc<dyn Backend>,
+    backend: Arc<dyn Model>,
+    readiness_interval: Duration,
     limits: QueryLimits,
     load: Arc<LoadCounters>,
     slots: Option<(u32, Semaphore)>,
@@ -72,10 +76,17 @@ pub enum Fault {
 }
 
 impl ExpertNode {
+    /// An expert answered by a backend computed in the worker.
     pub fn new(id: impl Into<String>, cost: f64, backend: Arc<dyn Backend>) -> Self {
+        Self::for_model(id, cost, Arc::new(Local(backend)))
+    }
+
+    /// An expert answered by `model` (e.g. a model server's client).
+    pub fn for_model(id: impl Into<String>, cost: f64, backend: Arc<dyn Model>) -> Self {
         Self {
             id: id.into(),
             cost,
+            readiness_interval: READINESS_INTERVAL,
             limits: QueryLimits::default(),
             load: Arc::default(),
             slots: None,
@@ -90,6 +101,13 @@ impl ExpertNode {
             latency: LatencyHistogram::default(),
             metrics: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Asks a model with a readiness of its own this often whether it is ready (default
+    /// [`READINESS_INTERVAL`]); the node's health follows.
+    pub fn with_readiness_interval(mut self, every: Duration) -> Self {
+        self.readiness_interval = every;
+        self
     }
 
     /// Serves Prometheus metrics at `/metrics` on `listener` while the node serves.
@@ -221,7 +239,7 @@ impl expert_server::Expert for Arc<ExpertNode> {
             arrived,
             code: Code::Cancelled,
         };
-        let reply = self.answer_query(request).await;
+        let reply = self.answer_query(arrived, request).await;
         ending.code = reply.as_ref().map_or_else(Status::code, |_| Code::Ok);
         reply
     }
@@ -264,8 +282,11 @@ impl Drop for Ending<'_> {
 impl ExpertNode {
     async fn answer_query(
         &self,
+        arrived: Instant,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
+        // The caller's deadline, measured from arrival (the queue for a slot counts).
+        let deadline = crate::grpc::deadline::request_timeout(&request).map(|t| arrived + t);
         let (metadata, _, msg) = request.into_parts();
         // The scheduler's request id, for this expert's log lines about the call.
         let request_id = metadata
@@ -297,7 +318,13 @@ impl ExpertNode {
         if !sleep.is_zero() {
             tokio::time::sleep(sleep).await;
         }
-        let answer = self.backend.answer(&query);
+        let time_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let answer = match time_left {
+            Some(left) if left.is_zero() => Err(super::BackendError::DeadlineExceeded(
+                "the deadline passed before the model was asked".into(),
+            )),
+            _ => self.backend.answer(&query, time_left).await,
+        };
         let micros = started.elapsed().as_micros() as u64;
         let answer = answer.inspect_err(|e| {
             tracing::debug!(expert = %self.id, request_id, %query, error = %e, "no answer");
@@ -398,16 +425,66 @@ async fn serve_node(
     reporter: tonic_health::server::HealthReporter,
     shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
+    let (readiness, checker) = match node.backend.readiness().await {
+        None => (None, None),
+        Some(first) => {
+            log_readiness(node, &first);
+            let (tx, rx) = tokio::sync::watch::channel(first.is_ok());
+            let checker = tokio::spawn(follow_readiness(
+                node.backend.clone(),
+                node.id.clone(),
+                node.readiness_interval,
+                tx,
+            ));
+            (Some(rx), Some(checker))
+        }
+    };
     let options = server::ServeOptions {
         drain_delay: node.drain_delay,
         tls: node.tls.clone(),
+        readiness,
         ..server::ServeOptions::default()
     };
-    if let Some(tls) = &node.tls {
-        let watcher = tokio::spawn(server::watch_tls(tls.clone(), Duration::from_secs(2)));
-        let result = server::serve(listener, routes, reporter, SERVICES, shutdown, &options).await;
-        watcher.abort();
-        return result;
+    let tls_watcher = node
+        .tls
+        .clone()
+        .map(|tls| tokio::spawn(server::watch_tls(tls, Duration::from_secs(2))));
+    let result = server::serve(listener, routes, reporter, SERVICES, shutdown, &options).await;
+    for task in [tls_watcher, checker].into_iter().flatten() {
+        task.abort();
     }
-    server::serve(listener, routes, reporter, SERVICES, shutdown, &options).await
+    result
+}
+
+fn log_readiness(node: &ExpertNode, ready: &Result<(), String>) {
+    match ready {
+        Ok(()) => tracing::info!(expert = %node.id, "model ready"),
+        Err(why) => tracing::warn!(expert = %node.id, %why, "model not ready"),
+    }
+}
+
+/// Asks `model` every `every` whether it is ready, and publishes changes on `ready`.
+async fn follow_readiness(
+    model: Arc<dyn Model>,
+    id: String,
+    every: Duration,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(now) = model.readiness().await else {
+            return;
+        };
+        let changed = ready.send_if_modified(|was| {
+            let changed = *was != now.is_ok();
+            *was = now.is_ok();
+            changed
+        });
+        if changed {
+            match &now {
+                Ok(()) => tracing::info!(expert = %id, "model ready again: serving"),
+                Err(why) => tracing::warn!(expert = %id, %why, "model not ready: not serving"),
+            }
+        }
+    }
 }

@@ -30,6 +30,13 @@ pub fn answer_message_bytes(limits: &crate::core::query::QueryLimits) -> usize {
 /// Largest `Pool` request (a registration, a heartbeat: a few hundred bytes).
 pub const POOL_REQUEST_BYTES: usize = 16 * 1024;
 
+/// The Open Inference Protocol's messages and client (`proto/inference/`), which the `kserve`
+/// expert backend calls.
+pub mod inference {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("inference");
+}
+
 /// Messages and services generated from `proto/l2d/v1/*.proto`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

@@ -165,10 +165,13 @@ pub struct ServeOptions {
     pub authorize: Option<Arc<dyn Authorize>>,
     /// Slots shared with the node's other listeners (none: this listener's own, from `limits`).
     pub budget: Option<Arc<Budget>>,
+    /// Whether what the node serves is ready (e.g. the model server behind an expert): the
+    /// health status follows it until the stop signal. None: serving from the start.
+    pub readiness: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-/// Marks `services` (and the whole server, the empty name) as serving, runs the server until
-/// `shutdown` completes, then marks them not serving, keeps accepting calls for `drain_delay`
+/// Marks `services` (and the whole server, the empty name) as serving (or as `readiness` says,
+/// following its changes), runs the server until `shutdown` completes, then marks them not serving, keeps accepting calls for `drain_delay`
 /// (so load balancers and Kubernetes endpoints see the change before the listener closes), and
 /// drains the calls in flight.
 pub async fn serve(
@@ -179,20 +182,45 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     options: &ServeOptions,
 ) -> anyhow::Result<()> {
-    for name in std::iter::once(&"").chain(services) {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
-    let names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = std::iter::once("")
+        .chain(services.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    let set_all = |reporter: HealthReporter, names: Vec<String>, serving: bool| async move {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in &names {
+            reporter.set_service_status(name, status).await;
+        }
+    };
+    let follow = match options.readiness.clone() {
+        None => {
+            set_all(reporter.clone(), names.clone(), true).await;
+            None
+        }
+        Some(mut ready) => {
+            let serving = *ready.borrow_and_update();
+            set_all(reporter.clone(), names.clone(), serving).await;
+            let (reporter, names) = (reporter.clone(), names.clone());
+            Some(tokio::spawn(async move {
+                while ready.changed().await.is_ok() {
+                    let serving = *ready.borrow_and_update();
+                    set_all(reporter.clone(), names.clone(), serving).await;
+                }
+            }))
+        }
+    };
     let drain_delay = options.drain_delay;
     let drain = async move {
         shutdown.await;
-        for name in std::iter::once("").chain(names.iter().map(String::as_str)) {
-            reporter
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
+        if let Some(follow) = follow {
+            follow.abort();
+            let _ = follow.await;
         }
+        set_all(reporter, names, false).await;
         if !drain_delay.is_zero() {
             tracing::info!(
                 delay_ms = drain_delay.as_millis() as u64,

@@ -575,6 +575,7 @@ pub async fn serve_on(
         limits: config.server_limits,
         authorize: Some(config.gate.clone()),
         budget: Some(server::Budget::new(&config.server_limits)),
+        readiness: None,
     };
     let mut tasks = vec![
         tokio::spawn(reap_leases(scheduler.clone())),
