@@ -87,8 +87,14 @@ impl KServeBackend {
             status.code(),
             status.message()
         );
+        // The call's own timer (the request's grpc-timeout) ran out before an answer came.
+        let timed_out = error_sources(status).any(|e| e.is::<tonic::TimeoutExpired>());
         match status.code() {
             Code::DeadlineExceeded => BackendError::DeadlineExceeded(text),
+            _ if timed_out => BackendError::DeadlineExceeded(format!(
+                "the inference server at {} did not answer in time",
+                self.config.url
+            )),
             Code::Unavailable | Code::ResourceExhausted => BackendError::Unavailable(text),
             // tonic's own report of a connection that failed under the call.
             Code::Cancelled | Code::Unknown if std::error::Error::source(status).is_some() => {
@@ -140,6 +146,13 @@ impl KServeBackend {
 }
 
 /// A BYTES input of one element, described; its contents go raw ([`raw_bytes`]).
+/// An error's sources, nearest first.
+fn error_sources<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(error.source(), |e| e.source())
+}
+
 fn bytes_input(name: &str) -> InferInputTensor {
     InferInputTensor {
         name: name.into(),

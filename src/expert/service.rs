@@ -433,6 +433,7 @@ async fn serve_node(
             let checker = tokio::spawn(follow_readiness(
                 node.backend.clone(),
                 node.id.clone(),
+                node.load.clone(),
                 node.readiness_interval,
                 tx,
             ));
@@ -463,17 +464,29 @@ fn log_readiness(node: &ExpertNode, ready: &Result<(), String>) {
     }
 }
 
-/// Asks `model` every `every` whether it is ready, and publishes changes on `ready`.
+/// Asks `model` every `every` whether it is ready, and publishes changes on `ready`. A model
+/// that answered since the last look is ready without being asked: a busy server may be slow
+/// to answer a readiness call (llama.cpp's serves it after the completions in progress).
 async fn follow_readiness(
     model: Arc<dyn Model>,
     id: String,
+    load: Arc<LoadCounters>,
     every: Duration,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
+    let answered = || load.answered_total.load(Ordering::Relaxed);
+    let mut seen = answered();
     loop {
         tokio::time::sleep(every).await;
-        let Some(now) = model.readiness().await else {
-            return;
+        let now = match answered() {
+            n if n != seen => {
+                seen = n;
+                Ok(())
+            }
+            _ => match model.readiness().await {
+                Some(now) => now,
+                None => return,
+            },
         };
         let changed = ready.send_if_modified(|was| {
             let changed = *was != now.is_ok();
