@@ -1001,6 +1001,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pool_of_model_servers_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/model_servers/pool.toml");
+        let pool = PoolFile::load(&path).unwrap();
+        let kinds: Vec<&str> = pool.experts.iter().map(|e| e.backend.kind()).collect();
+        assert_eq!(kinds, ["replay", "kserve", "openai"]);
+    }
+
+    #[test]
     fn an_empty_file_is_an_empty_pool() {
         assert!(parse("").unwrap().experts.is_empty());
     }

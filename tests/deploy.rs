@@ -196,7 +196,9 @@ fn seconds(duration: &str) -> u64 {
     humantime::parse_duration(duration).unwrap().as_secs()
 }
 
-fn check_overlay(overlay: &str) {
+/// Checks an overlay against the binary; `unscored` are the pool's experts after the policy's
+/// (the live reader, and any the overlay adds), which the shipped policy was not trained on.
+fn check_overlay(overlay: &str, unscored: &[&str]) {
     let Some(objects) = render(overlay) else {
         return;
     };
@@ -279,14 +281,14 @@ fn check_overlay(overlay: &str) {
     let pool = PoolFile::parse(pool_text, Path::new("/etc/l2d/pool/pool.toml")).unwrap();
     let ids: Vec<&str> = pool.experts.iter().map(|e| e.id.as_str()).collect();
     let policy_ids: Vec<&str> = policy.experts.iter().map(|a| a.id.as_str()).collect();
-    // The policy's experts are the pool's, in its order; the pool adds the live reader the
-    // policy was not trained on.
+    // The policy's experts are the pool's, in its order; the pool adds the live reader (and
+    // what the overlay adds) the policy was not trained on.
     assert_eq!(
         ids[..policy_ids.len()],
         policy_ids,
         "the policy's experts are the pool's"
     );
-    assert_eq!(ids[policy_ids.len()..], ["typed"]);
+    assert_eq!(ids[policy_ids.len()..], *unscored);
     for spec in &pool.experts {
         let Placement::Dns { name } = &spec.placement else {
             panic!("expert {} is not placed by DNS", spec.id)
@@ -406,10 +408,99 @@ fn check_overlay(overlay: &str) {
 
 #[test]
 fn the_dev_overlay_matches_the_binary() {
-    check_overlay("dev");
+    check_overlay("dev", &["typed"]);
 }
 
 #[test]
 fn the_prod_overlay_matches_the_binary() {
-    check_overlay("prod");
+    check_overlay("prod", &["typed"]);
+}
+
+/// The example overlay with vLLM: the `llm` expert's pool entry names vLLM's Service, port,
+/// served model name and key variable, within what vLLM batches, and only that expert may
+/// call it.
+#[test]
+fn the_llm_example_overlay_wires_an_openai_expert_to_vllm() {
+    check_overlay("llm-example", &["typed", "llm"]);
+    let Some(objects) = render("llm-example") else {
+        return;
+    };
+    // Everything it adds lands in the overlay's namespace, beside the scheduler.
+    let namespace = &find(&objects, "Deployment", "l2d-scheduler")["metadata"]["namespace"];
+    for o in objects.iter().filter(|o| o["kind"] != "Namespace") {
+        assert_eq!(
+            &o["metadata"]["namespace"], namespace,
+            "{:?}",
+            o["metadata"]
+        );
+    }
+    let pool_map = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap" && str_of(&o["metadata"]["name"]).starts_with("l2d-pool-")
+        })
+        .unwrap();
+    let pool = PoolFile::parse(
+        str_of(&pool_map["data"]["pool.toml"]),
+        Path::new("/etc/l2d/pool/pool.toml"),
+    )
+    .unwrap();
+    let llm = pool.experts.iter().find(|e| e.id == "llm").unwrap();
+    let BackendSpec::OpenAi(config) = &llm.backend else {
+        panic!("llm is not an openai expert: {:?}", llm.backend)
+    };
+    let vllm = find(&objects, "Deployment", "vllm");
+    check_pod_security("vllm", &vllm["spec"]["template"]["spec"]);
+    let server = &vllm["spec"]["template"]["spec"]["containers"][0];
+    // The URL is the Service's name and port, and the port reaches vLLM's.
+    let service = find(&objects, "Service", config.url.host_str().unwrap());
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["port"].as_u64(), config.url.port().map(u64::from));
+    assert_eq!(
+        container_port(server, str_of(&port["targetPort"])),
+        arg(server, "--port").parse::<u64>().unwrap()
+    );
+    assert_eq!(config.url.path(), "/v1");
+    assert_eq!(config.model, arg(server, "--served-model-name"));
+    // No more calls at once than vLLM batches.
+    let batch: u32 = arg(server, "--max-num-seqs").parse().unwrap();
+    assert!(llm.max_in_flight.unwrap() <= batch);
+    // The key variable the entry names comes from the Secret vLLM takes its key from.
+    let secret_of = |container: &Value, variable: &str| {
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == variable)
+            .unwrap_or_else(|| panic!("no {variable} in {:?}", container["name"]))["valueFrom"]
+            ["secretKeyRef"]
+            .clone()
+    };
+    let expert = find(&objects, "Deployment", "l2d-expert-llm");
+    let worker = &expert["spec"]["template"]["spec"]["containers"][0];
+    let key_variable = config.api_key_env.as_deref().unwrap();
+    assert_eq!(
+        secret_of(worker, key_variable),
+        secret_of(server, "VLLM_API_KEY")
+    );
+    // Only the llm expert's pods may call vLLM, and they may.
+    let labels = &expert["spec"]["template"]["metadata"]["labels"];
+    let ingress = &find(&objects, "NetworkPolicy", "vllm")["spec"]["ingress"][0];
+    for (k, v) in ingress["from"][0]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&labels[k.as_str().unwrap()], v);
+    }
+    let egress = &find(&objects, "NetworkPolicy", "l2d-expert-llm-to-vllm")["spec"];
+    for (k, v) in egress["podSelector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&labels[k.as_str().unwrap()], v);
+    }
+    let vllm_labels = &vllm["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in egress["egress"][0]["to"][0]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&vllm_labels[k.as_str().unwrap()], v);
+    }
 }

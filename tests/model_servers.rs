@@ -460,6 +460,27 @@ async fn a_pool_of_model_servers_is_served_and_labelled_unchanged() {
         sb["experts"][0]["answer"], "Super Bowl 50 was an American football game",
         "{sb}"
     );
+    // `l2d experts-report` too: every question answered by the model server, none failed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(["experts-report", "--json", "--pool"])
+        .arg(&pool.path)
+        .arg("--data")
+        .arg(fixture("mini-squad.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reader = &reports[0];
+    assert_eq!(
+        (&reader["expert_id"], &reader["backend"]),
+        (&"reader".into(), &"kserve".into())
+    );
+    assert!(reader["questions"].as_u64().unwrap() > 0, "{reader}");
+    assert_eq!(reader["errors"], serde_json::json!({}), "{reader}");
     local.shutdown().await.unwrap();
 }
 

@@ -366,10 +366,12 @@ pub struct ExpertArgs {
     #[arg(long)]
     pub id: String,
     /// Take the backend, files and cost of expert --id from this pool file (the one the
-    /// scheduler reads), instead of --backend/--predictions/--data/--cost.
+    /// scheduler reads), instead of --backend/--predictions/--data/--cost. The model-server
+    /// backends (openai, kserve) are described only there.
     #[arg(long, conflicts_with_all = ["backend", "predictions", "data", "cost"])]
     pub pool: Option<PathBuf>,
-    /// replay (recorded answers), lexical or typed (live readers).
+    /// replay (recorded answers), lexical or typed (live readers); openai and kserve need
+    /// --pool.
     #[arg(long, value_enum, required_unless_present = "pool")]
     pub backend: Option<BackendKind>,
     /// Recorded answers, {question id: answer text} (replay backend).
