@@ -538,6 +538,19 @@ fn backend_spec(
                         ),
                     )
                 })?;
+            // It is logged and named in errors: no secret in it, and paths are appended to it.
+            if !url.username().is_empty()
+                || url.password().is_some()
+                || url.query().is_some()
+                || url.fragment().is_some()
+            {
+                return Err(field_error(
+                    "url",
+                    "must be a base URL without a user, a password, a query or a fragment (the \
+                     key goes in api_key_env)"
+                        .into(),
+                ));
+            }
             let prompt = raw.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.into());
             OpenAiConfig::check_prompt(&prompt).map_err(|m| field_error("prompt", m))?;
             if let Some(name) = &raw.api_key_env
@@ -992,6 +1005,18 @@ mod tests {
             (
                 "[[expert]]\nid = \"x\"\nbackend = \"kserve\"\ncost = 1\nmodel = \"m\"\nurl = \"triton:8001\"\n".into(),
                 "field `url`: \"triton:8001\" must be http://host:port or https://host:port",
+            ),
+            (
+                "[[expert]]\nid = \"x\"\nbackend = \"kserve\"\ncost = 1\nmodel = \"m\"\nurl = \"http://triton\"\n".into(),
+                "field `url`: \"http://triton\" must be http://host:port or https://host:port",
+            ),
+            (
+                format!("{openai}model = \"m\"\nurl = \"http://user:sk-123@h/v1\"\n"),
+                "field `url`: must be a base URL without a user, a password, a query or a fragment (the key goes in api_key_env)",
+            ),
+            (
+                format!("{openai}model = \"m\"\nurl = \"http://h/v1?api-version=1\"\n"),
+                "field `url`: must be a base URL without a user, a password, a query or a fragment (the key goes in api_key_env)",
             ),
         ];
         for (text, expected) in cases {

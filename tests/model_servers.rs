@@ -295,6 +295,21 @@ async fn a_kserve_expert_answers_through_mlserver_and_maps_its_failures() {
         .await
         .unwrap_err();
     assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    assert!(late.message().contains("caller's deadline"), "{late:?}");
+    // The backend's own timeout, with the caller's time left: UNAVAILABLE (another replica or
+    // expert may answer), not the end of the query.
+    let hasty = pool_in(
+        &dir,
+        &kserve_entry("hasty", port, "qa", "timeout = \"200ms\""),
+    );
+    let hasty = answer_within(&hasty, "sleep:5", context, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(hasty.code(), Code::Unavailable, "{hasty:?}");
+    assert!(
+        hasty.message().contains("backend's timeout (200 ms)"),
+        "{hasty:?}"
+    );
 
     // The pool's max_in_flight is the worker's limit and what it announces: two at the model
     // server, the others queued at the worker.
@@ -404,7 +419,6 @@ async fn a_kserve_workers_health_follows_the_model_server() {
 async fn a_pool_of_model_servers_is_served_and_labelled_unchanged() {
     let Some(python) = python() else { return };
     let port = free_port();
-    let _mlserver = Server::mlserver(&python, port);
     let dir = tempfile::tempdir().unwrap();
     // The kserve expert beside a recorded one, as a team would mix them.
     let body = format!(
@@ -413,10 +427,44 @@ async fn a_pool_of_model_servers_is_served_and_labelled_unchanged() {
         replay_pair(Some(0.6), Some(0.5)).replace("FIXTURES", fixture("").to_str().unwrap())
     );
     let pool = pool(dir.path(), &body);
-    let (node, _scheduler, local) =
-        spawn_scheduler(l2d::scheduler::SchedulerConfig::default(), Some(&pool), 0.0).await;
+    let config = l2d::scheduler::SchedulerConfig {
+        health_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (node, scheduler, local) = spawn_scheduler(config, Some(&pool), 0.0).await;
     let mut router = RouterClient::connect(&node.uri()).await.unwrap();
-    // The scheduler sends it queries once its health check finds the model ready.
+    // While the model server is down, the worker says NOT_SERVING and the scheduler's health
+    // check takes it out of rotation: the policy's favourite is not even tried.
+    eventually(
+        Duration::from_secs(20),
+        "the reader's replica to be out of rotation",
+        || {
+            let snapshot = scheduler.registry.snapshot();
+            let reader = snapshot
+                .experts
+                .iter()
+                .find(|g| g.entry.id == "reader")
+                .map(|g| g.replicas.iter().all(|r| r.is_draining()));
+            async move { reader == Some(true) }
+        },
+    )
+    .await;
+    let reply = router.ask(Ask::new(SB_AFC, SB_CONTEXT)).await.unwrap();
+    let decision = reply.decision.unwrap();
+    assert_ne!(reply.expert_id, "reader");
+    let reader = decision
+        .scores
+        .iter()
+        .find(|s| s.expert_id == "reader")
+        .unwrap();
+    assert!(!reader.eligible, "{reader:?}");
+    assert!(
+        decision.fallbacks.iter().all(|f| f.expert_id != "reader"),
+        "{:?}",
+        decision.fallbacks
+    );
+    // Once it is ready, the scheduler's health check finds it so, and it answers.
+    let _mlserver = Server::mlserver(&python, port);
     let mut from_reader = None;
     for _ in 0..600 {
         match router.ask(Ask::new(SB_AFC, SB_CONTEXT)).await {
@@ -563,17 +611,25 @@ async fn an_openai_expert_answers_through_llama_cpp_aligned_or_not_at_all() {
     );
 
     // The caller's deadline, and the pool's timeout, each bound a call.
-    let late = answer_within(&pool, "Who?", CONTEXTS[0].1, Duration::from_millis(1))
+    // (A long completion: 300 tokens take the tiny model over a hundred milliseconds.)
+    let long = openai_entry("long", llama.port, "").replace("max_tokens = 8", "max_tokens = 300");
+    let long = pool_in(&dir, &long);
+    let late = answer_within(&long, "Who?", CONTEXTS[1].1, Duration::from_millis(50))
         .await
         .unwrap_err();
     assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
-    // (A long completion: 300 tokens take the tiny model tens of milliseconds.)
-    let hasty = openai_entry("hasty", llama.port, "timeout = \"1ms\"")
-        .replace("max_tokens = 8", "max_tokens = 300");
-    let hasty = spawn_worker(&pool_in(&dir, &hasty)).await;
+    assert!(late.message().contains("caller's deadline"), "{late:?}");
+    let hasty = pool_in(
+        &dir,
+        &openai_entry("hasty", llama.port, "timeout = \"1ms\""),
+    );
+    let hasty = spawn_worker(&hasty).await;
     let late = answer(&hasty, "Who?", CONTEXTS[1].1).await.unwrap_err();
-    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
-    assert!(late.message().contains("within 1 ms"), "{late:?}");
+    assert_eq!(late.code(), Code::Unavailable, "{late:?}");
+    assert!(
+        late.message().contains("backend's timeout (1 ms)"),
+        "{late:?}"
+    );
 
     // A model the server does not list: not ready.
     let other = pool_in(

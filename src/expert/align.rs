@@ -5,7 +5,8 @@
 //! answer is", change the case, or paraphrase. [`align`] finds the part of the context the reply
 //! means, in three steps, and returns the context's own text for it:
 //!
-//! 1. **Exact**: the cleaned reply (see [`clean`]) occurs in the context as it is.
+//! 1. **Exact**: the cleaned reply (see [`clean`]) occurs in the context as it is, as whole
+//!    words ("Ten" is not found inside "Tennessee").
 //! 2. **Normalised**: a run of context words whose SQuAD-normalised tokens (lower case, no ASCII
 //!    punctuation, no articles; [`normalize_answer`]) equal the reply's.
 //! 3. **Closest**: the run of context words with the best token F1 against the reply, if that
@@ -68,24 +69,43 @@ fn is_wrapper(c: char) -> bool {
     )
 }
 
-/// The reply without what surrounds an answer: the first non-empty line, a leading "The answer
-/// is" or "Answer:", wrapping quotes, backticks or emphasis, and white space.
+/// The reply without what surrounds an answer: wrapping quotes, backticks or emphasis, a
+/// leading "The answer is" or "Answer:", and white space, on the first line left with text
+/// ("Answer:" alone on a line is followed by the answer on the next).
 pub fn clean(reply: &str) -> &str {
-    let mut text = reply
-        .lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .unwrap_or("");
-    for prefix in PREFIXES {
-        if text.len() >= prefix.len()
-            && text.is_char_boundary(prefix.len())
-            && text[..prefix.len()].eq_ignore_ascii_case(prefix)
-        {
-            text = text[prefix.len()..].trim_start_matches([' ', ':']);
-            break;
+    for line in reply.lines() {
+        let mut text = unwrap(line);
+        for prefix in PREFIXES {
+            if text.len() >= prefix.len()
+                && text.is_char_boundary(prefix.len())
+                && text[..prefix.len()].eq_ignore_ascii_case(prefix)
+            {
+                text = unwrap(text[prefix.len()..].trim_start_matches([' ', ':']));
+                break;
+            }
+        }
+        if !text.is_empty() {
+            return text;
         }
     }
+    ""
+}
+
+/// `text` without wrapping characters and white space around it.
+fn unwrap(text: &str) -> &str {
     text.trim_matches(|c: char| is_wrapper(c) || c.is_whitespace())
+}
+
+/// Where `needle` occurs in `context` as whole words (not inside a longer word or number).
+fn find_words(context: &str, needle: &str) -> Option<usize> {
+    let joins = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    context.match_indices(needle).map(|(at, _)| at).find(|&at| {
+        let before = context[..at].chars().next_back();
+        let after = context[at + needle.len()..].chars().next();
+        let glued_before = joins(before) && needle.starts_with(char::is_alphanumeric);
+        let glued_after = joins(after) && needle.ends_with(char::is_alphanumeric);
+        !glued_before && !glued_after
+    })
 }
 
 /// The span of `context` that `reply` means, or `None` when the reply says there is no answer
@@ -95,13 +115,19 @@ pub fn align(context: &str, reply: &str, min_f1: f64) -> Option<Aligned> {
     if NO_ANSWER.contains(&cleaned.to_lowercase().trim_end_matches('.')) {
         return None;
     }
-    // 1. Exact, preferring the reply without a final period (SQuAD answers have none).
+    // 1. Exact, preferring the reply without a final period (SQuAD answers have none), unless
+    //    the period ends an abbreviation ("U.S.").
     let unpunctuated = cleaned
         .trim_end_matches(['.', '!', '?', ',', ';'])
         .trim_end();
-    for candidate in [unpunctuated, cleaned] {
+    let candidates = if unpunctuated.contains('.') {
+        [cleaned, unpunctuated]
+    } else {
+        [unpunctuated, cleaned]
+    };
+    for candidate in candidates {
         if let Some(at) = (!candidate.is_empty())
-            .then(|| context.find(candidate))
+            .then(|| find_words(context, candidate))
             .flatten()
         {
             return Some(span(context, at, at + candidate.len(), Match::Exact));
@@ -292,6 +318,8 @@ mod tests {
             "Answer: **Denver Broncos**",
             "  `Denver Broncos`\n\nThe Broncos beat the Panthers.",
             "“Denver Broncos”",
+            "Answer:\nDenver Broncos",
+            "**Answer:**\n\nDenver Broncos",
         ] {
             assert_eq!(
                 aligned(reply),
@@ -344,6 +372,18 @@ mod tests {
     fn an_abbreviation_keeps_its_period_a_sentence_end_does_not() {
         let context = "He moved to the U.S. in 1990.";
         assert_eq!(align(context, "u.s", 0.5).unwrap().text, "U.S.");
+        assert_eq!(align(context, "U.S.", 0.5).unwrap().text, "U.S.");
         assert_eq!(align(context, "IN 1990", 0.5).unwrap().text, "in 1990");
+        assert_eq!(align(context, "in 1990.", 0.5).unwrap().text, "in 1990");
+    }
+
+    #[test]
+    fn exact_copies_are_whole_words_not_parts_of_longer_ones() {
+        let context = "Tennessee had 1990 votes; Ten were lost in 1990.";
+        let ten = align(context, "Ten", 0.5).unwrap();
+        assert_eq!((ten.start, ten.text.as_str()), (26, "Ten"));
+        assert_eq!(align(context, "199", 0.5), None);
+        // A reply that starts or ends with punctuation may touch a word.
+        assert_eq!(align("(Ten)", "(Ten", 0.5).unwrap().start, 0);
     }
 }

@@ -10,6 +10,7 @@
 //! One HTTP/2 connection per backend carries every call.
 
 use super::align::{self, Aligned, Match};
+use super::openai::Limit;
 use super::{BackendAnswer, BackendError, Model};
 use crate::core::query::Query;
 use crate::grpc::inference::{
@@ -39,16 +40,26 @@ pub struct KServeConfig {
 impl KServeConfig {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// Checks the URL: `http://` or `https://`, a host and a port.
+    /// Checks the URL: `http://host:port` or `https://host:port`, nothing else (no user or
+    /// password, no path).
     pub fn check_url(url: &str) -> Result<(), String> {
         let parsed = url
             .parse::<http::Uri>()
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        match (parsed.scheme_str(), parsed.authority()) {
-            (Some("http" | "https"), Some(_)) => Ok(()),
-            _ => Err(format!(
+        let plain = matches!(parsed.scheme_str(), Some("http" | "https"))
+            && parsed
+                .authority()
+                .is_some_and(|a| a.port().is_some() && !a.as_str().contains('@'))
+            && matches!(
+                parsed.path_and_query().map(|p| p.as_str()),
+                None | Some("/")
+            );
+        if plain {
+            Ok(())
+        } else {
+            Err(format!(
                 "{url:?} must be http://host:port or https://host:port"
-            )),
+            ))
         }
     }
 }
@@ -80,7 +91,7 @@ impl KServeBackend {
         })
     }
 
-    fn status_error(&self, status: &Status) -> BackendError {
+    fn status_error(&self, status: &Status, limit: Limit) -> BackendError {
         let text = format!(
             "the inference server at {} answered {:?}: {}",
             self.config.url,
@@ -90,11 +101,12 @@ impl KServeBackend {
         // The call's own timer (the request's grpc-timeout) ran out before an answer came.
         let timed_out = error_sources(status).any(|e| e.is::<tonic::TimeoutExpired>());
         match status.code() {
+            _ if timed_out => {
+                limit.expired(&format!("the inference server at {}", self.config.url))
+            }
+            // The server's own deadline (a queue timeout, say) with the caller's time left.
+            Code::DeadlineExceeded if !limit.callers => BackendError::Unavailable(text),
             Code::DeadlineExceeded => BackendError::DeadlineExceeded(text),
-            _ if timed_out => BackendError::DeadlineExceeded(format!(
-                "the inference server at {} did not answer in time",
-                self.config.url
-            )),
             Code::Unavailable | Code::ResourceExhausted => BackendError::Unavailable(text),
             // tonic's own report of a connection that failed under the call.
             Code::Cancelled | Code::Unknown if std::error::Error::source(status).is_some() => {
@@ -208,8 +220,11 @@ impl<'a> Output<'a> {
             return Ok(None);
         };
         let tensor = &reply.outputs[index];
-        let elements: i64 = tensor.shape.iter().product();
-        if elements != 1 {
+        let elements = tensor
+            .shape
+            .iter()
+            .try_fold(1i64, |n, &d| (d >= 0).then(|| n.checked_mul(d)).flatten());
+        if elements != Some(1) {
             return Err(format!(
                 "output {name} has shape {:?}; l2d reads one element ([1] or [1, 1])",
                 tensor.shape
@@ -293,13 +308,15 @@ fn place(context: &str, reply: &Reply) -> Option<Aligned> {
     if let Some((start, end)) = reply.span
         && 0 <= start
         && start < end
+        && end <= i64::from(u32::MAX)
     {
         let text: String = context
             .chars()
             .skip(start as usize)
             .take((end - start) as usize)
             .collect();
-        if text == reply.answer {
+        // The whole span lies in the context and holds exactly the answer.
+        if text.chars().count() as i64 == end - start && text == reply.answer {
             return Some(Aligned {
                 start: start as u32,
                 end: end as u32,
@@ -332,7 +349,7 @@ impl Model for KServeBackend {
         query: &Query,
         time_left: Option<Duration>,
     ) -> Result<BackendAnswer, BackendError> {
-        let limit = time_left.map_or(self.config.timeout, |t| t.min(self.config.timeout));
+        let limit = Limit::of(time_left, self.config.timeout);
         let mut request = tonic::Request::new(ModelInferRequest {
             model_name: self.config.model.clone(),
             model_version: self.config.version.clone(),
@@ -340,17 +357,13 @@ impl Model for KServeBackend {
             raw_input_contents: vec![raw_bytes(query.question()), raw_bytes(query.context())],
             ..Default::default()
         });
-        request.set_timeout(limit);
+        request.set_timeout(limit.time);
         let mut client = self.client.clone();
-        let reply = match tokio::time::timeout(limit, client.model_infer(request)).await {
+        let reply = match tokio::time::timeout(limit.time, client.model_infer(request)).await {
             Err(_) => {
-                return Err(BackendError::DeadlineExceeded(format!(
-                    "the inference server at {} did not answer within {} ms",
-                    self.config.url,
-                    limit.as_millis()
-                )));
+                return Err(limit.expired(&format!("the inference server at {}", self.config.url)));
             }
-            Ok(Err(status)) => return Err(self.status_error(&status)),
+            Ok(Err(status)) => return Err(self.status_error(&status, limit)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         let reply = read_reply(&reply).map_err(|why| {
@@ -365,17 +378,19 @@ impl Model for KServeBackend {
         ))
     }
 
-    async fn readiness(&self) -> Option<Result<(), String>> {
-        Some(
-            tokio::time::timeout(READINESS_TIMEOUT, self.ready())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "the inference server at {} did not answer in time",
-                        self.config.url
-                    ))
-                }),
-        )
+    fn has_readiness(&self) -> bool {
+        true
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        tokio::time::timeout(READINESS_TIMEOUT, self.ready())
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the inference server at {} did not answer in time",
+                    self.config.url
+                ))
+            })
     }
 }
 
@@ -477,6 +492,13 @@ mod tests {
     fn replies_l2d_cannot_read_are_errors_that_say_why() {
         let mut reply = typed(&[2]);
         assert!(read_reply(&reply).unwrap_err().contains("shape [2]"));
+        // Negative dimensions are not "one element", and huge ones do not overflow.
+        for shape in [&[-1, -1][..], &[i64::MAX, i64::MAX, 2]] {
+            assert!(
+                read_reply(&typed(shape)).unwrap_err().contains("shape"),
+                "{shape:?}"
+            );
+        }
         reply = typed(&[1]);
         reply.outputs[0].datatype = "FP32".into();
         assert_eq!(
@@ -514,6 +536,12 @@ mod tests {
             (3, 9, "Zürich")
         );
         assert_eq!(place(context, &reply("Geneva", None)), None);
+        // A span past the end of the context is not kept, even if what it cuts holds the text.
+        let past = place(context, &reply("Switzerland.", Some((11, 99)))).unwrap();
+        assert_eq!(
+            (past.start, past.end, past.text.as_str()),
+            (11, 22, "Switzerland")
+        );
         assert_eq!(place(context, &reply("", Some((0, 0)))), None);
     }
 }

@@ -133,10 +133,14 @@ pub trait Model: Send + Sync + 'static {
         query: &Query,
         time_left: Option<Duration>,
     ) -> Result<BackendAnswer, BackendError>;
-    /// Whether the model can answer now, for a model with a readiness of its own (a model
-    /// server): `Some(Err(why))` when it cannot. `None`: it is ready whenever the worker is.
-    async fn readiness(&self) -> Option<Result<(), String>> {
-        None
+    /// Whether it has a readiness of its own (a model server), which [`Model::readiness`]
+    /// reports; otherwise it is ready whenever the worker is.
+    fn has_readiness(&self) -> bool {
+        false
+    }
+    /// Whether the model can answer now: `Err(why)` when it cannot.
+    async fn readiness(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 

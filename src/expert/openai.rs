@@ -193,17 +193,11 @@ impl OpenAiBackend {
         }
     }
 
-    /// A transport failure in the backend's terms: a timeout is DEADLINE_EXCEEDED, anything
-    /// else about the connection UNAVAILABLE, a body that is not the expected JSON INTERNAL.
-    fn transport_error(&self, e: &reqwest::Error, limit: Duration) -> BackendError {
+    /// A transport failure in the backend's terms: a body l2d cannot decode is INTERNAL,
+    /// anything about the connection (its connect timeout included) UNAVAILABLE.
+    fn transport_error(&self, e: &reqwest::Error) -> BackendError {
         let why = error_chain(e);
-        if e.is_timeout() {
-            BackendError::DeadlineExceeded(format!(
-                "{} did not answer within {} ms",
-                self.completions,
-                limit.as_millis()
-            ))
-        } else if e.is_decode() {
+        if e.is_decode() {
             BackendError::Internal(format!(
                 "{} sent a reply l2d cannot read: {why}",
                 self.completions
@@ -291,7 +285,7 @@ impl Model for OpenAiBackend {
         query: &Query,
         time_left: Option<Duration>,
     ) -> Result<BackendAnswer, BackendError> {
-        let limit = time_left.map_or(self.config.timeout, |t| t.min(self.config.timeout));
+        let limit = Limit::of(time_left, self.config.timeout);
         let prompt = render_prompt(&self.config.prompt, query.question(), query.context());
         let body = ChatRequest {
             model: &self.config.model,
@@ -313,15 +307,9 @@ impl Model for OpenAiBackend {
             Ok::<_, reqwest::Error>((status, text))
         };
         // The whole call, body included, within the limit.
-        let (status, text) = match tokio::time::timeout(limit, call).await {
-            Err(_) => {
-                return Err(BackendError::DeadlineExceeded(format!(
-                    "{} did not answer within {} ms",
-                    self.completions,
-                    limit.as_millis()
-                )));
-            }
-            Ok(Err(e)) => return Err(self.transport_error(&e, limit)),
+        let (status, text) = match tokio::time::timeout(limit.time, call).await {
+            Err(_) => return Err(limit.expired(self.completions.as_str())),
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
             Ok(Ok(reply)) => reply,
         };
         if !status.is_success() {
@@ -347,14 +335,19 @@ impl Model for OpenAiBackend {
             })?;
         let units = reply
             .usage
-            .map_or(0, |u| u.prompt_tokens + u.completion_tokens) as f64;
+            .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens))
+            as f64;
         Ok(answer_from(
             align::align(query.context(), &generated, align::DEFAULT_MIN_F1),
             units,
         ))
     }
 
-    async fn readiness(&self) -> Option<Result<(), String>> {
+    fn has_readiness(&self) -> bool {
+        true
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
         let check = async {
             let reply = self
                 .request(self.client.get(self.models.clone()))
@@ -384,11 +377,49 @@ impl Model for OpenAiBackend {
                 listed.join(", ")
             ))
         };
-        Some(
-            tokio::time::timeout(READINESS_TIMEOUT, check)
-                .await
-                .unwrap_or_else(|_| Err(format!("{} did not answer in time", self.models))),
-        )
+        tokio::time::timeout(READINESS_TIMEOUT, check)
+            .await
+            .unwrap_or_else(|_| Err(format!("{} did not answer in time", self.models)))
+    }
+}
+
+/// What bounds one call to a model server: the caller's deadline or the backend's timeout,
+/// whichever ends first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Limit {
+    pub time: Duration,
+    /// The caller's deadline is the bound (not the backend's own timeout).
+    pub callers: bool,
+}
+
+impl Limit {
+    pub fn of(time_left: Option<Duration>, timeout: Duration) -> Self {
+        match time_left {
+            Some(left) if left <= timeout => Self {
+                time: left,
+                callers: true,
+            },
+            _ => Self {
+                time: timeout,
+                callers: false,
+            },
+        }
+    }
+
+    /// No answer from `server` within the limit: DEADLINE_EXCEEDED when it was the caller's
+    /// deadline (nothing more can be done for this query), UNAVAILABLE when it was the
+    /// backend's timeout (another replica or expert may still answer in the time left).
+    pub fn expired(&self, server: &str) -> BackendError {
+        let ms = self.time.as_millis();
+        if self.callers {
+            BackendError::DeadlineExceeded(format!(
+                "{server} did not answer within the caller's deadline ({ms} ms)"
+            ))
+        } else {
+            BackendError::Unavailable(format!(
+                "{server} did not answer within the backend's timeout ({ms} ms)"
+            ))
+        }
     }
 }
 
@@ -461,6 +492,23 @@ mod tests {
             refused,
             BackendError::Internal("the model server answered HTTP 400: bad".into())
         );
+    }
+
+    #[test]
+    fn only_the_callers_deadline_ends_the_query() {
+        let timeout = Duration::from_secs(5);
+        let callers = Limit::of(Some(Duration::from_millis(300)), timeout);
+        assert_eq!(callers.time, Duration::from_millis(300));
+        assert!(matches!(
+            callers.expired("s"),
+            BackendError::DeadlineExceeded(m) if m == "s did not answer within the caller's deadline (300 ms)"
+        ));
+        // The backend's own timeout, with time left: another replica may answer.
+        for time_left in [None, Some(Duration::from_secs(30))] {
+            let own = Limit::of(time_left, timeout);
+            assert_eq!(own.time, timeout);
+            assert!(matches!(own.expired("s"), BackendError::Unavailable(_)));
+        }
     }
 
     #[test]

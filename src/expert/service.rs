@@ -425,20 +425,19 @@ async fn serve_node(
     reporter: tonic_health::server::HealthReporter,
     shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
-    let (readiness, checker) = match node.backend.readiness().await {
-        None => (None, None),
-        Some(first) => {
-            log_readiness(node, &first);
-            let (tx, rx) = tokio::sync::watch::channel(first.is_ok());
-            let checker = tokio::spawn(follow_readiness(
-                node.backend.clone(),
-                node.id.clone(),
-                node.load.clone(),
-                node.readiness_interval,
-                tx,
-            ));
-            (Some(rx), Some(checker))
-        }
+    // A model server's worker starts not serving, until its first check (at once) says ready.
+    let (readiness, checker) = if node.backend.has_readiness() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let checker = tokio::spawn(follow_readiness(
+            node.backend.clone(),
+            node.id.clone(),
+            node.load.clone(),
+            node.readiness_interval,
+            tx,
+        ));
+        (Some(rx), Some(checker))
+    } else {
+        (None, None)
     };
     let options = server::ServeOptions {
         drain_delay: node.drain_delay,
@@ -457,14 +456,7 @@ async fn serve_node(
     result
 }
 
-fn log_readiness(node: &ExpertNode, ready: &Result<(), String>) {
-    match ready {
-        Ok(()) => tracing::info!(expert = %node.id, "model ready"),
-        Err(why) => tracing::warn!(expert = %node.id, %why, "model not ready"),
-    }
-}
-
-/// Asks `model` every `every` whether it is ready, and publishes changes on `ready`. A model
+/// Asks `model` now and every `every` whether it is ready, and publishes changes on `ready`. A model
 /// that answered since the last look is ready without being asked: a busy server may be slow
 /// to answer a readiness call (llama.cpp's serves it after the completions in progress).
 async fn follow_readiness(
@@ -476,28 +468,29 @@ async fn follow_readiness(
 ) {
     let answered = || load.answered_total.load(Ordering::Relaxed);
     let mut seen = answered();
+    let mut first = true;
     loop {
-        tokio::time::sleep(every).await;
+        if !first {
+            tokio::time::sleep(every).await;
+        }
         let now = match answered() {
             n if n != seen => {
                 seen = n;
                 Ok(())
             }
-            _ => match model.readiness().await {
-                Some(now) => now,
-                None => return,
-            },
+            _ => model.readiness().await,
         };
         let changed = ready.send_if_modified(|was| {
             let changed = *was != now.is_ok();
             *was = now.is_ok();
             changed
         });
-        if changed {
+        if changed || first {
             match &now {
-                Ok(()) => tracing::info!(expert = %id, "model ready again: serving"),
+                Ok(()) => tracing::info!(expert = %id, "model ready: serving"),
                 Err(why) => tracing::warn!(expert = %id, %why, "model not ready: not serving"),
             }
         }
+        first = false;
     }
 }

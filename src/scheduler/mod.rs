@@ -892,10 +892,12 @@ async fn describe_replica(replica: &registry::Replica) {
     }
 }
 
-/// Asks every static and DNS replica `grpc.health.v1.Health/Check("l2d.v1.Expert")` every
-/// `health_interval`: a replica whose check fails is ejected (with the ejection backoff); one
-/// that says NOT_SERVING is draining, out of rotation without an ejection; either until a check
-/// passes. Registered replicas prove their health with heartbeats; in-process ones share our fate.
+/// Asks every replica `grpc.health.v1.Health/Check("l2d.v1.Expert")` every `health_interval`:
+/// one that says NOT_SERVING (draining, or its model server is not ready) is out of rotation
+/// without an ejection; a static or DNS replica whose check fails is ejected (with the ejection
+/// backoff); either until a check passes. For a registered replica (alive while it heartbeats;
+/// a minimal adapter may serve no health) and an in-process one (which shares our fate), only
+/// NOT_SERVING counts.
 async fn check_health(scheduler: Arc<Scheduler>) {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -910,11 +912,7 @@ async fn check_health(scheduler: Arc<Scheduler>) {
         tick.tick().await;
         scheduler.learn_capabilities(true).await;
         let snapshot = scheduler.registry.snapshot();
-        let checks = snapshot.experts.iter().flat_map(|g| {
-            g.replicas
-                .iter()
-                .filter(|r| matches!(r.origin, registry::Origin::Static | registry::Origin::Dns))
-        });
+        let checks = snapshot.experts.iter().flat_map(|g| g.replicas.iter());
         let checks = checks.map(|replica| async move {
             let mut client = HealthClient::new(replica.channel.clone());
             let mut request = tonic::Request::new(HealthCheckRequest {
@@ -927,6 +925,13 @@ async fn check_health(scheduler: Arc<Scheduler>) {
                 }
                 Ok(Ok(r)) if r.get_ref().status == ServingStatus::NotServing as i32 => {
                     registry::HealthCheck::NotServing
+                }
+                _ if matches!(
+                    replica.origin,
+                    registry::Origin::Registered | registry::Origin::InProcess
+                ) =>
+                {
+                    return;
                 }
                 _ => registry::HealthCheck::Failed,
             };
