@@ -410,3 +410,54 @@ fn a_fatal_error_is_a_json_line_when_json_logs_are_chosen() {
         "{last}"
     );
 }
+
+/// Every query the scheduler answered is in its decision log after SIGTERM, across rotations,
+/// with the answer it gave (lines reach the file as they are written; close flushes them to
+/// disk).
+#[test]
+fn the_decision_log_keeps_every_answered_query_through_rotation_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let mut up = Proc::spawn(&[
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--decision-log",
+        log.to_str().unwrap(),
+        "--decision-log-max-mib",
+        "1",
+        "--decision-log-fsync",
+        "never",
+    ]);
+    let router = up.address_in("scheduler serving");
+    up.wait_for("l2d: try");
+    let report = dir.path().join("load.json");
+    let out = l2d(&[
+        "load",
+        "--router",
+        &router,
+        "--warmup",
+        "0s",
+        "--limit",
+        "4000",
+        "--duration",
+        "120s",
+        "--concurrency",
+        "16",
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    up.signal("TERM");
+    assert!(up.exit_success());
+    let decisions = l2d::scheduler::decision_log::read_log(&log).unwrap();
+    assert_eq!(decisions.len() as u64, report["count"].as_u64().unwrap());
+    assert!(l2d::scheduler::decision_log::rotated(&log, 1).exists());
+    assert!(decisions.iter().all(|d| d.answer.is_some()));
+    let ids: std::collections::HashSet<&str> =
+        decisions.iter().map(|d| d.request_id.as_str()).collect();
+    assert_eq!(ids.len(), decisions.len());
+}

@@ -50,6 +50,24 @@ pub struct AskArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct OutcomeArgs {
+    /// The scheduler, host:port.
+    #[arg(long)]
+    pub router: String,
+    /// The request id an answer carried (`l2d ask --json`: request_id).
+    #[arg(long)]
+    pub request_id: String,
+    /// The answer's reward, in [0, 1].
+    #[arg(long, allow_negative_numbers = true, required_unless_present = "gold")]
+    pub reward: Option<f64>,
+    /// A gold answer (repeat for several): the reward is the answer's exact match against them.
+    #[arg(long, conflicts_with = "reward")]
+    pub gold: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct LoadArgs {
     /// The scheduler to load (Router.Ask), host:port. With --rps-steps, several may be
     /// compared in one run: NAME=HOST:PORT,NAME=HOST:PORT,...
@@ -160,6 +178,22 @@ pub(super) async fn ask(args: AskArgs) -> anyhow::Result<()> {
                 f.expert_id, f.replica, f.code, f.message
             );
         }
+    }
+    Ok(())
+}
+
+pub(super) async fn outcome(args: OutcomeArgs) -> anyhow::Result<()> {
+    let mut client =
+        RouterClient::connect_with(&args.router, args.client.tls()?, args.client.token()?)
+            .await
+            .with_context(|| format!("cannot connect to the scheduler at {}", args.router))?;
+    let recorded = client
+        .report_outcome(&args.request_id, args.reward, args.gold)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?;
+    match recorded.f1 {
+        Some(f1) => println!("recorded reward {} (F1 {f1:.3})", recorded.reward),
+        None => println!("recorded reward {}", recorded.reward),
     }
     Ok(())
 }

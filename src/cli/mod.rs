@@ -4,7 +4,7 @@
 //! | module | commands |
 //! | --- | --- |
 //! | [`serve`] | `up`, `scheduler`, `expert`: the nodes, their flags turned into configurations |
-//! | [`client`] | `ask`, `pool status`, `load` |
+//! | [`client`] | `ask`, `outcome`, `pool status`, `load` |
 //! | [`train`] | `label`, `train`, `eval`, `score`, `experts-report` |
 //! | [`tools`] | `demo`, `bench`, `simulate` |
 //! | [`tls_args`] | TLS and credentials flags shared by servers and clients |
@@ -50,6 +50,9 @@ pub enum Command {
     Expert(ExpertArgs),
     /// Ask a scheduler one question.
     Ask(AskArgs),
+    /// Report how good an answer was (Router.ReportOutcome): a reward, or gold answers; the
+    /// scheduler appends it to its decision log beside the request's decision.
+    Outcome(OutcomeArgs),
     /// Check a node's gRPC health (`grpc.health.v1.Health/Check`), as a kubelet gRPC probe
     /// does: exits 0 when SERVING, 1 otherwise.
     Health(HealthArgs),
@@ -168,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Expert(args) => run_expert(args).await,
         Command::Ask(args) => ask(args).await,
+        Command::Outcome(args) => outcome(args).await,
         Command::Score(args) => score(args),
         Command::Load(args) => load(args).await,
         Command::Simulate(args) => simulate(args).await,

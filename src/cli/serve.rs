@@ -332,6 +332,22 @@ pub struct PolicyArgs {
     /// Append one JSON line per decision to this file (no query text).
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
+    /// Rotate the decision log before it passes this many MiB (LOG becomes LOG.1, …).
+    #[arg(long, default_value_t = 64)]
+    pub decision_log_max_mib: u64,
+    /// Rotated decision logs kept (LOG.1 … LOG.N).
+    #[arg(long, default_value_t = 4)]
+    pub decision_log_keep: u32,
+    /// When the decision log is flushed to disk: always (each line), never (rotation and
+    /// shutdown only) or an interval. Each line reaches the operating system when written.
+    #[arg(long, default_value = "1s")]
+    pub decision_log_fsync: crate::scheduler::decision_log::Sync,
+    /// Requests whose outcome may be reported (Router.ReportOutcome): the last this many…
+    #[arg(long, default_value_t = 100_000)]
+    pub outcome_window: usize,
+    /// …for at most this long.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub outcome_ttl: Duration,
     /// A policy file to try beside the one in force: it decides --candidate-share of the
     /// requests, and scores every other one in shadow (no call, no change to the answer),
     /// with agreement and estimated cost exported. Reloaded when it changes.
@@ -483,6 +499,17 @@ pub(super) async fn run_scheduler(
     );
     config.explore = policy.explore;
     config.decision_log = policy.decision_log.clone();
+    anyhow::ensure!(
+        policy.decision_log_max_mib > 0,
+        "--decision-log-max-mib must be at least 1"
+    );
+    config.outcome_window = policy.outcome_window;
+    config.outcome_ttl = policy.outcome_ttl;
+    config.decision_log_options = crate::scheduler::decision_log::LogOptions {
+        max_bytes: policy.decision_log_max_mib.saturating_mul(1024 * 1024),
+        keep: policy.decision_log_keep,
+        sync: policy.decision_log_fsync,
+    };
     if let Some(target) = policy.target_cost {
         anyhow::ensure!(
             target.is_finite() && target > 0.0,
@@ -581,7 +608,9 @@ pub(super) async fn run_scheduler(
         pool: pool_listener,
         health: health_listener,
     };
+    let log_owner = scheduler.clone();
     let served = scheduler::serve_on(listeners, scheduler, shutdown_signal()).await;
+    log_owner.close_decision_log();
     let _ = metrics_stop.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

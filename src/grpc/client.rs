@@ -134,6 +134,31 @@ impl RouterClient {
         }
     }
 
+    /// Reports the outcome of an earlier request (`Router.ReportOutcome`): a reward in [0, 1],
+    /// or the gold answers to score the answer given against.
+    pub async fn report_outcome(
+        &mut self,
+        request_id: &str,
+        reward: Option<f64>,
+        gold_answers: Vec<String>,
+    ) -> Result<pb::ReportOutcomeResponse, tonic::Status> {
+        let mut request = tonic::Request::new(pb::ReportOutcomeRequest {
+            request_id: request_id.to_owned(),
+            reward,
+            gold_answers,
+        });
+        request.set_timeout(Duration::from_secs(10));
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        match self.inner.report_outcome(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(crate::grpc::status::client_deadline(status)),
+        }
+    }
+
     /// The generated client, for calls this wrapper does not cover.
     pub fn raw(&mut self) -> &mut router_client::RouterClient<Channel> {
         &mut self.inner

@@ -75,6 +75,15 @@ impl router_server::Router for ForwardingProxy {
             ..Default::default()
         }))
     }
+
+    async fn report_outcome(
+        &self,
+        _request: Request<pb::ReportOutcomeRequest>,
+    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        Err(Status::unimplemented(
+            "the bare forwarding proxy keeps no decisions",
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

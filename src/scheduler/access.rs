@@ -7,7 +7,8 @@
 //!
 //! | call | needs |
 //! | --- | --- |
-//! | `Router.*` | a router credential, when any is configured |
+//! | `Router.Ask` | a router credential, when any is configured |
+//! | `Router.ReportOutcome` | a pool credential, when any is configured (like Pool mutations: an outcome trains the next policy) |
 //! | `Pool.Register`, `Heartbeat`, `Deregister` | registration on, and a pool credential when any is configured; the credential's expert ids bound what it may register as, and a lease answers only to the name that took it |
 //! | `Pool.ReloadPolicy` | a pool credential allowed to reload the policy |
 //! | `Pool.ListPool`, `Pool.GetPolicy` | a pool or a router credential, when any is configured |
@@ -353,6 +354,12 @@ impl Authorize for Gate {
             return Ok(None);
         };
         match (service, method) {
+            ("l2d.v1.Router", "ReportOutcome") => {
+                let who = self
+                    .pool
+                    .check(headers, extensions, "Router.ReportOutcome")?;
+                Ok(Some(Self::caller(who)))
+            }
             ("l2d.v1.Router", _) => {
                 let who = self.router.check(headers, extensions, "Router.Ask")?;
                 Ok(Some(Self::caller(who)))

@@ -273,6 +273,29 @@ impl Router for RouterService {
             Err(status) => Err(status_with_request_id(status, &request_id)),
         }
     }
+
+    async fn report_outcome(
+        &self,
+        request: Request<pb::ReportOutcomeRequest>,
+    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        let msg = request.into_inner();
+        let (Some(log), Some(outcomes)) = (&self.scheduler.decisions, &self.scheduler.outcomes)
+        else {
+            return Err(crate::grpc::status::status_of(&Refusal::new(
+                ErrorKind::Unsatisfiable,
+                "this scheduler keeps no decision log to record outcomes in (start it with \
+                 --decision-log)",
+            )));
+        };
+        let outcome = outcomes
+            .report(&msg.request_id, msg.reward, &msg.gold_answers)
+            .map_err(|e| crate::grpc::status::status_of(&e))?;
+        log.record_outcome(&outcome);
+        Ok(Response::new(pb::ReportOutcomeResponse {
+            reward: outcome.reward,
+            f1: outcome.f1,
+        }))
+    }
 }
 
 impl RouterService {
@@ -438,6 +461,8 @@ impl RouterService {
                 propensity: d.propensity,
                 epsilon: d.epsilon,
                 answered_by: answered_by.map(|a| view[a].id.to_owned()),
+                answer: None,
+                reward: None,
                 cost,
                 shadow: false,
             };
@@ -473,8 +498,15 @@ impl RouterService {
         }
         if let Some(d) = &explanation.decision {
             if let Some(decisions) = &self.scheduler.decisions {
-                let answered_by = outcome.as_ref().ok().map(|a| a.expert);
-                decisions.record(&logged(&policy, d, answered_by, explanation.charged));
+                let answered = outcome.as_ref().ok();
+                let answer = answered.map(|a| a.answer.text.as_str());
+                decisions.record(&LoggedDecision {
+                    answer: answer.map(str::to_owned),
+                    ..logged(&policy, d, answered.map(|a| a.expert), explanation.charged)
+                });
+                if let Some(outcomes) = &self.scheduler.outcomes {
+                    outcomes.expect(&request_id, answer);
+                }
             }
             tracing::debug!(
                 target: "l2d::decision",

@@ -68,6 +68,12 @@ pub struct SchedulerConfig {
     pub explore_seed: u64,
     /// Append one JSON line per decision here.
     pub decision_log: Option<PathBuf>,
+    /// Its rotation and flushing to disk.
+    pub decision_log_options: decision_log::LogOptions,
+    /// Requests whose outcome may be reported (`Router.ReportOutcome`): the last this many...
+    pub outcome_window: usize,
+    /// ... for at most this long.
+    pub outcome_ttl: Duration,
     /// After a stop signal: report NOT_SERVING, keep serving this long, then drain.
     pub drain_delay: Duration,
     /// Longest wait for one expert call before the attempt counts as failed (a hung replica)
@@ -111,6 +117,9 @@ impl Default for SchedulerConfig {
             explore: 0.0,
             explore_seed: 0x5eed,
             decision_log: None,
+            decision_log_options: decision_log::LogOptions::default(),
+            outcome_window: 100_000,
+            outcome_ttl: Duration::from_secs(24 * 3600),
             drain_delay: Duration::ZERO,
             try_timeout: Duration::from_secs(10),
             tls: None,
@@ -250,6 +259,8 @@ pub struct Scheduler {
     recent_costs: Mutex<CostWindow>,
     target: Option<Mutex<CostTarget>>,
     decisions: Option<decision_log::DecisionLog>,
+    /// With a decision log: the requests whose outcome may still be reported.
+    outcomes: Option<decision_log::Outcomes>,
     ask_duration: metrics::Histogram,
     decision_counters: dispatch::DecisionCounters,
     /// A candidate policy in shadow or on a share of the requests.
@@ -307,6 +318,7 @@ impl Scheduler {
             recent_costs: Mutex::new(CostWindow::new(config.target_window)),
             target,
             decisions: None,
+            outcomes: None,
             config,
             requests: AtomicU64::new(0),
             describe_wanted: tokio::sync::Notify::new(),
@@ -316,11 +328,22 @@ impl Scheduler {
     /// Opens the configured decision log (call once, before serving).
     pub fn open_decision_log(&mut self) -> anyhow::Result<()> {
         if let Some(path) = &self.config.decision_log {
-            let log = decision_log::DecisionLog::open(path)
+            let log = decision_log::DecisionLog::open_with(path, self.config.decision_log_options)
                 .with_context(|| format!("cannot open the decision log {}", path.display()))?;
             self.decisions = Some(log);
+            self.outcomes = Some(decision_log::Outcomes::new(
+                self.config.outcome_window,
+                self.config.outcome_ttl,
+            ));
         }
         Ok(())
+    }
+
+    /// Flushes the decision log to disk (at shutdown, after the last request).
+    pub fn close_decision_log(&self) {
+        if let Some(log) = &self.decisions {
+            log.close();
+        }
     }
 
     /// Tries `candidate` beside the policy in force (see [`candidate`]).

@@ -10,10 +10,8 @@ use crate::core::learned::PolicyFile;
 use crate::core::offpolicy::{Estimate, Sample, estimate};
 use crate::core::rejector::argmax;
 use crate::scheduler::decision_log::LoggedDecision;
-use anyhow::Context;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,23 +29,13 @@ pub struct OffPolicyReport {
     pub mean_cost: f64,
 }
 
+/// The decisions a scheduler served (its shadow decisions left out), from the log at `path`
+/// and its rotated files.
 pub fn read_log(path: &Path) -> anyhow::Result<Vec<LoggedDecision>> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read decision log {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let entry: LoggedDecision = serde_json::from_str(&line)
-            .with_context(|| format!("decision log {}: line {}", path.display(), i + 1))?;
-        // A candidate's shadow decision served nothing: it carries no reward.
-        if !entry.shadow {
-            out.push(entry);
-        }
-    }
-    Ok(out)
+    let mut log = crate::scheduler::decision_log::read_log(path)?;
+    // A candidate's shadow decision served nothing: it carries no reward.
+    log.retain(|entry| !entry.shadow);
+    Ok(log)
 }
 
 pub fn evaluate_from_log(

@@ -147,11 +147,13 @@ pub async fn spawn_scheduler_with_candidate(
     serve_scheduler(scheduler, Some(pool)).await
 }
 
-/// Starts `pool`'s experts in `scheduler` and serves it on loopback.
+/// Opens its decision log (if configured), starts `pool`'s experts in `scheduler` and serves
+/// it on loopback.
 async fn serve_scheduler(
-    scheduler: Scheduler,
+    mut scheduler: Scheduler,
     pool: Option<&PoolFile>,
 ) -> (Node, Arc<Scheduler>, l2d::cluster::LocalExperts) {
+    scheduler.open_decision_log().unwrap();
     let scheduler = Arc::new(scheduler);
     let local = match pool {
         Some(pool) => l2d::cluster::start_pool(pool, &scheduler).await.unwrap(),
