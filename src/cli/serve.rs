@@ -342,6 +342,11 @@ pub struct PolicyArgs {
     /// shutdown only) or an interval. Each line reaches the operating system when written.
     #[arg(long, default_value = "1s")]
     pub decision_log_fsync: crate::scheduler::decision_log::Sync,
+    /// Also log each decision's question, context and the answers seen before it, so that
+    /// another policy can be evaluated from the log alone (`l2d eval --from-log` without
+    /// --labels).
+    #[arg(long, requires = "decision_log")]
+    pub decision_log_queries: bool,
     /// Requests whose outcome may be reported (Router.ReportOutcome): the last this many…
     #[arg(long, default_value_t = 100_000)]
     pub outcome_window: usize,
@@ -503,6 +508,7 @@ pub(super) async fn run_scheduler(
         policy.decision_log_max_mib > 0,
         "--decision-log-max-mib must be at least 1"
     );
+    config.decision_log_queries = policy.decision_log_queries;
     config.outcome_window = policy.outcome_window;
     config.outcome_ttl = policy.outcome_ttl;
     config.decision_log_options = crate::scheduler::decision_log::LogOptions {

@@ -161,8 +161,10 @@ pub struct CvArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    #[arg(long)]
-    pub labels: PathBuf,
+    /// Labels (every expert's answer to every question); with --from-log, optional: without
+    /// them the rewards are the outcomes reported to the scheduler.
+    #[arg(long, required_unless_present = "from_log")]
+    pub labels: Option<PathBuf>,
     #[arg(long)]
     pub policy: PathBuf,
     /// Write the report as JSON here.
@@ -174,7 +176,8 @@ pub struct EvalArgs {
     /// Write the EM-against-cost plot (SVG) here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Estimate the policy's EM from a scheduler's decision log instead (off-policy, IPS).
+    /// Estimate the policy's reward from a scheduler's decision log instead (off-policy: IPS,
+    /// SNIPS, doubly robust).
     #[arg(long)]
     pub from_log: Option<PathBuf>,
     /// The hand-written cascade baseline: first,second,fallback expert ids.
@@ -442,15 +445,25 @@ pub(super) fn cv(args: CvArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let labels = crate::train::labels::Labels::read(&args.labels)?;
     let text = std::fs::read_to_string(&args.policy)
         .with_context(|| format!("cannot read policy file {}", args.policy.display()))?;
     let policy = crate::core::learned::PolicyFile::parse(&text)
         .with_context(|| format!("policy file {}", args.policy.display()))?;
+    let labels = args
+        .labels
+        .as_deref()
+        .map(crate::train::labels::Labels::read)
+        .transpose()?;
     if let Some(log_path) = &args.from_log {
         let log = crate::train::offpolicy::read_log(log_path)?;
-        let report = crate::train::offpolicy::evaluate_from_log(&log, &labels, &policy)?;
-        let json = serde_json::to_string_pretty(&report)?;
+        let json = match &labels {
+            Some(labels) => serde_json::to_string_pretty(
+                &crate::train::offpolicy::evaluate_from_log(&log, labels, &policy)?,
+            )?,
+            None => serde_json::to_string_pretty(&crate::train::offpolicy::evaluate_log_alone(
+                &log, &policy, 1,
+            )?)?,
+        };
         if let Some(path) = &args.json {
             std::fs::write(path, &json)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -458,6 +471,7 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
         println!("{json}");
         return Ok(());
     }
+    let labels = labels.context("--labels is needed to evaluate on the test articles")?;
     let cascade: [String; 3] = args
         .cascade
         .try_into()

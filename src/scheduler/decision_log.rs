@@ -1,7 +1,8 @@
 //! The decision log: one JSON line per routed query (what the policy scored, what was eligible,
 //! what was chosen and with which probability, who answered, the answer given, what it cost),
 //! for off-policy evaluation of a new policy (`l2d eval --from-log`) and for audits. Holds no
-//! query text.
+//! query text unless asked (`--decision-log-queries`, which evaluation from the log alone
+//! needs).
 //!
 //! Durability: append-only. Each line is written whole with one `write` to the file (no user
 //! space buffer), so a line the scheduler logged survives the process being killed; what a
@@ -48,6 +49,10 @@ pub struct LoggedDecision {
     /// The answer returned ("" for no answer; absent when the request failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// With `--decision-log-queries`: the query and the answers seen before the decision, so
+    /// that another policy can be evaluated from the log alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<LoggedQuery>,
     /// The reward reported for it later (`Router.ReportOutcome`, written as an outcome line and
     /// joined here by [`read_log`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +62,16 @@ pub struct LoggedDecision {
     /// have paid); off-policy evaluation skips these.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+}
+
+/// A logged query: its text and the answers the request saw before its decision (probes, a
+/// cascade's stages), by expert id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedQuery {
+    pub question: String,
+    pub context: String,
+    #[serde(default)]
+    pub observed: BTreeMap<String, String>,
 }
 
 /// The outcome reported for a request: its reward in [0, 1] and, when it was computed from gold
@@ -462,6 +477,7 @@ mod tests {
             answered_by: Some("a".into()),
             answer: Some("Denver Broncos".into()),
             reward: None,
+            query: None,
             cost: 1.0,
             shadow: false,
         }

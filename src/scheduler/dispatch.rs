@@ -5,7 +5,7 @@
 //! expert call (cancelling it) and its in-flight guard.
 
 use super::candidate::{Candidate, Decider, Shadow, shadow_decision};
-use super::decision_log::LoggedDecision;
+use super::decision_log::{LoggedDecision, LoggedQuery};
 use super::registry::{ExpertGroup, PoolSnapshot};
 use super::{ActivePolicy, Scheduler};
 use crate::core::ask::{
@@ -463,6 +463,7 @@ impl RouterService {
                 answered_by: answered_by.map(|a| view[a].id.to_owned()),
                 answer: None,
                 reward: None,
+                query: None,
                 cost,
                 shadow: false,
             };
@@ -500,8 +501,18 @@ impl RouterService {
             if let Some(decisions) = &self.scheduler.decisions {
                 let answered = outcome.as_ref().ok();
                 let answer = answered.map(|a| a.answer.text.as_str());
+                let logged_query = config.decision_log_queries.then(|| LoggedQuery {
+                    question: query.question().to_owned(),
+                    context: query.context().to_owned(),
+                    observed: explanation
+                        .probes
+                        .iter()
+                        .filter_map(|p| Some((view[p.expert].id.to_owned(), p.text.clone()?)))
+                        .collect(),
+                });
                 decisions.record(&LoggedDecision {
                     answer: answer.map(str::to_owned),
+                    query: logged_query,
                     ..logged(&policy, d, answered.map(|a| a.expert), explanation.charged)
                 });
                 if let Some(outcomes) = &self.scheduler.outcomes {

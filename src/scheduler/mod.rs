@@ -70,6 +70,9 @@ pub struct SchedulerConfig {
     pub decision_log: Option<PathBuf>,
     /// Its rotation and flushing to disk.
     pub decision_log_options: decision_log::LogOptions,
+    /// Log each decision's query and the answers seen before it (for evaluating other policies
+    /// from the log alone).
+    pub decision_log_queries: bool,
     /// Requests whose outcome may be reported (`Router.ReportOutcome`): the last this many...
     pub outcome_window: usize,
     /// ... for at most this long.
@@ -118,6 +121,7 @@ impl Default for SchedulerConfig {
             explore_seed: 0x5eed,
             decision_log: None,
             decision_log_options: decision_log::LogOptions::default(),
+            decision_log_queries: false,
             outcome_window: 100_000,
             outcome_ttl: Duration::from_secs(24 * 3600),
             drain_delay: Duration::ZERO,
