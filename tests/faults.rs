@@ -162,22 +162,13 @@ async fn malformed_answers_fall_back_and_empty_answers_are_answers() {
     );
 }
 
-/// A free loopback port (bound, then released for the process that will use it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn experts_register_again_with_a_restarted_scheduler() {
     let dir = tempfile::tempdir().unwrap();
     let pool_path = dir.path().join("pool.toml");
     std::fs::write(&pool_path, pool_entry("strong", 0.9, "replicas = 0")).unwrap();
     let pool = pool_path.to_str().unwrap().to_string();
-    let router = format!("127.0.0.1:{}", free_port());
+    let router = format!("127.0.0.1:{}", common::free_port());
     let start = || {
         let mut s = Proc::spawn(&["scheduler", "--listen", &router, "--pool", &pool, "--prior"]);
         s.wait_for("scheduler serving");

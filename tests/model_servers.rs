@@ -41,15 +41,6 @@ fn servers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
 }
 
-/// A port free on loopback now (MLServer and llama.cpp's server do not report a port 0 bound).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A model server process, stopped (SIGTERM, then SIGKILL) when dropped. It runs in a folder
 /// of its own with a clean environment (both servers read settings from environment
 /// variables and from files in their working folder).
@@ -78,7 +69,7 @@ impl Server {
         let child = Self::command(&python.with_file_name("mlserver"), &dir)
             .args(["start", servers_dir().join("mlserver_qa").to_str().unwrap()])
             .env("MLSERVER_GRPC_PORT", port.to_string())
-            .env("MLSERVER_HTTP_PORT", free_port().to_string())
+            .env("MLSERVER_HTTP_PORT", common::free_port().to_string())
             .stderr(Stdio::null())
             .spawn()
             .expect("start MLServer");
@@ -238,6 +229,16 @@ async fn answer_within(
     node.answer(request).await.map(tonic::Response::into_inner)
 }
 
+/// The backend a worker describes and the concurrency limit it announces.
+async fn announced(client: &mut ExpertClient<tonic::transport::Channel>) -> (String, u32) {
+    let described = client
+        .describe(pb::DescribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (described.backend, described.max_concurrency)
+}
+
 /// The text of `context` at the code-point span of `reply`.
 fn text_at(context: &str, reply: &pb::AnswerResponse) -> String {
     let span = reply.span.as_ref().expect("a span");
@@ -257,7 +258,7 @@ fn kserve_entry(id: &str, port: u16, model: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kserve_expert_answers_through_mlserver_and_maps_its_failures() {
     let Some(python) = python() else { return };
-    let port = free_port();
+    let port = common::free_port();
     let _mlserver = Server::mlserver(&python, port);
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(
@@ -314,15 +315,7 @@ async fn a_kserve_expert_answers_through_mlserver_and_maps_its_failures() {
     // The pool's max_in_flight is the worker's limit and what it announces: two at the model
     // server, the others queued at the worker.
     let mut client = ExpertClient::new(worker.channel().await);
-    let described = client
-        .describe(pb::DescribeRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (described.backend.as_str(), described.max_concurrency),
-        ("kserve", 2)
-    );
+    assert_eq!(announced(&mut client).await, ("kserve".into(), 2));
     let slow: Vec<_> = (0..4)
         .map(|_| {
             let worker = worker.addr;
@@ -383,7 +376,7 @@ fn pool_in(dir: &tempfile::TempDir, body: &str) -> PoolFile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kserve_workers_health_follows_the_model_server() {
     let Some(python) = python() else { return };
-    let port = free_port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(dir.path(), &kserve_entry("reader", port, "qa", ""));
     // Nothing listens yet: not serving, and a call is UNAVAILABLE.
@@ -418,7 +411,7 @@ async fn a_kserve_workers_health_follows_the_model_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_model_servers_is_served_and_labelled_unchanged() {
     let Some(python) = python() else { return };
-    let port = free_port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     // The kserve expert beside a recorded one, as a team would mix them.
     let body = format!(
@@ -579,15 +572,7 @@ async fn an_openai_expert_answers_through_llama_cpp_aligned_or_not_at_all() {
 
     // One call at a time, as announced; the others wait at the worker and are all answered.
     let mut client = ExpertClient::new(worker.channel().await);
-    let described = client
-        .describe(pb::DescribeRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (described.backend.as_str(), described.max_concurrency),
-        ("openai", 1)
-    );
+    assert_eq!(announced(&mut client).await, ("openai".into(), 1));
     let calls: Vec<_> = (0..3)
         .map(|i| {
             let mut client = client.clone();

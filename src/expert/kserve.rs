@@ -10,8 +10,7 @@
 //! One HTTP/2 connection per backend carries every call.
 
 use super::align::{self, Aligned, Match};
-use super::openai::Limit;
-use super::{BackendAnswer, BackendError, Model};
+use super::{BackendAnswer, BackendError, Limit, Model, answer_from};
 use crate::core::query::Query;
 use crate::grpc::inference::{
     ModelInferRequest, ModelInferResponse, ModelReadyRequest, ServerReadyRequest,
@@ -372,10 +371,7 @@ impl Model for KServeBackend {
                 self.config.model, self.config.url
             ))
         })?;
-        Ok(super::openai::answer_from(
-            place(query.context(), &reply),
-            self.units,
-        ))
+        Ok(answer_from(place(query.context(), &reply), self.units))
     }
 
     fn has_readiness(&self) -> bool {

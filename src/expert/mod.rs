@@ -167,6 +167,64 @@ impl Model for Local {
     }
 }
 
+/// What bounds one call to a model server: the caller's deadline or the backend's timeout,
+/// whichever ends first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Limit {
+    pub time: Duration,
+    /// The caller's deadline is the bound (not the backend's own timeout).
+    pub callers: bool,
+}
+
+impl Limit {
+    pub fn of(time_left: Option<Duration>, timeout: Duration) -> Self {
+        match time_left {
+            Some(left) if left <= timeout => Self {
+                time: left,
+                callers: true,
+            },
+            _ => Self {
+                time: timeout,
+                callers: false,
+            },
+        }
+    }
+
+    /// No answer from `server` within the limit: DEADLINE_EXCEEDED when it was the caller's
+    /// deadline (nothing more can be done for this query), UNAVAILABLE when it was the
+    /// backend's timeout (another replica or expert may still answer in the time left).
+    pub fn expired(&self, server: &str) -> BackendError {
+        let ms = self.time.as_millis();
+        if self.callers {
+            BackendError::DeadlineExceeded(format!(
+                "{server} did not answer within the caller's deadline ({ms} ms)"
+            ))
+        } else {
+            BackendError::Unavailable(format!(
+                "{server} did not answer within the backend's timeout ({ms} ms)"
+            ))
+        }
+    }
+}
+
+/// The answer for an aligned span, or "no answer".
+pub(crate) fn answer_from(aligned: Option<align::Aligned>, units: f64) -> BackendAnswer {
+    match aligned {
+        Some(a) => BackendAnswer {
+            text: a.text,
+            span: Some((a.start, a.end)),
+            score: None,
+            compute_units: units,
+        },
+        None => BackendAnswer {
+            text: String::new(),
+            span: None,
+            score: None,
+            compute_units: units,
+        },
+    }
+}
+
 /// Code-point span of the first occurrence of `needle` in `haystack`, if any.
 pub fn find_span(haystack: &str, needle: &str) -> Option<(u32, u32)> {
     if needle.is_empty() {
@@ -180,7 +238,25 @@ pub fn find_span(haystack: &str, needle: &str) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use super::find_span;
+    use super::{BackendError, Limit, find_span};
+    use std::time::Duration;
+
+    #[test]
+    fn only_the_callers_deadline_ends_the_query() {
+        let timeout = Duration::from_secs(5);
+        let callers = Limit::of(Some(Duration::from_millis(300)), timeout);
+        assert_eq!(callers.time, Duration::from_millis(300));
+        assert!(matches!(
+            callers.expired("s"),
+            BackendError::DeadlineExceeded(m) if m == "s did not answer within the caller's deadline (300 ms)"
+        ));
+        // The backend's own timeout, with time left: another replica may answer.
+        for time_left in [None, Some(Duration::from_secs(30))] {
+            let own = Limit::of(time_left, timeout);
+            assert_eq!(own.time, timeout);
+            assert!(matches!(own.expired("s"), BackendError::Unavailable(_)));
+        }
+    }
 
     #[test]
     fn spans_count_code_points_not_bytes() {

@@ -8,8 +8,8 @@
 //! units. The model is ready while `GET {url}/models` lists it. One HTTP client per backend
 //! keeps its connections; each call's timeout is the backend's, cut to the caller's deadline.
 
-use super::align::{self, Aligned};
-use super::{BackendAnswer, BackendError, Model};
+use super::align;
+use super::{BackendAnswer, BackendError, Limit, Model, answer_from};
 use crate::core::query::Query;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use std::time::Duration;
@@ -383,64 +383,6 @@ impl Model for OpenAiBackend {
     }
 }
 
-/// What bounds one call to a model server: the caller's deadline or the backend's timeout,
-/// whichever ends first.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Limit {
-    pub time: Duration,
-    /// The caller's deadline is the bound (not the backend's own timeout).
-    pub callers: bool,
-}
-
-impl Limit {
-    pub fn of(time_left: Option<Duration>, timeout: Duration) -> Self {
-        match time_left {
-            Some(left) if left <= timeout => Self {
-                time: left,
-                callers: true,
-            },
-            _ => Self {
-                time: timeout,
-                callers: false,
-            },
-        }
-    }
-
-    /// No answer from `server` within the limit: DEADLINE_EXCEEDED when it was the caller's
-    /// deadline (nothing more can be done for this query), UNAVAILABLE when it was the
-    /// backend's timeout (another replica or expert may still answer in the time left).
-    pub fn expired(&self, server: &str) -> BackendError {
-        let ms = self.time.as_millis();
-        if self.callers {
-            BackendError::DeadlineExceeded(format!(
-                "{server} did not answer within the caller's deadline ({ms} ms)"
-            ))
-        } else {
-            BackendError::Unavailable(format!(
-                "{server} did not answer within the backend's timeout ({ms} ms)"
-            ))
-        }
-    }
-}
-
-/// The answer for an aligned span, or "no answer".
-pub(super) fn answer_from(aligned: Option<Aligned>, units: f64) -> BackendAnswer {
-    match aligned {
-        Some(a) => BackendAnswer {
-            text: a.text,
-            span: Some((a.start, a.end)),
-            score: None,
-            compute_units: units,
-        },
-        None => BackendAnswer {
-            text: String::new(),
-            span: None,
-            score: None,
-            compute_units: units,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,23 +434,6 @@ mod tests {
             refused,
             BackendError::Internal("the model server answered HTTP 400: bad".into())
         );
-    }
-
-    #[test]
-    fn only_the_callers_deadline_ends_the_query() {
-        let timeout = Duration::from_secs(5);
-        let callers = Limit::of(Some(Duration::from_millis(300)), timeout);
-        assert_eq!(callers.time, Duration::from_millis(300));
-        assert!(matches!(
-            callers.expired("s"),
-            BackendError::DeadlineExceeded(m) if m == "s did not answer within the caller's deadline (300 ms)"
-        ));
-        // The backend's own timeout, with time left: another replica may answer.
-        for time_left in [None, Some(Duration::from_secs(30))] {
-            let own = Limit::of(time_left, timeout);
-            assert_eq!(own.time, timeout);
-            assert!(matches!(own.expired("s"), BackendError::Unavailable(_)));
-        }
     }
 
     #[test]

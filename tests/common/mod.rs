@@ -185,6 +185,16 @@ pub fn replay_pair(cheap_accuracy: Option<f64>, strong_accuracy: Option<f64>) ->
         + &expert("strong", "strong-predictions.json", 10, strong_accuracy)
 }
 
+/// A free loopback port (bound, then released for the process that will use it: servers that
+/// cannot report the port they bound for port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A pool file written into `dir`, with paths to the fixtures.
 pub fn pool_file(dir: &Path, body: &str) -> PoolFile {
     let body = body.replace("FIXTURES", fixture("").to_str().unwrap());
