@@ -332,10 +332,11 @@ pub struct PolicyArgs {
     /// Append one JSON line per decision to this file (no query text).
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
-    /// Rotate the decision log before it passes this many MiB (LOG becomes LOG.1, …).
+    /// Rotate the decision log before it passes this many MiB (LOG becomes LOG.N, numbered in
+    /// the order rotated).
     #[arg(long, default_value_t = 64)]
     pub decision_log_max_mib: u64,
-    /// Rotated decision logs kept (LOG.1 … LOG.N).
+    /// Rotated decision logs kept (the newest this many).
     #[arg(long, default_value_t = 4)]
     pub decision_log_keep: u32,
     /// When the decision log is flushed to disk: always (each line), never (rotation and

@@ -8,7 +8,7 @@
 //! | call | needs |
 //! | --- | --- |
 //! | `Router.Ask` | a router credential, when any is configured |
-//! | `Router.ReportOutcome` | a pool credential, when any is configured (like Pool mutations: an outcome trains the next policy) |
+//! | `Router.ReportOutcome` | a pool credential allowed to report outcomes; with none configured, a caller on the scheduler's own host (loopback): an outcome trains the next policy, so it is never open to the network |
 //! | `Pool.Register`, `Heartbeat`, `Deregister` | registration on, and a pool credential when any is configured; the credential's expert ids bound what it may register as, and a lease answers only to the name that took it |
 //! | `Pool.ReloadPolicy` | a pool credential allowed to reload the policy |
 //! | `Pool.ListPool`, `Pool.GetPolicy` | a pool or a router credential, when any is configured |
@@ -49,6 +49,8 @@ pub struct Credential {
     pub experts: Option<Vec<String>>,
     /// May call `Pool.ReloadPolicy`.
     pub reload_policy: bool,
+    /// May call `Router.ReportOutcome`.
+    pub report_outcomes: bool,
 }
 
 impl Credential {
@@ -62,6 +64,7 @@ impl Credential {
             },
             experts: None,
             reload_policy: true,
+            report_outcomes: true,
         }
     }
 
@@ -81,13 +84,15 @@ impl Credential {
             proof: Proof::Certificate(identity.to_owned()),
             experts: None,
             reload_policy: true,
+            report_outcomes: true,
         }
     }
 
-    /// Only these experts, and no policy reloads.
+    /// Only these experts, and no policy reloads or outcome reports.
     pub fn for_experts(mut self, experts: &[&str]) -> Self {
         self.experts = Some(experts.iter().map(|e| e.to_string()).collect());
         self.reload_policy = false;
+        self.report_outcomes = false;
         self
     }
 
@@ -237,6 +242,18 @@ impl Access {
     }
 }
 
+/// Whether the connection comes from this host (a loopback address); unknown is no.
+fn peer_is_loopback(extensions: &http::Extensions) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(|tls| tls.get_ref())
+    });
+    tcp.and_then(|info| info.remote_addr())
+        .is_some_and(|addr| addr.ip().to_canonical().is_loopback())
+}
+
 /// The identities in the verified client certificate of the connection, if any.
 fn peer_identities(extensions: &http::Extensions) -> Vec<String> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -255,6 +272,7 @@ fn peer_identities(extensions: &http::Extensions) -> Vec<String> {
 /// token_file = "/etc/l2d/tokens/bert"   # or: certificate = "expert-bert.l2d.svc"
 /// experts = ["bert-large"]              # ["*"]: any expert
 /// reload_policy = false                 # may call Pool.ReloadPolicy (default false)
+/// report_outcomes = false               # may call Router.ReportOutcome (default false)
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,6 +289,8 @@ struct CredentialEntry {
     experts: Vec<String>,
     #[serde(default)]
     reload_policy: bool,
+    #[serde(default)]
+    report_outcomes: bool,
 }
 
 /// Reads a `--pool-credentials` file (token files relative to it are resolved against its
@@ -314,6 +334,7 @@ pub fn load_credentials(path: &Path) -> anyhow::Result<Vec<Credential>> {
         credential.experts =
             (!entry.experts.iter().any(|e| e == "*")).then_some(entry.experts.clone());
         credential.reload_policy = entry.reload_policy;
+        credential.report_outcomes = entry.report_outcomes;
         credentials.push(credential);
     }
     Ok(credentials)
@@ -355,10 +376,30 @@ impl Authorize for Gate {
         };
         match (service, method) {
             ("l2d.v1.Router", "ReportOutcome") => {
-                let who = self
-                    .pool
-                    .check(headers, extensions, "Router.ReportOutcome")?;
-                Ok(Some(Self::caller(who)))
+                const WHAT: &str = "Router.ReportOutcome";
+                if self.pool.is_open() {
+                    return if peer_is_loopback(extensions) {
+                        Ok(Some(Self::caller(None)))
+                    } else {
+                        Err(Refusal::new(
+                            ErrorKind::Forbidden,
+                            format!(
+                                "{WHAT}: outcomes train the next policy, so with no pool \
+                                 credential configured they are taken only from this host; give \
+                                 the scheduler a credential allowed to report outcomes \
+                                 (--pool-token-file, --pool-identities, or --pool-credentials \
+                                 with report_outcomes = true)"
+                            ),
+                        ))
+                    };
+                }
+                match self.pool.check(headers, extensions, WHAT)? {
+                    Some(c) if !c.report_outcomes => Err(Refusal::new(
+                        ErrorKind::Forbidden,
+                        format!("{WHAT}: credential {:?} may not report outcomes", c.name),
+                    )),
+                    who => Ok(Some(Self::caller(who))),
+                }
             }
             ("l2d.v1.Router", _) => {
                 let who = self.router.check(headers, extensions, "Router.Ask")?;
@@ -466,6 +507,60 @@ mod tests {
         assert_eq!(who.name, "lr");
         assert!(who.may_serve("lr") && !who.may_serve("bert-large"));
         assert!(!who.reload_policy);
+    }
+
+    #[test]
+    fn outcomes_need_a_credential_allowed_to_report_them_or_a_caller_on_this_host() {
+        use tonic::transport::server::TcpConnectInfo;
+        let from = |addr: &str| {
+            let mut e = http::Extensions::new();
+            e.insert(TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(addr.parse().unwrap()),
+            });
+            e
+        };
+        let path = "/l2d.v1.Router/ReportOutcome";
+        let open = Gate::default();
+        let ask = |gate: &Gate, token: Option<&str>, peer: &str| {
+            gate.authorize(path, &headers(token), &from(peer))
+                .map(|c| c.map(|c| c.name))
+        };
+        // No pool credential: this host only (IPv4, IPv6, IPv4-mapped loopback).
+        for local in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert_eq!(ask(&open, None, local).unwrap().as_deref(), Some(ANONYMOUS));
+        }
+        let remote = ask(&open, None, "10.1.2.3:5000").unwrap_err();
+        assert_eq!(remote.kind, ErrorKind::Forbidden);
+        assert!(
+            remote.message.contains("report_outcomes"),
+            "{}",
+            remote.message
+        );
+        assert!(
+            open.authorize(path, &headers(None), &http::Extensions::new())
+                .is_err()
+        );
+        // With credentials: only those allowed, from anywhere; an expert's credential is not.
+        let guarded = Gate {
+            pool: Access::new(vec![
+                Credential::token("admin", "a"),
+                Credential::token("bert", "b").for_experts(&["bert-large"]),
+            ]),
+            ..Gate::default()
+        };
+        assert_eq!(
+            ask(&guarded, Some("Bearer a"), "10.1.2.3:5000")
+                .unwrap()
+                .as_deref(),
+            Some("admin")
+        );
+        let expert = ask(&guarded, Some("Bearer b"), "127.0.0.1:5000").unwrap_err();
+        assert_eq!(expert.kind, ErrorKind::Forbidden);
+        assert_eq!(
+            ask(&guarded, None, "127.0.0.1:5000").unwrap_err().kind,
+            ErrorKind::Unauthenticated
+        );
     }
 
     #[test]

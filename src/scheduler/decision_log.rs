@@ -7,22 +7,26 @@
 //! Durability: append-only. Each line is written whole with one `write` to the file (no user
 //! space buffer), so a line the scheduler logged survives the process being killed; what a
 //! machine crash can lose is bounded by [`Sync`]: by default the file is flushed to disk once a
-//! second (`fdatasync` from a background thread, off the request path), and on close. When the
-//! file would pass `max_bytes` it is rotated: `LOG` becomes `LOG.1` (`LOG.1` becomes `LOG.2`…,
-//! keeping `keep` of them) and a new `LOG` starts. A crash can leave a torn last line;
-//! [`read_log`] skips it with a warning.
+//! second (`fdatasync` from a background thread, off the request path), and on close, which
+//! waits for a flush under way. When the file would pass `max_bytes` it is rotated with one
+//! atomic rename: `LOG` becomes `LOG.N`, N one more than the newest rotated file (numbers grow
+//! with time, so no older file is ever renamed), the directory is flushed, a new `LOG` starts,
+//! and rotated files beyond the newest `keep` are deleted. A rotation that fails (a full disk)
+//! is tried again after [`ROTATION_RETRY`], not on every line. A crash can leave a torn last
+//! line: [`read_log`] skips it with a warning, and reopening the log cuts it off before
+//! appending, so that it never ends up mid-file.
 //!
 //! Concurrency: a std `Mutex` around the file, held only while one line is written (or the
 //! file rotated).
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::core::error_kind::{ErrorKind, Refusal};
 
@@ -97,37 +101,82 @@ enum Line {
     Decision(Box<LoggedDecision>),
 }
 
-/// The requests whose outcome may still be reported: the last `capacity` logged, for at most
-/// `ttl` (bounded memory: a request id and its answer each).
+/// The longest request id an outcome may name (the ids the scheduler accepts or makes are
+/// shorter).
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// The requests whose outcome may still be reported: the last `capacity` answered, each for at
+/// most `ttl` (bounded memory: a request id and its answer each). A request id a client sent
+/// twice names its latest request.
 pub struct Outcomes {
-    window: quick_cache::sync::Cache<String, Arc<Pending>>,
+    window: Mutex<Window>,
+    capacity: usize,
     ttl: Duration,
 }
 
+#[derive(Default)]
+struct Window {
+    /// Requests in the order they were opened, by sequence number (an id opened again leaves
+    /// its older entry here, superseded).
+    order: VecDeque<(u64, String)>,
+    pending: HashMap<String, Pending>,
+    next: u64,
+}
+
 struct Pending {
+    sequence: u64,
     answer: Option<String>,
-    at: std::time::Instant,
-    reported: AtomicBool,
+    at: Instant,
+    reported: bool,
+}
+
+impl Window {
+    /// Drops the oldest entries beyond `capacity` and those older than `ttl`.
+    fn evict(&mut self, capacity: usize, ttl: Duration, now: Instant) {
+        while let Some((sequence, id)) = self.order.front() {
+            let live = self.pending.get(id).filter(|p| p.sequence == *sequence);
+            let expired = live.is_none_or(|p| now.duration_since(p.at) > ttl);
+            if !(expired || self.order.len() > capacity) {
+                break;
+            }
+            if live.is_some() {
+                self.pending.remove(id);
+            }
+            self.order.pop_front();
+        }
+    }
 }
 
 impl Outcomes {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
-            window: quick_cache::sync::Cache::new(capacity.max(1)),
+            window: Mutex::new(Window::default()),
+            capacity: capacity.max(1),
             ttl,
         }
     }
 
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens `request_id` to an outcome report, with the answer it got (`None`: it failed).
     pub fn expect(&self, request_id: &str, answer: Option<&str>) {
-        self.window.insert(
+        let now = Instant::now();
+        let mut window = self.window();
+        let sequence = window.next;
+        window.next += 1;
+        window.pending.insert(
             request_id.to_owned(),
-            Arc::new(Pending {
+            Pending {
+                sequence,
                 answer: answer.map(str::to_owned),
-                at: std::time::Instant::now(),
-                reported: AtomicBool::new(false),
-            }),
+                at: now,
+                reported: false,
+            },
         );
+        window.order.push_back((sequence, request_id.to_owned()));
+        window.evict(self.capacity, self.ttl, now);
     }
 
     /// The outcome of `request_id` from a reward, or from gold answers (the official exact
@@ -139,8 +188,11 @@ impl Outcomes {
         gold: &[String],
     ) -> Result<LoggedOutcome, Refusal> {
         let invalid = |m: String| Refusal::new(ErrorKind::InvalidInput, m);
-        if request_id.is_empty() {
-            return Err(invalid("the request id is empty".into()));
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID {
+            return Err(invalid(format!(
+                "the request id must have 1 to {MAX_REQUEST_ID} bytes, got {}",
+                request_id.len()
+            )));
         }
         match (reward, gold.is_empty()) {
             (Some(r), true) if !(0.0..=1.0).contains(&r) => {
@@ -153,34 +205,35 @@ impl Outcomes {
                 ));
             }
         }
-        let pending = self
-            .window
-            .get(request_id)
-            .filter(|p| p.at.elapsed() <= self.ttl)
-            .ok_or_else(|| {
+        let answer = {
+            let mut window = self.window();
+            window.evict(self.capacity, self.ttl, Instant::now());
+            let pending = window.pending.get_mut(request_id).ok_or_else(|| {
                 Refusal::new(
                     ErrorKind::NotFound,
                     format!(
                         "no request {request_id:?} to report on: unknown, or out of the outcome \
                          window (the last {} requests, for {})",
-                        self.window.capacity(),
+                        self.capacity,
                         humantime::format_duration(self.ttl)
                     ),
                 )
             })?;
-        if pending.reported.swap(true, Ordering::AcqRel) {
-            return Err(Refusal::new(
-                ErrorKind::Conflict,
-                format!("the outcome of request {request_id:?} was reported already"),
-            ));
-        }
+            if pending.reported {
+                return Err(Refusal::new(
+                    ErrorKind::Conflict,
+                    format!("the outcome of request {request_id:?} was reported already"),
+                ));
+            }
+            pending.reported = true;
+            pending.answer.clone()
+        };
         let (reward, f1) = match reward {
             Some(r) => (r, None),
             None => {
                 let references: Vec<&str> = gold.iter().map(String::as_str).collect();
-                let answer = pending.answer.as_deref().unwrap_or("");
                 let score = crate::core::metric::score(
-                    answer,
+                    answer.as_deref().unwrap_or(""),
                     &references,
                     crate::core::metric::MetricVersion::V1,
                 );
@@ -226,7 +279,7 @@ impl std::str::FromStr for Sync {
 pub struct LogOptions {
     /// Rotate before the file passes this size.
     pub max_bytes: u64,
-    /// Rotated files kept (`LOG.1` … `LOG.keep`); older ones are deleted.
+    /// Rotated files kept (the newest `keep`); older ones are deleted.
     pub keep: u32,
     pub sync: Sync,
 }
@@ -241,18 +294,57 @@ impl Default for LogOptions {
     }
 }
 
+/// How long after a failed rotation the next is tried (the file grows past its size meanwhile).
+pub const ROTATION_RETRY: Duration = Duration::from_secs(10);
+
 struct Current {
     file: File,
     bytes: u64,
     /// Written since the last flush to disk.
     dirty: bool,
+    /// The number of the newest rotated file (0: none).
+    newest: u64,
+    /// After a failed rotation: not before this.
+    retry_rotation: Option<Instant>,
+}
+
+struct Shared {
+    current: Mutex<Current>,
+    /// Held while the file is flushed to disk, so that [`DecisionLog::close`] waits for a flush
+    /// the background thread has under way.
+    flushing: Mutex<()>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Flushes to disk what was written, without holding the file's lock while the disk works
+    /// (a duplicate handle of the same file). A failed flush leaves the data marked unflushed,
+    /// to be tried again.
+    fn flush(&self) {
+        let _flushing = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = {
+            let mut current = self.current();
+            if !current.dirty {
+                return;
+            }
+            current.dirty = false;
+            current.file.try_clone()
+        };
+        if let Err(e) = handle.and_then(|f| f.sync_data()) {
+            tracing::warn!(error = %e, "cannot flush the decision log to disk");
+            self.current().dirty = true;
+        }
+    }
 }
 
 pub struct DecisionLog {
     path: PathBuf,
     options: LogOptions,
-    current: Arc<Mutex<Current>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     syncer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -262,25 +354,41 @@ impl DecisionLog {
         Self::open_with(path, LogOptions::default())
     }
 
+    /// Appends to `path`, creating it if needed; a torn last line a crash left is cut off first
+    /// (with a warning), so that the next line starts on a line of its own.
     pub fn open_with(path: &Path, options: LogOptions) -> std::io::Result<Self> {
+        let cut = cut_torn_tail(path)?;
+        if cut > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = cut,
+                "the decision log ended in a torn line (the writer stopped mid-line); cut it off"
+            );
+        }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let bytes = file.metadata()?.len();
-        let current = Arc::new(Mutex::new(Current {
-            file,
-            bytes,
-            dirty: false,
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
+        let newest = rotated_files(path)?.last().map_or(0, |(n, _)| *n);
+        let shared = Arc::new(Shared {
+            current: Mutex::new(Current {
+                file,
+                bytes,
+                dirty: false,
+                newest,
+                retry_rotation: None,
+            }),
+            flushing: Mutex::new(()),
+            stop: AtomicBool::new(false),
+        });
         let syncer = match options.sync {
             Sync::Every(every) => {
-                let (current, stop) = (current.clone(), stop.clone());
+                let shared = shared.clone();
                 Some(
                     std::thread::Builder::new()
                         .name("decision-log-sync".into())
                         .spawn(move || {
-                            while !stop.load(Ordering::Relaxed) {
+                            while !shared.stop.load(Ordering::Relaxed) {
                                 std::thread::park_timeout(every);
-                                sync_if_dirty(&current);
+                                shared.flush();
                             }
                         })?,
                 )
@@ -290,8 +398,7 @@ impl DecisionLog {
         Ok(Self {
             path: path.to_owned(),
             options,
-            current,
-            stop,
+            shared,
             syncer,
         })
     }
@@ -313,56 +420,70 @@ impl DecisionLog {
 
     fn write_line(&self, mut line: Vec<u8>) {
         line.push(b'\n');
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.shared.current();
         let full = current.bytes > 0 && current.bytes + line.len() as u64 > self.options.max_bytes;
-        if full && let Err(e) = self.rotate(&mut current) {
-            tracing::warn!(error = %e, path = %self.path.display(), "cannot rotate the decision log");
+        let due = current.retry_rotation.is_none_or(|at| Instant::now() >= at);
+        if full && due {
+            match self.rotate(&mut current) {
+                Ok(()) => current.retry_rotation = None,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        path = %self.path.display(),
+                        retry_in = ?ROTATION_RETRY,
+                        "cannot rotate the decision log; appending to it meanwhile"
+                    );
+                    current.retry_rotation = Some(Instant::now() + ROTATION_RETRY);
+                }
+            }
         }
         match current.file.write_all(&line) {
             Ok(()) => {
                 current.bytes += line.len() as u64;
                 current.dirty = true;
                 if self.options.sync == Sync::Always {
-                    flush(&mut current);
+                    sync_locked(&mut current);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot write the decision log"),
         }
     }
 
-    /// `LOG` → `LOG.1` → … → `LOG.keep` (the oldest dropped), and a new, empty `LOG`.
+    /// `LOG` → `LOG.N` with N one more than the newest rotated file (one rename, so a failure
+    /// leaves every file as it was), a new empty `LOG`, the directory flushed, and rotated
+    /// files beyond the newest `keep` deleted.
     fn rotate(&self, current: &mut Current) -> std::io::Result<()> {
-        flush(current);
-        let numbered = |n: u32| rotated(&self.path, n);
-        if self.options.keep == 0 {
-            std::fs::remove_file(&self.path)?;
-        } else {
-            let _ = std::fs::remove_file(numbered(self.options.keep));
-            for n in (1..self.options.keep).rev() {
-                if numbered(n).exists() {
-                    std::fs::rename(numbered(n), numbered(n + 1))?;
-                }
-            }
-            std::fs::rename(&self.path, numbered(1))?;
-        }
+        sync_locked(current);
+        let number = current.newest + 1;
+        std::fs::rename(&self.path, rotated(&self.path, number))?;
+        current.newest = number;
         current.file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
         current.bytes = 0;
         current.dirty = false;
+        sync_directory(&self.path)?;
+        let oldest_kept = number.saturating_sub(u64::from(self.options.keep)) + 1;
+        for (n, file) in rotated_files(&self.path)? {
+            if n < oldest_kept
+                && let Err(e) = std::fs::remove_file(&file)
+            {
+                tracing::warn!(error = %e, file = %file.display(), "cannot delete an old decision log");
+            }
+        }
         Ok(())
     }
 
-    /// Flushes what was written to disk (as at shutdown).
+    /// Flushes what was written to disk (as at shutdown), after any flush under way.
     pub fn close(&self) {
-        flush(&mut self.current.lock().unwrap_or_else(|e| e.into_inner()));
+        self.shared.flush();
     }
 }
 
 impl Drop for DecisionLog {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(syncer) = self.syncer.take() {
             syncer.thread().unpark();
             let _ = syncer.join();
@@ -371,91 +492,201 @@ impl Drop for DecisionLog {
     }
 }
 
-fn flush(current: &mut Current) {
+/// Flushes to disk with the file's lock held (on rotation, and after each line with
+/// [`Sync::Always`]).
+fn sync_locked(current: &mut Current) {
     if current.dirty {
-        if let Err(e) = current.file.sync_data() {
-            tracing::warn!(error = %e, "cannot flush the decision log to disk");
+        match current.file.sync_data() {
+            Ok(()) => current.dirty = false,
+            Err(e) => tracing::warn!(error = %e, "cannot flush the decision log to disk"),
         }
-        current.dirty = false;
     }
 }
 
-/// Flushes to disk without holding the lock while the disk works (a duplicate handle of the
-/// same file).
-fn sync_if_dirty(current: &Mutex<Current>) {
-    let handle = {
-        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
-        if !current.dirty {
-            return;
-        }
-        current.dirty = false;
-        current.file.try_clone()
+/// Flushes the directory holding `path`, so that a rename or a new file in it survives a crash.
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    if let Err(e) = handle.and_then(|f| f.sync_data()) {
-        tracing::warn!(error = %e, "cannot flush the decision log to disk");
-    }
+    File::open(parent)?.sync_all()
 }
 
-/// The `n`th rotated file of the log at `path`: `LOG.n`.
-pub fn rotated(path: &Path, n: u32) -> PathBuf {
+/// Cuts the log at `path` after its last newline, when it ends in a torn line; returns how many
+/// bytes were cut (0 when the file is whole or absent).
+fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(i) = part.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok(len - end)
+}
+
+/// The `n`th rotated file of the log at `path`: `LOG.n` (higher is newer).
+pub fn rotated(path: &Path, n: u64) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
     PathBuf::from(name)
 }
 
-/// Every decision of the log at `path` and its rotated files, oldest first. A last line torn by
-/// a crash (no final newline, not valid JSON) is skipped with a warning; any other line that is
-/// not a decision is an error naming the file and line.
+/// The rotated files of the log at `path`, oldest first, with their numbers.
+pub fn rotated_files(path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let entries = match std::fs::read_dir(parent) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let number = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| f.strip_prefix('.'))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = number {
+            files.push((n, entry.path()));
+        }
+    }
+    files.sort_unstable();
+    Ok(files)
+}
+
+/// How many times [`read_log`] starts again when the log rotated while it was read.
+const READ_ATTEMPTS: usize = 8;
+
+/// Every decision of the log at `path` and its rotated files, oldest first, with the rewards
+/// reported for them: an outcome line is joined to the latest decision before it with its
+/// request id (shadow decisions aside). A last line torn by a crash (no final newline, not
+/// valid JSON) is skipped with a warning; any other line that is not a decision or an outcome
+/// (bad JSON, bad UTF-8) is an error naming the file and line. A log rotating while it is read
+/// is read again, so that no file is missed or read twice.
 pub fn read_log(path: &Path) -> anyhow::Result<Vec<LoggedDecision>> {
     use anyhow::Context;
-    let mut files: Vec<PathBuf> = (1..)
-        .map(|n| rotated(path, n))
-        .take_while(|p| p.exists())
-        .collect();
-    files.reverse();
-    files.push(path.to_owned());
-    let mut out = Vec::new();
-    let mut rewards = std::collections::HashMap::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read decision log {}", file.display()))?;
-        let complete = text.ends_with('\n');
-        let lines: Vec<&str> = text.lines().collect();
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Line>(line) {
-                Ok(Line::Decision(entry)) => out.push(*entry),
-                Ok(Line::Outcome(OutcomeLine { outcome })) => {
-                    rewards.insert(outcome.request_id, outcome.reward);
-                }
-                Err(_) if i + 1 == lines.len() && !complete => {
-                    tracing::warn!(
-                        file = %file.display(),
-                        line = i + 1,
-                        "skipping the decision log's torn last line (the writer stopped mid-line)"
-                    );
-                    eprintln!(
-                        "l2d: warning: decision log {}: line {} is torn (the writer stopped mid-line); skipped",
-                        file.display(),
-                        i + 1
-                    );
+    for _ in 0..READ_ATTEMPTS {
+        let before = rotated_files(path)
+            .with_context(|| format!("cannot list the decision logs beside {}", path.display()))?;
+        let mut lines = Vec::new();
+        let mut vanished = None;
+        for file in before.iter().map(|(_, f)| f.as_path()).chain([path]) {
+            match std::fs::read(file) {
+                Ok(bytes) => parse_lines(file, &bytes, &mut lines)?,
+                // Deleted or renamed by a rotation since the listing: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    vanished = Some((file, e));
+                    break;
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("decision log {}: line {}", file.display(), i + 1)
-                    });
+                    return Err(e)
+                        .with_context(|| format!("cannot read decision log {}", file.display()));
+                }
+            }
+        }
+        let after = rotated_files(path)?;
+        if after.last() == before.last() {
+            match vanished {
+                None => return Ok(join_outcomes(lines)),
+                // No rotation took it: the log is not there.
+                Some((file, e)) if file == path => {
+                    return Err(e)
+                        .with_context(|| format!("cannot read decision log {}", file.display()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    anyhow::bail!(
+        "decision log {}: it rotated each of {READ_ATTEMPTS} times it was read; try again",
+        path.display()
+    )
+}
+
+fn parse_lines(file: &Path, bytes: &[u8], out: &mut Vec<Line>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let complete = bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // `split` yields an empty piece after a final newline.
+    let count = lines.len() - usize::from(complete);
+    for (i, line) in lines.iter().take(count).enumerate() {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let parsed = std::str::from_utf8(line)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Ok(serde_json::from_str::<Line>(text)?));
+        match parsed {
+            Ok(line) => out.push(line),
+            Err(_) if i + 1 == count && !complete => {
+                tracing::warn!(
+                    file = %file.display(),
+                    line = i + 1,
+                    "skipping the decision log's torn last line (the writer stopped mid-line)"
+                );
+                eprintln!(
+                    "l2d: warning: decision log {}: line {} is torn (the writer stopped mid-line); skipped",
+                    file.display(),
+                    i + 1
+                );
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("decision log {}: line {}", file.display(), i + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join_outcomes(lines: Vec<Line>) -> Vec<LoggedDecision> {
+    let mut out: Vec<LoggedDecision> = Vec::with_capacity(lines.len());
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for line in lines {
+        match line {
+            Line::Decision(decision) => {
+                if !decision.shadow {
+                    latest.insert(decision.request_id.clone(), out.len());
+                }
+                out.push(*decision);
+            }
+            Line::Outcome(OutcomeLine { outcome }) => {
+                // An outcome whose decision rotated out of the kept files has nothing to join.
+                if let Some(&i) = latest.get(&outcome.request_id)
+                    && out[i].reward.is_none()
+                {
+                    out[i].reward = Some(outcome.reward);
                 }
             }
         }
     }
-    for decision in &mut out {
-        if let Some(&reward) = rewards.get(&decision.request_id) {
-            decision.reward = Some(reward);
-        }
-    }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -499,20 +730,67 @@ mod tests {
                 log.record(&decision(n));
             }
         }
-        // Three lines a file; the fourth rotation dropped the oldest file (r0..r2).
-        let sizes: Vec<u64> = [rotated(&path, 2), rotated(&path, 1), path.clone()]
+        // Three lines a file, numbered as rotated; the third rotation dropped the oldest file
+        // (r0..r2).
+        let sizes: Vec<u64> = [rotated(&path, 2), rotated(&path, 3), path.clone()]
             .iter()
             .map(|p| std::fs::metadata(p).unwrap().len())
             .collect();
         assert_eq!(sizes, [3 * line, 3 * line, line]);
-        assert!(!rotated(&path, 3).exists());
-        let ids: Vec<String> = read_log(&path)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.request_id)
-            .collect();
+        assert!(!rotated(&path, 1).exists() && !rotated(&path, 4).exists());
+        let ids = |path: &Path| -> Vec<String> {
+            read_log(path)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.request_id)
+                .collect()
+        };
         let expected: Vec<String> = (3..10).map(|n| format!("r{n}")).collect();
-        assert_eq!(ids, expected);
+        assert_eq!(ids(&path), expected);
+        // Reopened, the log goes on numbering after its newest rotated file.
+        {
+            let log = DecisionLog::open_with(&path, options).unwrap();
+            for n in 10..13 {
+                log.record(&decision(n));
+            }
+        }
+        assert!(rotated(&path, 4).exists() && !rotated(&path, 2).exists());
+        let expected: Vec<String> = (6..13).map(|n| format!("r{n}")).collect();
+        assert_eq!(ids(&path), expected);
+    }
+
+    #[test]
+    fn a_failed_rotation_keeps_every_line_and_is_not_tried_on_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let line = serde_json::to_vec(&decision(0)).unwrap().len() as u64 + 1;
+        let options = LogOptions {
+            max_bytes: line,
+            keep: 2,
+            sync: Sync::Never,
+        };
+        let log = DecisionLog::open_with(&path, options).unwrap();
+        log.record(&decision(0));
+        // The rotated file's name is taken by a directory: the rename fails.
+        std::fs::create_dir(rotated(&path, 1)).unwrap();
+        std::fs::write(rotated(&path, 1).join("x"), "x").unwrap();
+        log.record(&decision(1));
+        assert!(log.shared.current().retry_rotation.is_some());
+        // Possible again, but not tried again before the retry interval.
+        std::fs::remove_dir_all(rotated(&path, 1)).unwrap();
+        log.record(&decision(2));
+        assert!(!rotated(&path, 1).exists());
+        drop(log);
+        let kept: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<LoggedDecision>(l)
+                    .unwrap()
+                    .request_id
+            })
+            .collect();
+        assert_eq!(kept, ["r0", "r1", "r2"]);
     }
 
     #[test]
@@ -534,6 +812,38 @@ mod tests {
         std::fs::write(&path, format!("{}\n{whole}", &whole[..whole.len() / 2 - 5])).unwrap();
         let error = format!("{:#}", read_log(&path).unwrap_err());
         assert!(error.contains("decisions.jsonl: line 1"), "{error}");
+        // Bad UTF-8 mid-file is damage too, reported, not a failure to read the file.
+        std::fs::write(&path, [&b"\xff\xfe\n"[..], whole.as_bytes()].concat()).unwrap();
+        let error = format!("{:#}", read_log(&path).unwrap_err());
+        assert!(error.contains("decisions.jsonl: line 1"), "{error}");
+    }
+
+    #[test]
+    fn reopening_after_a_crash_cuts_the_torn_line_so_later_lines_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        {
+            let log = DecisionLog::open(&path).unwrap();
+            log.record(&decision(0));
+            log.record(&decision(1));
+        }
+        let whole = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() - 20]).unwrap();
+        {
+            let log = DecisionLog::open(&path).unwrap();
+            log.record(&decision(2));
+        }
+        let ids: Vec<String> = read_log(&path)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.request_id)
+            .collect();
+        assert_eq!(ids, ["r0", "r2"]);
+        // A whole file, and one with no newline at all, are handled too.
+        assert_eq!(cut_torn_tail(&path).unwrap(), 0);
+        std::fs::write(&path, "{\"torn").unwrap();
+        assert_eq!(cut_torn_tail(&path).unwrap(), 6);
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 
     #[test]
@@ -562,11 +872,39 @@ mod tests {
                 ErrorKind::InvalidInput
             );
         }
-        // The window keeps the last two: r0 and r1 are out once r2 and r3 are in.
+        // The window keeps the last two: r0 and r1 are out once r2 and r3 are in, however
+        // often they were looked up.
         outcomes.expect("r3", Some("x"));
         assert_eq!(
             code(outcomes.report("r0", Some(1.0), &[])),
             ErrorKind::NotFound
+        );
+        let window = Outcomes::new(2, Duration::from_secs(3600));
+        window.expect("a", None);
+        window.expect("b", None);
+        assert!(window.report("a", Some(1.0), &[]).is_ok());
+        for _ in 0..3 {
+            assert_eq!(
+                code(window.report("a", Some(1.0), &[])),
+                ErrorKind::Conflict
+            );
+        }
+        window.expect("c", None);
+        assert_eq!(
+            code(window.report("a", Some(1.0), &[])),
+            ErrorKind::NotFound
+        );
+        // A request id sent again names the latest request: its outcome can be reported (once
+        // more), and is scored on its own answer. It is a request of the last two like any
+        // other, so b, now third from last, is out.
+        assert!(window.report("c", Some(0.0), &[]).is_ok());
+        window.expect("c", Some("Broncos"));
+        assert_eq!(window.report("c", None, &gold).unwrap().reward, 1.0);
+        assert_eq!(code(window.report("b", Some(0.0), &[])), ErrorKind::NotFound);
+        // An id longer than any request's is refused.
+        assert_eq!(
+            code(window.report(&"x".repeat(MAX_REQUEST_ID + 1), Some(1.0), &[])),
+            ErrorKind::InvalidInput
         );
         // Too old is out too.
         let stale = Outcomes::new(8, Duration::ZERO);
@@ -585,6 +923,40 @@ mod tests {
         }
         let read = read_log(&path).unwrap();
         assert_eq!((read[0].reward, read[1].reward), (Some(1.0), None));
+    }
+
+    #[test]
+    fn an_outcome_joins_the_latest_served_decision_before_it_with_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let outcome = |reward: f64| LoggedOutcome {
+            request_id: "r0".into(),
+            reward,
+            f1: None,
+        };
+        {
+            let log = DecisionLog::open(&path).unwrap();
+            // An outcome whose decision rotated away joins nothing.
+            log.record_outcome(&outcome(0.5));
+            log.record(&decision(0));
+            log.record(&LoggedDecision {
+                shadow: true,
+                ..decision(0)
+            });
+            log.record_outcome(&outcome(1.0));
+            // The client sent the same request id again.
+            log.record(&decision(0));
+            log.record_outcome(&outcome(0.0));
+        }
+        let rewards: Vec<(bool, Option<f64>)> = read_log(&path)
+            .unwrap()
+            .iter()
+            .map(|d| (d.shadow, d.reward))
+            .collect();
+        assert_eq!(
+            rewards,
+            [(false, Some(1.0)), (true, None), (false, Some(0.0))]
+        );
     }
 
     #[test]
