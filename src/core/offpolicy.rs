@@ -15,6 +15,10 @@
 //! `DR = mean(q̂(x, π(x)) + m · (r − q̂(x, π(x))) / p)`: unbiased when the propensities are right
 //! whatever `q̂`, and of lower variance than IPS when `q̂` is good. [`with_intervals`] adds a
 //! percentile bootstrap interval to each estimate.
+//!
+//! The action is the expert the logging policy chose first; its reward is what the caller got
+//! (a fallback's answer when the chosen expert failed). So the estimate is of the new policy as
+//! served, with the failures and fallbacks the log saw.
 
 /// One logged decision as the estimator sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,7 +37,8 @@ pub struct Estimate {
     /// Samples where the new policy agrees with the logged action.
     pub matched: usize,
     pub ips: f64,
-    pub snips: f64,
+    /// `None` when no sample matches (the ratio is 0/0).
+    pub snips: Option<f64>,
     /// Effective sample size of the importance weights, `(Σw)² / Σw²` over matched samples.
     pub effective_samples: f64,
     /// Doubly robust.
@@ -65,11 +70,7 @@ pub fn estimate(samples: &[Sample]) -> Estimate {
         dr: corrected / n,
         direct: direct / n,
         ips: weighted / n,
-        snips: if weights > 0.0 {
-            weighted / weights
-        } else {
-            0.0
-        },
+        snips: (weights > 0.0).then(|| weighted / weights),
         effective_samples: if squares > 0.0 {
             weights * weights / squares
         } else {
@@ -95,7 +96,8 @@ pub struct Intervals {
     pub level: f64,
     pub rounds: usize,
     pub ips: Interval,
-    pub snips: Interval,
+    /// `None` when no sample matches; its interval is over the resamples with a match.
+    pub snips: Option<Interval>,
     pub dr: Interval,
     pub direct: f64,
 }
@@ -111,21 +113,22 @@ pub fn with_intervals(samples: &[Sample], rounds: usize, level: f64, seed: u64) 
         drawn.extend((0..samples.len()).map(|_| samples[rng.random_range(0..samples.len())]));
         let e = estimate(&drawn);
         ips.push(e.ips);
-        snips.push(e.snips);
+        snips.extend(e.snips);
         dr.push(e.dr);
     }
     let interval = |value: f64, mut draws: Vec<f64>| {
+        if draws.is_empty() {
+            return Interval {
+                value,
+                low: value,
+                high: value,
+            };
+        }
         draws.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            draws
-                .get(((q * draws.len() as f64) as usize).min(draws.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(value)
-        };
         Interval {
             value,
-            low: at((1.0 - level) / 2.0),
-            high: at((1.0 + level) / 2.0),
+            low: quantile(&draws, (1.0 - level) / 2.0),
+            high: quantile(&draws, (1.0 + level) / 2.0),
         }
     };
     Intervals {
@@ -135,10 +138,17 @@ pub fn with_intervals(samples: &[Sample], rounds: usize, level: f64, seed: u64) 
         level,
         rounds,
         ips: interval(point.ips, ips),
-        snips: interval(point.snips, snips),
+        snips: point.snips.map(|value| interval(value, snips)),
         dr: interval(point.dr, dr),
         direct: point.direct,
     }
+}
+
+/// The `q`-quantile of non-empty `sorted` draws: the draw at rank `q·(n − 1)`, rounded (so
+/// that the bounds of a central interval leave as many draws out on either side).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
 }
 
 #[cfg(test)]
@@ -177,13 +187,13 @@ mod tests {
             .collect();
         let e = estimate(&samples);
         assert!((e.ips - 0.9).abs() < 0.03, "{e:?}");
-        assert!((e.snips - 0.9).abs() < 0.02, "{e:?}");
+        assert!((e.snips.unwrap() - 0.9).abs() < 0.02, "{e:?}");
         assert!((e.dr - 0.9).abs() < 0.03, "{e:?}");
         assert!((e.direct - 0.7).abs() < 1e-9, "{e:?}");
         assert!(e.matched > 5000 && e.effective_samples > 5000.0);
         // The intervals hold the point estimates and the true value, and are not wide.
         let i = with_intervals(&samples[..6000], 200, 0.95, 1);
-        for interval in [i.ips, i.snips, i.dr] {
+        for interval in [i.ips, i.snips.unwrap(), i.dr] {
             assert!(
                 interval.low <= interval.value && interval.value <= interval.high,
                 "{i:?}"
@@ -201,6 +211,19 @@ mod tests {
             propensity: 1.0,
             estimate: 0.0,
         }]);
-        assert_eq!((e.matched, e.ips, e.snips), (0, 0.0, 0.0));
+        assert_eq!((e.matched, e.ips, e.snips), (0, 0.0, None));
+    }
+
+    #[test]
+    fn interval_bounds_are_symmetric_ranks_of_the_sorted_draws() {
+        // 1000 draws: the 95% bounds leave 25 draws out on each side (ranks 25 and 974); an
+        // off-by-one rank takes 975 for the upper bound, leaving 24 above it.
+        let draws: Vec<f64> = (0..1000).map(f64::from).collect();
+        assert_eq!(
+            (quantile(&draws, 0.025), quantile(&draws, 0.975)),
+            (25.0, 974.0)
+        );
+        assert_eq!((quantile(&draws, 0.0), quantile(&draws, 1.0)), (0.0, 999.0));
+        assert_eq!(quantile(&[7.0], 0.975), 7.0);
     }
 }

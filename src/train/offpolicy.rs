@@ -27,6 +27,7 @@ pub struct OffPolicyReport {
     pub logging_em: f64,
     /// The candidate's estimated EM (percent), from the log.
     pub estimated_em: Estimate,
+    pub direct_model: DirectModel,
     /// The candidate's EM (percent) computed directly from the labels on the same queries.
     pub direct_em: f64,
     /// The candidate's mean cost per query on the same queries (known from declared costs).
@@ -44,8 +45,10 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LoggedDecision>> {
 
 /// The policy's own estimate that its action `pick` is right, from its calibrated expected
 /// deferral cost at bank entry `entry` (which adds `lambda × price / max price` to the expected
-/// loss): `1 − (cost − lambda × price / max price)`, within [0, 1]. `logits` are the entry's.
-fn own_estimate(policy: &PolicyFile, entry: usize, logits: &[f64], pick: usize) -> f64 {
+/// loss): `1 − (cost − lambda × price / max price)`, within [0, 1]. `None` for a policy without
+/// calibration, whose scores are not probabilities. `logits` are the entry's.
+fn own_estimate(policy: &PolicyFile, entry: usize, logits: &[f64], pick: usize) -> Option<f64> {
+    policy.bank[entry].calibration.first()?;
     let mut costs = logits.to_vec();
     let valid = vec![true; costs.len()];
     policy.expected_costs(entry, 0, &mut costs, &valid);
@@ -55,7 +58,66 @@ fn own_estimate(policy: &PolicyFile, entry: usize, logits: &[f64], pick: usize) 
         .map(|a| a.cost)
         .fold(f64::MIN_POSITIVE, f64::max);
     let priced = policy.bank[entry].lambda * policy.experts[pick].cost / max_price;
-    (1.0 - (costs[pick] - priced)).clamp(0.0, 1.0)
+    Some((1.0 - (costs[pick] - priced)).clamp(0.0, 1.0))
+}
+
+/// Doubly robust's direct model, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectModel {
+    /// The candidate's own calibrated estimate that its choice is right.
+    Calibrated,
+    /// The candidate has no calibration: the mean reward the log holds for each action.
+    LoggedMeans,
+}
+
+/// One decision the candidate was evaluated on, before its direct estimate is known.
+struct Evaluated {
+    pick: usize,
+    /// The logged action, as an index of the candidate's experts (`None`: not one of them).
+    chosen: Option<usize>,
+    reward: f64,
+    propensity: f64,
+    own: Option<f64>,
+}
+
+/// The estimator's samples (rewards in percent) and the direct model used: the candidate's own
+/// estimates when it has them for every decision, else each action's mean logged reward (the
+/// overall mean for an action never logged).
+fn samples(evaluated: &[Evaluated], actions: usize) -> (Vec<Sample>, DirectModel) {
+    let calibrated = evaluated.iter().all(|e| e.own.is_some());
+    let (mut sums, mut counts) = (vec![0.0; actions], vec![0usize; actions]);
+    for e in evaluated {
+        if let Some(c) = e.chosen {
+            sums[c] += e.reward;
+            counts[c] += 1;
+        }
+    }
+    let overall = evaluated.iter().map(|e| e.reward).sum::<f64>() / evaluated.len().max(1) as f64;
+    let means: Vec<f64> = sums
+        .iter()
+        .zip(&counts)
+        .map(|(s, &n)| if n > 0 { s / n as f64 } else { overall })
+        .collect();
+    let samples = evaluated
+        .iter()
+        .map(|e| Sample {
+            matches: e.chosen == Some(e.pick),
+            reward: 100.0 * e.reward,
+            propensity: e.propensity,
+            estimate: 100.0
+                * match (calibrated, e.own) {
+                    (true, Some(own)) => own,
+                    _ => means[e.pick],
+                },
+        })
+        .collect();
+    let model = if calibrated {
+        DirectModel::Calibrated
+    } else {
+        DirectModel::LoggedMeans
+    };
+    (samples, model)
 }
 
 /// What [`evaluate_log_alone`] reports.
@@ -69,8 +131,9 @@ pub struct LogOnlyReport {
     /// The logging policy's mean reward (percent) on the decisions evaluated.
     pub logging_reward: f64,
     /// The candidate's estimated reward (percent): IPS, SNIPS and DR with 95% intervals, the
-    /// effective sample size, and its own direct estimate.
+    /// effective sample size, and the direct model's estimate.
     pub estimated: Intervals,
+    pub direct_model: DirectModel,
 }
 
 /// Bootstrap resamples for the intervals of [`evaluate_log_alone`].
@@ -90,7 +153,7 @@ pub fn evaluate_log_alone(
          experts the logging policy may not have asked); evaluate it with --labels"
     );
     let entry = policy.nearest(policy.default_lambda);
-    let (mut samples, mut logging, mut unobserved, mut rewarded) = (Vec::new(), 0.0, 0, 0);
+    let (mut evaluated, mut logging, mut unobserved, mut rewarded) = (Vec::new(), 0.0, 0, 0);
     let mut logits = Vec::new();
     for d in log {
         let Some(reward) = d.reward else { continue };
@@ -112,19 +175,22 @@ pub fn evaluate_log_alone(
         policy.logits(entry, &features, &mut logits);
         let pick = argmax(&logits);
         logging += reward;
-        samples.push(Sample {
-            matches: policy.experts[pick].id == d.chosen,
-            reward: 100.0 * reward,
+        evaluated.push(Evaluated {
+            pick,
+            chosen: policy.experts.iter().position(|a| a.id == d.chosen),
+            reward,
             propensity: d.propensity,
-            estimate: 100.0 * own_estimate(policy, entry, &logits, pick),
+            own: own_estimate(policy, entry, &logits, pick),
         });
     }
+    let (samples, direct_model) = samples(&evaluated, policy.experts.len());
     Ok(LogOnlyReport {
         logged: log.len(),
         rewarded,
         unobserved,
         logging_reward: 100.0 * logging / samples.len().max(1) as f64,
         estimated: crate::core::offpolicy::with_intervals(&samples, BOOTSTRAP_ROUNDS, 0.95, seed),
+        direct_model,
     })
 }
 
@@ -156,7 +222,7 @@ pub fn evaluate_from_log(
         .map(|(i, r)| (r.id.as_str(), i))
         .collect();
     let entry = policy.nearest(policy.default_lambda);
-    let (mut samples, mut logging, mut direct, mut cost) = (Vec::new(), 0.0, 0.0, 0.0);
+    let (mut evaluated, mut logging, mut direct, mut cost) = (Vec::new(), 0.0, 0.0, 0.0);
     let mut logits = Vec::new();
     for d in log {
         let Some(&i) = d.query_id.as_deref().and_then(|q| by_id.get(q)) else {
@@ -179,19 +245,22 @@ pub fn evaluate_from_log(
             .and_then(|a| ids.iter().position(|x| *x == a))
             .map_or(0.0, |j| record.experts[j].em);
         logging += reward;
-        samples.push(Sample {
-            matches: ids[pick] == d.chosen,
-            reward: 100.0 * reward,
+        evaluated.push(Evaluated {
+            pick,
+            chosen: ids.iter().position(|x| *x == d.chosen),
+            reward,
             propensity: d.propensity,
-            estimate: 100.0 * own_estimate(policy, entry, &logits, pick),
+            own: own_estimate(policy, entry, &logits, pick),
         });
     }
+    let (samples, direct_model) = samples(&evaluated, ids.len());
     let n = samples.len().max(1) as f64;
     Ok(OffPolicyReport {
         logged: log.len(),
         joined: samples.len(),
         logging_em: 100.0 * logging / n,
         estimated_em: estimate(&samples),
+        direct_model,
         direct_em: 100.0 * direct / n,
         mean_cost: cost / n,
     })
