@@ -66,8 +66,23 @@ pub enum LossArg {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    #[arg(long)]
-    pub labels: PathBuf,
+    /// Every expert's answer to every query (`l2d label`). With --from-log: only the split
+    /// (the log's decisions on its training articles are learned from, and its test articles
+    /// are recorded for `l2d eval`) and the experts.
+    #[arg(long, required_unless_present = "from_log")]
+    pub labels: Option<PathBuf>,
+    /// Learn a route policy from a decision log's rewarded decisions instead of labels
+    /// (logged with --decision-log-queries, outcomes reported with `l2d outcome`):
+    /// counterfactual risk minimisation with clipped propensities.
+    #[arg(long, conflicts_with_all = ["mode", "at_cost", "probes", "stages"])]
+    pub from_log: Option<PathBuf>,
+    /// With --from-log and no --labels: the pool file naming the experts and their costs.
+    #[arg(long, requires = "from_log")]
+    pub pool: Option<PathBuf>,
+    /// With --from-log: propensities below this count as this (importance weights at most
+    /// its inverse).
+    #[arg(long, default_value_t = 0.01, requires = "from_log")]
+    pub min_propensity: f64,
     /// Price(s) of compute, comma-separated: one rejector per value, all in one policy file.
     #[arg(
         long,
@@ -285,26 +300,38 @@ fn base_options(
         },
         split_seed: args.split_seed,
         test_fraction: args.test_fraction,
-        fit: crate::train::fit::FitConfig {
-            epochs: args.epochs,
-            learning_rate: args.learning_rate,
-            l2: args.l2,
-            l2_hashed: args.l2_hashed.unwrap_or(args.l2),
-            l2_probe: args.l2_probe,
-            // Set by train() from the featurizer's layout.
-            probe_features_from: usize::MAX,
-            batch_size: if args.batch_size == 0 {
-                usize::MAX
-            } else {
-                args.batch_size
-            },
-            seed: args.seed,
+        fit: fit_config(args),
+    }
+}
+
+/// The fitting settings of `l2d train`'s flags.
+fn fit_config(args: &TrainArgs) -> crate::train::fit::FitConfig {
+    crate::train::fit::FitConfig {
+        epochs: args.epochs,
+        learning_rate: args.learning_rate,
+        l2: args.l2,
+        l2_hashed: args.l2_hashed.unwrap_or(args.l2),
+        l2_probe: args.l2_probe,
+        // Set by train() from the featurizer's layout.
+        probe_features_from: usize::MAX,
+        batch_size: if args.batch_size == 0 {
+            usize::MAX
+        } else {
+            args.batch_size
         },
+        seed: args.seed,
     }
 }
 
 pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let labels = crate::train::labels::Labels::read(&args.labels)?;
+    if let Some(log) = &args.from_log {
+        return train_from_log(&args, log);
+    }
+    let labels = crate::train::labels::Labels::read(
+        args.labels
+            .as_deref()
+            .context("--labels is needed (or --from-log)")?,
+    )?;
     let options = base_options(&args, &labels);
     let started = std::time::Instant::now();
     if args.mode.is_some() {
@@ -393,6 +420,90 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         policy.bank.len(),
         policy.training.examples,
         policy.split.train_articles.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `l2d train --from-log`: counterfactual risk minimisation on the log's rewarded decisions.
+fn train_from_log(args: &TrainArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    use crate::core::learned::{Agent, SplitRecord};
+    use std::collections::HashSet;
+    let started = std::time::Instant::now();
+    let log = crate::train::offpolicy::read_log(path)?;
+    let labels = args
+        .labels
+        .as_deref()
+        .map(crate::train::labels::Labels::read)
+        .transpose()?;
+    let (experts, split, train_ids): (Vec<Agent>, SplitRecord, Option<HashSet<String>>) =
+        match &labels {
+            Some(labels) => {
+                let titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+                let (train_articles, test_articles) = crate::train::split::split_by_article(
+                    &titles,
+                    args.split_seed,
+                    args.test_fraction,
+                );
+                let ids = labels
+                    .in_articles(&train_articles)
+                    .iter()
+                    .map(|r| r.id.clone())
+                    .collect();
+                let split = SplitRecord {
+                    seed: args.split_seed,
+                    test_fraction: args.test_fraction,
+                    train_articles,
+                    test_articles,
+                };
+                (labels.header.experts.clone(), split, Some(ids))
+            }
+            None => {
+                let pool = args.pool.as_deref().context(
+                    "--from-log needs the experts and their costs: give --pool POOL (or --labels)",
+                )?;
+                let pool = crate::pool_file::PoolFile::load(pool)?;
+                let experts = pool
+                    .experts
+                    .iter()
+                    .map(|e| Agent {
+                        id: e.id.clone(),
+                        cost: e.cost,
+                    })
+                    .collect();
+                let split = SplitRecord {
+                    seed: args.split_seed,
+                    test_fraction: 0.0,
+                    train_articles: Vec::new(),
+                    test_articles: Vec::new(),
+                };
+                (experts, split, None)
+            }
+        };
+    let options = crate::train::crm::CrmOptions {
+        lambdas: args.lambda.clone(),
+        default_lambda: args.default_lambda,
+        min_propensity: args.min_propensity,
+        fit: fit_config(args),
+    };
+    let (policy, usage) =
+        crate::train::crm::train_from_log(&log, &experts, &options, split, |d| {
+            train_ids
+                .as_ref()
+                .is_none_or(|ids| d.query_id.as_ref().is_some_and(|q| ids.contains(q)))
+        })?;
+    std::fs::write(&args.out, serde_json::to_string(&policy)?)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "l2d: trained {} rejector(s) from {} of {} logged decisions ({} with an outcome, {} of \
+         them without their query, {} sent to experts not in the pool) in {:.1}s -> {}",
+        policy.bank.len(),
+        usage.used,
+        usage.logged,
+        usage.rewarded,
+        usage.without_query,
+        usage.unknown_expert,
         started.elapsed().as_secs_f64(),
         args.out.display()
     );

@@ -180,7 +180,7 @@ impl PolicyFile {
         Ok(file)
     }
 
-    fn check(&self) -> Result<(), PolicyFileError> {
+    pub fn check(&self) -> Result<(), PolicyFileError> {
         let bad = |m: String| Err(PolicyFileError::Inconsistent(m));
         if self.experts.is_empty() {
             return bad("no experts".into());

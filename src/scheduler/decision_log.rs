@@ -900,7 +900,10 @@ mod tests {
         assert!(window.report("c", Some(0.0), &[]).is_ok());
         window.expect("c", Some("Broncos"));
         assert_eq!(window.report("c", None, &gold).unwrap().reward, 1.0);
-        assert_eq!(code(window.report("b", Some(0.0), &[])), ErrorKind::NotFound);
+        assert_eq!(
+            code(window.report("b", Some(0.0), &[])),
+            ErrorKind::NotFound
+        );
         // An id longer than any request's is refused.
         assert_eq!(
             code(window.report(&"x".repeat(MAX_REQUEST_ID + 1), Some(1.0), &[])),

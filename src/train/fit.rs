@@ -104,6 +104,31 @@ pub fn fit(
     lambda: f64,
     config: &FitConfig,
 ) -> LinearRejector {
+    let (mut costs, mut scratch) = (Vec::new(), Scratch::default());
+    descend(
+        examples,
+        agents,
+        dense_len,
+        hash_buckets,
+        config,
+        |x, _, logits, grad| {
+            x.costs(lambda, &mut costs);
+            example_surrogate(x, logits, &costs, grad, &mut scratch);
+        },
+    )
+}
+
+/// Minimises the mean over `examples` of a loss of the rejector's logits, plus the L2 penalties
+/// of `config`, by Adam (minibatches, cosine-decayed step). `gradient(example, index, logits,
+/// grad)` writes the gradient of the example's loss with respect to its logits.
+pub fn descend(
+    examples: &[Example],
+    agents: usize,
+    dense_len: usize,
+    hash_buckets: usize,
+    config: &FitConfig,
+    mut gradient: impl FnMut(&Example, usize, &[f64], &mut Vec<f64>),
+) -> LinearRejector {
     let mut model = LinearRejector::zeros(agents, dense_len, hash_buckets);
     let mut adam = Adam::new(agents * (1 + dense_len + hash_buckets));
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -113,8 +138,7 @@ pub fn fit(
         vec![0.0; agents * dense_len],
         vec![0.0; agents * hash_buckets],
     );
-    let (mut logits, mut costs, mut grad) = (Vec::new(), Vec::new(), Vec::new());
-    let mut scratch = Scratch::default();
+    let (mut logits, mut grad) = (Vec::new(), Vec::new());
     let batch_size = config.batch_size.max(1);
     let steps = config.epochs * examples.len().div_ceil(batch_size);
     let mut step = 0usize;
@@ -138,8 +162,7 @@ pub fn fit(
             for &i in batch {
                 let x = &examples[i];
                 model.logits(&x.dense, &x.hashed, &mut logits);
-                x.costs(lambda, &mut costs);
-                example_surrogate(x, &logits, &costs, &mut grad, &mut scratch);
+                gradient(x, i, &logits, &mut grad);
                 for j in 0..agents {
                     let gj = grad[j] * scale;
                     g_bias[j] += gj;
@@ -153,8 +176,8 @@ pub fn fit(
                     }
                 }
             }
-            // Cosine decay to zero: the objective is convex, and a vanishing step lets Adam settle
-            // at its minimum instead of circling it.
+            // Cosine decay to zero: a vanishing step lets Adam settle at a minimum (the
+            // surrogate's objective is convex) instead of circling it.
             let progress = step as f64 / steps.max(1) as f64;
             let lr = config.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
             step += 1;

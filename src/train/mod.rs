@@ -4,6 +4,7 @@
 
 pub mod calibrate;
 pub mod cascade;
+pub mod crm;
 pub mod eval;
 pub mod fit;
 pub mod labels;
@@ -161,24 +162,7 @@ pub fn train_on(
         .map(|r| record_features(r, &probes))
         .collect();
     let d = dense_len(probes.len());
-    let n = features.len() as f64;
-    let mut mean = vec![0.0; d];
-    for f in &features {
-        for (m, x) in mean.iter_mut().zip(&f.dense) {
-            *m += x / n;
-        }
-    }
-    let mut std = vec![0.0; d];
-    for f in &features {
-        for ((s, x), m) in std.iter_mut().zip(&f.dense).zip(&mean) {
-            *s += (x - m) * (x - m) / n;
-        }
-    }
-    let std: Vec<f64> = std
-        .into_iter()
-        .map(|v| if v.sqrt() > 1e-9 { v.sqrt() } else { 1.0 })
-        .collect();
-    let standardize = Standardization { mean, std };
+    let standardize = standardization(&features, d);
 
     let agents = labels.header.experts.len();
     let max_cost = labels
@@ -231,6 +215,29 @@ pub fn train_on(
         bank,
         examples.len(),
     ))
+}
+
+/// The mean and standard deviation of each of the `d` dense features over `features` (a
+/// constant feature is left unscaled).
+pub fn standardization(features: &[Features], d: usize) -> Standardization {
+    let n = features.len().max(1) as f64;
+    let mut mean = vec![0.0; d];
+    for f in features {
+        for (m, x) in mean.iter_mut().zip(&f.dense) {
+            *m += x / n;
+        }
+    }
+    let mut std = vec![0.0; d];
+    for f in features {
+        for ((s, x), m) in std.iter_mut().zip(&f.dense).zip(&mean) {
+            *s += (x - m) * (x - m) / n;
+        }
+    }
+    let std: Vec<f64> = std
+        .into_iter()
+        .map(|v| if v.sqrt() > 1e-9 { v.sqrt() } else { 1.0 })
+        .collect();
+    Standardization { mean, std }
 }
 
 fn policy_file(
