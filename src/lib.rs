@@ -43,6 +43,7 @@ pub mod report;
 pub mod scheduler;
 pub mod squad;
 pub mod telemetry;
+pub mod trace;
 pub mod train;
 
 pub use grpc::client::{Ask, RouterClient};

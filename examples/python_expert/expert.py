@@ -19,6 +19,10 @@ with its first capitalised phrase that the question does not already contain.
 Usage:
     python expert.py --listen 127.0.0.1:50071 --id py-rule --cost 0.5 --register 127.0.0.1:50051
 
+With --otlp-endpoint http://collector:4317 (pip install -r requirements-tracing.txt), each
+answer is a span continuing the trace the scheduler sent (W3C `traceparent` metadata: the
+scheduler's span of this call is its parent), exported over OTLP/gRPC.
+
 The Python stubs are generated at start-up from ../../proto with grpcio-tools (pip install -r
 requirements.txt), so the contract has one source of truth.
 """
@@ -86,11 +90,41 @@ def answer(question, context):
     return "", 0, 0, 0.0
 
 
-def make_servicer(stubs, expert_id, cost, load):
+def start_tracing(endpoint, expert_id):
+    """An OpenTelemetry tracer exporting to `endpoint`, and a function that opens the span of one
+    call under the trace context in its gRPC metadata."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    provider = TracerProvider(resource=Resource.create({"service.name": expert_id}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    tracer = provider.get_tracer("l2d-python-expert")
+    propagator = TraceContextTextMapPropagator()
+
+    def span(context):
+        parent = propagator.extract(dict(context.invocation_metadata()))
+        return tracer.start_as_current_span(
+            "l2d.v1.Expert/Answer", context=parent, kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "l2d.expert": expert_id})
+
+    return provider, span
+
+
+def make_servicer(stubs, expert_id, cost, load, traced=None):
     expert_pb2, expert_pb2_grpc, common_pb2 = stubs["expert_pb2"], stubs["expert_pb2_grpc"], stubs["common_pb2"]
 
     class Expert(expert_pb2_grpc.ExpertServicer):
         def Answer(self, request, context):
+            if traced is None:
+                return self.answer(request, context)
+            with traced(context):
+                return self.answer(request, context)
+
+        def answer(self, request, context):
             if not request.question.strip():
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "question is empty")
             if not request.context.strip():
@@ -165,13 +199,16 @@ def main():
     parser.add_argument("--cost", type=float, default=0.5, help="declared cost of one call")
     parser.add_argument("--register", help="scheduler host:port to join")
     parser.add_argument("--advertise", help="host:port the scheduler dials (default: the bound one)")
+    parser.add_argument("--otlp-endpoint", help="export a span per answer to this OTLP/gRPC receiver")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     stubs = load_stubs()
     load = {"lock": threading.Lock(), "in_flight": 0, "answered": 0}
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    stubs["expert_pb2_grpc"].add_ExpertServicer_to_server(make_servicer(stubs, args.id, args.cost, load), server)
+    provider, traced = start_tracing(args.otlp_endpoint, args.id) if args.otlp_endpoint else (None, None)
+    stubs["expert_pb2_grpc"].add_ExpertServicer_to_server(
+        make_servicer(stubs, args.id, args.cost, load, traced), server)
     port = server.add_insecure_port(args.listen)
     host = args.listen.rsplit(":", 1)[0]
     address = args.advertise or f"{host}:{port}"
@@ -190,6 +227,8 @@ def main():
     if lease_thread:
         lease_thread.join()
     server.stop(grace=2).wait()
+    if provider is not None:
+        provider.shutdown()  # exports the spans still buffered
 
 
 if __name__ == "__main__":

@@ -329,6 +329,11 @@ pub struct PolicyArgs {
     /// (logged with its propensity, for off-policy evaluation).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub explore: f64,
+    /// Export traces (a span per request and per expert call) over OTLP/gRPC to this
+    /// receiver, e.g. http://otel-collector:4317. Without it no span is made; a caller's W3C
+    /// trace context still goes to the experts.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
     /// Append one JSON line per decision to this file (no query text).
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
@@ -505,6 +510,7 @@ pub(super) async fn run_scheduler(
     );
     config.explore = policy.explore;
     config.decision_log = policy.decision_log.clone();
+    config.otlp_endpoint = policy.otlp_endpoint.clone();
     anyhow::ensure!(
         policy.decision_log_max_mib > 0,
         "--decision-log-max-mib must be at least 1"
@@ -560,6 +566,7 @@ pub(super) async fn run_scheduler(
         None => scheduler,
     };
     scheduler.open_decision_log()?;
+    scheduler.start_tracing()?;
     let scheduler = Arc::new(scheduler);
     let bind = |address: SocketAddr, what: &'static str| async move {
         TcpListener::bind(address)
@@ -618,6 +625,8 @@ pub(super) async fn run_scheduler(
     let log_owner = scheduler.clone();
     let served = scheduler::serve_on(listeners, scheduler, shutdown_signal()).await;
     log_owner.close_decision_log();
+    let tracing_owner = log_owner.clone();
+    let _ = tokio::task::spawn_blocking(move || tracing_owner.close_tracing()).await;
     let _ = metrics_stop.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

@@ -23,6 +23,7 @@ use crate::grpc::convert;
 use crate::grpc::deadline::request_timeout;
 use crate::grpc::pb::{self, router_server::Router};
 use crate::grpc::status::{code_name, code_of_miss, failure_of};
+use crate::trace::RequestTrace;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ async fn call_replica(
     replica: usize,
     query: &Query,
     (deadline, try_timeout): (Option<Instant>, Duration),
-    request_id: &str,
+    (request_id, trace, attempt): (&str, &RequestTrace, u32),
 ) -> CallResult<pb::AnswerResponse> {
     let replica = &group.replicas[replica];
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -121,6 +122,12 @@ async fn call_replica(
     if let Ok(value) = request_id.parse() {
         call.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
+    let span = trace.call(
+        &group.entry.id,
+        &replica.address,
+        attempt,
+        call.metadata_mut(),
+    );
     let mut client = replica.client.clone();
     let started = Instant::now();
     // tonic's client enforces the grpc-timeout it sends too (CANCELLED "Timeout expired"), racing
@@ -141,6 +148,7 @@ async fn call_replica(
     };
     let now = Instant::now();
     let ending = result.as_ref().map(|_| ()).map_err(|f| *f);
+    span.end(ending.map_or_else(|f| code_of_miss(Miss::Failed(f)), |()| Code::Ok));
     if let Err(failure) = ending {
         // One line per failed call (the request id is on the span); what the replica itself
         // said is logged, never returned: echoing it to callers would let anyone who can ask
@@ -249,13 +257,14 @@ impl Router for RouterService {
         let deadline = request_timeout(&request).map(|t| started + t - deadline_margin(t));
         let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request_id(&request, number);
+        let trace = RequestTrace::start(self.scheduler.tracing(), request.metadata(), &request_id);
         let span = tracing::info_span!("ask", request_id = %request_id);
         let result = async {
             let _slot = self.scheduler.admission.enter(deadline).await?;
             self.answer(
                 request.into_inner(),
                 number,
-                request_id.clone(),
+                (request_id.clone(), &trace),
                 started,
                 deadline,
             )
@@ -264,6 +273,7 @@ impl Router for RouterService {
         .instrument(span)
         .await;
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        trace.end(code, result.as_ref().ok().map(|a| a.expert_id.as_str()));
         self.scheduler.asks.increment(code);
         self.scheduler
             .ask_duration
@@ -305,7 +315,7 @@ impl RouterService {
         &self,
         msg: pb::AskRequest,
         number: u64,
-        request_id: String,
+        (request_id, trace): (String, &RequestTrace),
         started: Instant,
         deadline: Option<Instant>,
     ) -> Result<pb::AskResponse, Status> {
@@ -399,19 +409,23 @@ impl RouterService {
         };
         let mut ask = Ask::new(&view, &probes, params, scorer)?;
         let mut running = FuturesUnordered::new();
+        // Calls made to each expert so far (a trace numbers the attempts).
+        let mut attempts = vec![0u32; view.len()];
         loop {
             match ask.next_step() {
                 Step::Call(call) => {
                     let group = &snapshot.experts[call.expert];
                     let query = &query;
                     let request_id = request_id.as_str();
+                    attempts[call.expert] += 1;
+                    let attempt = attempts[call.expert];
                     running.push(async move {
                         let result = call_replica(
                             group,
                             call.replica,
                             query,
                             (deadline, config.try_timeout),
-                            request_id,
+                            (request_id, trace, attempt),
                         )
                         .await;
                         (call.id, result, started.elapsed())

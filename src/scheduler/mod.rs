@@ -66,6 +66,9 @@ pub struct SchedulerConfig {
     pub explore: f64,
     /// Seed of the exploration draws.
     pub explore_seed: u64,
+    /// Export traces over OTLP/gRPC to this receiver (`http://collector:4317`); `None`: no
+    /// spans (a caller's trace context still goes to the experts).
+    pub otlp_endpoint: Option<String>,
     /// Append one JSON line per decision here.
     pub decision_log: Option<PathBuf>,
     /// Its rotation and flushing to disk.
@@ -119,6 +122,7 @@ impl Default for SchedulerConfig {
             target_window: 200,
             explore: 0.0,
             explore_seed: 0x5eed,
+            otlp_endpoint: None,
             decision_log: None,
             decision_log_options: decision_log::LogOptions::default(),
             decision_log_queries: false,
@@ -265,6 +269,8 @@ pub struct Scheduler {
     decisions: Option<decision_log::DecisionLog>,
     /// With a decision log: the requests whose outcome may still be reported.
     outcomes: Option<decision_log::Outcomes>,
+    /// With `otlp_endpoint`: the span exporter.
+    tracing: Option<crate::trace::Tracing>,
     ask_duration: metrics::Histogram,
     decision_counters: dispatch::DecisionCounters,
     /// A candidate policy in shadow or on a share of the requests.
@@ -323,6 +329,7 @@ impl Scheduler {
             target,
             decisions: None,
             outcomes: None,
+            tracing: None,
             config,
             requests: AtomicU64::new(0),
             describe_wanted: tokio::sync::Notify::new(),
@@ -341,6 +348,27 @@ impl Scheduler {
             ));
         }
         Ok(())
+    }
+
+    /// Starts exporting traces when the configuration names a receiver (call once, within the
+    /// tokio runtime, before serving).
+    pub fn start_tracing(&mut self) -> anyhow::Result<()> {
+        if let Some(endpoint) = &self.config.otlp_endpoint {
+            self.tracing = Some(crate::trace::Tracing::otlp(endpoint, "l2d-scheduler")?);
+        }
+        Ok(())
+    }
+
+    /// The span exporter, when traces are exported.
+    pub(crate) fn tracing(&self) -> Option<&crate::trace::Tracing> {
+        self.tracing.as_ref()
+    }
+
+    /// Exports the last spans (at shutdown, after the last request; blocks).
+    pub fn close_tracing(&self) {
+        if let Some(tracing) = &self.tracing {
+            tracing.shutdown();
+        }
     }
 
     /// Flushes the decision log to disk (at shutdown, after the last request).
