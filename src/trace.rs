@@ -8,8 +8,10 @@
 //!   caller's span its parent when it sent one, else a new trace) and each expert call a client
 //!   span under it (`l2d.v1.Expert/Answer`, with the expert, the replica, the attempt number and
 //!   the gRPC status; never the query's text), whose context goes to the expert. Spans are
-//!   exported over OTLP/gRPC in batches from a background thread (the SDK's batch processor:
-//!   every `OTEL_BSP_SCHEDULE_DELAY` ms, 5000 by default), and flushed at shutdown.
+//!   exported over OTLP/gRPC (TLS for an `https` endpoint, verified against the Web PKI roots)
+//!   in batches from a background thread (the SDK's batch processor: every
+//!   `OTEL_BSP_SCHEDULE_DELAY` ms, 5000 by default), and flushed at shutdown. Failed exports
+//!   and dropped spans are logged by the SDK (target `opentelemetry_sdk`).
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
@@ -42,9 +44,15 @@ impl Tracing {
             matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
             "--otlp-endpoint {endpoint:?}: give http://HOST:PORT or https://HOST:PORT"
         );
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint)
+            .with_endpoint(endpoint);
+        if uri.scheme_str() == Some("https") {
+            use opentelemetry_otlp::WithTonicConfig as _;
+            builder = builder
+                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
+        }
+        let exporter = builder
             .build()
             .with_context(|| format!("cannot export traces to {endpoint}"))?;
         let provider = SdkTracerProvider::builder()

@@ -445,7 +445,15 @@ impl DecisionLog {
                     sync_locked(&mut current);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot write the decision log"),
+            Err(e) => {
+                // A line written in part (a full disk) would end up mid-file, where it makes
+                // the log unreadable: cut it off.
+                let cut = current.bytes;
+                if let Err(e) = current.file.set_len(cut) {
+                    tracing::warn!(error = %e, "cannot cut a line written in part from the decision log");
+                }
+                tracing::warn!(error = %e, "cannot write the decision log");
+            }
         }
     }
 
@@ -455,12 +463,21 @@ impl DecisionLog {
     fn rotate(&self, current: &mut Current) -> std::io::Result<()> {
         sync_locked(current);
         let number = current.newest + 1;
-        std::fs::rename(&self.path, rotated(&self.path, number))?;
-        current.newest = number;
-        current.file = OpenOptions::new()
+        let to = rotated(&self.path, number);
+        std::fs::rename(&self.path, &to)?;
+        match OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.path)?;
+            .open(&self.path)
+        {
+            Ok(file) => current.file = file,
+            Err(e) => {
+                // Put the file back, so that `LOG` stays the file written to.
+                std::fs::rename(&to, &self.path)?;
+                return Err(e);
+            }
+        }
+        current.newest = number;
         current.bytes = 0;
         current.dirty = false;
         sync_directory(&self.path)?;
@@ -512,8 +529,9 @@ fn sync_directory(path: &Path) -> std::io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// Cuts the log at `path` after its last newline, when it ends in a torn line; returns how many
-/// bytes were cut (0 when the file is whole or absent).
+/// Cuts the log at `path` after its last newline when it ends in a torn line, and returns how
+/// many bytes were cut (0 when the file is whole or absent); a whole line that lost only its
+/// newline gets it back instead.
 fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
@@ -534,10 +552,21 @@ fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
         }
         end = start;
     }
-    if end < len {
-        file.set_len(end)?;
-        file.sync_all()?;
+    if end == len {
+        return Ok(0);
     }
+    // A whole line that lost only its newline is kept and ended.
+    let mut tail = vec![0u8; (len - end) as usize];
+    file.seek(SeekFrom::Start(end))?;
+    file.read_exact(&mut tail)?;
+    if std::str::from_utf8(&tail).is_ok_and(|t| serde_json::from_str::<Line>(t).is_ok()) {
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        return Ok(0);
+    }
+    file.set_len(end)?;
+    file.sync_all()?;
     Ok(len - end)
 }
 
@@ -844,6 +873,11 @@ mod tests {
         std::fs::write(&path, "{\"torn").unwrap();
         assert_eq!(cut_torn_tail(&path).unwrap(), 6);
         assert_eq!(std::fs::read(&path).unwrap(), b"");
+        // A whole line without its newline is kept, and ended.
+        let line = serde_json::to_string(&decision(5)).unwrap();
+        std::fs::write(&path, &line).unwrap();
+        assert_eq!(cut_torn_tail(&path).unwrap(), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{line}\n"));
     }
 
     #[test]
