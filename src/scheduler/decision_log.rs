@@ -670,7 +670,15 @@ fn parse_lines(file: &Path, bytes: &[u8], out: &mut Vec<Line>) -> anyhow::Result
         }
         let parsed = std::str::from_utf8(line)
             .map_err(anyhow::Error::from)
-            .and_then(|text| Ok(serde_json::from_str::<Line>(text)?));
+            .and_then(|text| {
+                serde_json::from_str::<Line>(text).map_err(|_| {
+                    // Say what a decision line lacks (the untagged enum's own error does not).
+                    let why = serde_json::from_str::<LoggedDecision>(text)
+                        .err()
+                        .map_or_else(String::new, |e| format!(": {e}"));
+                    anyhow::anyhow!("neither a decision nor an outcome{why}")
+                })
+            });
         match parsed {
             Ok(line) => out.push(line),
             Err(_) if i + 1 == count && !complete => {
@@ -841,6 +849,9 @@ mod tests {
         std::fs::write(&path, format!("{}\n{whole}", &whole[..whole.len() / 2 - 5])).unwrap();
         let error = format!("{:#}", read_log(&path).unwrap_err());
         assert!(error.contains("decisions.jsonl: line 1"), "{error}");
+        std::fs::write(&path, "{\"request_id\":\"r\"}\n").unwrap();
+        let error = format!("{:#}", read_log(&path).unwrap_err());
+        assert!(error.contains("missing field"), "{error}");
         // Bad UTF-8 mid-file is damage too, reported, not a failure to read the file.
         std::fs::write(&path, [&b"\xff\xfe\n"[..], whole.as_bytes()].concat()).unwrap();
         let error = format!("{:#}", read_log(&path).unwrap_err());
