@@ -442,7 +442,10 @@ impl DecisionLog {
                 current.bytes += line.len() as u64;
                 current.dirty = true;
                 if self.options.sync == Sync::Always {
-                    sync_locked(&mut current);
+                    // Flushed with the file's lock released, so that other requests write
+                    // meanwhile (and one flush may carry several of their lines).
+                    drop(current);
+                    self.shared.flush();
                 }
             }
             Err(e) => {
@@ -509,8 +512,7 @@ impl Drop for DecisionLog {
     }
 }
 
-/// Flushes to disk with the file's lock held (on rotation, and after each line with
-/// [`Sync::Always`]).
+/// Flushes to disk with the file's lock held (before a rotation).
 fn sync_locked(current: &mut Current) {
     if current.dirty {
         match current.file.sync_data() {
@@ -1005,6 +1007,44 @@ mod tests {
             rewards,
             [(false, Some(1.0)), (true, None), (false, Some(0.0))]
         );
+    }
+
+    #[test]
+    fn flushing_every_line_from_many_threads_keeps_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let options = LogOptions {
+            sync: Sync::Always,
+            max_bytes: 4096,
+            keep: 100,
+        };
+        let log = Arc::new(DecisionLog::open_with(&path, options).unwrap());
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for n in 0..25 {
+                        log.record(&decision(t * 100 + n));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(!log.shared.current().dirty);
+        drop(log);
+        let mut ids: Vec<String> = read_log(&path)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.request_id)
+            .collect();
+        ids.sort();
+        let mut expected: Vec<String> = (0..4)
+            .flat_map(|t| (0..25).map(move |n| format!("r{}", t * 100 + n)))
+            .collect();
+        expected.sort();
+        assert_eq!(ids, expected);
     }
 
     #[test]
