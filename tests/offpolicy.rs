@@ -167,6 +167,7 @@ fn the_doubly_robust_interval_covers_a_new_policys_true_value_for_most_seeds() {
                     reward: Some(q.answers[chosen].1),
                     cost: 0.0,
                     shadow: false,
+                    sequence: None,
                 }
             })
             .collect();

@@ -110,11 +110,13 @@ fn write_log(path: &Path, labels: &Labels, logger: &PolicyFile, epsilon: f64, se
             reward: None,
             cost: logger.experts[chosen].cost,
             shadow: false,
+            sequence: None,
         });
         log.record_outcome(&l2d::scheduler::decision_log::LoggedOutcome {
             request_id: format!("r{n}"),
             reward: em,
             f1: None,
+            sequence: None,
         });
     }
 }

@@ -66,6 +66,10 @@ pub struct LoggedDecision {
     /// have paid); off-policy evaluation skips these.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// The request's number in the outcome window, which its outcome line repeats: the join
+    /// key when a client sent the same request id with requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
 }
 
 /// A logged query: its text and the answers the request saw before its decision (probes, a
@@ -86,6 +90,9 @@ pub struct LoggedOutcome {
     pub reward: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub f1: Option<f64>,
+    /// The decision's [`LoggedDecision::sequence`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,8 +167,9 @@ impl Outcomes {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens `request_id` to an outcome report, with the answer it got (`None`: it failed).
-    pub fn expect(&self, request_id: &str, answer: Option<&str>) {
+    /// Opens `request_id` to an outcome report, with the answer it got (`None`: it failed);
+    /// returns its sequence number, for its decision's log line.
+    pub fn expect(&self, request_id: &str, answer: Option<&str>) -> u64 {
         let now = Instant::now();
         let mut window = self.window();
         let sequence = window.next;
@@ -177,6 +185,7 @@ impl Outcomes {
         );
         window.order.push_back((sequence, request_id.to_owned()));
         window.evict(self.capacity, self.ttl, now);
+        sequence
     }
 
     /// The outcome of `request_id` from a reward, or from gold answers (the official exact
@@ -226,8 +235,9 @@ impl Outcomes {
                 ));
             }
             pending.reported = true;
-            pending.answer.clone()
+            (pending.answer.clone(), pending.sequence)
         };
+        let (answer, sequence) = answer;
         let (reward, f1) = match reward {
             Some(r) => (r, None),
             None => {
@@ -244,6 +254,7 @@ impl Outcomes {
             request_id: request_id.to_owned(),
             reward,
             f1,
+            sequence: Some(sequence),
         })
     }
 }
@@ -706,18 +717,31 @@ fn parse_lines(file: &Path, bytes: &[u8], out: &mut Vec<Line>) -> anyhow::Result
 
 fn join_outcomes(lines: Vec<Line>) -> Vec<LoggedDecision> {
     let mut out: Vec<LoggedDecision> = Vec::with_capacity(lines.len());
+    // The latest served decision so far by request id, and by request id and sequence.
     let mut latest: HashMap<String, usize> = HashMap::new();
+    let mut numbered: HashMap<(String, u64), usize> = HashMap::new();
     for line in lines {
         match line {
             Line::Decision(decision) => {
                 if !decision.shadow {
                     latest.insert(decision.request_id.clone(), out.len());
+                    if let Some(n) = decision.sequence {
+                        numbered.insert((decision.request_id.clone(), n), out.len());
+                    }
                 }
                 out.push(*decision);
             }
             Line::Outcome(OutcomeLine { outcome }) => {
+                // By sequence number; else (a decision logged without one) by id alone.
+                let by_id = latest
+                    .get(&outcome.request_id)
+                    .filter(|&&i| out[i].sequence.is_none());
+                let found = match outcome.sequence {
+                    Some(n) => numbered.get(&(outcome.request_id, n)).or(by_id),
+                    None => latest.get(&outcome.request_id),
+                };
                 // An outcome whose decision rotated out of the kept files has nothing to join.
-                if let Some(&i) = latest.get(&outcome.request_id)
+                if let Some(&i) = found
                     && out[i].reward.is_none()
                 {
                     out[i].reward = Some(outcome.reward);
@@ -750,6 +774,7 @@ mod tests {
             query: None,
             cost: 1.0,
             shadow: false,
+            sequence: None,
         }
     }
 
@@ -983,6 +1008,7 @@ mod tests {
             request_id: "r0".into(),
             reward,
             f1: None,
+            sequence: None,
         };
         {
             let log = DecisionLog::open(&path).unwrap();
@@ -1007,6 +1033,28 @@ mod tests {
             rewards,
             [(false, Some(1.0)), (true, None), (false, Some(0.0))]
         );
+
+        // Two requests in flight with one id: each outcome joins the decision with its
+        // sequence number, whatever the order of the lines.
+        let path = dir.path().join("numbered.jsonl");
+        let outcomes = Outcomes::new(8, Duration::from_secs(3600));
+        {
+            let log = DecisionLog::open(&path).unwrap();
+            let first = outcomes.expect("r0", Some("Broncos"));
+            let second = outcomes.expect("r0", Some("Panthers"));
+            log.record(&LoggedDecision {
+                sequence: Some(second),
+                ..decision(0)
+            });
+            log.record(&LoggedDecision {
+                sequence: Some(first),
+                ..decision(0)
+            });
+            let gold = ["Panthers".to_owned()];
+            log.record_outcome(&outcomes.report("r0", None, &gold).unwrap());
+        }
+        let rewards: Vec<Option<f64>> = read_log(&path).unwrap().iter().map(|d| d.reward).collect();
+        assert_eq!(rewards, [Some(1.0), None]);
     }
 
     #[test]

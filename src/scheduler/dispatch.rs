@@ -480,6 +480,7 @@ impl RouterService {
                 query: None,
                 cost,
                 shadow: false,
+                sequence: None,
             };
         if let Some(c) = candidate {
             let code = match &outcome {
@@ -524,14 +525,20 @@ impl RouterService {
                         .filter_map(|p| Some((view[p.expert].id.to_owned(), p.text.clone()?)))
                         .collect(),
                 });
+                // Opened before the decision is logged, under a number the log line carries:
+                // an outcome joins this decision even if the client sent the same request id
+                // with another request in flight.
+                let sequence = self
+                    .scheduler
+                    .outcomes
+                    .as_ref()
+                    .map(|outcomes| outcomes.expect(&request_id, answer));
                 decisions.record(&LoggedDecision {
                     answer: answer.map(str::to_owned),
                     query: logged_query,
+                    sequence,
                     ..logged(&policy, d, answered.map(|a| a.expert), explanation.charged)
                 });
-                if let Some(outcomes) = &self.scheduler.outcomes {
-                    outcomes.expect(&request_id, answer);
-                }
             }
             tracing::debug!(
                 target: "l2d::decision",

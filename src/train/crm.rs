@@ -243,6 +243,7 @@ mod tests {
             reward,
             cost: 1.0,
             shadow: false,
+            sequence: None,
         }
     }
 
