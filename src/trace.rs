@@ -118,6 +118,11 @@ impl RequestTrace {
         }
     }
 
+    /// Whether spans are made (and calls numbered for them).
+    pub fn exports(&self) -> bool {
+        matches!(self, Self::Span { .. })
+    }
+
     /// The span of one expert call (attempt number `attempt` at this expert, from 1), whose
     /// trace context is put in the call's `metadata`.
     pub fn call(

@@ -5,26 +5,11 @@
 
 mod common;
 
-use common::process::L2D;
+use common::process::{l2d_ok, repo};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn l2d(args: &[&str]) -> String {
-    let out = Command::new(L2D)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run l2d");
-    assert!(
-        out.status.success(),
-        "l2d {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(l2d_ok(args).stdout).unwrap()
 }
 
 fn read(path: &Path) -> String {

@@ -14,25 +14,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn python() -> Option<String> {
-    match std::env::var("L2D_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("L2D_REQUIRE_PYTHON").is_err(),
-                "L2D_REQUIRE_PYTHON is set but L2D_PYTHON is not"
-            );
-            eprintln!(
-                "skipped: set L2D_PYTHON to a python with examples/python_expert/requirements.txt"
-            );
-            None
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_python_expert_registers_and_answers_through_the_router() {
-    let Some(python) = python() else { return };
+    let Some(python) = example_python() else {
+        return;
+    };
     let (node, _scheduler, _local) = spawn_scheduler(SchedulerConfig::default(), None, 0.1).await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -137,7 +123,9 @@ async fn a_python_expert_registers_and_answers_through_the_router() {
 /// with and without deadlines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_finds_the_documented_contract() {
-    let Some(python) = python() else { return };
+    let Some(python) = example_python() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let pool = pool_file(dir.path(), &replay_pair(Some(0.5), Some(0.9)));
     let (node, _scheduler, _local) =

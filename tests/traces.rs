@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::example_python;
 use common::process::Proc;
 use l2d::pb;
 use serde_json::Value;
@@ -16,20 +17,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn python() -> Option<String> {
-    match std::env::var("L2D_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("L2D_REQUIRE_PYTHON").is_err(),
-                "L2D_REQUIRE_PYTHON is set but L2D_PYTHON is not"
-            );
-            eprintln!("skipped: set L2D_PYTHON to a python with the tracing requirements");
-            None
-        }
-    }
-}
 
 /// A child process killed on drop.
 struct Killed(Child);
@@ -56,7 +43,9 @@ const QUESTION: &str = "Which team defeated the Carolina Panthers?";
 
 #[test]
 fn a_trace_runs_from_the_caller_through_the_scheduler_into_a_python_expert() {
-    let Some(python) = python() else { return };
+    let Some(python) = example_python() else {
+        return;
+    };
     let root = env!("CARGO_MANIFEST_DIR");
 
     // The receiver: its port, then one JSON line per span.

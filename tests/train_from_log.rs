@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::process::L2D;
+use common::process::{l2d_ok, repo};
 use l2d::core::learned::PolicyFile;
 use l2d::core::rejector::argmax;
 use l2d::scheduler::decision_log::{DecisionLog, LogOptions, LoggedDecision, LoggedQuery, Sync};
@@ -18,24 +18,9 @@ use l2d::train::labels::Labels;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn l2d(args: &[&str]) -> String {
-    let out = Command::new(L2D)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run l2d");
-    assert!(
-        out.status.success(),
-        "l2d {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
+    String::from_utf8(l2d_ok(args).stderr).unwrap()
 }
 
 /// The log of `logger` deciding every labelled question ε-greedily (rewards: the exact match of

@@ -409,16 +409,22 @@ impl RouterService {
         };
         let mut ask = Ask::new(&view, &probes, params, scorer)?;
         let mut running = FuturesUnordered::new();
-        // Calls made to each expert so far (a trace numbers the attempts).
-        let mut attempts = vec![0u32; view.len()];
+        // Calls made to each expert so far, when spans number the attempts (no allocation
+        // otherwise).
+        let mut attempts: Vec<u32> = Vec::new();
         loop {
             match ask.next_step() {
                 Step::Call(call) => {
                     let group = &snapshot.experts[call.expert];
                     let query = &query;
                     let request_id = request_id.as_str();
-                    attempts[call.expert] += 1;
-                    let attempt = attempts[call.expert];
+                    let attempt = if trace.exports() {
+                        attempts.resize(view.len(), 0);
+                        attempts[call.expert] += 1;
+                        attempts[call.expert]
+                    } else {
+                        0
+                    };
                     running.push(async move {
                         let result = call_replica(
                             group,

@@ -73,17 +73,7 @@ pub fn train_from_log(
     keep: impl Fn(&LoggedDecision) -> bool,
 ) -> anyhow::Result<(PolicyFile, LogUse)> {
     anyhow::ensure!(!experts.is_empty(), "the pool has no experts");
-    anyhow::ensure!(
-        !options.lambdas.is_empty(),
-        "--lambda needs at least one value"
-    );
-    if let Some(l) = options
-        .lambdas
-        .iter()
-        .find(|l| !(l.is_finite() && **l >= 0.0))
-    {
-        anyhow::bail!("lambda must be a finite number >= 0, got {l}");
-    }
+    super::check_lambdas(&options.lambdas)?;
     anyhow::ensure!(
         options.min_propensity > 0.0 && options.min_propensity <= 1.0,
         "--min-propensity must be in (0, 1], got {}",

@@ -114,17 +114,7 @@ pub fn train_on(
     train_articles: Vec<String>,
     test_articles: Vec<String>,
 ) -> anyhow::Result<PolicyFile> {
-    anyhow::ensure!(
-        !options.lambdas.is_empty(),
-        "--lambda needs at least one value"
-    );
-    if let Some(l) = options
-        .lambdas
-        .iter()
-        .find(|l| !(l.is_finite() && **l >= 0.0))
-    {
-        anyhow::bail!("lambda must be a finite number >= 0, got {l}");
-    }
+    check_lambdas(&options.lambdas)?;
     match options.mode {
         Mode::Defer => anyhow::ensure!(!options.probes.is_empty(), "defer mode needs --probes"),
         Mode::Route | Mode::Cascade => {
@@ -215,6 +205,15 @@ pub fn train_on(
         bank,
         examples.len(),
     ))
+}
+
+/// A bank's lambdas: at least one, each finite and >= 0.
+pub fn check_lambdas(lambdas: &[f64]) -> anyhow::Result<()> {
+    anyhow::ensure!(!lambdas.is_empty(), "--lambda needs at least one value");
+    if let Some(l) = lambdas.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
+        anyhow::bail!("lambda must be a finite number >= 0, got {l}");
+    }
+    Ok(())
 }
 
 /// The mean and standard deviation of each of the `d` dense features over `features` (a

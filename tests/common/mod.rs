@@ -307,3 +307,22 @@ pub fn series_value(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The Python with the examples' requirements (`L2D_PYTHON`), or `None` to skip: unless
+/// `L2D_REQUIRE_PYTHON` is set, as in CI, where a missing one fails the test.
+pub fn example_python() -> Option<String> {
+    match std::env::var("L2D_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            assert!(
+                std::env::var("L2D_REQUIRE_PYTHON").is_err(),
+                "L2D_REQUIRE_PYTHON is set but L2D_PYTHON is not"
+            );
+            eprintln!(
+                "skipped: set L2D_PYTHON to a python with the examples' requirements \
+                 (examples/python_expert, examples/python_client)"
+            );
+            None
+        }
+    }
+}

@@ -2,11 +2,32 @@
 //! log lines searchable, killed on drop.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub const L2D: &str = env!("CARGO_BIN_EXE_l2d");
+
+/// The repository's root (where the shipped data, pools and policies are).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `l2d args` to completion in the repository's root and asserts that it succeeded.
+pub fn l2d_ok(args: &[&str]) -> Output {
+    let out = Command::new(L2D)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run l2d");
+    assert!(
+        out.status.success(),
+        "l2d {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 /// A running `l2d` process whose stderr lines are collected; killed on drop.
 pub struct Proc {
