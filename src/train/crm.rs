@@ -24,7 +24,7 @@
 use super::fit::{Example, FitConfig, descend};
 use crate::core::features::{HASH_BUCKETS, dense_len, featurize};
 use crate::core::learned::{
-    Agent, BankEntry, LossKind, Mode, POLICY_FORMAT, PolicyFile, SplitRecord, TrainingRecord,
+    Agent, BankEntry, LossKind, Mode, POLICY_FORMAT, PolicyFile, SplitRecord,
 };
 use crate::core::rejector::softmax;
 use crate::scheduler::decision_log::LoggedDecision;
@@ -188,16 +188,7 @@ pub fn train_from_log(
         stages: 0,
         loss: LossKind::Em,
         split,
-        training: TrainingRecord {
-            seed: options.fit.seed,
-            epochs: options.fit.epochs,
-            learning_rate: options.fit.learning_rate,
-            l2: options.fit.l2,
-            l2_hashed: options.fit.l2_hashed,
-            l2_probe: options.fit.l2_probe,
-            batch_size: options.fit.batch_size.min(usage.used),
-            examples: usage.used,
-        },
+        training: super::training_record(&options.fit, usage.used),
         standardize,
         default_lambda: options.default_lambda.unwrap_or(options.lambdas[0]),
         bank,

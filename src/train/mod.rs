@@ -207,6 +207,20 @@ pub fn train_on(
     ))
 }
 
+/// What the policy file records of its fitting on `examples` questions.
+pub fn training_record(fit: &fit::FitConfig, examples: usize) -> TrainingRecord {
+    TrainingRecord {
+        seed: fit.seed,
+        epochs: fit.epochs,
+        learning_rate: fit.learning_rate,
+        l2: fit.l2,
+        l2_hashed: fit.l2_hashed,
+        l2_probe: fit.l2_probe,
+        batch_size: fit.batch_size.min(examples),
+        examples,
+    }
+}
+
 /// A bank's lambdas: at least one, each finite and >= 0.
 pub fn check_lambdas(lambdas: &[f64]) -> anyhow::Result<()> {
     anyhow::ensure!(!lambdas.is_empty(), "--lambda needs at least one value");
@@ -265,16 +279,7 @@ fn policy_file(
             train_articles,
             test_articles,
         },
-        training: TrainingRecord {
-            seed: options.fit.seed,
-            epochs: options.fit.epochs,
-            learning_rate: options.fit.learning_rate,
-            l2: options.fit.l2,
-            l2_hashed: options.fit.l2_hashed,
-            l2_probe: options.fit.l2_probe,
-            batch_size: options.fit.batch_size.min(examples),
-            examples,
-        },
+        training: training_record(&options.fit, examples),
         standardize,
         default_lambda: options.default_lambda.unwrap_or(options.lambdas[0]),
         bank,
