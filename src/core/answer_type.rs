@@ -2,7 +2,7 @@
 //! "when" and "what year", a number for "how many" and "what percentage", a name for "who",
 //! "where" and "which city". Used by the typed reader and by the policy's featurizer.
 
-use super::text::{Token, stem};
+use super::text::Token;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerType {
@@ -84,25 +84,43 @@ const NAME_NOUNS: &[&str] = &[
 ];
 /// The answer type a question asks for, from its wh-word and the noun after it.
 pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
-    let words: Vec<String> = question
-        .iter()
-        .map(|t| t.text(source).to_lowercase())
-        .collect();
-    let next_is = |i: usize, list: &[&str]| {
-        words
-            .get(i + 1)
-            .is_some_and(|w| list.contains(&stem(w).as_str()) || list.contains(&w.as_str()))
+    // The stem of a question token is its word lower-cased and stemmed; the word itself is
+    // compared case-insensitively, without a lower-cased copy for an ASCII word (nearly all).
+    let is = |t: &Token, lower: &str| {
+        let word = t.text(source);
+        if word.is_ascii() {
+            word.eq_ignore_ascii_case(lower)
+        } else {
+            word.to_lowercase() == lower
+        }
     };
-    for (i, w) in words.iter().enumerate() {
-        match w.as_str() {
-            "when" => return AnswerType::Date,
-            "who" | "whom" | "whose" | "where" => return AnswerType::Name,
-            "how" if next_is(i, HOW_NUMBER) => return AnswerType::Number,
-            "what" | "which" if next_is(i, DATE_NOUNS) => return AnswerType::Date,
-            "what" | "which" if next_is(i, NUMBER_NOUNS) => return AnswerType::Number,
-            "what" | "which" if next_is(i, NAME_NOUNS) => return AnswerType::Name,
-            "what" | "which" | "how" | "why" => return AnswerType::Other,
-            _ => {}
+    let next_is = |i: usize, list: &[&str]| {
+        question
+            .get(i + 1)
+            .is_some_and(|t| list.contains(&t.stem.as_str()) || list.iter().any(|w| is(t, w)))
+    };
+    for (i, t) in question.iter().enumerate() {
+        if is(t, "when") {
+            return AnswerType::Date;
+        }
+        if ["who", "whom", "whose", "where"].iter().any(|w| is(t, w)) {
+            return AnswerType::Name;
+        }
+        let what = is(t, "what") || is(t, "which");
+        if is(t, "how") && next_is(i, HOW_NUMBER) {
+            return AnswerType::Number;
+        }
+        if what && next_is(i, DATE_NOUNS) {
+            return AnswerType::Date;
+        }
+        if what && next_is(i, NUMBER_NOUNS) {
+            return AnswerType::Number;
+        }
+        if what && next_is(i, NAME_NOUNS) {
+            return AnswerType::Name;
+        }
+        if what || is(t, "how") || is(t, "why") {
+            return AnswerType::Other;
         }
     }
     AnswerType::Other
@@ -123,5 +141,11 @@ mod tests {
         assert_eq!(kind("Who won?"), AnswerType::Name);
         assert_eq!(kind("Which city hosted it?"), AnswerType::Name);
         assert_eq!(kind("What is the name of the game?"), AnswerType::Other);
+        // Case does not matter, nor a plural noun after the wh-word.
+        assert_eq!(kind("WHEN did it end?"), AnswerType::Date);
+        assert_eq!(kind("HOW Many attended?"), AnswerType::Number);
+        assert_eq!(kind("Which Cities hosted it?"), AnswerType::Name);
+        assert_eq!(kind("Why did it end?"), AnswerType::Other);
+        assert_eq!(kind("Il était où?"), AnswerType::Other);
     }
 }

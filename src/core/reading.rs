@@ -26,19 +26,28 @@ pub struct ContextAnalysis {
     context: Box<str>,
     tokens: Vec<Token>,
     sentences: Vec<(usize, usize)>,
-    /// Positions of the words and numbers, sorted by stem: the tokens that carry a question term
-    /// are found by a binary search per term, not a scan of the context.
-    by_stem: Vec<u32>,
+    /// The words and numbers as (hash of the stem, position), sorted: the tokens that carry a
+    /// question term are found by a binary search over integers per term (then their stems
+    /// compared), not a scan of the context nor string comparisons.
+    by_stem: Vec<(u64, u32)>,
+}
+
+/// The key a stem is found by in [`ContextAnalysis`].
+fn stem_key(stem: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(stem.as_bytes())
 }
 
 impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
         let tokens = tokenize(context);
         let sentences = sentences(&tokens, context);
-        let mut by_stem: Vec<u32> = (0..tokens.len() as u32)
-            .filter(|&i| !tokens[i as usize].stem.is_empty())
+        let mut by_stem: Vec<(u64, u32)> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.stem.is_empty())
+            .map(|(i, t)| (stem_key(&t.stem), i as u32))
             .collect();
-        by_stem.sort_unstable_by(|&a, &b| tokens[a as usize].stem.cmp(&tokens[b as usize].stem));
+        by_stem.sort_unstable();
         Self {
             context: context.into(),
             tokens,
@@ -50,12 +59,15 @@ impl ContextAnalysis {
     /// `term_of` for `terms`: the index of the term each token carries, if any.
     fn term_of(&self, terms: &[CompactString]) -> Vec<Option<u8>> {
         let mut term_of = vec![None; self.tokens.len()];
-        let stem = |p: &u32| &self.tokens[*p as usize].stem;
         for (i, term) in terms.iter().enumerate() {
-            let first = self.by_stem.partition_point(|p| stem(p) < term);
-            // Terms are distinct: a token carries at most one.
-            for p in self.by_stem[first..].iter().take_while(|p| stem(p) == term) {
-                term_of[*p as usize] = Some(i as u8);
+            let key = stem_key(term);
+            let first = self.by_stem.partition_point(|&(k, _)| k < key);
+            // Terms are distinct: a token carries at most one. Equal keys of different stems
+            // (a hash collision) are told apart by the stems themselves.
+            for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
+                if self.tokens[p as usize].stem == *term {
+                    term_of[p as usize] = Some(i as u8);
+                }
             }
         }
         term_of

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
 
 /// How final decisions departed from the policy's preference, and whether a probing policy
 /// kept an answer it had or asked another expert (written out at scrape time).
@@ -158,6 +157,7 @@ async fn call_replica(
             (code, failure.to_string())
         });
         tracing::info!(
+            request_id,
             expert = %group.entry.id,
             replica = %replica.address,
             code,
@@ -167,6 +167,7 @@ async fn call_replica(
     }
     if let Some(length) = replica.record_call(ending, now - started, now) {
         tracing::warn!(
+            request_id,
             expert = %group.entry.id,
             replica = %replica.address,
             failure = %ending.unwrap_err(),
@@ -209,10 +210,23 @@ fn request_id<T>(request: &Request<T>, number: u64) -> String {
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(
-            || format!("{:016x}-{number:x}", process_prefix()),
-            str::to_owned,
-        )
+        .map_or_else(|| fresh_request_id(number), str::to_owned)
+}
+
+/// `{prefix:016x}-{number:x}`, written without the formatting machinery (once per request).
+fn fresh_request_id(number: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(33);
+    let prefix = process_prefix();
+    for shift in (0..16).rev() {
+        id.push(char::from(HEX[(prefix >> (shift * 4)) as usize & 15]));
+    }
+    id.push('-');
+    let digits = (64 - number.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        id.push(char::from(HEX[(number >> (shift * 4)) as usize & 15]));
+    }
+    id
 }
 
 /// A random number drawn once per process (from the standard library's hasher keys, which the
@@ -258,7 +272,8 @@ impl Router for RouterService {
         let number = self.scheduler.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request_id(&request, number);
         let trace = RequestTrace::start(self.scheduler.tracing(), request.metadata(), &request_id);
-        let span = tracing::info_span!("ask", request_id = %request_id);
+        // No tracing span per request: the subscriber would format its fields on every request
+        // whatever is logged. The few lines a request can log name its id themselves.
         let result = async {
             let _slot = self.scheduler.admission.enter(deadline).await?;
             self.answer(
@@ -270,7 +285,6 @@ impl Router for RouterService {
             )
             .await
         }
-        .instrument(span)
         .await;
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         trace.end(code, result.as_ref().ok().map(|a| a.expert_id.as_str()));
@@ -621,6 +635,21 @@ impl RouterService {
         }
         if answered {
             self.scheduler.record_cost(explanation.charged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_request_id_is_the_prefix_and_the_number_in_hex() {
+        for number in [0, 1, 9, 10, 15, 16, 255, 256, 0x1234_5678, u64::MAX] {
+            assert_eq!(
+                fresh_request_id(number),
+                format!("{:016x}-{number:x}", process_prefix())
+            );
         }
     }
 }
