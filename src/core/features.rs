@@ -19,7 +19,7 @@
 use super::answer_type::{AnswerType, MONTHS, answer_type};
 use super::metric::{normalize_answer, token_f1};
 use super::reading::{ContextAnalysis, Passage};
-use super::text::{TokenKind, tokenize};
+use super::text::{TokenKind, tokenize, tokenize_stemming};
 
 pub const FEATURIZER_VERSION: &str = "l2d-features-v1";
 pub const HASH_BUCKETS: usize = 1024;
@@ -181,10 +181,12 @@ pub fn featurize_analysed(
     };
     let kind = answer_type(&p.question_tokens, question);
     // Wh-words are ASCII: a case-insensitive compare equals comparing the lower-cased word.
-    let q_words: Vec<&str> = p.question_tokens.iter().map(|t| t.text(question)).collect();
-    let wh = q_words
-        .iter()
-        .find_map(|w| WH_WORDS.iter().position(|x| x.eq_ignore_ascii_case(w)));
+    let word = |t: &super::text::Token| t.text(question);
+    let wh = p.question_tokens.iter().find_map(|t| {
+        WH_WORDS
+            .iter()
+            .position(|x| x.eq_ignore_ascii_case(word(t)))
+    });
     let mut dense = Vec::with_capacity(dense_len(probe_answers.len()));
     for i in 0..WH_WORDS.len() {
         dense.push(f64::from(u8::from(wh == Some(i))));
@@ -198,9 +200,10 @@ pub fn featurize_analysed(
     ] {
         dense.push(f64::from(u8::from(kind == k)));
     }
-    let how_many = q_words.windows(2).any(|w| {
-        w[0].eq_ignore_ascii_case("how")
-            && (w[1].eq_ignore_ascii_case("many") || w[1].eq_ignore_ascii_case("much"))
+    let how_many = p.question_tokens.windows(2).any(|w| {
+        word(&w[0]).eq_ignore_ascii_case("how")
+            && (word(&w[1]).eq_ignore_ascii_case("many")
+                || word(&w[1]).eq_ignore_ascii_case("much"))
     });
     dense.push(f64::from(u8::from(how_many)));
     dense.push(ln1p(p.question_tokens.len()));
@@ -291,16 +294,26 @@ pub fn featurize_analysed(
         .iter()
         .map(|a| a.map(normalize_answer))
         .collect();
+    // An answer word can share a stem with a question word only if it starts with the same
+    // letter (a stem starts with its word's first letter lower-cased): only those are stemmed.
+    let initials: Vec<u8> = p
+        .question_tokens
+        .iter()
+        .filter_map(|q| q.stem.bytes().next())
+        .collect();
+    let may_match = |c: char| !c.is_ascii() || initials.contains(&(c as u8).to_ascii_lowercase());
     for (answer, norm) in probe_answers.iter().zip(&normalized) {
         let answer = answer.unwrap_or("");
         let norm = norm.as_deref().unwrap_or("");
-        let tokens = tokenize(answer);
+        let tokens = tokenize_stemming(answer, may_match);
         dense.push(f64::from(u8::from(norm.is_empty())));
         dense.push(ln1p(tokens.len()));
         let in_question = tokens
             .iter()
             .filter(|t| {
-                t.kind != TokenKind::Punct && p.question_tokens.iter().any(|q| q.stem == t.stem)
+                t.kind != TokenKind::Punct
+                    && !t.stem.is_empty()
+                    && p.question_tokens.iter().any(|q| q.stem == t.stem)
             })
             .count();
         let words = tokens.iter().filter(|t| t.kind != TokenKind::Punct).count();
@@ -423,6 +436,20 @@ mod tests {
             1.0,
             "a failed probe counts as empty"
         );
+    }
+
+    #[test]
+    fn an_answer_overlaps_the_question_by_stems_whatever_the_case() {
+        let q = "Which Denver team played in Zürich?";
+        let overlap = |answer: &str| {
+            let f = featurize(q, CONTEXT, &[Some(answer), None]);
+            f.dense[DENSE_NAMES.len() + 2]
+        };
+        // "DENVER" and "Denver", "teams" and "team", "zürich" and "Zürich" share stems.
+        assert_eq!(overlap("the DENVER Broncos"), 1.0 / 3.0);
+        assert_eq!(overlap("teams of zürich"), 2.0 / 3.0);
+        assert_eq!(overlap("Carolina Panthers"), 0.0);
+        assert_eq!(overlap("?"), 0.0, "punctuation shares no stem");
     }
 
     #[test]
