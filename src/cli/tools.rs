@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     pub saturate: usize,
     /// Interleaved rounds of the bare proxy against the scheduler (order alternated).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
     /// Write the figures as JSON here.
     #[arg(long)]
