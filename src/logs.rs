@@ -3,8 +3,8 @@
 //! One object per line: `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, then the
 //! process's context — `pod` (`POD_NAME`, else `HOSTNAME`, else the kernel's host name),
 //! `version`, and `policy_id` (a scheduler: the policy in force, following reloads) or `expert`
-//! (an expert worker) — then the fields of the spans the event is in (outermost first, such as
-//! the request's `request_id`), then the event's own fields. Every field is at the top level.
+//! (an expert worker) — then the fields of the spans the event is in (outermost first), then the
+//! event's own fields (such as a request's `request_id`). Every field is at the top level.
 //! Numbers and booleans stay numbers and booleans; a field logged with `?` whose text is a JSON
 //! array or object (see [`AsJson`]) is kept as that array or object, not as a string.
 

@@ -82,32 +82,41 @@ const NAME_NOUNS: &[&str] = &[
     "empire",
     "party",
 ];
-/// The answer type a question asks for, from its wh-word and the noun after it.
+/// The answer type a question asks for, from its wh-word and the noun after it. `question` is
+/// the question's tokens as [`super::text::tokenize`] gives them (every word stemmed).
 pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
-    // The stem of a question token is its word lower-cased and stemmed; the word itself is
-    // compared case-insensitively, without a lower-cased copy for an ASCII word (nearly all).
-    let is = |t: &Token, lower: &str| {
-        let word = t.text(source);
-        if word.is_ascii() {
-            word.eq_ignore_ascii_case(lower)
-        } else {
-            word.to_lowercase() == lower
-        }
+    // The stem of a question token is its word lower-cased and stemmed. The word itself is
+    // compared case-insensitively; only a question with a non-ASCII character has its words
+    // lower-cased (once each), since lower-casing one can give ASCII (the Kelvin sign).
+    let lowered: Vec<Option<String>> = if source.is_ascii() {
+        Vec::new()
+    } else {
+        question
+            .iter()
+            .map(|t| {
+                let word = t.text(source);
+                (!word.is_ascii()).then(|| word.to_lowercase())
+            })
+            .collect()
+    };
+    let is = |i: usize, lower: &str| match lowered.get(i).and_then(Option::as_ref) {
+        Some(word) => word == lower,
+        None => question[i].text(source).eq_ignore_ascii_case(lower),
     };
     let next_is = |i: usize, list: &[&str]| {
         question
             .get(i + 1)
-            .is_some_and(|t| list.contains(&t.stem.as_str()) || list.iter().any(|w| is(t, w)))
+            .is_some_and(|t| list.contains(&t.stem.as_str()) || list.iter().any(|w| is(i + 1, w)))
     };
-    for (i, t) in question.iter().enumerate() {
-        if is(t, "when") {
+    for i in 0..question.len() {
+        if is(i, "when") {
             return AnswerType::Date;
         }
-        if ["who", "whom", "whose", "where"].iter().any(|w| is(t, w)) {
+        if ["who", "whom", "whose", "where"].iter().any(|w| is(i, w)) {
             return AnswerType::Name;
         }
-        let what = is(t, "what") || is(t, "which");
-        if is(t, "how") && next_is(i, HOW_NUMBER) {
+        let what = is(i, "what") || is(i, "which");
+        if is(i, "how") && next_is(i, HOW_NUMBER) {
             return AnswerType::Number;
         }
         if what && next_is(i, DATE_NOUNS) {
@@ -119,7 +128,7 @@ pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
         if what && next_is(i, NAME_NOUNS) {
             return AnswerType::Name;
         }
-        if what || is(t, "how") || is(t, "why") {
+        if what || is(i, "how") || is(i, "why") {
             return AnswerType::Other;
         }
     }
@@ -147,5 +156,9 @@ mod tests {
         assert_eq!(kind("Which Cities hosted it?"), AnswerType::Name);
         assert_eq!(kind("Why did it end?"), AnswerType::Other);
         assert_eq!(kind("Il était où?"), AnswerType::Other);
+        // A question with non-ASCII characters: its ASCII words still count, and a word that
+        // lower-cases to ASCII (with the Kelvin sign for K) is the word it lower-cases to.
+        assert_eq!(kind("Zürich: who founded it?"), AnswerType::Name);
+        assert_eq!(kind("Which \u{212A}ing ruled Zürich?"), AnswerType::Name);
     }
 }

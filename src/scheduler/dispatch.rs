@@ -149,7 +149,7 @@ async fn call_replica(
     let ending = result.as_ref().map(|_| ()).map_err(|f| *f);
     span.end(ending.map_or_else(|f| code_of_miss(Miss::Failed(f)), |()| Code::Ok));
     if let Err(failure) = ending {
-        // One line per failed call (the request id is on the span); what the replica itself
+        // One line per failed call, with the request's id; what the replica itself
         // said is logged, never returned: echoing it to callers would let anyone who can ask
         // read what hosts behind registered addresses say (connection errors, banners).
         let (code, message) = upstream.unwrap_or_else(|| {
