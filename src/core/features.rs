@@ -19,7 +19,7 @@
 use super::answer_type::{AnswerType, MONTHS, answer_type};
 use super::metric::{normalize_answer, token_f1};
 use super::reading::{ContextAnalysis, Passage};
-use super::text::{TokenKind, tokenize, tokenize_stemming};
+use super::text::{StemInitials, Token, TokenKind, tokenize, tokenize_stemming};
 
 pub const FEATURIZER_VERSION: &str = "l2d-features-v1";
 pub const HASH_BUCKETS: usize = 1024;
@@ -181,7 +181,7 @@ pub fn featurize_analysed(
     };
     let kind = answer_type(&p.question_tokens, question);
     // Wh-words are ASCII: a case-insensitive compare equals comparing the lower-cased word.
-    let word = |t: &super::text::Token| t.text(question);
+    let word = |t: &Token| t.text(question);
     let wh = p.question_tokens.iter().find_map(|t| {
         WH_WORDS
             .iter()
@@ -294,18 +294,12 @@ pub fn featurize_analysed(
         .iter()
         .map(|a| a.map(normalize_answer))
         .collect();
-    // An answer word can share a stem with a question word only if it starts with the same
-    // letter (a stem starts with its word's first letter lower-cased): only those are stemmed.
-    let initials: Vec<u8> = p
-        .question_tokens
-        .iter()
-        .filter_map(|q| q.stem.bytes().next())
-        .collect();
-    let may_match = |c: char| !c.is_ascii() || initials.contains(&(c as u8).to_ascii_lowercase());
+    // Only the answer words that can share a stem with a question word are stemmed.
+    let initials = StemInitials::of(p.question_tokens.iter().map(|q| q.stem.as_str()));
     for (answer, norm) in probe_answers.iter().zip(&normalized) {
         let answer = answer.unwrap_or("");
         let norm = norm.as_deref().unwrap_or("");
-        let tokens = tokenize_stemming(answer, may_match);
+        let tokens = tokenize_stemming(answer, |c| initials.may_start(c));
         dense.push(f64::from(u8::from(norm.is_empty())));
         dense.push(ln1p(tokens.len()));
         let in_question = tokens
@@ -371,7 +365,7 @@ pub fn featurize_analysed(
 }
 
 /// Whether a token looks like part of an answer of the expected type.
-fn token_fits(t: &super::text::Token, kind: AnswerType, source: &str) -> bool {
+fn token_fits(t: &Token, kind: AnswerType, source: &str) -> bool {
     let text = t.text(source);
     match kind {
         AnswerType::Date => {

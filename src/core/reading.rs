@@ -6,7 +6,9 @@
 //! baseline of the SQuAD paper: `ln(1 + 1 / count of the term in the context)`, so a term that
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
-use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize, tokenize_stemming};
+use super::text::{
+    StemInitials, Token, TokenKind, is_stop_word, sentences, tokenize, tokenize_stemming,
+};
 use compact_str::CompactString;
 use std::borrow::Cow;
 
@@ -141,12 +143,8 @@ impl<'a> Passage<'a> {
     fn analyse(question: &'a str, context: &'a str, stem_all: bool) -> Self {
         let question_tokens = tokenize(question);
         let terms = question_terms(&question_tokens);
-        // A stem starts with its word's first character lower-cased (ASCII) or, for a word
-        // starting beyond ASCII, is always computed.
-        let initials: Vec<u8> = terms.iter().filter_map(|t| t.bytes().next()).collect();
-        let tokens = tokenize_stemming(context, |c| {
-            stem_all || !c.is_ascii() || initials.contains(&(c as u8).to_ascii_lowercase())
-        });
+        let initials = StemInitials::of(terms.iter().map(CompactString::as_str));
+        let tokens = tokenize_stemming(context, |c| stem_all || initials.may_start(c));
         let sentences = sentences(&tokens, context);
         Self::with_tokens(
             question,

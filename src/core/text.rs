@@ -130,6 +130,22 @@ fn scan(
     tokens
 }
 
+/// The first bytes of some stems, to stem only the words that can have one of them: a stem
+/// starts with its word's first character lower-cased when that is ASCII.
+pub struct StemInitials(Vec<u8>);
+
+impl StemInitials {
+    pub fn of<'a>(stems: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(stems.into_iter().filter_map(|s| s.bytes().next()).collect())
+    }
+
+    /// Whether a word starting with `c` may have one of the stems (a word starting beyond
+    /// ASCII always may).
+    pub fn may_start(&self, c: char) -> bool {
+        !c.is_ascii() || self.0.contains(&(c as u8).to_ascii_lowercase())
+    }
+}
+
 /// Lower-cases and strips the commonest inflections, so "Broncos" meets "bronco" and
 /// "defeated" meets "defeat". Deliberately light: a wrong stem only costs a missed match.
 pub fn stem(word: &str) -> CompactString {
