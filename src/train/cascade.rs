@@ -138,32 +138,8 @@ pub fn train(
         standardize: &standardize,
         config,
     };
-    // The lambdas are independent: fit them on every core (the result does not depend on how
-    // many there are).
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(lambdas.len())
-        .max(1);
-    let mut bank: Vec<Option<BankEntry>> = vec![None; lambdas.len()];
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let problem = &problem;
-                scope.spawn(move || {
-                    (t..lambdas.len())
-                        .step_by(threads)
-                        .map(|k| (k, problem.fit_bank_entry(lambdas[k])))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (k, entry) in h.join().expect("a fitting thread panicked") {
-                bank[k] = Some(entry);
-            }
-        }
-    });
-    Ok((standardize, bank.into_iter().flatten().collect()))
+    let bank = super::on_every_core(lambdas, |lambda| problem.fit_bank_entry(lambda));
+    Ok((standardize, bank))
 }
 
 struct Problem<'a> {

@@ -177,26 +177,16 @@ pub fn train_on(
             }
         })
         .collect();
-    let bank = options
-        .lambdas
-        .iter()
-        .map(|&lambda| BankEntry {
-            lambda,
-            rejector: fit::fit(
-                &examples,
-                agents,
-                d,
-                HASH_BUCKETS,
-                lambda,
-                &fit::FitConfig {
-                    probe_features_from: crate::core::features::DENSE_NAMES.len(),
-                    ..options.fit
-                },
-            ),
-            later: Vec::new(),
-            calibration: Vec::new(),
-        })
-        .collect();
+    let fit_config = fit::FitConfig {
+        probe_features_from: crate::core::features::DENSE_NAMES.len(),
+        ..options.fit
+    };
+    let bank = on_every_core(&options.lambdas, |lambda| BankEntry {
+        lambda,
+        rejector: fit::fit(&examples, agents, d, HASH_BUCKETS, lambda, &fit_config),
+        later: Vec::new(),
+        calibration: Vec::new(),
+    });
     Ok(policy_file(
         labels,
         options,
@@ -205,6 +195,35 @@ pub fn train_on(
         bank,
         examples.len(),
     ))
+}
+
+/// `fit` of each of `lambdas`, in order, computed on every core: the lambdas of a bank are
+/// independent, and the result does not depend on how many cores there are.
+pub fn on_every_core<T: Send>(lambdas: &[f64], fit: impl Fn(f64) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(lambdas.len())
+        .max(1);
+    let mut out: Vec<Option<T>> = (0..lambdas.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let fit = &fit;
+                scope.spawn(move || {
+                    (t..lambdas.len())
+                        .step_by(threads)
+                        .map(|k| (k, fit(lambdas[k])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (k, value) in h.join().expect("a fitting thread panicked") {
+                out[k] = Some(value);
+            }
+        }
+    });
+    out.into_iter().flatten().collect()
 }
 
 /// What the policy file records of its fitting on `examples` questions.
