@@ -392,6 +392,54 @@ fn train_with_no_flags_chooses_the_mode_and_lambda_on_validation() {
     );
 }
 
+/// The recommended policy is trained at the L2 strengths chosen on validation and serves only
+/// the lambdas whose validation point is not under the single experts' mix line. With `a` and
+/// `d` as probes nothing tells when `a` is wrong (`d` never is right), so an entry either keeps
+/// `a`'s answer after paying for both probes (60 EM at cost 2.5: under the line, which `a`
+/// alone reaches at cost 1) or asks `c` (100 EM at 102.5: on the line, which `c` tops).
+#[test]
+fn the_recommended_policy_keeps_the_choices_made_on_validation() {
+    use l2d::train::select::{Candidate, Regularisation, train_recommended};
+    let labels = agreement_labels(800, 16, 3);
+    let base = TrainOptions {
+        lambdas: vec![0.0, 2.0],
+        mode: Mode::Defer,
+        probes: vec!["a".into(), "d".into()],
+        stages: 0,
+        test_fraction: 0.0,
+        ..agreement_options(0.0)
+    };
+    let mut titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+    titles.sort();
+    titles.dedup();
+    let only = Candidate {
+        mode: Mode::Defer,
+        probes: base.probes.clone(),
+        stages: 0,
+    };
+    let (policy, selection) =
+        train_recommended(&labels, &base, titles, Vec::new(), 0.5, Some(only)).unwrap();
+    let tuned = selection.tuned();
+    let points = &tuned.points;
+    assert!(points[0].1 > 99.0 && points[1].1 < 70.0, "{points:?}");
+    assert_eq!(tuned.kept, vec![0.0], "{points:?}");
+    let served: Vec<f64> = policy.bank.iter().map(|e| e.lambda).collect();
+    assert_eq!(served, tuned.kept);
+    assert_eq!(policy.default_lambda, 0.0);
+    // The defaults first, then each of the two groups (question, answers) times 0.3 and 3; the
+    // one kept is at least as accurate on validation as any tried, and is the one trained.
+    assert_eq!(selection.tuning.len(), 5);
+    assert_eq!(
+        selection.tuning[0].regularisation,
+        Regularisation::of(&base.fit)
+    );
+    assert!(selection.tuning.iter().all(|v| v.em <= tuned.em));
+    assert_eq!(
+        (policy.training.l2, policy.training.l2_probe),
+        (tuned.regularisation.l2, tuned.regularisation.l2_answers)
+    );
+}
+
 /// The scores a calibrated cascade serves are expected deferral costs: on the labels above at
 /// lambda 0.3, asking `a` first costs 0.20 in expectation (see [`agreement_labels`]); with `a`
 /// and `b` asked and agreeing, keeping their answer costs 0 (they are both right); disagreeing,

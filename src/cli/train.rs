@@ -131,13 +131,15 @@ pub struct TrainArgs {
     /// Adam's initial step (decayed to zero along a cosine).
     #[arg(long, default_value_t = 0.05)]
     pub learning_rate: f64,
-    /// L2 penalty on the weights of the question features.
+    /// L2 penalty on the weights of the question features. Where the lambda is chosen on
+    /// validation (no --mode, or --at-cost), the L2 strengths are chosen there too: these and
+    /// --l2-hashed, then --l2-probe, each times 0.3, 1 and 3.
     #[arg(long, default_value_t = 1.0)]
     pub l2: f64,
     /// L2 penalty on the hashed question n-gram weights (default: --l2).
     #[arg(long)]
     pub l2_hashed: Option<f64>,
-    /// Defer mode: L2 penalty on the weights of the probe-answer features.
+    /// Defer and cascade modes: L2 penalty on the weights of the features of the answers seen.
     #[arg(long, default_value_t = 0.01)]
     pub l2_probe: f64,
     /// Examples per Adam step (0: the whole training set).
@@ -404,11 +406,35 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
                     v.mean_cost
                 );
             }
+            // Route mode reads no answer: its answer-feature strength is not tuned, nor shown.
+            let reads_answers = selection.chosen.mode != crate::core::learned::Mode::Route;
+            let strengths = |r: crate::train::select::Regularisation| {
+                let question = format!("L2 {} (question), {} (n-grams)", r.l2, r.l2_hashed);
+                if reads_answers {
+                    format!("{question}, {} (answers)", r.l2_answers)
+                } else {
+                    question
+                }
+            };
+            for v in &selection.tuning {
+                eprintln!(
+                    "l2d: validation: {}: lambda {:<6} {:.2} EM at cost {:.2}",
+                    strengths(v.regularisation),
+                    v.lambda,
+                    v.em,
+                    v.mean_cost
+                );
+            }
+            let tuned = selection.tuned();
             eprintln!(
-                "l2d: chose {} at lambda {} (validation cost at most {:.2})",
+                "l2d: chose {} at lambda {} (validation cost at most {:.2}), {}; {} of {} lambdas \
+                 kept (the others fall under the single experts' mix line on validation)",
                 selection.chosen.name(),
                 selection.lambda,
-                selection.target_cost
+                selection.target_cost,
+                strengths(tuned.regularisation),
+                tuned.kept.len(),
+                tuned.points.len()
             );
             policy
         }

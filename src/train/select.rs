@@ -1,16 +1,21 @@
 //! Honest selection, and `l2d cv`.
 //!
-//! Every choice — the mode, defer mode's probes, the lambda served — is made on *validation*
-//! articles carved out of the training articles, never on test articles:
+//! Every choice — the mode, defer mode's probes, the L2 strengths, which lambdas the bank keeps,
+//! the lambda served — is made on *validation* articles carved out of the training articles,
+//! never on test articles:
 //!
 //! 1. the training articles are split again by article into inner-training and validation
 //!    articles;
 //! 2. each candidate ([`candidates`]: one-shot route, fixed-probe defer with each pair of the
 //!    three cheapest experts as probes, the cascade) is trained on the inner-training articles
 //!    and its whole bank is evaluated on the validation articles;
-//! 3. per candidate, the lambda served is the most accurate bank entry whose validation mean
-//!    cost is at most the cost target (a fraction of the always-best expert's cost: the expert
-//!    most accurate on the training articles); the candidate most accurate there wins.
+//! 3. per candidate, the bank keeps the entries not under the single experts' mix line there
+//!    ([`worth_serving`]), and the lambda served is the most accurate kept entry whose
+//!    validation mean cost is at most the cost target (a fraction of the always-best expert's
+//!    cost: the expert most accurate on the training articles); the candidate most accurate
+//!    there wins;
+//! 4. the winner's L2 strengths are tuned the same way, one group of features at a time
+//!    ([`L2_FACTORS`]).
 //!
 //! Candidates know nothing of the expert names or the data: only costs and the labels.
 //! `l2d cv` wraps this in K outer folds by article: per fold, selection on the fold's training
@@ -18,7 +23,8 @@
 //! articles, beside the baselines.
 
 use super::calibrate::calibrate;
-use super::eval::{CurvePoint, EvalOptions, EvalReport, Row, choices_at, evaluate};
+use super::eval::{CurvePoint, EvalOptions, EvalReport, MixLine, Row, choices_at, evaluate};
+use super::fit::FitConfig;
 use super::labels::{LabelRecord, Labels};
 use super::split::split_by_article;
 use super::table::{AgreementTable, normalised};
@@ -99,19 +105,76 @@ pub fn candidates(labels: &Labels) -> Vec<Candidate> {
     out
 }
 
+/// The L2 strengths of a fit: the ones the selection tunes on validation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Regularisation {
+    /// On the question's dense features.
+    pub l2: f64,
+    /// On the question's hashed n-grams.
+    pub l2_hashed: f64,
+    /// On the features of the answers seen (defer and cascade modes).
+    pub l2_answers: f64,
+}
+
+impl Regularisation {
+    pub fn of(fit: &FitConfig) -> Self {
+        Self {
+            l2: fit.l2,
+            l2_hashed: fit.l2_hashed,
+            l2_answers: fit.l2_probe,
+        }
+    }
+
+    pub fn apply(self, fit: FitConfig) -> FitConfig {
+        FitConfig {
+            l2: self.l2,
+            l2_hashed: self.l2_hashed,
+            l2_probe: self.l2_answers,
+            ..fit
+        }
+    }
+}
+
+/// The factors the chosen candidate's L2 strengths are multiplied by on validation, one group
+/// at a time: first the question features' (dense and hashed together), then, in the modes
+/// that read answers, the answer features' (the defaults stay unless a factor does better).
+pub const L2_FACTORS: [f64; 2] = [0.3, 3.0];
+
 /// One candidate on the validation articles: its bank's points, and the one selected.
 #[derive(Debug, Clone, Serialize)]
 pub struct Validated {
     pub candidate: Candidate,
+    pub regularisation: Regularisation,
     /// (lambda, EM, mean cost) per bank entry, on the validation articles.
     pub points: Vec<(f64, f64, f64)>,
-    /// The entry selected for the cost target.
+    /// The lambdas of the entries worth serving ([`worth_serving`]), in bank order.
+    pub kept: Vec<f64>,
+    /// The kept entry selected for the cost target.
     pub lambda: f64,
     pub em: f64,
     pub mean_cost: f64,
-    /// The candidate's bank with each entry's calibration fitted on the validation articles.
+    /// Each kept entry's calibration, fitted on the validation articles.
     #[serde(skip)]
     pub calibrated: Vec<Vec<crate::core::calibration::Calibration>>,
+}
+
+impl Validated {
+    /// The options that train this candidate with its regularisation and its kept entries,
+    /// serving the selected one by default.
+    pub fn options(&self, base: &TrainOptions) -> TrainOptions {
+        let options = self.candidate.options(base);
+        TrainOptions {
+            lambdas: self.kept.clone(),
+            default_lambda: Some(self.lambda),
+            fit: self.regularisation.apply(options.fit),
+            ..options
+        }
+    }
+
+    /// More accurate under the cost target on validation; at equal EM, cheaper.
+    fn beats(&self, other: &Validated) -> bool {
+        self.em > other.em || (self.em == other.em && self.mean_cost < other.mean_cost)
+    }
 }
 
 /// What the selection chose, and every candidate's validation figures.
@@ -119,10 +182,43 @@ pub struct Validated {
 pub struct Selection {
     pub chosen: Candidate,
     pub lambda: f64,
+    /// The chosen candidate's L2 strengths, tuned on validation.
+    pub regularisation: Regularisation,
     /// The cost target the lambdas were chosen for (validation mean cost at most this).
     pub target_cost: f64,
     pub validation_articles: usize,
+    /// Every candidate at the default L2 strengths.
     pub candidates: Vec<Validated>,
+    /// The chosen candidate at each L2 strength tried, in the order tried (the default first).
+    pub tuning: Vec<Validated>,
+}
+
+impl Selection {
+    /// The chosen candidate at its tuned regularisation.
+    pub fn tuned(&self) -> &Validated {
+        self.tuning
+            .iter()
+            .find(|v| v.regularisation == self.regularisation)
+            .expect("the chosen regularisation was validated")
+    }
+}
+
+/// The lambdas of the bank entries worth serving: on validation, no random mix of single
+/// experts (`mix`, the hull of their EM against cost) is more accurate at the entry's cost.
+/// Such an entry is dropped from the bank: mixing the experts would serve that cost better.
+/// When every entry falls under the line, all are kept (the bank is then no better than the
+/// experts anywhere, and dropping all would leave nothing to serve).
+pub fn worth_serving(points: &[(f64, f64, f64)], mix: &MixLine) -> Vec<f64> {
+    let kept: Vec<f64> = points
+        .iter()
+        .filter(|&&(_, em, cost)| em >= mix.at(cost).0)
+        .map(|p| p.0)
+        .collect();
+    if kept.is_empty() {
+        points.iter().map(|p| p.0).collect()
+    } else {
+        kept
+    }
 }
 
 fn loss_of(loss: LossKind) -> impl Fn(&LabelRecord, usize) -> f64 + Copy {
@@ -213,41 +309,102 @@ pub fn select_among(
     let inner_records = labels.in_articles(&inner);
     let validation_records = labels.in_articles(&validation);
     let target_cost = at_cost * always_best_cost(labels, &inner_records);
-    let mut validated = Vec::new();
-    for candidate in candidates {
-        let policy = train_on(
-            labels,
-            &candidate.options(base),
-            inner.clone(),
-            validation.clone(),
-        )?;
+    let mix = MixLine::new(&single_points(labels, &validation_records));
+    let validate = |candidate: &Candidate, fit: FitConfig| -> anyhow::Result<Validated> {
+        let options = TrainOptions {
+            fit,
+            ..candidate.options(base)
+        };
+        let policy = train_on(labels, &options, inner.clone(), validation.clone())?;
         let points = bank_points(labels, &policy, &validation_records)?;
-        let (lambda, em, mean_cost) = pick(&points, target_cost);
+        let kept = worth_serving(&points, &mix);
+        let kept_points: Vec<(f64, f64, f64)> = points
+            .iter()
+            .filter(|p| kept.contains(&p.0))
+            .copied()
+            .collect();
+        let (lambda, em, mean_cost) = pick(&kept_points, target_cost);
         let mut calibrated = policy.clone();
-        super::calibrate::calibrate(labels, &policy, &validation_records, &mut calibrated)?;
-        validated.push(Validated {
-            candidate,
+        calibrate(labels, &policy, &validation_records, &mut calibrated)?;
+        Ok(Validated {
+            candidate: candidate.clone(),
+            regularisation: Regularisation::of(&fit),
             points,
             lambda,
             em,
             mean_cost,
-            calibrated: calibrated.bank.into_iter().map(|e| e.calibration).collect(),
-        });
-    }
-    let best = validated
-        .iter()
-        .max_by(|a, b| {
-            a.em.total_cmp(&b.em)
-                .then(b.mean_cost.total_cmp(&a.mean_cost))
+            calibrated: calibrated
+                .bank
+                .into_iter()
+                .filter(|e| kept.contains(&e.lambda))
+                .map(|e| e.calibration)
+                .collect(),
+            kept,
         })
-        .expect("there is a candidate");
+    };
+    let validated = candidates
+        .iter()
+        .map(|c| validate(c, base.fit))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut best = validated
+        .iter()
+        .reduce(|best, v| if v.beats(best) { v } else { best })
+        .expect("there is a candidate")
+        .clone();
+
+    // The chosen candidate's L2 strengths, one group at a time.
+    let mut tuning = vec![best.clone()];
+    let groups: &[fn(Regularisation, f64) -> Regularisation] = &[
+        |r, f| Regularisation {
+            l2: r.l2 * f,
+            l2_hashed: r.l2_hashed * f,
+            ..r
+        },
+        |r, f| Regularisation {
+            l2_answers: r.l2_answers * f,
+            ..r
+        },
+    ];
+    let reads_answers = best.candidate.mode != Mode::Route;
+    for (g, scale) in groups.iter().enumerate() {
+        if g == 1 && !reads_answers {
+            continue;
+        }
+        let start = best.regularisation;
+        let mut winner = best.clone();
+        for factor in L2_FACTORS {
+            let tried = validate(&best.candidate, scale(start, factor).apply(base.fit))?;
+            if tried.beats(&winner) {
+                winner = tried.clone();
+            }
+            tuning.push(tried);
+        }
+        best = winner;
+    }
     Ok(Selection {
         chosen: best.candidate.clone(),
         lambda: best.lambda,
+        regularisation: best.regularisation,
         target_cost,
         validation_articles: validation.len(),
         candidates: validated,
+        tuning,
     })
+}
+
+/// (mean cost, EM in percent, 0) of each single expert on `records`: the points of the mix line.
+fn single_points(labels: &Labels, records: &[&LabelRecord]) -> Vec<(f64, f64, f64)> {
+    let n = records.len().max(1) as f64;
+    labels
+        .header
+        .experts
+        .iter()
+        .enumerate()
+        .map(|(j, a)| {
+            let em = records.iter().map(|r| r.experts[j].em).sum::<f64>();
+            (a.cost, 100.0 * em / n, 0.0)
+        })
+        .collect()
 }
 
 /// The recommended policy for a pool: selection among `candidates` (all of [`candidates`] when
@@ -263,18 +420,10 @@ pub fn train_recommended(
 ) -> anyhow::Result<(PolicyFile, Selection)> {
     let among = only.map_or_else(|| candidates(labels), |c| vec![c]);
     let selection = select_among(labels, base, &train_articles, at_cost, among)?;
-    let options = TrainOptions {
-        default_lambda: Some(selection.lambda),
-        ..selection.chosen.options(base)
-    };
-    let mut policy = train_on(labels, &options, train_articles, test_articles)?;
+    let tuned = selection.tuned();
+    let mut policy = train_on(labels, &tuned.options(base), train_articles, test_articles)?;
     // The maps fitted on validation articles for the same candidate trained without them.
-    let chosen = selection
-        .candidates
-        .iter()
-        .find(|v| v.candidate == selection.chosen)
-        .expect("the chosen candidate was validated");
-    for (entry, maps) in policy.bank.iter_mut().zip(&chosen.calibrated) {
+    for (entry, maps) in policy.bank.iter_mut().zip(&tuned.calibrated) {
         entry.calibration = maps.clone();
     }
     Ok((policy, selection))
@@ -577,11 +726,13 @@ fn fold(
         if !best_of_mode {
             continue;
         }
-        let policy_options = TrainOptions {
-            default_lambda: Some(v.lambda),
-            ..v.candidate.options(base)
+        // The chosen candidate at its tuned L2 strengths; the others at the defaults.
+        let v = if v.candidate == selection.chosen {
+            selection.tuned()
+        } else {
+            v
         };
-        let policy = train_on(labels, &policy_options, train.clone(), test.clone())?;
+        let policy = train_on(labels, &v.options(base), train.clone(), test.clone())?;
         let report = evaluate(labels, &policy, &options.eval)?;
         let point = point_at(&report.policy.curve, v.lambda);
         let row = selected_row(
@@ -702,14 +853,16 @@ fn mean_sd(rows: &[Summary]) -> (Summary, Summary) {
 /// The cross-validation as Markdown.
 pub fn to_markdown(report: &CvReport) -> String {
     let mut out = format!(
-        "Cross-validation by article, {} folds; lambda and mode chosen on validation articles for a \
-         cost of at most {:.0}% of the always-best expert's.\n\n\
-         | fold | chosen | lambda | EM | mean cost | % best | mix EM | gap | table gap | others (gap) |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "Cross-validation by article, {} folds; the mode, its L2 strengths, the lambdas kept and the \
+         lambda served chosen on validation articles, for a cost of at most {:.0}% of the \
+         always-best expert's.\n\n\
+         | fold | chosen | L2 (question, answers) | lambdas kept | lambda | EM | mean cost | % best | mix EM | gap | table gap | others (gap) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         report.folds.len(),
         100.0 * report.at_cost
     );
     for f in &report.folds {
+        let tuned = f.selection.tuned();
         let others: Vec<String> = f
             .others
             .iter()
@@ -723,9 +876,13 @@ pub fn to_markdown(report: &CvReport) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.1}% | {:.2} | {:+.2} | {:+.2} at {:.0}% | {} |\n",
+            "| {} | {} | {}, {} | {} of {} | {} | {:.2} | {:.2} | {:.1}% | {:.2} | {:+.2} | {:+.2} at {:.0}% | {} |\n",
             f.fold,
             f.selection.chosen.name(),
+            tuned.regularisation.l2,
+            tuned.regularisation.l2_answers,
+            tuned.kept.len(),
+            tuned.points.len(),
             f.selected.lambda,
             f.selected.em,
             f.selected.mean_cost,
@@ -755,4 +912,26 @@ pub fn to_markdown(report: &CvReport) -> String {
     out.push('\n');
     out.push_str(&super::eval::bars_markdown(&report.bars));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_under_the_single_experts_mix_line_are_not_served() {
+        // Two experts: 80 EM at cost 20, 90 EM at cost 100; the line is 85 at cost 60.
+        let mix = MixLine::new(&[(20.0, 80.0, 0.0), (100.0, 90.0, 0.0)]);
+        let points = [
+            (0.0, 89.0, 110.0), // dearer than the best expert, less accurate: dropped
+            (0.02, 85.5, 60.0), // over the line
+            (0.05, 84.9, 60.0), // just under it: dropped
+            (0.3, 80.0, 20.0),  // on it (the cheap expert itself)
+            (0.5, 79.0, 18.0), // cheaper than any expert, less accurate than the cheap one: dropped
+        ];
+        assert_eq!(worth_serving(&points, &mix), vec![0.02, 0.3]);
+        // A bank under the line everywhere is kept whole: there would be nothing to serve.
+        let under = [(0.0, 70.0, 50.0), (0.1, 60.0, 10.0)];
+        assert_eq!(worth_serving(&under, &mix), vec![0.0, 0.1]);
+    }
 }
