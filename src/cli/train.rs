@@ -83,7 +83,9 @@ pub struct TrainArgs {
     /// its inverse).
     #[arg(long, default_value_t = 0.01, requires = "from_log")]
     pub min_propensity: f64,
-    /// Price(s) of compute, comma-separated: one rejector per value, all in one policy file.
+    /// Price(s) of compute, comma-separated: one rejector per value, all in one policy file
+    /// (where the lambda is chosen on validation, only those not under the single experts' mix
+    /// line there).
     #[arg(
         long,
         value_delimiter = ',',
@@ -426,6 +428,13 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
                 );
             }
             let tuned = selection.tuned();
+            if tuned.all_under_line {
+                eprintln!(
+                    "l2d: warning: every lambda of {} falls under the single experts' mix line on \
+                     validation (a mix of experts would serve each cost better); all are kept",
+                    selection.chosen.name()
+                );
+            }
             eprintln!(
                 "l2d: chose {} at lambda {} (validation cost at most {:.2}), {}; {} of {} lambdas \
                  kept (the others fall under the single experts' mix line on validation)",

@@ -135,6 +135,11 @@ impl Regularisation {
     }
 }
 
+/// Whether a (lambda, EM, cost) point is on or over the mix line (to rounding).
+fn over_the_line((_, em, cost): (f64, f64, f64), mix: &MixLine) -> bool {
+    em + 1e-9 >= mix.at(cost).0
+}
+
 /// The factors the chosen candidate's L2 strengths are multiplied by on validation, one group
 /// at a time: first the question features' (dense and hashed together), then, in the modes
 /// that read answers, the answer features' (the defaults stay unless a factor does better).
@@ -149,13 +154,12 @@ pub struct Validated {
     pub points: Vec<(f64, f64, f64)>,
     /// The lambdas of the entries worth serving ([`worth_serving`]), in bank order.
     pub kept: Vec<f64>,
+    /// No entry is over the mix line: all are kept ([`worth_serving`]).
+    pub all_under_line: bool,
     /// The kept entry selected for the cost target.
     pub lambda: f64,
     pub em: f64,
     pub mean_cost: f64,
-    /// Each kept entry's calibration, fitted on the validation articles.
-    #[serde(skip)]
-    pub calibrated: Vec<Vec<crate::core::calibration::Calibration>>,
 }
 
 impl Validated {
@@ -191,6 +195,10 @@ pub struct Selection {
     pub candidates: Vec<Validated>,
     /// The chosen candidate at each L2 strength tried, in the order tried (the default first).
     pub tuning: Vec<Validated>,
+    /// The calibration maps of the tuned candidate's kept entries, in bank order, fitted on the
+    /// validation articles (trained without them).
+    #[serde(skip)]
+    pub calibration: Vec<Vec<crate::core::calibration::Calibration>>,
 }
 
 impl Selection {
@@ -211,7 +219,7 @@ impl Selection {
 pub fn worth_serving(points: &[(f64, f64, f64)], mix: &MixLine) -> Vec<f64> {
     let kept: Vec<f64> = points
         .iter()
-        .filter(|&&(_, em, cost)| em >= mix.at(cost).0)
+        .filter(|&&p| over_the_line(p, mix))
         .map(|p| p.0)
         .collect();
     if kept.is_empty() {
@@ -310,47 +318,48 @@ pub fn select_among(
     let validation_records = labels.in_articles(&validation);
     let target_cost = at_cost * always_best_cost(labels, &inner_records);
     let mix = MixLine::new(&single_points(labels, &validation_records));
-    let validate = |candidate: &Candidate, fit: FitConfig| -> anyhow::Result<Validated> {
-        let options = TrainOptions {
-            fit,
-            ..candidate.options(base)
+    // A candidate at some L2 strengths, trained on the inner articles, on the validation ones.
+    let validate =
+        |candidate: &Candidate, fit: FitConfig| -> anyhow::Result<(Validated, PolicyFile)> {
+            let options = TrainOptions {
+                fit,
+                ..candidate.options(base)
+            };
+            let policy = train_on(labels, &options, inner.clone(), validation.clone())?;
+            let points = bank_points(labels, &policy, &validation_records)?;
+            let kept = worth_serving(&points, &mix);
+            let kept_points: Vec<(f64, f64, f64)> = points
+                .iter()
+                .filter(|p| kept.contains(&p.0))
+                .copied()
+                .collect();
+            let (lambda, em, mean_cost) = pick(&kept_points, target_cost);
+            let validated = Validated {
+                candidate: candidate.clone(),
+                regularisation: Regularisation::of(&fit),
+                all_under_line: !points.iter().any(|&p| over_the_line(p, &mix)),
+                points,
+                lambda,
+                em,
+                mean_cost,
+                kept,
+            };
+            Ok((validated, policy))
         };
-        let policy = train_on(labels, &options, inner.clone(), validation.clone())?;
-        let points = bank_points(labels, &policy, &validation_records)?;
-        let kept = worth_serving(&points, &mix);
-        let kept_points: Vec<(f64, f64, f64)> = points
-            .iter()
-            .filter(|p| kept.contains(&p.0))
-            .copied()
-            .collect();
-        let (lambda, em, mean_cost) = pick(&kept_points, target_cost);
-        let mut calibrated = policy.clone();
-        calibrate(labels, &policy, &validation_records, &mut calibrated)?;
-        Ok(Validated {
-            candidate: candidate.clone(),
-            regularisation: Regularisation::of(&fit),
-            points,
-            lambda,
-            em,
-            mean_cost,
-            calibrated: calibrated
-                .bank
-                .into_iter()
-                .filter(|e| kept.contains(&e.lambda))
-                .map(|e| e.calibration)
-                .collect(),
-            kept,
-        })
-    };
-    let validated = candidates
+    let mut validated = Vec::new();
+    let mut policies = Vec::new();
+    for candidate in &candidates {
+        let (v, policy) = validate(candidate, base.fit)?;
+        validated.push(v);
+        policies.push(policy);
+    }
+    let first = most_accurate(validated.iter()).expect("there is a candidate");
+    let index = validated
         .iter()
-        .map(|c| validate(c, base.fit))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut best = validated
-        .iter()
-        .reduce(|best, v| if v.beats(best) { v } else { best })
-        .expect("there is a candidate")
-        .clone();
+        .position(|v| std::ptr::eq(v, first))
+        .expect("found among them");
+    let (mut best, mut best_policy) = (validated[index].clone(), policies.swap_remove(index));
+    drop(policies);
 
     // The chosen candidate's L2 strengths, one group at a time.
     let mut tuning = vec![best.clone()];
@@ -371,16 +380,29 @@ pub fn select_among(
             continue;
         }
         let start = best.regularisation;
-        let mut winner = best.clone();
+        let mut winner = None;
         for factor in L2_FACTORS {
-            let tried = validate(&best.candidate, scale(start, factor).apply(base.fit))?;
-            if tried.beats(&winner) {
-                winner = tried.clone();
+            let (tried, policy) = validate(&best.candidate, scale(start, factor).apply(base.fit))?;
+            let leader = winner.as_ref().map_or(&best, |(v, _)| v);
+            if tried.beats(leader) {
+                winner = Some((tried.clone(), policy));
             }
             tuning.push(tried);
         }
-        best = winner;
+        if let Some((v, policy)) = winner {
+            (best, best_policy) = (v, policy);
+        }
     }
+
+    // The kept entries' calibration maps, fitted on the validation articles.
+    let mut calibrated = best_policy.clone();
+    calibrate(labels, &best_policy, &validation_records, &mut calibrated)?;
+    let calibration = calibrated
+        .bank
+        .into_iter()
+        .filter(|e| best.kept.contains(&e.lambda))
+        .map(|e| e.calibration)
+        .collect();
     Ok(Selection {
         chosen: best.candidate.clone(),
         lambda: best.lambda,
@@ -389,7 +411,14 @@ pub fn select_among(
         validation_articles: validation.len(),
         candidates: validated,
         tuning,
+        calibration,
     })
+}
+
+/// The most accurate of `validated` under the cost target (at equal EM the cheaper; at a tie
+/// the first).
+fn most_accurate<'a>(validated: impl Iterator<Item = &'a Validated>) -> Option<&'a Validated> {
+    validated.reduce(|best, v| if v.beats(best) { v } else { best })
 }
 
 /// (mean cost, EM in percent, 0) of each single expert on `records`: the points of the mix line.
@@ -423,7 +452,12 @@ pub fn train_recommended(
     let tuned = selection.tuned();
     let mut policy = train_on(labels, &tuned.options(base), train_articles, test_articles)?;
     // The maps fitted on validation articles for the same candidate trained without them.
-    for (entry, maps) in policy.bank.iter_mut().zip(&tuned.calibrated) {
+    assert_eq!(
+        policy.bank.len(),
+        selection.calibration.len(),
+        "a map per kept entry"
+    );
+    for (entry, maps) in policy.bank.iter_mut().zip(&selection.calibration) {
         entry.calibration = maps.clone();
     }
     Ok((policy, selection))
@@ -713,16 +747,19 @@ fn fold(
     let mut others = Vec::new();
     for v in &selection.candidates {
         // The defer candidates the selection did not pick are not retrained: only the best
-        // defer candidate on validation stands for fixed-probe defer.
-        let best_of_mode = selection
-            .candidates
-            .iter()
-            .filter(|c| c.candidate.mode == v.candidate.mode)
-            .max_by(|a, b| {
-                a.em.total_cmp(&b.em)
-                    .then(b.mean_cost.total_cmp(&a.mean_cost))
-            })
-            .is_some_and(|best| std::ptr::eq(best, v));
+        // defer candidate on validation stands for fixed-probe defer (the chosen one, in the
+        // chosen mode).
+        let best_of_mode = if v.candidate.mode == selection.chosen.mode {
+            v.candidate == selection.chosen
+        } else {
+            most_accurate(
+                selection
+                    .candidates
+                    .iter()
+                    .filter(|c| c.candidate.mode == v.candidate.mode),
+            )
+            .is_some_and(|best| std::ptr::eq(best, v))
+        };
         if !best_of_mode {
             continue;
         }
@@ -933,5 +970,45 @@ mod tests {
         // A bank under the line everywhere is kept whole: there would be nothing to serve.
         let under = [(0.0, 70.0, 50.0), (0.1, 60.0, 10.0)];
         assert_eq!(worth_serving(&under, &mix), vec![0.0, 0.1]);
+    }
+
+    #[test]
+    fn a_validated_candidate_trains_with_its_own_strengths_and_kept_lambdas() {
+        let base = TrainOptions {
+            lambdas: vec![0.0, 0.02, 0.1, 0.5],
+            default_lambda: None,
+            mode: Mode::Route,
+            probes: Vec::new(),
+            stages: 0,
+            loss: LossKind::Em,
+            split_seed: 1,
+            test_fraction: 0.5,
+            fit: FitConfig::default(),
+        };
+        let tuned = Regularisation {
+            l2: 3.0,
+            l2_hashed: 0.5,
+            l2_answers: 0.03,
+        };
+        let v = Validated {
+            candidate: Candidate {
+                mode: Mode::Defer,
+                probes: vec!["a".into(), "b".into()],
+                stages: 0,
+            },
+            regularisation: tuned,
+            points: Vec::new(),
+            kept: vec![0.02, 0.1],
+            all_under_line: false,
+            lambda: 0.1,
+            em: 0.0,
+            mean_cost: 0.0,
+        };
+        let options = v.options(&base);
+        assert_eq!((options.mode, options.probes.len()), (Mode::Defer, 2));
+        assert_eq!(options.lambdas, vec![0.02, 0.1]);
+        assert_eq!(options.default_lambda, Some(0.1));
+        assert_eq!(Regularisation::of(&options.fit), tuned);
+        assert_eq!(options.fit.epochs, base.fit.epochs);
     }
 }
