@@ -409,7 +409,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
                 );
             }
             // Route mode reads no answer: its answer-feature strength is not tuned, nor shown.
-            let reads_answers = selection.chosen.mode != crate::core::learned::Mode::Route;
+            let reads_answers = selection.chosen.mode.reads_answers();
             let strengths = |r: crate::train::select::Regularisation| {
                 let question = format!("L2 {} (question), {} (n-grams)", r.l2, r.l2_hashed);
                 if reads_answers {

@@ -46,6 +46,12 @@ impl Mode {
             Mode::Cascade => "cascade",
         }
     }
+
+    /// Whether the policy reads experts' answers before it decides (defer's probes, the
+    /// cascade's stages), and so has answer features.
+    pub fn reads_answers(self) -> bool {
+        self != Mode::Route
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

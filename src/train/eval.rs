@@ -198,9 +198,33 @@ impl MixLine {
         )
     }
 
+    /// The mix line through `rows` (each a single expert's).
+    pub fn through(rows: &[Row]) -> Self {
+        Self::new(
+            &rows
+                .iter()
+                .map(|r| (r.mean_cost, r.em, r.f1))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     pub fn vertices(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
         self.hull.iter().map(|h| (h.0, h.1))
     }
+}
+
+/// Each single expert answering all of `records`, in the labels' order of experts.
+pub fn single_experts(labels: &Labels, records: &[&LabelRecord]) -> Vec<Row> {
+    let ids: Vec<String> = labels.header.experts.iter().map(|a| a.id.clone()).collect();
+    (0..ids.len())
+        .map(|j| {
+            let mut t = Tally::new(&ids);
+            for r in records {
+                t.add(r, j, labels.header.experts[j].cost);
+            }
+            t.row()
+        })
+        .collect()
 }
 
 /// Evaluates `policy` on the test articles recorded in it.
@@ -249,18 +273,9 @@ pub fn evaluate(
     let max_cost = costs.iter().copied().fold(0.0, f64::max);
 
     // Single experts, and the mix line through them.
-    let mut experts = BTreeMap::new();
-    let mut points = Vec::new();
-    for (j, id) in ids.iter().enumerate() {
-        let mut t = Tally::new(&ids);
-        for r in &test_records {
-            t.add(r, j, costs[j]);
-        }
-        let row = t.row();
-        points.push((row.mean_cost, row.em, row.f1));
-        experts.insert(id.clone(), row);
-    }
-    let mix = MixLine::new(&points);
+    let singles = single_experts(labels, &test_records);
+    let mix = MixLine::through(&singles);
+    let experts: BTreeMap<String, Row> = ids.iter().cloned().zip(singles).collect();
 
     // The policy's curve: every bank entry.
     let entries: Vec<usize> = (0..policy.bank.len()).collect();

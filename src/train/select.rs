@@ -23,7 +23,9 @@
 //! articles, beside the baselines.
 
 use super::calibrate::calibrate;
-use super::eval::{CurvePoint, EvalOptions, EvalReport, MixLine, Row, choices_at, evaluate};
+use super::eval::{
+    CurvePoint, EvalOptions, EvalReport, MixLine, Row, choices_at, evaluate, single_experts,
+};
 use super::fit::FitConfig;
 use super::labels::{LabelRecord, Labels};
 use super::split::split_by_article;
@@ -317,7 +319,7 @@ pub fn select_among(
     let inner_records = labels.in_articles(&inner);
     let validation_records = labels.in_articles(&validation);
     let target_cost = at_cost * always_best_cost(labels, &inner_records);
-    let mix = MixLine::new(&single_points(labels, &validation_records));
+    let mix = MixLine::through(&single_experts(labels, &validation_records));
     // A candidate at some L2 strengths, trained on the inner articles, on the validation ones.
     let validate =
         |candidate: &Candidate, fit: FitConfig| -> anyhow::Result<(Validated, PolicyFile)> {
@@ -374,9 +376,8 @@ pub fn select_among(
             ..r
         },
     ];
-    let reads_answers = best.candidate.mode != Mode::Route;
     for (g, scale) in groups.iter().enumerate() {
-        if g == 1 && !reads_answers {
+        if g == 1 && !best.candidate.mode.reads_answers() {
             continue;
         }
         let start = best.regularisation;
@@ -419,21 +420,6 @@ pub fn select_among(
 /// the first).
 fn most_accurate<'a>(validated: impl Iterator<Item = &'a Validated>) -> Option<&'a Validated> {
     validated.reduce(|best, v| if v.beats(best) { v } else { best })
-}
-
-/// (mean cost, EM in percent, 0) of each single expert on `records`: the points of the mix line.
-fn single_points(labels: &Labels, records: &[&LabelRecord]) -> Vec<(f64, f64, f64)> {
-    let n = records.len().max(1) as f64;
-    labels
-        .header
-        .experts
-        .iter()
-        .enumerate()
-        .map(|(j, a)| {
-            let em = records.iter().map(|r| r.experts[j].em).sum::<f64>();
-            (a.cost, 100.0 * em / n, 0.0)
-        })
-        .collect()
 }
 
 /// The recommended policy for a pool: selection among `candidates` (all of [`candidates`] when
