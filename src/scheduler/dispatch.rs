@@ -24,11 +24,13 @@ use crate::grpc::deadline::request_timeout;
 use crate::grpc::pb::{self, router_server::Router};
 use crate::grpc::status::{code_name, code_of_miss, failure_of};
 use crate::trace::RequestTrace;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 /// How final decisions departed from the policy's preference, and whether a probing policy
@@ -116,9 +118,15 @@ async fn call_replica(
     // the request: the plan moves on to another replica).
     let wait = remaining.map_or(try_timeout, |r| r.min(try_timeout));
     let caller_limited = remaining.is_some_and(|r| r <= try_timeout);
-    call.set_timeout(wait);
+    // In whole milliseconds: the same text from one call to the next (the remaining deadline
+    // differs in its microseconds every time), which HPACK then sends as an index into its
+    // table instead of a new literal that evicts another entry.
+    call.metadata_mut().insert(
+        "grpc-timeout",
+        crate::grpc::deadline::grpc_timeout_value(wait),
+    );
     // The request's id goes with every expert call, for the expert's logs.
-    if let Ok(value) = request_id.parse() {
+    if let Some(value) = request_id_value(request_id) {
         call.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
     let span = trace.call(
@@ -178,6 +186,43 @@ async fn call_replica(
     match result {
         Ok(answer) => CallResult::Answered(answer),
         Err(failure) => CallResult::Missed(Miss::Failed(failure)),
+    }
+}
+
+/// The expert calls of one request in flight: one, or a few (probes asked together, a hedge),
+/// each polled in turn when the request's task wakes. Lighter than a `FuturesUnordered`, whose
+/// queue of ready tasks and per-call waker pay off only with many futures.
+struct InFlight<F: Future> {
+    calls: Vec<Pin<Box<F>>>,
+}
+
+impl<F: Future> Default for InFlight<F> {
+    fn default() -> Self {
+        Self { calls: Vec::new() }
+    }
+}
+
+impl<F: Future> InFlight<F> {
+    fn push(&mut self, call: F) {
+        self.calls.push(Box::pin(call));
+    }
+
+    /// The output of the first call found finished (in the order they were pushed), waiting
+    /// until one is; `None` when none is in flight.
+    async fn next(&mut self) -> Option<F::Output> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        std::future::poll_fn(|cx| {
+            for i in 0..self.calls.len() {
+                if let Poll::Ready(out) = self.calls[i].as_mut().poll(cx) {
+                    drop(self.calls.remove(i));
+                    return Poll::Ready(Some(out));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -247,15 +292,24 @@ fn process_prefix() -> u64 {
     })
 }
 
+/// The request id as a header value, marked sensitive: HPACK then sends it as a literal never
+/// indexed. Every request's id is new, so adding it to the connection's table (which the
+/// encoder does with other values) would only evict entries that do repeat.
+fn request_id_value(id: &str) -> Option<MetadataValue<Ascii>> {
+    let mut value: MetadataValue<Ascii> = id.parse().ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
-    if let Ok(value) = id.parse() {
+    if let Some(value) = request_id_value(id) {
         response.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
 }
 
 fn status_with_request_id(mut status: Status, id: &str) -> Status {
-    if let Ok(value) = id.parse() {
+    if let Some(value) = request_id_value(id) {
         status.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
     status
@@ -422,7 +476,7 @@ impl RouterService {
             policy.score(&query, observed, &metas, out)
         };
         let mut ask = Ask::new(&view, &probes, params, scorer)?;
-        let mut running = FuturesUnordered::new();
+        let mut running = InFlight::default();
         // Calls made to each expert so far, when spans number the attempts (no allocation
         // otherwise).
         let mut attempts: Vec<u32> = Vec::new();
@@ -642,6 +696,36 @@ impl RouterService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_in_flight_are_taken_as_they_finish_not_as_they_were_made() {
+        use futures_util::FutureExt;
+        async fn take(answer: tokio::sync::oneshot::Receiver<&'static str>) -> &'static str {
+            answer.await.unwrap()
+        }
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let (second_tx, second_rx) = tokio::sync::oneshot::channel();
+        let mut running = InFlight::default();
+        running.push(take(first_rx));
+        running.push(take(second_rx));
+        second_tx.send("second").unwrap();
+        assert_eq!(running.next().now_or_never(), Some(Some("second")));
+        assert_eq!(
+            running.next().now_or_never(),
+            None,
+            "the first is still out"
+        );
+        first_tx.send("first").unwrap();
+        assert_eq!(running.next().now_or_never(), Some(Some("first")));
+        assert_eq!(running.next().now_or_never(), Some(None), "none left");
+    }
+
+    #[test]
+    fn request_ids_are_sent_as_never_indexed_header_values() {
+        let value = request_id_value("0123456789abcdef-2a").expect("a visible ASCII id");
+        assert!(value.is_sensitive());
+        assert_eq!(value.to_str().unwrap(), "0123456789abcdef-2a");
+    }
 
     #[test]
     fn a_fresh_request_id_is_the_prefix_and_the_number_in_hex() {
