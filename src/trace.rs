@@ -92,7 +92,9 @@ impl RequestTrace {
     /// Starts the trace of a request from its metadata.
     pub fn start(tracing: Option<&Tracing>, metadata: &MetadataMap, request_id: &str) -> Self {
         let Some(tracing) = tracing else {
-            return match metadata.get(TRACEPARENT) {
+            static KEY: std::sync::LazyLock<tonic::metadata::MetadataKey<tonic::metadata::Ascii>> =
+                std::sync::LazyLock::new(|| tonic::metadata::MetadataKey::from_static(TRACEPARENT));
+            return match metadata.get(&*KEY) {
                 Some(traceparent) => Self::Forward {
                     traceparent: traceparent.clone(),
                     tracestate: metadata.get(TRACESTATE).cloned(),

@@ -293,65 +293,79 @@ impl Explanation {
     }
 
     /// Why the first expert was chosen, in words; for a sequential policy, each stage's choice
-    /// first.
+    /// first. Written into one string (it goes out with every answer).
     pub fn reason(&self, view: &[ExpertView<'_>]) -> String {
+        use fmt::Write;
         let Some(d) = &self.decision else {
             return String::new();
         };
-        let mut reason = String::new();
+        let mut reason = String::with_capacity(64 * (self.stages.len() + 1));
         for (k, stage) in self.stages.iter().enumerate() {
-            reason.push_str(&format!(
-                "stage {}: ask {}: {}; ",
-                k + 1,
-                view[stage.chosen].id,
-                why(stage, view)
-            ));
+            let _ = write!(reason, "stage {}: ask {}: ", k + 1, view[stage.chosen].id);
+            why(&mut reason, stage, view);
+            reason.push_str("; ");
         }
         if d.kept_probe {
             if self.stages.is_empty() {
                 reason.push_str("keep the probe's answer: ");
             } else {
-                reason.push_str(&format!("keep {}'s answer: ", view[d.chosen].id));
+                let _ = write!(reason, "keep {}'s answer: ", view[d.chosen].id);
             }
         }
-        reason.push_str(&why(d, view));
+        why(&mut reason, d, view);
         reason
     }
 }
 
-/// Why `d` chose its first expert, in words.
-fn why(d: &Chosen, view: &[ExpertView<'_>]) -> String {
+/// Why `d` chose its first expert, in words, appended to `out`.
+fn why(out: &mut String, d: &Chosen, view: &[ExpertView<'_>]) {
+    use fmt::Write;
     let id = |i: usize| view[i].id;
     if d.chosen != d.greedy {
-        return format!(
+        let _ = write!(
+            out,
             "exploring (epsilon {}): drew {} over the policy's choice {}",
             d.epsilon,
             id(d.chosen),
             id(d.greedy)
         );
+        return;
     }
-    let eligible = match d.plan.ranked.len() {
-        1 => "the only eligible expert".to_owned(),
-        n => format!("{n} eligible experts"),
+    let eligible = |out: &mut String| match d.plan.ranked.len() {
+        1 => out.push_str("the only eligible expert"),
+        n => {
+            let _ = write!(out, "{n} eligible experts");
+        }
     };
     let load = d.plan.load[d.chosen];
-    let mut r = match d.scores[d.chosen].filter(|s| s.is_finite()) {
+    match d.scores[d.chosen].filter(|s| s.is_finite()) {
         // Waiting priced below the fourth decimal is left out of the words.
-        Some(s) if load >= 0.000_05 => format!(
-            "best policy score plus waiting ({} + {}) among {eligible}",
-            Fixed4(s),
-            Fixed4(load)
-        ),
-        Some(s) => format!("best policy score ({}) among {eligible}", Fixed4(s)),
-        None if d.plan.ranked.len() == 1 => "no policy score; the only eligible expert".to_owned(),
-        None => format!("no policy score; cheapest of {eligible}"),
-    };
+        Some(s) if load >= 0.000_05 => {
+            let _ = write!(
+                out,
+                "best policy score plus waiting ({} + {}) among ",
+                Fixed4(s),
+                Fixed4(load)
+            );
+            eligible(out);
+        }
+        Some(s) => {
+            let _ = write!(out, "best policy score ({}) among ", Fixed4(s));
+            eligible(out);
+        }
+        None if d.plan.ranked.len() == 1 => {
+            out.push_str("no policy score; the only eligible expert");
+        }
+        None => {
+            out.push_str("no policy score; cheapest of ");
+            eligible(out);
+        }
+    }
     if !d.plan.excluded.is_empty() {
         let excluded = d.plan.excluded.iter().map(|&(i, why)| (why, id(i)));
-        r.push_str("; excluded: ");
-        r.push_str(&describe_exclusions(excluded));
+        out.push_str("; excluded: ");
+        out.push_str(&describe_exclusions(excluded));
     }
-    r
 }
 
 /// "a, b (why), c (other reason)": experts grouped by reason, in order of first appearance.

@@ -1,7 +1,13 @@
 //! The caller's deadline, read from the `grpc-timeout` request header (gRPC over HTTP/2 spec:
 //! at most 8 ASCII digits followed by a unit, H M S m u n).
 
+use std::sync::LazyLock;
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataKey};
+
+/// The header's name, parsed once (a name given as text is parsed again at each look-up).
+pub static GRPC_TIMEOUT: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static("grpc-timeout"));
 
 /// Parses a `grpc-timeout` header value; `None` when it is malformed.
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -57,7 +63,7 @@ pub fn grpc_timeout_value(
 pub fn request_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
     request
         .metadata()
-        .get("grpc-timeout")
+        .get(&*GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
 }

@@ -581,7 +581,8 @@ impl http_body::Body for OverLimitTrailers {
 fn rewrite_over_limit(headers: &mut http::HeaderMap) {
     const TONIC: &str = "Error, decoded message length too large: ";
     // Every response passes here: only an OUT_OF_RANGE is parsed.
-    if headers.get("grpc-status").is_none_or(|code| code != "11") {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    if headers.get(GRPC_STATUS).is_none_or(|code| code != "11") {
         return;
     }
     let Some(status) = Status::from_header_map(headers) else {
@@ -607,11 +608,13 @@ fn rewrite_over_limit(headers: &mut http::HeaderMap) {
     let _ = Status::resource_exhausted(message).add_header(headers);
 }
 
-/// A request body that must end within a time from the request's headers: a client that
-/// starts a call and trickles (or never finishes) its body cannot hold a slot for longer.
+/// A request body that must end within a time from when the server first waits for it: a
+/// client that starts a call and trickles (or never finishes) its body cannot hold a slot for
+/// longer. The timer is made on that first wait, so a body that is already there when it is
+/// read (nearly every unary call: its one frame comes with the headers) costs none.
 struct BodyDeadline {
     inner: tonic::body::Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
 }
 
@@ -619,7 +622,7 @@ impl BodyDeadline {
     fn new(inner: tonic::body::Body, timeout: Duration) -> Self {
         Self {
             inner,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: None,
             timeout,
         }
     }
@@ -636,7 +639,11 @@ impl http_body::Body for BodyDeadline {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        match self.deadline.as_mut().poll(cx) {
+        let timeout = self.timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
                 "the request body did not arrive within {} ms",
                 self.timeout.as_millis()

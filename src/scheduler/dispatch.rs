@@ -27,10 +27,11 @@ use crate::trace::RequestTrace;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 /// How final decisions departed from the policy's preference, and whether a probing policy
@@ -122,12 +123,12 @@ async fn call_replica(
     // differs in its microseconds every time), which HPACK then sends as an index into its
     // table instead of a new literal that evicts another entry.
     call.metadata_mut().insert(
-        "grpc-timeout",
+        &*crate::grpc::deadline::GRPC_TIMEOUT,
         crate::grpc::deadline::grpc_timeout_value(wait),
     );
     // The request's id goes with every expert call, for the expert's logs.
     if let Some(value) = request_id_value(request_id) {
-        call.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        call.metadata_mut().insert(&*REQUEST_ID_KEY, value);
     }
     let span = trace.call(
         &group.entry.id,
@@ -246,13 +247,17 @@ fn check_answer(answer: pb::AnswerResponse, query: &Query) -> Result<pb::AnswerR
 /// The header carrying a request id, accepted from the client and always returned.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// [`REQUEST_ID_HEADER`] parsed once (a name given as text is parsed again at each look-up).
+static REQUEST_ID_KEY: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static(REQUEST_ID_HEADER));
+
 /// The client's request id when it sent a usable one (1–64 visible ASCII characters), else a
 /// fresh one: this process's random prefix and the request's number, so ids from the pods of
 /// a fleet do not collide (two processes share a prefix with probability 2^-64).
 fn request_id<T>(request: &Request<T>, number: u64) -> String {
     request
         .metadata()
-        .get(REQUEST_ID_HEADER)
+        .get(&*REQUEST_ID_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| fresh_request_id(number), str::to_owned)
@@ -303,14 +308,14 @@ fn request_id_value(id: &str) -> Option<MetadataValue<Ascii>> {
 
 fn with_request_id<T>(mut response: Response<T>, id: &str) -> Response<T> {
     if let Some(value) = request_id_value(id) {
-        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        response.metadata_mut().insert(&*REQUEST_ID_KEY, value);
     }
     response
 }
 
 fn status_with_request_id(mut status: Status, id: &str) -> Status {
     if let Some(value) = request_id_value(id) {
-        status.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        status.metadata_mut().insert(&*REQUEST_ID_KEY, value);
     }
     status
 }
