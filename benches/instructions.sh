@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Instructions per request of one gRPC hop, counted by callgrind: the bare forwarding proxy,
+# the scheduler with the prior policy and the scheduler with a learned route policy, each
+# forwarding to bert-large of the default pool (the servers `l2d bench` measures by time).
+#
+# Only the server under test runs under callgrind, and only while the counted requests are
+# sent; the experts and the load generator run natively in their own processes. A count is
+# user-space instructions (the kernel's TCP path is not in it): it does not move with the
+# machine's load, so two runs of the same binary agree to about 0.3%, where times on a shared
+# machine move by tens of percent. It is not a time: a cache miss or a system call counts as
+# little as one instruction.
+#
+# Usage: benches/instructions.sh [L2D_BINARY] [REQUESTS] [CONCURRENCY]
+#   defaults: target/release/l2d, 1000 requests, one call in flight.
+# Needs valgrind (apt-get install valgrind).
+set -euo pipefail
+
+l2d=$(realpath "${1:-target/release/l2d}")
+requests=${2:-1000}
+concurrency=${3:-1}
+command -v valgrind > /dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+[ -x "$l2d" ] || { echo "no l2d binary at $l2d (cargo build --release first)" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d)
+pipes=()
+cleanup() {
+    for p in "${pipes[@]}"; do exec {p}>&-; done 2> /dev/null || true
+    wait 2> /dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Runs COMMAND (an `l2d bench-node`, maybe under callgrind) with its standard input on a pipe
+# this script holds (the node stops when it is closed: `stop_node`); waits for `ready`. Sets
+# node_pid and node_pipe.
+start_node() {
+    local out=$1
+    shift
+    mkfifo "$out.in"
+    "$@" < "$out.in" > "$out" 2> "$out.err" &
+    node_pid=$!
+    exec {node_pipe}> "$out.in"
+    pipes+=("$node_pipe")
+    for _ in $(seq 600); do
+        grep -q '^ready' "$out" 2> /dev/null && return 0
+        sleep 0.1
+    done
+    echo "node did not start: $*" >&2
+    cat "$out.err" >&2
+    exit 1
+}
+
+"$l2d" label --data data/squad-v1.1/dev.json --experts lr,match-lstm,rnet-plus,slqa-plus,bert-large \
+    --out "$work/labels.jsonl" 2> /dev/null
+"$l2d" train --labels "$work/labels.jsonl" --mode route --lambda 0.05 --out "$work/route.json" 2> /dev/null
+
+start_node "$work/experts" "$l2d" bench-node experts
+bert=$(awk '$1 == "bert-large" {print $2}' "$work/experts")
+
+declare -A args=(
+    [proxy]="proxy --upstream $bert"
+    [prior]="scheduler --experts bert-large=$bert"
+    [route]="scheduler --experts bert-large=$bert --policy $work/route.json"
+)
+declare -A count
+for role in proxy prior route; do
+    node="$work/$role"
+    # shellcheck disable=SC2086
+    start_node "$node" valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$node.cg" "$l2d" bench-node ${args[$role]}
+    address=$(awk '$1 == "listening" {print $2}' "$node")
+    pid=$node_pid
+    load() {
+        "$l2d" load --router "$address" --limit "$1" --concurrency "$concurrency" \
+            --warmup 0s --duration 1h --json "$node.load.json" > /dev/null 2>&1
+    }
+    load 200 # connections opened, caches and the context cache warm
+    callgrind_control -i on "$pid" > /dev/null 2>&1
+    load "$requests"
+    callgrind_control -i off "$pid" > /dev/null 2>&1
+    callgrind_control -d "$pid" > /dev/null 2>&1
+    errors=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['errors'])" "$node.load.json")
+    [ "$errors" = 0 ] || { echo "$role: $errors errors" >&2; exit 1; }
+    exec {node_pipe}>&-
+    wait "$pid" || true
+    total=$(cat "$node".cg* | awk '/^totals:/ {s += $2} END {print s}')
+    count[$role]=$((total / requests))
+done
+
+printf '%-40s %14s %10s\n' "server ($requests requests, $concurrency in flight)" "instr/request" "/ proxy"
+for role in proxy prior route; do
+    awk -v role="$role" -v n="${count[$role]}" -v base="${count[proxy]}" \
+        'BEGIN { printf "%-40s %14d %10.3f\n", role, n, n / base }'
+done
