@@ -6,26 +6,33 @@
 # Only the server under test runs under callgrind, and only while the counted requests are
 # sent; the experts and the load generator run natively in their own processes. A count is
 # user-space instructions (the kernel's TCP path is not in it): it does not move with the
-# machine's load, so two runs of the same binary agree to about 0.3%, where times on a shared
-# machine move by tens of percent. It is not a time: a cache miss or a system call counts as
+# machine's load, so two runs of the same binary agree within about 0.5%, where times on a
+# shared machine move by tens of percent. It is not a time: a cache miss or a system call counts as
 # little as one instruction.
 #
 # Usage: benches/instructions.sh [L2D_BINARY] [REQUESTS] [CONCURRENCY]
 #   defaults: target/release/l2d, 1000 requests, one call in flight.
-# Needs valgrind (apt-get install valgrind).
+# Needs valgrind (apt-get install valgrind) and python3.
 set -euo pipefail
 
-l2d=$(realpath "${1:-target/release/l2d}")
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# A binary given is found from where the script is run; the default is the repository's.
+l2d=$(realpath -m "${1:-$repo/target/release/l2d}")
 requests=${2:-1000}
 concurrency=${3:-1}
-command -v valgrind > /dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+for tool in valgrind callgrind_control python3; do
+    command -v "$tool" > /dev/null || { echo "$tool is not installed (valgrind: apt-get install valgrind)" >&2; exit 1; }
+done
 [ -x "$l2d" ] || { echo "no l2d binary at $l2d (cargo build --release first)" >&2; exit 1; }
-cd "$(dirname "$0")/.."
+cd "$repo"
 
 work=$(mktemp -d)
 pipes=()
 cleanup() {
     for p in "${pipes[@]}"; do exec {p}>&-; done 2> /dev/null || true
+    # The nodes stop when their input closes; any still running after that is stopped.
+    sleep 1
+    kill $(jobs -p) 2> /dev/null || true
     wait 2> /dev/null || true
     rm -rf "$work"
 }
@@ -52,8 +59,9 @@ start_node() {
 }
 
 "$l2d" label --data data/squad-v1.1/dev.json --experts lr,match-lstm,rnet-plus,slqa-plus,bert-large \
-    --out "$work/labels.jsonl" 2> /dev/null
-"$l2d" train --labels "$work/labels.jsonl" --mode route --lambda 0.05 --out "$work/route.json" 2> /dev/null
+    --out "$work/labels.jsonl" 2> "$work/label.err" || { cat "$work/label.err" >&2; exit 1; }
+"$l2d" train --labels "$work/labels.jsonl" --mode route --lambda 0.05 --out "$work/route.json" \
+    2> "$work/train.err" || { cat "$work/train.err" >&2; exit 1; }
 
 start_node "$work/experts" "$l2d" bench-node experts
 bert=$(awk '$1 == "bert-large" {print $2}' "$work/experts")
@@ -73,13 +81,14 @@ for role in proxy prior route; do
     pid=$node_pid
     load() {
         "$l2d" load --router "$address" --limit "$1" --concurrency "$concurrency" \
-            --warmup 0s --duration 1h --json "$node.load.json" > /dev/null 2>&1
+            --warmup 0s --duration 1h --json "$node.load.json" > "$node.load.out" 2>&1 ||
+            { cat "$node.load.out" >&2; exit 1; }
     }
     load 200 # connections opened, caches and the context cache warm
-    callgrind_control -i on "$pid" > /dev/null 2>&1
+    callgrind_control -i on "$pid" > "$node.control" 2>&1 || { cat "$node.control" >&2; exit 1; }
     load "$requests"
-    callgrind_control -i off "$pid" > /dev/null 2>&1
-    callgrind_control -d "$pid" > /dev/null 2>&1
+    callgrind_control -i off "$pid" > "$node.control" 2>&1 || { cat "$node.control" >&2; exit 1; }
+    callgrind_control -d "$pid" > "$node.control" 2>&1 || { cat "$node.control" >&2; exit 1; }
     errors=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['errors'])" "$node.load.json")
     [ "$errors" = 0 ] || { echo "$role: $errors errors" >&2; exit 1; }
     exec {node_pipe}>&-

@@ -155,7 +155,7 @@ pub fn stem(word: &str) -> CompactString {
     }
 }
 
-/// [`stem`] of an ASCII word of at most [`INLINE`] bytes (nearly every word), worked on a
+/// [`stem`] of an ASCII word of at most 24 bytes (nearly every word), worked on a
 /// copy on the stack and made a string once: the general path edits a `CompactString` in
 /// place, and each edit checks its representation again. `None` for any other word.
 fn stem_ascii(word: &str) -> Option<CompactString> {

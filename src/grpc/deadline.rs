@@ -27,21 +27,39 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// The `grpc-timeout` value for `wait`: whole milliseconds (`m`) when it is at least one, else
-/// microseconds (`u`); seconds (`S`) past the 8 digits a value may have. Rounded down, so the
-/// callee never gets more time than `wait`, but never to zero. Written without the formatting
-/// machinery: an expert call sends one every time.
+/// `wait` as a `grpc-timeout` value can say it exactly: whole milliseconds when it is at least
+/// one, else whole microseconds (at least one), whole seconds past the 8 digits a value may have.
+/// Rounded down, so the callee never gets more time than `wait` (but a microsecond at least). A
+/// caller that waits for the callee this long itself, and sends
+/// [`grpc_timeout_value`]`(sendable_wait(w))`, waits exactly as long as the client library's own
+/// timer on that header.
+pub fn sendable_wait(wait: Duration) -> Duration {
+    const MOST: u64 = 99_999_999;
+    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    if millis == 0 {
+        Duration::from_micros((wait.as_micros() as u64).max(1))
+    } else if millis <= MOST {
+        Duration::from_millis(millis)
+    } else {
+        Duration::from_secs(wait.as_secs().min(MOST))
+    }
+}
+
+/// The `grpc-timeout` value for [`sendable_wait`]`(wait)`, in the unit that says it exactly.
+/// Whole milliseconds make the same text from one call to the next far more often than the
+/// microseconds or nanoseconds a remaining deadline has, and HPACK then sends an index into
+/// its table instead of a new literal. Written without the formatting machinery: an expert call
+/// sends one every time.
 pub fn grpc_timeout_value(
     wait: Duration,
 ) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
-    const MOST: u64 = 99_999_999;
-    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-    let (n, unit) = if millis == 0 {
-        (wait.as_micros().max(1) as u64, b'u')
-    } else if millis <= MOST {
-        (millis, b'm')
+    let wait = sendable_wait(wait);
+    let (n, unit) = if wait < Duration::from_millis(1) {
+        (wait.as_micros() as u64, b'u')
+    } else if wait.subsec_millis() != 0 || wait.as_secs() < 100_000 {
+        (wait.as_millis() as u64, b'm')
     } else {
-        (wait.as_secs().min(MOST), b'S')
+        (wait.as_secs(), b'S')
     };
     let mut text = [0u8; 9];
     let mut start = 8;
@@ -73,7 +91,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_wait_is_sent_in_the_finest_unit_that_fits_rounded_down() {
+    fn a_wait_is_sent_in_whole_milliseconds_rounded_down_and_read_back_exactly() {
         let cases = [
             (Duration::from_millis(9_979), "9979m"),
             (Duration::from_micros(9_979_999), "9979m"),
@@ -89,10 +107,9 @@ mod tests {
             let value = grpc_timeout_value(wait);
             assert_eq!(value.to_str().unwrap(), text, "{wait:?}");
             let read = parse_grpc_timeout(text).expect("a value the parser reads");
-            assert!(
-                read <= wait.max(Duration::from_micros(1)),
-                "{wait:?} read back as {read:?}"
-            );
+            // The callee is told exactly the wait the caller keeps, never more than asked.
+            assert_eq!(read, sendable_wait(wait), "{wait:?}");
+            assert!(read <= wait.max(Duration::from_micros(1)), "{wait:?}");
         }
     }
 

@@ -20,7 +20,7 @@ use crate::core::policy::{ExpertMeta, Observed};
 use crate::core::query::Query;
 use crate::core::rng::uniform_pair;
 use crate::grpc::convert;
-use crate::grpc::deadline::request_timeout;
+use crate::grpc::deadline::{request_timeout, sendable_wait};
 use crate::grpc::pb::{self, router_server::Router};
 use crate::grpc::status::{code_name, code_of_miss, failure_of};
 use crate::trace::RequestTrace;
@@ -117,11 +117,10 @@ async fn call_replica(
     });
     // The caller's deadline, or the try timeout if it comes first (a hung replica must not hold
     // the request: the plan moves on to another replica).
-    let wait = remaining.map_or(try_timeout, |r| r.min(try_timeout));
+    // Rounded down to what the `grpc-timeout` header says exactly (whole milliseconds): tonic's
+    // client runs a timer on that header too, which then ends with this wait, not before it.
+    let wait = sendable_wait(remaining.map_or(try_timeout, |r| r.min(try_timeout)));
     let caller_limited = remaining.is_some_and(|r| r <= try_timeout);
-    // In whole milliseconds: the same text from one call to the next (the remaining deadline
-    // differs in its microseconds every time), which HPACK then sends as an index into its
-    // table instead of a new literal that evicts another entry.
     call.metadata_mut().insert(
         &*crate::grpc::deadline::GRPC_TIMEOUT,
         crate::grpc::deadline::grpc_timeout_value(wait),
