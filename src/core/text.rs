@@ -155,9 +155,9 @@ pub fn stem(word: &str) -> CompactString {
     }
 }
 
-/// [`stem`] of an ASCII word of at most 24 bytes (nearly every word), worked on a
-/// copy on the stack and made a string once: the general path edits a `CompactString` in
-/// place, and each edit checks its representation again. `None` for any other word.
+/// [`stem`] of an ASCII word of at most 24 bytes (nearly every word), worked on a copy on the
+/// stack and made a string once: the general path edits a `CompactString` in place, and each
+/// edit checks its representation again. `None` for any other word.
 fn stem_ascii(word: &str) -> Option<CompactString> {
     const INLINE: usize = 24;
     let bytes = word.as_bytes();
@@ -167,23 +167,13 @@ fn stem_ascii(word: &str) -> Option<CompactString> {
     let mut buf = [0u8; INLINE];
     buf[..bytes.len()].copy_from_slice(bytes);
     buf.make_ascii_lowercase();
-    let mut n = bytes.len();
-    let ends = |b: &[u8], suffix: &[u8]| b.ends_with(suffix);
-    // "’s" is not ASCII: only the straight apostrophe can end an ASCII word.
-    if ends(&buf[..n], b"'s") {
-        n -= 2;
-    }
-    let w = &buf[..n];
-    if n > 4 && ends(w, b"ies") {
-        n -= 3;
+    let mut n = bytes.len() - possessive(&buf[..bytes.len()]);
+    // ASCII: as many characters as bytes.
+    let (cut, then_y) = inflection(&buf[..n], n);
+    n -= cut;
+    if then_y {
         buf[n] = b'y';
         n += 1;
-    } else if n > 5 && ends(w, b"ing") {
-        n -= 3;
-    } else if n > 4 && ends(w, b"ed") {
-        n -= 2;
-    } else if n > 3 && ends(w, b"s") && !ends(w, b"ss") && !ends(w, b"us") {
-        n -= 1;
     }
     std::str::from_utf8(&buf[..n]).ok().map(CompactString::from)
 }
@@ -198,33 +188,51 @@ fn stem_any(word: &str) -> CompactString {
     } else {
         CompactString::from(word.to_lowercase())
     };
-    // Suffix tests byte by byte: these suffixes are a few bytes long, and a library memcmp call
-    // per test cost more than the comparison.
-    let ends = |w: &CompactString, suffix: &[u8]| {
-        let b = w.as_bytes();
-        b.len() >= suffix.len() && b[b.len() - suffix.len()..].iter().eq(suffix.iter())
-    };
-    for suffix in ["'s", "’s"] {
-        if ends(&w, suffix.as_bytes()) {
-            w.truncate(w.len() - suffix.len());
-        }
-    }
-    let n = if w.is_ascii() {
+    w.truncate(w.len() - possessive(w.as_bytes()));
+    let chars = if w.is_ascii() {
         w.len()
     } else {
         w.chars().count()
     };
-    if n > 4 && ends(&w, b"ies") {
-        w.truncate(w.len() - 3);
+    let (cut, then_y) = inflection(w.as_bytes(), chars);
+    w.truncate(w.len() - cut);
+    if then_y {
         w.push('y');
-    } else if n > 5 && ends(&w, b"ing") {
-        w.truncate(w.len() - 3);
-    } else if n > 4 && ends(&w, b"ed") {
-        w.truncate(w.len() - 2);
-    } else if n > 3 && ends(&w, b"s") && !ends(&w, b"ss") && !ends(&w, b"us") {
-        w.truncate(w.len() - 1);
     }
     w
+}
+
+/// Whether `b` ends with `suffix`, compared byte by byte: these suffixes are a few bytes long,
+/// and a library memcmp call per test cost more than the comparison.
+fn ends(b: &[u8], suffix: &[u8]) -> bool {
+    b.len() >= suffix.len() && b[b.len() - suffix.len()..].iter().eq(suffix.iter())
+}
+
+/// Bytes of possessive endings (`'s`, then `’s`) that end the lower-cased word `b`.
+fn possessive(b: &[u8]) -> usize {
+    let mut cut = 0;
+    for suffix in ["'s", "’s"] {
+        if ends(&b[..b.len() - cut], suffix.as_bytes()) {
+            cut += suffix.len();
+        }
+    }
+    cut
+}
+
+/// The commonest inflection ending the lower-cased word `b` of `chars` characters (its
+/// possessive cut): how many bytes to cut, and whether a `y` then ends the stem ("cities").
+fn inflection(b: &[u8], chars: usize) -> (usize, bool) {
+    if chars > 4 && ends(b, b"ies") {
+        (3, true)
+    } else if chars > 5 && ends(b, b"ing") {
+        (3, false)
+    } else if chars > 4 && ends(b, b"ed") {
+        (2, false)
+    } else if chars > 3 && ends(b, b"s") && !ends(b, b"ss") && !ends(b, b"us") {
+        (1, false)
+    } else {
+        (0, false)
+    }
 }
 
 const STOP_WORDS: &[&str] = &[

@@ -34,14 +34,23 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 /// [`grpc_timeout_value`]`(sendable_wait(w))`, waits exactly as long as the client library's own
 /// timer on that header.
 pub fn sendable_wait(wait: Duration) -> Duration {
+    match in_units(wait) {
+        (n, b'u') => Duration::from_micros(n),
+        (n, b'm') => Duration::from_millis(n),
+        (n, _) => Duration::from_secs(n),
+    }
+}
+
+/// [`sendable_wait`]`(wait)` as a count and its unit letter (`u`, `m` or `S`).
+fn in_units(wait: Duration) -> (u64, u8) {
     const MOST: u64 = 99_999_999;
     let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
     if millis == 0 {
-        Duration::from_micros((wait.as_micros() as u64).max(1))
+        ((wait.as_micros() as u64).max(1), b'u')
     } else if millis <= MOST {
-        Duration::from_millis(millis)
+        (millis, b'm')
     } else {
-        Duration::from_secs(wait.as_secs().min(MOST))
+        (wait.as_secs().min(MOST), b'S')
     }
 }
 
@@ -53,14 +62,7 @@ pub fn sendable_wait(wait: Duration) -> Duration {
 pub fn grpc_timeout_value(
     wait: Duration,
 ) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
-    let wait = sendable_wait(wait);
-    let (n, unit) = if wait < Duration::from_millis(1) {
-        (wait.as_micros() as u64, b'u')
-    } else if wait.subsec_millis() != 0 || wait.as_secs() < 100_000 {
-        (wait.as_millis() as u64, b'm')
-    } else {
-        (wait.as_secs(), b'S')
-    };
+    let (n, unit) = in_units(wait);
     let mut text = [0u8; 9];
     let mut start = 8;
     text[8] = unit;
