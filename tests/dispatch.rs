@@ -16,8 +16,13 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equal_replicas_share_the_work() {
-    let (_a, addr_a) = expert("strong", &[]);
-    let (_b, addr_b) = expert("strong", &[]);
+    // Each call takes 5 ms, as a model would: with answers in tens of microseconds, one
+    // scheduling hiccup of a few milliseconds on a busy machine is a latency peak that PeakEWMA
+    // takes at once (as designed), and keeps one replica idle for the rest of a short run.
+    // Against 5 ms, the load term `rtt · (in_flight + 1)` is what decides, which is what this
+    // test is about.
+    let (_a, addr_a) = expert("strong", &["--delay", "5ms"]);
+    let (_b, addr_b) = expert("strong", &["--delay", "5ms"]);
     let dir = tempfile::tempdir().unwrap();
     let body = pool_entry("strong", 0.9, &addresses(&[&addr_a, &addr_b]));
     let (_s, router, _) = scheduler(dir.path(), &body, &[]);
@@ -33,8 +38,10 @@ async fn equal_replicas_share_the_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_gets_a_smaller_share() {
-    let (_fast, addr_fast) = expert("strong", &[]);
-    let (_slow, addr_slow) = expert("strong", &["--delay", "20ms"]);
+    // 2 ms against 40 ms rather than nothing against 20 ms: a scheduling hiccup of a few
+    // milliseconds on a busy machine must not make the fast replica look as slow as the other.
+    let (_fast, addr_fast) = expert("strong", &["--delay", "2ms"]);
+    let (_slow, addr_slow) = expert("strong", &["--delay", "40ms"]);
     let dir = tempfile::tempdir().unwrap();
     let body = pool_entry("strong", 0.9, &addresses(&[&addr_fast, &addr_slow]));
     let (_s, router, _) = scheduler(dir.path(), &body, &[]);
