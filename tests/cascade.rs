@@ -418,7 +418,7 @@ fn the_recommended_policy_keeps_the_choices_made_on_validation() {
         stages: 0,
     };
     let (policy, selection) =
-        train_recommended(&labels, &base, titles, Vec::new(), 0.5, Some(only)).unwrap();
+        train_recommended(&labels, &base, titles, Vec::new(), 0.5, vec![only]).unwrap();
     let tuned = selection.tuned();
     let points = &tuned.points;
     assert!(points[0].1 > 99.0 && points[1].1 < 70.0, "{points:?}");

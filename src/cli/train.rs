@@ -85,12 +85,13 @@ pub struct TrainArgs {
     pub min_propensity: f64,
     /// Price(s) of compute, comma-separated: one rejector per value, all in one policy file
     /// (where the lambda is chosen on validation, only those not under the single experts' mix
-    /// line there).
+    /// line there). The default is 0 and a geometric grid from 1/128 to 0.5, fixed before any
+    /// data is seen.
     #[arg(
         long,
         value_delimiter = ',',
         allow_negative_numbers = true,
-        default_value = "0,0.01,0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3,0.5"
+        default_values_t = crate::train::default_lambdas()
     )]
     pub lambda: Vec<f64>,
     /// The lambda served by default (default: the first of --lambda).
@@ -107,11 +108,12 @@ pub struct TrainArgs {
     /// without --mode; with --mode, only when given).
     #[arg(long)]
     pub at_cost: Option<f64>,
-    /// Defer mode: expert ids that always run first, comma-separated.
+    /// Defer mode: expert ids that always run first, comma-separated (with --at-cost and none
+    /// given, a pair of the three cheapest experts chosen on validation).
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<String>,
     /// Cascade mode: the most experts asked before an answer is kept (default: 3, or the
-    /// number of experts when fewer).
+    /// number of experts when fewer; with --at-cost, 2 or 3 chosen on validation).
     #[arg(long)]
     pub stages: Option<usize>,
     #[arg(long, value_enum, default_value = "em")]
@@ -378,22 +380,38 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
                 options.split_seed,
                 options.test_fraction,
             );
-            let only = mode.map(|_| crate::train::select::Candidate {
-                mode: options.mode,
-                probes: options.probes.clone(),
-                stages: if options.mode == crate::core::learned::Mode::Cascade {
-                    options.stages
-                } else {
-                    0
-                },
-            });
+            // With --mode, the candidates of that mode; the probes (defer) or the number of
+            // stages (cascade) given are kept, the others chosen on validation too.
+            let among: Vec<_> = crate::train::select::candidates(&labels)
+                .into_iter()
+                .filter(|c| {
+                    mode.is_none()
+                        || c.mode == options.mode
+                            && (args.probes.is_empty() || c.probes == options.probes)
+                            && args.stages.is_none_or(|s| c.stages == s)
+                })
+                .collect();
+            let among = if among.is_empty() && mode.is_some() {
+                // Probes or a number of stages the candidates do not include: that one alone.
+                vec![crate::train::select::Candidate {
+                    mode: options.mode,
+                    probes: options.probes.clone(),
+                    stages: if options.mode == crate::core::learned::Mode::Cascade {
+                        options.stages
+                    } else {
+                        0
+                    },
+                }]
+            } else {
+                among
+            };
             let (policy, selection) = crate::train::select::train_recommended(
                 &labels,
                 &options,
                 train_articles,
                 test_articles,
                 at_cost.unwrap_or(0.5),
-                only,
+                among,
             )
             .context(
                 "the lambda (and without --mode, the mode) is chosen on validation articles",

@@ -244,6 +244,7 @@ pub fn mean_surrogate(model: &LinearRejector, examples: &[Example], lambda: f64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::Rng;
 
     fn toy(n: usize) -> Vec<Example> {
         // Agent 0 is right when x > 0, agent 1 when x < 0.
@@ -278,5 +279,69 @@ mod tests {
         assert_eq!(model, fit(&data, 2, 1, 4, 0.0, &config));
         let other = fit(&data, 2, 1, 4, 0.0, &FitConfig { seed: 2, ..config });
         assert_ne!(model, other, "the seed drives the example order");
+    }
+
+    /// The mean surrogate plus the L2 penalties `descend` differentiates (`l2 · w` is the
+    /// gradient of `l2 · w² / 2`).
+    fn objective(model: &LinearRejector, data: &[Example], config: &FitConfig) -> f64 {
+        let d = model.dense.len() / model.bias.len();
+        let dense: f64 = (model.dense.iter().enumerate())
+            .map(|(k, w)| {
+                let l2 = if k % d >= config.probe_features_from {
+                    config.l2_probe
+                } else {
+                    config.l2
+                };
+                0.5 * l2 * w * w
+            })
+            .sum();
+        let hashed: f64 = model
+            .hashed
+            .iter()
+            .map(|w| 0.5 * config.l2_hashed * w * w)
+            .sum();
+        mean_surrogate(model, data, 0.0) + dense + hashed
+    }
+
+    #[test]
+    fn the_default_settings_reach_the_minimum_not_just_near_it() {
+        // Three agents, eight features: each agent's loss depends on a different mix of them,
+        // with noise, as with real queries. The defaults' step count and step size are solver
+        // settings, not model choices, only if more steps no longer lower the (convex)
+        // objective.
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let data: Vec<Example> = (0..600)
+            .map(|_| {
+                let dense: Vec<f64> = (0..8).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let loss = (0..3)
+                    .map(|j| {
+                        let score = dense[j] - 0.5 * dense[j + 3] + rng.random_range(-1.0..1.0);
+                        f64::from(u8::from(score > 0.0))
+                    })
+                    .collect();
+                Example {
+                    dense,
+                    hashed: vec![],
+                    loss,
+                    price: vec![0.0, 0.1, 0.5],
+                    valid: Vec::new(),
+                }
+            })
+            .collect();
+        let config = FitConfig {
+            l2: 0.01,
+            probe_features_from: 4,
+            l2_probe: 0.001,
+            ..FitConfig::default()
+        };
+        let at = |epochs: usize| {
+            let config = FitConfig { epochs, ..config };
+            objective(&fit(&data, 3, 8, 0, 0.1, &config), &data, &config)
+        };
+        let (default, longer) = (at(config.epochs), at(4 * config.epochs));
+        assert!(
+            (default - longer).abs() <= 1e-6 * longer,
+            "{default} after the default steps, {longer} after four times as many"
+        );
     }
 }

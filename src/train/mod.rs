@@ -240,6 +240,25 @@ pub fn training_record(fit: &fit::FitConfig, examples: usize) -> TrainingRecord 
     }
 }
 
+/// The lambdas a bank is trained at when none are given, in ascending order: 0, then 2^(−k/2)
+/// for k = 14 down to 2 (1/128 up to 0.5, each about 1.41 times the one before), to three
+/// significant digits.
+///
+/// Lambda prices an expert's compute in errors: asking the most expensive expert costs lambda
+/// of one wrong answer (prices are divided by the highest). A geometric grid over that range is
+/// fixed here, before any data is seen, and serves any pool; which of its entries a policy
+/// keeps, and which it serves, is chosen on validation articles (`train::select`).
+pub fn default_lambdas() -> Vec<f64> {
+    std::iter::once(0.0)
+        .chain((2..=14).rev().map(|k| {
+            let x = 2f64.powf(-f64::from(k) / 2.0);
+            format!("{x:.2e}")
+                .parse::<f64>()
+                .expect("a float prints as one")
+        }))
+        .collect()
+}
+
 /// A bank's lambdas: at least one, each finite and >= 0.
 pub fn check_lambdas(lambdas: &[f64]) -> anyhow::Result<()> {
     anyhow::ensure!(!lambdas.is_empty(), "--lambda needs at least one value");

@@ -74,8 +74,8 @@ impl Candidate {
 }
 
 /// The candidates for a pool: route; defer with each pair of the three cheapest experts as
-/// probes (with three or more experts); the cascade asking up to three experts (fewer in a
-/// smaller pool).
+/// probes (with three or more experts); the cascade asking up to two experts, and up to three
+/// (with three or more experts).
 pub fn candidates(labels: &Labels) -> Vec<Candidate> {
     let experts = &labels.header.experts;
     let mut by_cost: Vec<usize> = (0..experts.len()).collect();
@@ -97,11 +97,11 @@ pub fn candidates(labels: &Labels) -> Vec<Candidate> {
             });
         }
     }
-    if experts.len() >= 2 {
+    for stages in 2..=experts.len().min(3) {
         out.push(Candidate {
             mode: Mode::Cascade,
             probes: Vec::new(),
-            stages: experts.len().min(3),
+            stages,
         });
     }
     out
@@ -422,18 +422,17 @@ fn most_accurate<'a>(validated: impl Iterator<Item = &'a Validated>) -> Option<&
     validated.reduce(|best, v| if v.beats(best) { v } else { best })
 }
 
-/// The recommended policy for a pool: selection among `candidates` (all of [`candidates`] when
-/// `None`) on validation articles carved out of `train_articles`, then the chosen candidate
-/// trained on all of them, serving the selected lambda by default.
+/// The recommended policy for a pool: selection among `among` on validation articles carved
+/// out of `train_articles`, then the chosen candidate trained on all of them, serving the
+/// selected lambda by default.
 pub fn train_recommended(
     labels: &Labels,
     base: &TrainOptions,
     train_articles: Vec<String>,
     test_articles: Vec<String>,
     at_cost: f64,
-    only: Option<Candidate>,
+    among: Vec<Candidate>,
 ) -> anyhow::Result<(PolicyFile, Selection)> {
-    let among = only.map_or_else(|| candidates(labels), |c| vec![c]);
     let selection = select_among(labels, base, &train_articles, at_cost, among)?;
     let tuned = selection.tuned();
     let mut policy = train_on(labels, &tuned.options(base), train_articles, test_articles)?;
