@@ -360,6 +360,7 @@ fn train_with_no_flags_chooses_the_mode_and_lambda_on_validation() {
         "defer (a, b)",
         "defer (a, d)",
         "defer (b, d)",
+        "cascade (up to 2 experts)",
         "cascade (up to 3 experts)",
     ] {
         assert!(
@@ -390,6 +391,43 @@ fn train_with_no_flags_chooses_the_mode_and_lambda_on_validation() {
             .iter()
             .any(|e| e.lambda == policy.default_lambda)
     );
+}
+
+/// With a mode and a cost target, the choices the flags leave open are made on validation among
+/// that mode's candidates alone: the cascade's number of stages when `--stages` is not given,
+/// none when it is.
+#[test]
+fn a_mode_with_a_cost_target_chooses_what_its_flags_leave_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels_path = dir.path().join("labels.jsonl");
+    agreement_labels(400, 12, 3).write(&labels_path).unwrap();
+    let train = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_l2d"))
+            .args(["train", "--labels"])
+            .arg(&labels_path)
+            .args(["--out"])
+            .arg(dir.path().join("policy.json"))
+            .args([
+                "--lambda", "0.02,0.3", "--epochs", "20", "--mode", "cascade",
+            ])
+            .args(["--at-cost", "0.5"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let validated = |name: &str| stderr.contains(&format!(": {name} "));
+        (
+            validated("cascade (up to 2 experts)"),
+            validated("cascade (up to 3 experts)"),
+            validated("route") || stderr.contains(": defer ("),
+            stderr,
+        )
+    };
+    let (two, three, other_modes, stderr) = train(&[]);
+    assert!(two && three && !other_modes, "{stderr}");
+    let (two, three, other_modes, stderr) = train(&["--stages", "2"]);
+    assert!(two && !three && !other_modes, "{stderr}");
 }
 
 /// The recommended policy is trained at the L2 strengths chosen on validation and serves only

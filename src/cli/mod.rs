@@ -61,7 +61,7 @@ pub enum Command {
     /// Label a data set: run every expert of a pool on every question, through gRPC.
     Label(LabelArgs),
     /// Train the rejector bank (Learning-to-Defer surrogate) from labels; with no --mode, the
-    /// recommended policy (mode, probes and lambda chosen on validation articles).
+    /// recommended policy (mode, probes or stages, and lambda chosen on validation articles).
     Train(TrainArgs),
     /// Cross-validate the whole procedure by article: per fold, choices on validation articles,
     /// figures on test articles, beside the baselines.

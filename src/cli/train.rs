@@ -109,7 +109,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub at_cost: Option<f64>,
     /// Defer mode: expert ids that always run first, comma-separated (with --at-cost and none
-    /// given, a pair of the three cheapest experts chosen on validation).
+    /// given, in a pool of three or more experts: a pair of the three cheapest, chosen on
+    /// validation).
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<String>,
     /// Cascade mode: the most experts asked before an answer is kept (default: 3, or the
@@ -386,9 +387,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|c| {
                     mode.is_none()
-                        || c.mode == options.mode
+                        || (c.mode == options.mode
                             && (args.probes.is_empty() || c.probes == options.probes)
-                            && args.stages.is_none_or(|s| c.stages == s)
+                            && args.stages.is_none_or(|s| c.stages == s))
                 })
                 .collect();
             let among = if among.is_empty() && mode.is_some() {

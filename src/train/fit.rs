@@ -281,9 +281,9 @@ mod tests {
         assert_ne!(model, other, "the seed drives the example order");
     }
 
-    /// The mean surrogate plus the L2 penalties `descend` differentiates (`l2 · w` is the
-    /// gradient of `l2 · w² / 2`).
-    fn objective(model: &LinearRejector, data: &[Example], config: &FitConfig) -> f64 {
+    /// What `fit` minimises at `lambda`: the mean surrogate plus the L2 penalties `descend`
+    /// differentiates (`l2 · w` is the gradient of `l2 · w² / 2`).
+    fn objective(model: &LinearRejector, data: &[Example], config: &FitConfig, lambda: f64) -> f64 {
         let d = model.dense.len() / model.bias.len();
         let dense: f64 = (model.dense.iter().enumerate())
             .map(|(k, w)| {
@@ -300,7 +300,7 @@ mod tests {
             .iter()
             .map(|w| 0.5 * config.l2_hashed * w * w)
             .sum();
-        mean_surrogate(model, data, 0.0) + dense + hashed
+        mean_surrogate(model, data, lambda) + dense + hashed
     }
 
     #[test]
@@ -336,7 +336,7 @@ mod tests {
         };
         let at = |epochs: usize| {
             let config = FitConfig { epochs, ..config };
-            objective(&fit(&data, 3, 8, 0, 0.1, &config), &data, &config)
+            objective(&fit(&data, 3, 8, 0, 0.1, &config), &data, &config, 0.1)
         };
         let (default, longer) = (at(config.epochs), at(4 * config.epochs));
         assert!(

@@ -1,14 +1,15 @@
 //! Honest selection, and `l2d cv`.
 //!
-//! Every choice — the mode, defer mode's probes, the L2 strengths, which lambdas the bank keeps,
-//! the lambda served — is made on *validation* articles carved out of the training articles,
-//! never on test articles:
+//! Every choice — the mode, defer mode's probes, the cascade's number of stages, the L2
+//! strengths, which lambdas the bank keeps, the lambda served — is made on *validation*
+//! articles carved out of the training articles, never on test articles:
 //!
 //! 1. the training articles are split again by article into inner-training and validation
 //!    articles;
 //! 2. each candidate ([`candidates`]: one-shot route, fixed-probe defer with each pair of the
-//!    three cheapest experts as probes, the cascade) is trained on the inner-training articles
-//!    and its whole bank is evaluated on the validation articles;
+//!    three cheapest experts as probes, the cascade asking up to two and up to three experts)
+//!    is trained on the inner-training articles and its whole bank is evaluated on the
+//!    validation articles;
 //! 3. per candidate, the bank keeps the entries not under the single experts' mix line there
 //!    ([`worth_serving`]), and the lambda served is the most accurate kept entry whose
 //!    validation mean cost is at most the cost target (a fraction of the always-best expert's
@@ -485,6 +486,8 @@ pub struct CvOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Selected {
     pub mode: Mode,
+    /// Which candidate of the mode ([`Candidate::name`]; "agreement table" for the table).
+    pub candidate: String,
     pub lambda: f64,
     pub em: f64,
     pub f1: f64,
@@ -510,7 +513,8 @@ pub struct FoldReport {
     pub selected: Selected,
     /// Cost of the expert most accurate on the fold's training articles.
     pub always_best_cost: f64,
-    /// Each other candidate trained the same way, at its own validation-chosen lambda.
+    /// The best candidate on validation of each other mode, trained the same way, at its own
+    /// validation-chosen lambda.
     pub others: Vec<Selected>,
     /// The agreement table at the lambda chosen on validation the same way (from a finer grid
     /// than the bank's, see [`table_lambdas`]).
@@ -615,7 +619,7 @@ fn bars(folds: &[FoldReport], mean: &Summary) -> Vec<super::eval::Bar> {
 }
 
 fn selected_row(
-    mode: Mode,
+    candidate: &Candidate,
     lambda: f64,
     row: &Row,
     always_best: f64,
@@ -623,7 +627,8 @@ fn selected_row(
 ) -> Selected {
     let mix_em = mix_at(report, row.mean_cost);
     Selected {
-        mode,
+        mode: candidate.mode,
+        candidate: candidate.name(),
         lambda,
         em: row.em,
         f1: row.f1,
@@ -731,9 +736,9 @@ fn fold(
     let mut chosen_report = None;
     let mut others = Vec::new();
     for v in &selection.candidates {
-        // The defer candidates the selection did not pick are not retrained: only the best
-        // defer candidate on validation stands for fixed-probe defer (the chosen one, in the
-        // chosen mode).
+        // The defer and cascade candidates the selection did not pick are not retrained: only
+        // the best of each mode on validation stands for it (the chosen one, in the chosen
+        // mode).
         let best_of_mode = if v.candidate.mode == selection.chosen.mode {
             v.candidate == selection.chosen
         } else {
@@ -757,13 +762,7 @@ fn fold(
         let policy = train_on(labels, &v.options(base), train.clone(), test.clone())?;
         let report = evaluate(labels, &policy, &options.eval)?;
         let point = point_at(&report.policy.curve, v.lambda);
-        let row = selected_row(
-            v.candidate.mode,
-            point.lambda,
-            &point.row,
-            always_best,
-            &report,
-        );
+        let row = selected_row(&v.candidate, point.lambda, &point.row, always_best, &report);
         if v.candidate == selection.chosen {
             chosen_report = Some((row, report));
         } else {
@@ -794,6 +793,7 @@ fn fold(
     let mix_em = mix_at(&report, mean_cost);
     let agreement_table = Selected {
         mode: Mode::Cascade,
+        candidate: "agreement table".into(),
         lambda: table_lambda,
         em,
         f1: f64::NAN,
@@ -891,7 +891,7 @@ pub fn to_markdown(report: &CvReport) -> String {
             .map(|o| {
                 format!(
                     "{} {:+.2} at {:.0}%",
-                    o.mode.as_str(),
+                    o.candidate,
                     o.gap,
                     100.0 * o.cost_fraction
                 )
