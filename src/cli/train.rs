@@ -383,28 +383,14 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
             // With --mode, the candidates of that mode; the probes (defer) or the number of
             // stages (cascade) given are kept, the others chosen on validation too.
-            let among: Vec<_> = crate::train::select::candidates(&labels)
-                .into_iter()
-                .filter(|c| {
-                    mode.is_none()
-                        || (c.mode == options.mode
-                            && (args.probes.is_empty() || c.probes == options.probes)
-                            && args.stages.is_none_or(|s| c.stages == s))
-                })
-                .collect();
-            let among = if among.is_empty() && mode.is_some() {
-                // Probes or a number of stages the candidates do not include: that one alone.
-                vec![crate::train::select::Candidate {
-                    mode: options.mode,
-                    probes: options.probes.clone(),
-                    stages: if options.mode == crate::core::learned::Mode::Cascade {
-                        options.stages
-                    } else {
-                        0
-                    },
-                }]
-            } else {
-                among
+            let among = match mode {
+                None => crate::train::select::candidates(&labels),
+                Some(_) => crate::train::select::candidates_in_mode(
+                    &labels,
+                    options.mode,
+                    &options.probes,
+                    args.stages,
+                ),
             };
             let (policy, selection) = crate::train::select::train_recommended(
                 &labels,

@@ -48,6 +48,17 @@ pub struct FitConfig {
     pub seed: u64,
 }
 
+impl FitConfig {
+    /// The L2 strength on the weights of dense feature `feature`.
+    fn dense_l2(&self, feature: usize) -> f64 {
+        if feature >= self.probe_features_from {
+            self.l2_probe
+        } else {
+            self.l2
+        }
+    }
+}
+
 impl Default for FitConfig {
     fn default() -> Self {
         Self {
@@ -148,12 +159,7 @@ pub fn descend(
             g_bias.iter_mut().for_each(|g| *g = 0.0);
             // L2 on the weights; the data gradient is added below.
             for (k, (g, w)) in g_dense.iter_mut().zip(&model.dense).enumerate() {
-                let l2 = if k % dense_len >= config.probe_features_from {
-                    config.l2_probe
-                } else {
-                    config.l2
-                };
-                *g = l2 * w;
+                *g = config.dense_l2(k % dense_len) * w;
             }
             for (g, w) in g_hashed.iter_mut().zip(&model.hashed) {
                 *g = config.l2_hashed * w;
@@ -286,14 +292,7 @@ mod tests {
     fn objective(model: &LinearRejector, data: &[Example], config: &FitConfig, lambda: f64) -> f64 {
         let d = model.dense.len() / model.bias.len();
         let dense: f64 = (model.dense.iter().enumerate())
-            .map(|(k, w)| {
-                let l2 = if k % d >= config.probe_features_from {
-                    config.l2_probe
-                } else {
-                    config.l2
-                };
-                0.5 * l2 * w * w
-            })
+            .map(|(k, w)| 0.5 * config.dense_l2(k % d) * w * w)
             .sum();
         let hashed: f64 = model
             .hashed

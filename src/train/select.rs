@@ -108,6 +108,40 @@ pub fn candidates(labels: &Labels) -> Vec<Candidate> {
     out
 }
 
+/// The candidates `l2d train --mode MODE --at-cost F` chooses among: those of [`candidates`] in
+/// `mode`, with the probes given (when any) and the number of stages given (when any); the one
+/// candidate they describe when [`candidates`] holds none such (probes in another order, or
+/// not among the three cheapest).
+pub fn candidates_in_mode(
+    labels: &Labels,
+    mode: Mode,
+    probes: &[String],
+    stages: Option<usize>,
+) -> Vec<Candidate> {
+    let among: Vec<Candidate> = candidates(labels)
+        .into_iter()
+        .filter(|c| {
+            c.mode == mode
+                && (probes.is_empty() || c.probes == probes)
+                && stages.is_none_or(|s| c.stages == s)
+        })
+        .collect();
+    if among.is_empty() {
+        let default_stages = labels.header.experts.len().min(3);
+        vec![Candidate {
+            mode,
+            probes: probes.to_vec(),
+            stages: if mode == Mode::Cascade {
+                stages.unwrap_or(default_stages)
+            } else {
+                0
+            },
+        }]
+    } else {
+        among
+    }
+}
+
 /// The L2 strengths of a fit: the ones the selection tunes on validation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Regularisation {
