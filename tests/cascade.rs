@@ -77,9 +77,11 @@ async fn the_live_cascade_walks_as_the_offline_evaluation_does() {
     let served = policy.nearest(policy.default_lambda);
     let offline = choices(&policy, served, &records, &labels, &probes);
 
-    // Live, with no load term (the offline walk knows no load).
+    // Live, with no load term (the offline walk knows no load), every decision logged.
+    let log_path = dir.path().join("decisions.jsonl");
     let config = SchedulerConfig {
         wait_price: 0.0,
+        decision_log: Some(log_path.clone()),
         ..SchedulerConfig::default()
     };
     let (node, _scheduler, local) = spawn_policy_scheduler(config, &pool, &policy_path).await;
@@ -129,6 +131,30 @@ async fn the_live_cascade_walks_as_the_offline_evaluation_does() {
     );
     node.stop().await;
     local.shutdown().await.unwrap();
+
+    // Evaluated from its own log, the policy is its logger: it gives the answer logged for
+    // every question (propensity 1), so the estimates, the logged EM and the directly computed
+    // EM are one value, the offline walk's, and so is the cost.
+    let log = l2d::train::offpolicy::read_log(&log_path).unwrap();
+    let report = l2d::train::offpolicy::evaluate_from_log(&log, &labels, &policy).unwrap();
+    assert_eq!(report.joined, records.len());
+    let n = records.len() as f64;
+    let em = 100.0
+        * records
+            .iter()
+            .zip(&offline)
+            .map(|(r, &(agent, _))| r.experts[agent].em)
+            .sum::<f64>()
+        / n;
+    let cost = offline.iter().map(|&(_, c)| c).sum::<f64>() / n;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(report.direct_em, em), "{report:?} against {em}");
+    assert!(close(report.logging_em, em), "{report:?} against {em}");
+    assert!(
+        close(report.estimated_em.ips, em),
+        "{report:?} against {em}"
+    );
+    assert!(close(report.mean_cost, cost), "{report:?} against {cost}");
 }
 
 /// Four experts, no servers: `a` (cost 1) and `b` (cost 2) are each right on 60% of the

@@ -435,6 +435,20 @@ pub fn walk(
     asked: &mut [bool],
     scratch: &mut (Vec<f64>, Vec<f64>),
 ) -> usize {
+    walk_among(stages, standardize, full, asked, &[], scratch)
+}
+
+/// [`walk`] where only the agents flagged in `able` can be asked (empty: all of them), as the
+/// scheduler never asks an expert that cannot take the query (a replay expert holding no
+/// recording of it).
+pub fn walk_among(
+    stages: &[&LinearRejector],
+    standardize: &Standardization,
+    full: &Features,
+    asked: &mut [bool],
+    able: &[bool],
+    scratch: &mut (Vec<f64>, Vec<f64>),
+) -> usize {
     let last = stages.len() - 1;
     loop {
         let stage = asked.iter().filter(|a| **a).count().min(last);
@@ -442,7 +456,7 @@ pub fn walk(
         cascade_dense(&full.dense, asked, dense);
         standardize.apply(dense);
         stages[stage].logits(dense, &[], logits);
-        let action = best_action(logits, asked, stage == last);
+        let action = best_action(logits, asked, able, stage == last);
         if asked[action] {
             return action;
         }
@@ -451,11 +465,13 @@ pub fn walk(
 }
 
 /// Cascade mode: the agent of highest logit among the actions of a state (keep an answer of an
-/// agent asked; ask another one, except at the last stage). Ties go to the first.
-pub fn best_action(logits: &[f64], asked: &[bool], last_stage: bool) -> usize {
+/// agent asked; ask another one that is `able` (empty: any), except at the last stage). Ties go
+/// to the first.
+pub fn best_action(logits: &[f64], asked: &[bool], able: &[bool], last_stage: bool) -> usize {
     let mut best: Option<usize> = None;
     for (j, &r) in logits.iter().enumerate() {
-        if (asked[j] || !last_stage) && best.is_none_or(|b| r > logits[b]) {
+        let action = asked[j] || (!last_stage && able.get(j).copied().unwrap_or(true));
+        if action && best.is_none_or(|b| r > logits[b]) {
             best = Some(j);
         }
     }
@@ -622,4 +638,51 @@ pub fn digest(bytes: &[u8]) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{:08x}", h >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::features::{cascade_dense_len, featurize};
+
+    #[test]
+    fn a_walk_asks_only_the_agents_able_to_take_the_query() {
+        let agents = 3;
+        let full = featurize(
+            "Who won?",
+            "The Broncos won.",
+            &[Some("Broncos"), Some("Broncos"), None],
+        );
+        let d = cascade_dense_len(agents);
+        let standardize = Standardization {
+            mean: vec![0.0; d],
+            std: vec![1.0; d],
+        };
+        // Stage 0 asks agent 0 first, else 1, else 2 (biases only); stage 1, the last, keeps
+        // the answer seen.
+        let mut first = LinearRejector::zeros(agents, d, 0);
+        first.bias = vec![3.0, 2.0, 1.0];
+        let last = LinearRejector::zeros(agents, d, 0);
+        let stages = [&first, &last];
+        let mut scratch = (Vec::new(), Vec::new());
+        let mut asked = vec![false; agents];
+        assert_eq!(
+            walk(&stages, &standardize, &full, &mut asked, &mut scratch),
+            0
+        );
+        let mut asked = vec![false; agents];
+        let able = [false, true, true];
+        assert_eq!(
+            walk_among(
+                &stages,
+                &standardize,
+                &full,
+                &mut asked,
+                &able,
+                &mut scratch
+            ),
+            1
+        );
+        assert_eq!(asked, [false, true, false]);
+    }
 }

@@ -66,7 +66,7 @@ pub fn pairs(
                 };
                 out[stage].push((p[j], cost));
             }
-            let action = best_action(&logits, &asked, stage == last);
+            let action = best_action(&logits, &asked, &[], stage == last);
             if asked[action] {
                 break;
             }

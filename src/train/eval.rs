@@ -7,7 +7,7 @@ use super::labels::{LabelRecord, Labels};
 use super::table::{AgreementTable, normalised};
 use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::features::question_word;
-use crate::core::learned::{Mode, PolicyFile, walk};
+use crate::core::learned::{Mode, PolicyFile, walk_among};
 use crate::core::metric::normalize_answer;
 use crate::core::rejector::argmax;
 use serde::Serialize;
@@ -508,14 +508,24 @@ pub fn choices_priced(
             .map(|k| costs[k])
             .sum()
     };
+    // A cascade never asks an expert that has no answer to the question (the scheduler does
+    // not call a replay expert that holds no recording of it).
+    let able =
+        |r: &LabelRecord| -> Vec<bool> { r.experts.iter().map(|e| e.answer.is_some()).collect() };
     if policy.mode == Mode::Cascade && priced {
         for r in records {
             let full = super::cascade::full_features(r);
+            let able = able(r);
             for (&e, choices) in entries.iter().zip(&mut out) {
                 let mut asked = vec![false; costs.len()];
                 let kept = loop {
                     let (stage, valid) = policy.state_logits(e, &full, &asked, &mut logits);
                     policy.expected_costs(e, stage, &mut logits, &valid);
+                    for (j, score) in logits.iter_mut().enumerate() {
+                        if !asked[j] && !able[j] {
+                            *score = f64::INFINITY;
+                        }
+                    }
                     let j = best(&logits, &|j| asked[j]);
                     if asked[j] {
                         break j;
@@ -532,9 +542,17 @@ pub fn choices_priced(
         let mut scratch = (Vec::new(), Vec::new());
         for r in records {
             let full = super::cascade::full_features(r);
+            let able = able(r);
             for (stages, choices) in stages.iter().zip(&mut out) {
                 let mut asked = vec![false; costs.len()];
-                let j = walk(stages, &policy.standardize, &full, &mut asked, &mut scratch);
+                let j = walk_among(
+                    stages,
+                    &policy.standardize,
+                    &full,
+                    &mut asked,
+                    &able,
+                    &mut scratch,
+                );
                 choices.push((j, paid(&asked)));
             }
         }

@@ -9,7 +9,7 @@
 //!   are logged with `--decision-log-queries`, and each estimate gets a bootstrap interval.
 
 use super::labels::Labels;
-use super::{extra_cost, probe_answers, probe_indices};
+use super::{probe_answers, probe_indices};
 use crate::core::learned::PolicyFile;
 use crate::core::offpolicy::{Estimate, Intervals, Sample, estimate};
 use crate::core::rejector::argmax;
@@ -214,7 +214,6 @@ pub fn evaluate_from_log(
         "the policy and the labels name different experts"
     );
     let probes = probe_indices(labels, &policy.probes)?;
-    let probe_cost: f64 = probes.iter().map(|&p| labels.header.experts[p].cost).sum();
     let by_id: HashMap<&str, usize> = labels
         .records
         .iter()
@@ -222,23 +221,37 @@ pub fn evaluate_from_log(
         .map(|(i, r)| (r.id.as_str(), i))
         .collect();
     let entry = policy.nearest(policy.default_lambda);
+    let joined: Vec<(&LoggedDecision, &super::labels::LabelRecord)> = log
+        .iter()
+        .filter_map(|d| {
+            let &i = by_id.get(d.query_id.as_deref()?)?;
+            Some((d, &labels.records[i]))
+        })
+        .collect();
+    // The answer the candidate would give and what it would pay, as `l2d eval` computes them
+    // (a cascade walks its stages over the labelled answers).
+    let records: Vec<_> = joined.iter().map(|&(_, r)| r).collect();
+    let picks = super::eval::choices(policy, entry, &records, labels, &probes);
     let (mut evaluated, mut logging, mut direct, mut cost) = (Vec::new(), 0.0, 0.0, 0.0);
     let mut logits = Vec::new();
-    for d in log {
-        let Some(&i) = d.query_id.as_deref().and_then(|q| by_id.get(q)) else {
-            continue;
-        };
-        let record = &labels.records[i];
-        let features = policy.features(
-            &record.question,
-            &record.context,
-            None,
-            &probe_answers(record, &probes),
-        );
-        policy.logits(entry, &features, &mut logits);
-        let pick = argmax(&logits);
+    for (&(d, record), &(pick, paid)) in joined.iter().zip(&picks) {
         direct += record.experts[pick].em;
-        cost += probe_cost + extra_cost(labels, &probes, pick);
+        cost += paid;
+        // Its own estimate that the answer is right: a route or defer policy's calibrated
+        // score of its one decision (a cascade's last decision depends on the stages before
+        // it: the logged means stand in).
+        let own = if policy.mode == crate::core::learned::Mode::Cascade {
+            None
+        } else {
+            let features = policy.features(
+                &record.question,
+                &record.context,
+                None,
+                &probe_answers(record, &probes),
+            );
+            policy.logits(entry, &features, &mut logits);
+            own_estimate(policy, entry, &logits, pick)
+        };
         let reward = d
             .answered_by
             .as_deref()
@@ -250,7 +263,7 @@ pub fn evaluate_from_log(
             chosen: ids.iter().position(|x| *x == d.chosen),
             reward,
             propensity: d.propensity,
-            own: own_estimate(policy, entry, &logits, pick),
+            own,
         });
     }
     let (samples, direct_model) = samples(&evaluated, ids.len());
