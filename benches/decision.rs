@@ -117,13 +117,14 @@ fn sample_at(dataset: &Dataset, words: usize, n: usize) -> Vec<(String, String, 
         .collect()
 }
 
-/// The shipped learned policy (defer mode) on whole dev passages: featurize with the probes'
+/// The shipped defer-mode policy (`policies/squad-v1.1-defer.json`) on whole dev passages: featurize with the probes'
 /// answers, score the five experts, decide; at the median passage length and at the 90th
 /// percentile, 32 questions each, one per iteration in turn.
 fn bench_learned(c: &mut Criterion) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (policy, _) =
-        l2d::scheduler::load_policy_file(&root.join("policies/squad-v1.1.json"), None).unwrap();
+        l2d::scheduler::load_policy_file(&root.join("policies/squad-v1.1-defer.json"), None)
+            .unwrap();
     let dataset = Dataset::load(&root.join("data/squad-v1.1/dev.json")).unwrap();
     let mut lengths: Vec<usize> = dataset
         .articles

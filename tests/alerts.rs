@@ -77,7 +77,7 @@ async fn the_rules_and_the_dashboard_read_metrics_the_scheduler_exports() {
         "--target-cost",
         "50",
         "--candidate-policy",
-        "policies/squad-v1.1-cascade.json",
+        "policies/squad-v1.1-defer.json",
     ]);
     let metrics = up.address_in("metrics serving");
     let router = up.address_in("scheduler serving");

@@ -80,12 +80,15 @@ fn replica<'a>(pool: &'a pb::ListPoolResponse, expert: &str) -> &'a pb::ReplicaS
 async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_replay_call() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pool = l2d::pool_file::PoolFile::load(&root.join("pools/squad-v1.1.toml")).unwrap();
-    let (node, scheduler, local) = spawn_policy_scheduler(
-        SchedulerConfig::default(),
-        &pool,
-        &root.join("policies/squad-v1.1.json"),
-    )
-    .await;
+    // Waiting unpriced: every decision on a dev question is the policy's own (at these
+    // microseconds, the price of waiting may tip a near-tie to a probe's answer, a "load"
+    // override).
+    let config = SchedulerConfig {
+        wait_price: 0.0,
+        ..SchedulerConfig::default()
+    };
+    let (node, scheduler, local) =
+        spawn_policy_scheduler(config, &pool, &root.join("policies/squad-v1.1-defer.json")).await;
     let mut router = RouterClient::from_channel(node.channel().await);
     let mut admin = PoolClient::new(node.channel().await);
 

@@ -3,7 +3,7 @@
 //! exploration.
 //!
 //! The log is written the way the scheduler writes it with `--explore 0.3
-//! --decision-log-queries` and outcomes reported from gold answers: the shipped defer policy
+//! --decision-log-queries` and outcomes reported from gold answers: the shipped defer-mode policy
 //! decides (after asking its two probes, whose answers are logged as observed), ε-greedy over
 //! the pool's experts, with the propensity of the expert chosen; the reward is the official
 //! exact match of that expert's recorded answer. The new policy is the same file at the most
@@ -83,7 +83,7 @@ fn pick(policy: &PolicyFile, q: &Question, logits: &mut Vec<f64>) -> usize {
 #[test]
 fn the_doubly_robust_interval_covers_a_new_policys_true_value_for_most_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("policies/squad-v1.1.json")).unwrap();
+    let text = std::fs::read_to_string(root.join("policies/squad-v1.1-defer.json")).unwrap();
     let logger = PolicyFile::parse(&text).unwrap();
     let mut new = logger.clone();
     new.default_lambda = new

@@ -115,7 +115,7 @@ async fn a_scheduler_without_a_decision_log_refuses_outcomes() {
     assert!(refused.message().contains("--decision-log"), "{refused:?}");
 }
 
-/// The whole loop on the default pool: the shipped policy serves with exploration and logs its
+/// The whole loop on the default pool: the shipped defer-mode policy serves with exploration and logs its
 /// queries, a grader reports outcomes from gold answers, and another policy is evaluated from
 /// the log alone: every rewarded decision usable (the probes' answers were logged as seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +124,7 @@ async fn a_policy_is_evaluated_from_the_served_log_and_its_reported_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("decisions.jsonl");
     let pool = l2d::pool_file::PoolFile::load(&root.join("pools/squad-v1.1.toml")).unwrap();
-    let policy_path = root.join("policies/squad-v1.1.json");
+    let policy_path = root.join("policies/squad-v1.1-defer.json");
     let config = SchedulerConfig {
         explore: 0.3,
         decision_log: Some(log.clone()),

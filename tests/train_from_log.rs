@@ -147,7 +147,7 @@ fn a_policy_learned_from_the_log_alone_routes_nearly_as_well_as_one_learned_from
     ]);
     let labels = Labels::read(&path("labels.jsonl")).unwrap();
     let logger = PolicyFile::parse(
-        &std::fs::read_to_string(repo().join("policies/squad-v1.1.json")).unwrap(),
+        &std::fs::read_to_string(repo().join("policies/squad-v1.1-defer.json")).unwrap(),
     )
     .unwrap();
     write_log(&path("decisions.jsonl"), &labels, &logger, 0.3, 7);

@@ -12,7 +12,7 @@
 //!   bookkeeping);
 //! - (c0) as (c) with the prior policy, which reads no features: what featurizing costs;
 //! - (d) the route policy over the whole default pool (five experts);
-//! - (e) the shipped defer-mode policy over the whole pool (probes first: two or three hops).
+//! - (e) the shipped policy over the whole pool (a cascade: one or two expert calls per query).
 //!
 //! (b) and (c) are measured in interleaved rounds (b, c, then c, b, …), each round at
 //! concurrency 1 (latency) and saturated (requests/s), and the server process's CPU time
@@ -411,7 +411,7 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
     let route_path = dir.path().join("route.json");
     std::fs::write(&route_path, serde_json::to_string(&route)?)?;
     let route_path = route_path.to_string_lossy().into_owned();
-    let defer_path = default_policy_path().to_string_lossy().into_owned();
+    let shipped_path = default_policy_path().to_string_lossy().into_owned();
 
     let experts = Node::spawn(&["experts"])?;
     let bert = experts.address("bert-large")?;
@@ -476,9 +476,9 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
             Some(route_path.as_str()),
         ),
         (
-            "(e) scheduler, shipped defer policy, 5-expert pool",
+            "(e) scheduler, shipped policy, 5-expert pool",
             all.as_str(),
-            Some(defer_path.as_str()),
+            Some(shipped_path.as_str()),
         ),
     ];
     for (name, pool_arg, policy) in others {
