@@ -109,7 +109,7 @@ async fn the_default_pool_answers_a_new_question_with_its_live_reader_and_no_rep
         "no policy score; the only eligible expert; excluded: lr, match-lstm, rnet-plus, \
          slqa-plus, bert-large (no recording of this question)"
     );
-    // The shipped policy's probes hold no recording of it either: listed, never sent.
+    // The defer policy's probes hold no recording of it either: listed, never sent.
     assert_eq!(decision.probes.len(), 2, "{:?}", decision.probes);
     assert!(
         decision

@@ -353,29 +353,42 @@ fn check_overlay(overlay: &str, unscored: &[&str]) {
         }
     }
 
-    // The policy's probes get a call on every query: in production they scale with that traffic,
-    // read from a metric the workers export.
+    // The experts most queries ask first (a defer policy's probes, the cheap experts a cascade's
+    // first stage asks) scale with that traffic in production, read from a metric the workers
+    // export: every expert autoscaler that reads a Pods metric reads one that exists, and the
+    // experts a defer policy would probe have one.
     if overlay == "prod" {
         let exported = worker_metric_families();
-        for probe in &policy.probes {
-            let name = format!("l2d-expert-{probe}");
-            let hpa = objects
-                .iter()
-                .find(|o| {
-                    o["kind"] == "HorizontalPodAutoscaler" && o["metadata"]["name"] == name.as_str()
-                })
-                .unwrap_or_else(|| panic!("the probe {probe} has no autoscaler"));
-            assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], name.as_str());
-            let traffic = hpa["spec"]["metrics"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .find(|m| m["type"] == "Pods")
-                .unwrap_or_else(|| panic!("{name} does not scale with traffic"));
-            let metric = str_of(&traffic["pods"]["metric"]["name"]);
+        let on_traffic: Vec<(&str, &str)> = objects
+            .iter()
+            .filter(|o| o["kind"] == "HorizontalPodAutoscaler")
+            .filter_map(|hpa| {
+                let traffic = hpa["spec"]["metrics"]
+                    .as_sequence()?
+                    .iter()
+                    .find(|m| m["type"] == "Pods")?;
+                Some((
+                    str_of(&hpa["spec"]["scaleTargetRef"]["name"]),
+                    str_of(&traffic["pods"]["metric"]["name"]),
+                ))
+            })
+            .collect();
+        for (target, metric) in &on_traffic {
             assert!(
                 exported.iter().any(|e| e == metric),
-                "{name} scales on {metric}, which a worker does not export ({exported:?})"
+                "{target} scales on {metric}, which a worker does not export ({exported:?})"
+            );
+        }
+        let defer = PolicyFile::parse(
+            &std::fs::read_to_string(repo().join("policies/squad-v1.1-defer.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(!defer.probes.is_empty());
+        for probe in policy.probes.iter().chain(&defer.probes) {
+            let name = format!("l2d-expert-{probe}");
+            assert!(
+                on_traffic.iter().any(|(target, _)| *target == name),
+                "the probe {probe} does not scale with traffic: {on_traffic:?}"
             );
         }
     }

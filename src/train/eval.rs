@@ -508,8 +508,9 @@ pub fn choices_priced(
             .map(|k| costs[k])
             .sum()
     };
-    // A cascade never asks an expert that has no answer to the question (the scheduler does
-    // not call a replay expert that holds no recording of it).
+    // A cascade never asks an expert that has no answer to the question: the scheduler does
+    // not call a replay expert that holds no recording of it. (An expert whose call failed
+    // while labelling has no answer either, and is treated the same.)
     let able =
         |r: &LabelRecord| -> Vec<bool> { r.experts.iter().map(|e| e.answer.is_some()).collect() };
     if policy.mode == Mode::Cascade && priced {
