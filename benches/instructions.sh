@@ -12,6 +12,7 @@
 #
 # Usage: benches/instructions.sh [L2D_BINARY] [REQUESTS] [CONCURRENCY]
 #   defaults: target/release/l2d, 1000 requests, one call in flight.
+#   KEEP=DIR copies each server's callgrind profile to DIR/ROLE.cg (for callgrind_annotate).
 # Needs valgrind (apt-get install valgrind) and python3.
 set -euo pipefail
 
@@ -93,6 +94,10 @@ for role in proxy prior route; do
     [ "$errors" = 0 ] || { echo "$role: $errors errors" >&2; exit 1; }
     exec {node_pipe}>&-
     wait "$pid" || true
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"
+        cat "$node".cg* > "$KEEP/$role.cg"
+    fi
     total=$(cat "$node".cg* | awk '/^totals:/ {s += $2} END {print s}')
     count[$role]=$((total / requests))
 done

@@ -302,6 +302,12 @@ impl<'a> Passage<'a> {
             }
         }
         let (k1, b) = (1.2, 0.75);
+        // Each term's idf once, not once per sentence that holds it (a term found nowhere
+        // never has its idf read).
+        let idf: Vec<f64> = doc_freq
+            .iter()
+            .map(|&df| ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln())
+            .collect();
         p.sentences
             .iter()
             .zip(tf.chunks(terms))
@@ -309,10 +315,9 @@ impl<'a> Passage<'a> {
                 let len = (hi - lo) as f64;
                 counts
                     .iter()
-                    .zip(&doc_freq)
+                    .zip(&idf)
                     .filter(|(c, _)| **c > 0)
-                    .map(|(&c, &df)| {
-                        let idf = ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln();
+                    .map(|(&c, &idf)| {
                         let c = c as f64;
                         idf * c * (k1 + 1.0) / (c + k1 * (1.0 - b + b * len / avg_len.max(1.0)))
                     })
