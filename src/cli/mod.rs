@@ -179,6 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::load::bench::bench_command(crate::load::bench::BenchOptions {
                 duration: args.duration,
                 saturate: args.saturate,
+                cpu_rate: args.cpu_rate,
                 rounds: args.rounds as usize,
                 json: args.json,
                 write: args.write,

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Calls in flight for the saturated phase.
     #[arg(long, default_value_t = 32)]
     pub saturate: usize,
+    /// Requests per second of the fixed-rate phase, where each server's CPU time per request
+    /// is also measured (open loop; both the proxy and the scheduler must sustain it).
+    #[arg(long, default_value_t = 2000.0)]
+    pub cpu_rate: f64,
     /// Interleaved rounds of the bare proxy against the scheduler (order alternated).
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,

@@ -15,11 +15,14 @@
 //! - (e) the shipped policy over the whole pool (a cascade: one or two expert calls per query).
 //!
 //! (b) and (c) are measured in interleaved rounds (b, c, then c, b, …), each round at
-//! concurrency 1 (latency) and saturated (requests/s), and the server process's CPU time
-//! (user + system, from `/proc`) per request of its saturated phase. The ratios are taken within
-//! each round and reported as their median, minimum and maximum over rounds: a machine that
-//! slows down for a while moves both sides of a round together. The others are measured once,
-//! for context.
+//! concurrency 1 (latency), saturated (requests/s), and at one fixed rate that both sustain
+//! (open loop, `--cpu-rate`). The server process's CPU time (user + system, from `/proc`) is
+//! taken per request of the saturated phase and of the fixed-rate one: saturated, the faster
+//! server also answers more requests per wake-up and per system call, so its CPU per request
+//! falls for that reason alone; at one rate both serve the same stream, and the difference is
+//! the work each does per request. The ratios are taken within each round and reported as their
+//! median, minimum and maximum over rounds: a machine that slows down for a while moves both
+//! sides of a round together. The others are measured once, for context.
 
 use super::{LoadOptions, Target, queries, run, tally::LoadReport};
 use crate::cluster;
@@ -104,6 +107,10 @@ pub struct Measured {
     /// CPU time (user + system) of the server's process per request of the saturated phase,
     /// microseconds.
     pub cpu_us_per_request: f64,
+    /// At the fixed rate.
+    pub at_rate: Phase,
+    /// CPU time of the server's process per request of the fixed-rate phase, microseconds.
+    pub cpu_us_per_request_at_rate: f64,
 }
 
 /// One round of (b) against (c).
@@ -117,6 +124,7 @@ pub struct Round {
     pub added_p50_us: i64,
     pub added_p99_us: i64,
     pub cpu_per_request_ratio: f64,
+    pub cpu_per_request_ratio_at_rate: f64,
 }
 
 /// The median, least and greatest of one ratio over the rounds.
@@ -166,10 +174,16 @@ pub struct BenchReport {
     pub added_p99_us: i64,
     pub added_p99_us_min: i64,
     pub added_p99_us_max: i64,
-    /// (c) / (b) server CPU time per request, median over rounds.
+    /// (c) / (b) server CPU time per request, saturated, median over rounds.
     pub cpu_per_request_ratio: f64,
     pub cpu_per_request_ratio_min: f64,
     pub cpu_per_request_ratio_max: f64,
+    /// The open-loop rate of the fixed-rate phase, requests/s.
+    pub cpu_rate: f64,
+    /// (c) / (b) server CPU time per request at `cpu_rate`, median over rounds.
+    pub cpu_per_request_ratio_at_rate: f64,
+    pub cpu_per_request_ratio_at_rate_min: f64,
+    pub cpu_per_request_ratio_at_rate_max: f64,
     pub rounds: Vec<Round>,
     /// Every target; (b) and (c) as their median round.
     pub targets: Vec<Measured>,
@@ -300,12 +314,20 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn options(&self, target: Target, address: SocketAddr, concurrency: usize) -> LoadOptions {
+    /// Closed loop at `concurrency`, or open loop at `rps` with at most `concurrency` calls in
+    /// flight.
+    fn options(
+        &self,
+        target: Target,
+        address: SocketAddr,
+        concurrency: usize,
+        rps: Option<f64>,
+    ) -> LoadOptions {
         LoadOptions {
             target,
             address: address.to_string(),
             concurrency,
-            rps: None,
+            rps,
             duration: Some(self.args.duration),
             warmup: Duration::ZERO,
             // One connection per 8 calls in flight, as a fleet of clients would open.
@@ -324,19 +346,21 @@ impl Bench<'_> {
         node: &Node,
         target: Target,
         address: SocketAddr,
-        concurrency: usize,
-    ) -> anyhow::Result<(LoadReport, Duration)> {
-        let mut warm = self.options(target, address, concurrency);
+        (concurrency, rps): (usize, Option<f64>),
+    ) -> anyhow::Result<(LoadReport, f64)> {
+        let mut warm = self.options(target, address, concurrency, rps);
         warm.duration = Some(Duration::from_secs(1));
         run(&warm, self.queries.clone(), self.version).await?;
         let before = node.cpu()?;
         let report = run(
-            &self.options(target, address, concurrency),
+            &self.options(target, address, concurrency, rps),
             self.queries.clone(),
             self.version,
         )
         .await?;
-        Ok((report, node.cpu()?.saturating_sub(before)))
+        let cpu = node.cpu()?.saturating_sub(before);
+        let us_per_request = cpu.as_secs_f64() * 1e6 / report.count.max(1) as f64;
+        Ok((report, us_per_request))
     }
 
     async fn measure(
@@ -346,21 +370,32 @@ impl Bench<'_> {
         target: Target,
         address: SocketAddr,
     ) -> anyhow::Result<Measured> {
-        let (latency, _) = self.phase(node, target, address, 1).await?;
-        let (saturated, cpu) = self
-            .phase(node, target, address, self.args.saturate)
+        let (latency, _) = self.phase(node, target, address, (1, None)).await?;
+        let (saturated, cpu_us_per_request) = self
+            .phase(node, target, address, (self.args.saturate, None))
             .await?;
-        let cpu_us_per_request = cpu.as_secs_f64() * 1e6 / saturated.count.max(1) as f64;
+        // Room for the calls a stall of a few milliseconds leaves in flight at this rate.
+        let in_flight = (self.args.cpu_rate / 100.0).ceil().max(8.0) as usize;
+        let (at_rate, cpu_us_per_request_at_rate) = self
+            .phase(node, target, address, (in_flight, Some(self.args.cpu_rate)))
+            .await?;
         eprintln!(
             "l2d bench: {name}: p50 {} us, p99 {} us at concurrency 1; {:.0} req/s at {}, \
-             {cpu_us_per_request:.1} us of server CPU per request",
-            latency.latency_us.p50, latency.latency_us.p99, saturated.rps, self.args.saturate
+             {cpu_us_per_request:.1} us of server CPU per request; \
+             {cpu_us_per_request_at_rate:.1} us at {:.0} req/s",
+            latency.latency_us.p50,
+            latency.latency_us.p99,
+            saturated.rps,
+            self.args.saturate,
+            at_rate.rps
         );
         Ok(Measured {
             name: name.into(),
             latency: phase(&latency),
             saturated: phase(&saturated),
             cpu_us_per_request,
+            at_rate: phase(&at_rate),
+            cpu_us_per_request_at_rate,
         })
     }
 }
@@ -370,6 +405,10 @@ const SCHEDULER: &str = "(c) scheduler, learned route policy, that expert only";
 
 pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    anyhow::ensure!(
+        args.cpu_rate.is_finite() && args.cpu_rate >= 1.0,
+        "--cpu-rate must be at least 1 request per second"
+    );
     let pool_path = default_pool_path();
     let pool = PoolFile::load(&pool_path)?;
     let dataset = Dataset::load(&default_data_path())?;
@@ -506,6 +545,8 @@ fn round(proxy_first: bool, proxy: Measured, scheduler: Measured) -> Round {
         added_p99_us: scheduler.latency.p99_us as i64 - proxy.latency.p99_us as i64,
         cpu_per_request_ratio: scheduler.cpu_us_per_request
             / proxy.cpu_us_per_request.max(f64::MIN_POSITIVE),
+        cpu_per_request_ratio_at_rate: scheduler.cpu_us_per_request_at_rate
+            / proxy.cpu_us_per_request_at_rate.max(f64::MIN_POSITIVE),
         proxy,
         scheduler,
     }
@@ -525,6 +566,7 @@ fn report(args: &BenchOptions, rounds: Vec<Round>, context: Vec<Measured>) -> Be
     let p50 = spread(&|r| r.added_p50_us as f64);
     let p99 = spread(&|r| r.added_p99_us as f64);
     let cpu = spread(&|r| r.cpu_per_request_ratio);
+    let cpu_at_rate = spread(&|r| r.cpu_per_request_ratio_at_rate);
     let mut by_throughput: Vec<&Round> = rounds.iter().collect();
     by_throughput.sort_by(|a, b| a.throughput_ratio.total_cmp(&b.throughput_ratio));
     let mut targets = Vec::new();
@@ -537,9 +579,10 @@ fn report(args: &BenchOptions, rounds: Vec<Round>, context: Vec<Measured>) -> Be
     BenchReport {
         machine: machine(),
         command: format!(
-            "l2d bench --duration {} --saturate {} --rounds {}",
+            "l2d bench --duration {} --saturate {} --cpu-rate {} --rounds {}",
             humantime::format_duration(args.duration),
             args.saturate,
+            args.cpu_rate,
             args.rounds
         ),
         duration_s: args.duration.as_secs_f64(),
@@ -556,6 +599,10 @@ fn report(args: &BenchOptions, rounds: Vec<Round>, context: Vec<Measured>) -> Be
         cpu_per_request_ratio: cpu.median,
         cpu_per_request_ratio_min: cpu.min,
         cpu_per_request_ratio_max: cpu.max,
+        cpu_rate: args.cpu_rate,
+        cpu_per_request_ratio_at_rate: cpu_at_rate.median,
+        cpu_per_request_ratio_at_rate_min: cpu_at_rate.min,
+        cpu_per_request_ratio_at_rate_max: cpu_at_rate.max,
         rounds,
         targets,
     }
@@ -564,13 +611,17 @@ fn report(args: &BenchOptions, rounds: Vec<Round>, context: Vec<Measured>) -> Be
 /// The summary line of one run, as the section's table of runs lists it.
 fn run_row(r: &BenchReport, when: &str) -> String {
     format!(
-        "| {when} | {:.3} ({:.3}–{:.3}) | {:.2} ({:.2}–{:.2}) | {} ({} to {}) | {} ({} to {}) |",
+        "| {when} | {:.3} ({:.3}–{:.3}) | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) at {} | {} ({} to {}) | {} ({} to {}) |",
         r.throughput_ratio,
         r.throughput_ratio_min,
         r.throughput_ratio_max,
         r.cpu_per_request_ratio,
         r.cpu_per_request_ratio_min,
         r.cpu_per_request_ratio_max,
+        r.cpu_per_request_ratio_at_rate,
+        r.cpu_per_request_ratio_at_rate_min,
+        r.cpu_per_request_ratio_at_rate_max,
+        r.cpu_rate,
         r.added_p50_us,
         r.added_p50_us_min,
         r.added_p50_us_max,
@@ -580,8 +631,7 @@ fn run_row(r: &BenchReport, when: &str) -> String {
     )
 }
 
-const RUNS_HEADER: &str =
-    "| run | throughput ratio (c)/(b) | CPU per request ratio | added p50 µs | added p99 µs |";
+const RUNS_HEADER: &str = "| run | throughput ratio (c)/(b) | CPU per request ratio, saturated | CPU per request ratio at a fixed rate (req/s) | added p50 µs | added p99 µs |";
 
 /// The report as the Markdown section `l2d bench --write` maintains. `previous` is the section
 /// it replaces, whose latest run is kept in the table of runs.
@@ -590,20 +640,28 @@ pub fn markdown(r: &BenchReport, previous: Option<&str>) -> String {
         "{BEGIN}\n## Scheduler overhead against one bare gRPC hop (`l2d bench`)\n\nMachine: {}. Command: `{}`: \
          every server in its own process, the load generator in another, on loopback; (b) and (c) in {} interleaved rounds \
          (medians, with the least and greatest in parentheses), the others once; each phase {} s after a 1 s warm-up; \
-         CPU is the server process's user + system time per request of the saturated phase.\n\n",
+         CPU is the server process's user + system time per request, of the saturated phase and of a phase at {} requests/s \
+         (open loop), which both servers sustain: saturated, the faster server answers more requests per wake-up and per \
+         system call, which lowers its CPU per request by itself; at one rate both serve the same stream.\n\n",
         r.machine,
         r.command,
         r.rounds.len(),
-        r.duration_s
+        r.duration_s,
+        r.cpu_rate
     );
     out.push_str(RUNS_HEADER);
-    out.push_str("\n| --- | --- | --- | --- | --- |\n");
+    out.push_str("\n| --- | --- | --- | --- | --- | --- |\n");
     out.push_str(&run_row(r, "this run"));
     out.push('\n');
     let earlier = previous.and_then(|text| {
-        text.lines()
-            .find(|l| l.starts_with("| this run |"))
-            .map(|l| l.replacen("| this run |", "| the run before |", 1))
+        let line = text.lines().find(|l| l.starts_with("| this run |"))?;
+        let mut cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        cells[0] = "the run before";
+        // A run measured before the fixed-rate phase existed lacks that one figure.
+        if cells.len() + 1 == RUNS_HEADER.trim_matches('|').split('|').count() {
+            cells.insert(3, "not measured");
+        }
+        Some(format!("| {} |", cells.join(" | ")))
     });
     if let Some(line) = earlier {
         out.push_str(&line);
@@ -611,19 +669,20 @@ pub fn markdown(r: &BenchReport, previous: Option<&str>) -> String {
     }
     out.push_str(&format!(
         "\nTargets: throughput ratio ≥ 0.90, CPU per request ratio ≤ 1.25, added p50 ≤ 30 µs.\n\n\
-         | target | p50 µs (conc. 1) | p99 µs (conc. 1) | req/s (conc. {}) | server CPU µs per request | errors |\n\
-         | --- | --- | --- | --- | --- | --- |\n",
-        r.saturate
+         | target | p50 µs (conc. 1) | p99 µs (conc. 1) | req/s (conc. {}) | server CPU µs per request, saturated | server CPU µs per request at {} req/s | errors |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+        r.saturate, r.cpu_rate
     ));
     for t in &r.targets {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} |\n",
             t.name,
             t.latency.p50_us,
             t.latency.p99_us,
             t.saturated.rps,
             t.cpu_us_per_request,
-            t.latency.errors + t.saturated.errors
+            t.cpu_us_per_request_at_rate,
+            t.latency.errors + t.saturated.errors + t.at_rate.errors
         ));
     }
     out.push_str(END);
@@ -684,6 +743,8 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Calls in flight for the saturated phase.
     pub saturate: usize,
+    /// Requests per second of the fixed-rate phase.
+    pub cpu_rate: f64,
     /// Rounds of (b) against (c).
     pub rounds: usize,
     /// Write the figures as JSON here.
@@ -860,8 +921,11 @@ mod tests {
         Measured {
             name: name.into(),
             latency: phase.clone(),
-            saturated: phase,
+            saturated: phase.clone(),
             cpu_us_per_request: cpu,
+            at_rate: phase,
+            // More per request than saturated, where batching helps.
+            cpu_us_per_request_at_rate: cpu * 3.0,
         }
     }
 
@@ -870,6 +934,7 @@ mod tests {
         let options = BenchOptions {
             duration: Duration::from_secs(1),
             saturate: 8,
+            cpu_rate: 500.0,
             rounds: 3,
             json: None,
             write: None,
@@ -914,15 +979,28 @@ mod tests {
 
         let first = markdown(&r, None);
         assert!(
-            first.contains("| this run | 0.900 (0.800–0.950) | 1.20 (1.10–1.30) | 20 (10 to 60)"),
+            first.contains(
+                "| this run | 0.900 (0.800–0.950) | 1.20 (1.10–1.30) | 1.20 (1.10–1.30) at 500 | 20 (10 to 60)"
+            ),
             "{first}"
         );
         assert!(!first.contains("the run before"));
         let second = markdown(&r, section(&format!("# B\n{first}")));
         assert!(
-            second.contains("| the run before | 0.900 (0.800–0.950)"),
+            second.contains(
+                "| the run before | 0.900 (0.800–0.950) | 1.20 (1.10–1.30) | 1.20 (1.10–1.30) at 500 |"
+            ),
             "{second}"
         );
         assert_eq!(second.matches("| this run |").count(), 1);
+        // A run from before the fixed-rate phase: its row gains an empty cell there.
+        let old = "| this run | 0.728 (0.676–0.823) | 1.64 (1.37–1.79) | 68 (-16 to 129) | 91 (-61 to 196) |";
+        let third = markdown(&r, Some(old));
+        assert!(
+            third.contains(
+                "| the run before | 0.728 (0.676–0.823) | 1.64 (1.37–1.79) | not measured | 68 (-16 to 129) | 91 (-61 to 196) |"
+            ),
+            "{third}"
+        );
     }
 }
