@@ -117,14 +117,33 @@ fn sample_at(dataset: &Dataset, words: usize, n: usize) -> Vec<(String, String, 
         .collect()
 }
 
-/// The shipped defer-mode policy (`policies/squad-v1.1-defer.json`) on whole dev passages: featurize with the probes'
-/// answers, score the five experts, decide; at the median passage length and at the 90th
-/// percentile, 32 questions each, one per iteration in turn.
+/// The shipped policies on whole dev passages, at the median passage length and at the 90th
+/// percentile, 32 questions each, one per iteration in turn:
+///
+/// - group `learned_defer_policy`: the defer-mode policy (`policies/squad-v1.1-defer.json`):
+///   featurize with the two probes' answers (each question's first two reference answers),
+///   score the five experts, decide;
+/// - group `shipped_cascade_first_step`: the shipped cascade (`policies/squad-v1.1.json`), its
+///   first step, which every request takes: featurize the query with no answer seen yet, score
+///   asking each expert, decide.
 fn bench_learned(c: &mut Criterion) {
+    bench_policy(
+        c,
+        "learned_defer_policy",
+        "policies/squad-v1.1-defer.json",
+        true,
+    );
+    bench_policy(
+        c,
+        "shipped_cascade_first_step",
+        "policies/squad-v1.1.json",
+        false,
+    );
+}
+
+fn bench_policy(c: &mut Criterion, group: &str, file: &str, with_probes: bool) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (policy, _) =
-        l2d::scheduler::load_policy_file(&root.join("policies/squad-v1.1-defer.json"), None)
-            .unwrap();
+    let (policy, _) = l2d::scheduler::load_policy_file(&root.join(file), None).unwrap();
     let dataset = Dataset::load(&root.join("data/squad-v1.1/dev.json")).unwrap();
     let mut lengths: Vec<usize> = dataset
         .articles
@@ -144,7 +163,7 @@ fn bench_learned(c: &mut Criterion) {
         })
         .collect();
     let loads = vec![ReplicaLoad::idle(0.001)];
-    let mut group = c.benchmark_group("learned_defer_policy");
+    let mut group = c.benchmark_group(group);
     for (name, words) in [("median passage", at(0.5)), ("p90 passage", at(0.9))] {
         let sample = sample_at(&dataset, words, 32);
         let queries: Vec<(Query, [&str; 2])> = sample
@@ -172,21 +191,23 @@ fn bench_learned(c: &mut Criterion) {
                     b.iter(|| {
                         i = (i + 1) % queries.len();
                         let (query, probes) = &queries[i];
-                        let ids = policy.probes();
-                        let probes = [
+                        // The cascade has no probes: nothing observed.
+                        let id = |k: usize| policy.probes().get(k).map_or("", String::as_str);
+                        let observed = [
                             Observed {
-                                expert: &ids[0],
+                                expert: id(0),
                                 answer: Some(probes[0]),
                             },
                             Observed {
-                                expert: &ids[1],
+                                expert: id(1),
                                 answer: Some(probes[1]),
                             },
                         ];
+                        let observed = if with_probes { &observed[..] } else { &[] };
                         policy.score(
                             policy.default_position(),
                             black_box(query),
-                            &probes,
+                            observed,
                             &experts,
                             &mut scores,
                         );
@@ -210,10 +231,11 @@ fn bench_learned(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % queries.len();
                 let (query, probes) = &queries[i];
+                let answers = [Some(probes[0]), Some(probes[1])];
                 black_box(l2d::core::features::featurize(
                     black_box(query.question()),
                     query.context(),
-                    &[Some(probes[0]), Some(probes[1])],
+                    if with_probes { &answers } else { &[] },
                 ))
             })
         });
