@@ -226,6 +226,7 @@ fn bench_policy(c: &mut Criterion, group: &str, file: &str, with_probes: bool) {
                 },
             );
         }
+        let unseen = vec![None; experts.len()];
         let mut i = 0;
         group.bench_function(format!("featurize_only/{name} ({words} words)"), |b| {
             b.iter(|| {
@@ -235,7 +236,8 @@ fn bench_policy(c: &mut Criterion, group: &str, file: &str, with_probes: bool) {
                 black_box(l2d::core::features::featurize(
                     black_box(query.question()),
                     query.context(),
-                    if with_probes { &answers } else { &[] },
+                    // A cascade's first step: every expert's answer, none seen yet.
+                    if with_probes { &answers } else { &unseen },
                 ))
             })
         });
