@@ -168,12 +168,8 @@ pub fn stem(word: &str) -> CompactString {
 /// stack and made a string once: the general path edits a `CompactString` in place, and each
 /// edit checks its representation again. `None` for any other word.
 fn stem_ascii(word: &str) -> Option<CompactString> {
-    stem_ascii_bytes(word.as_bytes())
-}
-
-/// [`stem_ascii`] of a word's bytes.
-fn stem_ascii_bytes(bytes: &[u8]) -> Option<CompactString> {
     const INLINE: usize = 24;
+    let bytes = word.as_bytes();
     if bytes.len() > INLINE || !bytes.is_ascii() {
         return None;
     }
@@ -463,7 +459,7 @@ mod tests {
             any in "\\PC{0,40}",
             bytes in proptest::collection::vec(0u8..128, 0..60),
             rules in proptest::collection::vec(
-                proptest::sample::select(vec!['a', 'Z', 'y', 's', '0', '9', ' ', ',', '.', '\'', '’', '-', '\t', '\x0b', '\x1c', '?', 'é', 'É', '٣', 'K', '—', '\u{85}', '\u{a0}']),
+                proptest::sample::select(vec!['a', 'Z', 'y', 's', '0', '9', ' ', ',', '.', '\'', '’', '-', '\t', '\x0b', '\x1c', '?', 'é', 'É', '٣', '\u{212a}', '—', '\u{85}', '\u{a0}']),
                 0..40,
             ),
         ) {
