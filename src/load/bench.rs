@@ -14,9 +14,10 @@
 //! - (d) the route policy over the whole default pool (five experts);
 //! - (e) the shipped policy over the whole pool (a cascade: one or two expert calls per query).
 //!
-//! (b) and (c) are measured in interleaved rounds (b, c, then c, b, …), each round at
+//! (b) and (c) are measured in interleaved rounds (b first, then c first, …), each round at
 //! concurrency 1 (latency), saturated (requests/s), and at one fixed rate that both sustain
-//! (open loop, `--cpu-rate`). The server process's CPU time (user + system, from `/proc`) is
+//! (open loop, `--cpu-rate`), phase by phase: each phase runs on both servers back to back
+//! before the next, so the two figures a ratio compares are taken seconds apart. The server process's CPU time (user + system, from `/proc`) is
 //! taken per request of the saturated phase and of the fixed-rate one: saturated, the faster
 //! server also answers more requests per wake-up and per system call, so its CPU per request
 //! falls for that reason alone; at one rate both serve the same stream, and the difference is
@@ -363,41 +364,69 @@ impl Bench<'_> {
         Ok((report, us_per_request))
     }
 
-    async fn measure(
-        &self,
-        name: &str,
-        node: &Node,
-        target: Target,
-        address: SocketAddr,
-    ) -> anyhow::Result<Measured> {
-        let (latency, _) = self.phase(node, target, address, (1, None)).await?;
-        let (saturated, cpu_us_per_request) = self
-            .phase(node, target, address, (self.args.saturate, None))
-            .await?;
+    /// The three phases every server is measured in, as (calls in flight, open-loop rate):
+    /// one call in flight, saturated, and open loop at `--cpu-rate`.
+    fn phases(&self) -> [(usize, Option<f64>); 3] {
         // Room for the calls a stall of a few milliseconds leaves in flight at this rate.
         let in_flight = (self.args.cpu_rate / 100.0).ceil().max(8.0) as usize;
-        let (at_rate, cpu_us_per_request_at_rate) = self
-            .phase(node, target, address, (in_flight, Some(self.args.cpu_rate)))
-            .await?;
-        eprintln!(
-            "l2d bench: {name}: p50 {} us, p99 {} us at concurrency 1; {:.0} req/s at {}, \
-             {cpu_us_per_request:.1} us of server CPU per request; \
-             {cpu_us_per_request_at_rate:.1} us at {:.0} req/s",
-            latency.latency_us.p50,
-            latency.latency_us.p99,
-            saturated.rps,
-            self.args.saturate,
-            at_rate.rps
-        );
-        Ok(Measured {
-            name: name.into(),
-            latency: phase(&latency),
-            saturated: phase(&saturated),
-            cpu_us_per_request,
-            at_rate: phase(&at_rate),
-            cpu_us_per_request_at_rate,
-        })
+        [
+            (1, None),
+            (self.args.saturate, None),
+            (in_flight, Some(self.args.cpu_rate)),
+        ]
     }
+
+    /// Measures `servers` (name, node, target, address) phase by phase: each phase runs on
+    /// every server in turn, in the order given, before the next phase starts
+    /// ([`interleaved`]), so the figures a ratio compares are taken seconds apart, not a whole
+    /// server's measurement apart.
+    async fn measure(
+        &self,
+        servers: &[(&str, &Node, Target, SocketAddr)],
+    ) -> anyhow::Result<Vec<Measured>> {
+        let phases = self.phases();
+        let mut taken: Vec<Vec<(LoadReport, f64)>> = vec![Vec::new(); servers.len()];
+        for (kind, server) in interleaved(phases.len(), servers.len()) {
+            let (_, node, target, address) = servers[server];
+            taken[server].push(self.phase(node, target, address, phases[kind]).await?);
+        }
+        servers
+            .iter()
+            .zip(taken)
+            .map(|(&(name, ..), taken)| {
+                let [
+                    (latency, _),
+                    (saturated, cpu_us_per_request),
+                    (at_rate, cpu_us_per_request_at_rate),
+                ] = <[(LoadReport, f64); 3]>::try_from(taken)
+                    .map_err(|_| anyhow::anyhow!("three phases per server"))?;
+                eprintln!(
+                    "l2d bench: {name}: p50 {} us, p99 {} us at concurrency 1; {:.0} req/s at {}, \
+                     {cpu_us_per_request:.1} us of server CPU per request; \
+                     {cpu_us_per_request_at_rate:.1} us at {:.0} req/s",
+                    latency.latency_us.p50,
+                    latency.latency_us.p99,
+                    saturated.rps,
+                    self.args.saturate,
+                    at_rate.rps
+                );
+                Ok(Measured {
+                    name: name.into(),
+                    latency: phase(&latency),
+                    saturated: phase(&saturated),
+                    cpu_us_per_request,
+                    at_rate: phase(&at_rate),
+                    cpu_us_per_request_at_rate,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The order of a round's measurements, as (phase, server): phase by phase, each on every
+/// server in turn.
+fn interleaved(phases: usize, servers: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..phases).flat_map(move |kind| (0..servers).map(move |server| (kind, server)))
 }
 
 /// The highest `--cpu-rate`: beyond it the open-loop phase would keep more than a thousand
@@ -478,19 +507,15 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut rounds = Vec::with_capacity(args.rounds);
     for r in 0..args.rounds {
         let proxy_first = r % 2 == 0;
-        let mut measured = Vec::with_capacity(2);
-        let order = if proxy_first {
-            [(PROXY, &proxy), (SCHEDULER, &scheduler)]
-        } else {
-            [(SCHEDULER, &scheduler), (PROXY, &proxy)]
-        };
-        for (name, node) in order {
-            measured.push(
-                bench
-                    .measure(name, node, Target::Router, listening(node)?)
-                    .await?,
-            );
-        }
+        let b = (PROXY, &proxy, Target::Router, listening(&proxy)?);
+        let c = (
+            SCHEDULER,
+            &scheduler,
+            Target::Router,
+            listening(&scheduler)?,
+        );
+        let order = if proxy_first { [b, c] } else { [c, b] };
+        let mut measured = bench.measure(&order).await?;
         if !proxy_first {
             measured.reverse();
         }
@@ -502,11 +527,9 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
     scheduler.stop()?;
 
     // The others, once each, for context.
-    let mut context = vec![
-        bench
-            .measure("(a) direct to the expert", &experts, Target::Expert, bert)
-            .await?,
-    ];
+    let mut context = bench
+        .measure(&[("(a) direct to the expert", &experts, Target::Expert, bert)])
+        .await?;
     let others = [
         (
             "(c0) scheduler, prior policy (no features), that expert only",
@@ -530,9 +553,9 @@ pub async fn bench(args: &BenchOptions) -> anyhow::Result<BenchReport> {
             node_args.extend(["--policy", p]);
         }
         let node = Node::spawn(&node_args)?;
-        context.push(
+        context.extend(
             bench
-                .measure(name, &node, Target::Router, listening(&node)?)
+                .measure(&[(name, &node, Target::Router, listening(&node)?)])
                 .await?,
         );
         node.stop()?;
@@ -642,8 +665,8 @@ const RUNS_HEADER: &str = "| run | throughput ratio (c)/(b) | CPU per request ra
 pub fn markdown(r: &BenchReport, previous: Option<&str>) -> String {
     let mut out = format!(
         "{BEGIN}\n## Scheduler overhead against one bare gRPC hop (`l2d bench`)\n\nMachine: {}. Command: `{}`: \
-         every server in its own process, the load generator in another, on loopback; (b) and (c) in {} interleaved rounds \
-         (medians, with the least and greatest in parentheses), the others once; each phase {} s after a 1 s warm-up; \
+         every server in its own process, the load generator in another, on loopback; (b) and (c) in {} interleaved rounds, \
+         each phase on both back to back (medians, with the least and greatest in parentheses), the others once; each phase {} s after a 1 s warm-up; \
          CPU is the server process's user + system time per request, of the saturated phase and of a phase at {} requests/s \
          (open loop), which both servers sustain: saturated, the faster server answers more requests per wake-up and per \
          system call, which lowers its CPU per request by itself; at one rate both serve the same stream.\n\n",
@@ -901,6 +924,14 @@ pub async fn bench_node(role: NodeRole) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_runs_each_phase_on_every_server_before_the_next_phase() {
+        let order: Vec<(usize, usize)> = interleaved(3, 2).collect();
+        assert_eq!(order, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]);
+        let alone: Vec<(usize, usize)> = interleaved(3, 1).collect();
+        assert_eq!(alone, [(0, 0), (1, 0), (2, 0)]);
+    }
 
     #[test]
     fn the_section_is_replaced_in_place_or_appended() {
