@@ -345,10 +345,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
     /// h2 copies a DATA frame into its write buffer only below a threshold: 256 bytes when the
     /// transport writes vectored, 1 KiB when it does not. A larger frame is held aside and
     /// nothing can be buffered behind it until it is written, so the reply's trailers (which
-    /// the client waits for: they carry the status) go in a second write, on the connection
-    /// task's next turn. A scheduler's reply (the answer and its decision) is usually a few
-    /// hundred bytes: over the first threshold, under the second. Replies over 1 KiB are held
-    /// aside as before, and written in two calls instead of one.
+    /// the client waits for: they carry the status) go in a second write call: a second system
+    /// call and TCP segment. A scheduler's reply (the answer and its decision) is usually a few
+    /// hundred bytes: over the first threshold, under the second. A DATA frame of 1 KiB or more
+    /// is still held aside and, without vectored writes, written in two calls instead of one,
+    /// so such a reply takes three writes instead of two (a large `ListPool`, reflection's
+    /// descriptors).
     fn is_write_vectored(&self) -> bool {
         false
     }

@@ -17,8 +17,9 @@
 //! (b) and (c) are measured in interleaved rounds (b first, then c first, …), each round at
 //! concurrency 1 (latency), saturated (requests/s), and at one fixed rate that both sustain
 //! (open loop, `--cpu-rate`), phase by phase: each phase runs on both servers back to back
-//! before the next, so the two figures a ratio compares are taken seconds apart. The server process's CPU time (user + system, from `/proc`) is
-//! taken per request of the saturated phase and of the fixed-rate one: saturated, the faster
+//! before the next, so the two figures a ratio compares are taken seconds apart. The server
+//! process's CPU time (user + system, from `/proc`) is taken per request of the saturated
+//! phase and of the fixed-rate one: saturated, the faster
 //! server also answers more requests per wake-up and per system call, so its CPU per request
 //! falls for that reason alone; at one rate both serve the same stream, and the difference is
 //! the work each does per request. The ratios are taken within each round and reported as their
