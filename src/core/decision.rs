@@ -95,17 +95,25 @@ impl ReplicaLoad {
     /// share of slots taken. 0 for an unknown latency (the registry fills in the pool's mean
     /// before a decision; one with none prices no waiting).
     pub fn expected_completion(&self) -> f64 {
-        if !(self.rtt.is_finite() && self.rtt >= 0.0) {
-            return 0.0;
-        }
-        let rtt = self.rtt;
-        if self.limit == u32::MAX || self.limit == 0 {
+        let rtt = self.latency_floor();
+        // No limit, or no call in flight (no queueing: the wait term is 0).
+        if self.limit == u32::MAX || self.limit == 0 || self.in_flight == 0 {
             return rtt;
         }
         let slots = f64::from(self.limit);
         let rho = (f64::from(self.in_flight) / slots).min(1.0 - 1e-9);
         let wait = rho.powf((2.0 * (slots + 1.0)).sqrt() - 1.0) / (slots * (1.0 - rho));
         rtt * (1.0 + wait)
+    }
+
+    /// The least [`Self::expected_completion`] can be: the latency estimate (waiting only adds to
+    /// it); 0 for an unknown latency.
+    fn latency_floor(&self) -> f64 {
+        if self.rtt.is_finite() && self.rtt >= 0.0 {
+            self.rtt
+        } else {
+            0.0
+        }
     }
 
     /// PeakEWMA balancer cost: expected latency times the calls it would queue behind.
@@ -276,11 +284,15 @@ pub enum DecisionError {
 /// The expected completion time of an expert's best usable replica, seconds; infinite when no
 /// replica is usable.
 pub fn expected_completion(replicas: &[ReplicaLoad]) -> f64 {
-    replicas
-        .iter()
-        .filter(|r| r.usable())
-        .map(ReplicaLoad::expected_completion)
-        .fold(f64::INFINITY, f64::min)
+    let mut best = f64::INFINITY;
+    for r in replicas.iter().filter(|r| r.usable()) {
+        // A replica no faster than the best so far cannot beat it (waiting only adds): its
+        // queueing term, a power, is not worked out.
+        if r.latency_floor() < best {
+            best = best.min(r.expected_completion());
+        }
+    }
+    best
 }
 
 /// The price of an expert's expected waiting (see the module docs); infinite when no replica is
@@ -932,6 +944,32 @@ mod tests {
     }
 
     proptest! {
+        /// The scan that skips replicas no faster than the best so far finds the least expected
+        /// completion of every usable replica, and an idle replica completes in its latency.
+        #[test]
+        fn the_pruned_scan_finds_the_fastest_usable_replica(raw in arb_candidates()) {
+            for (_, _, r) in &raw {
+                let replicas: Vec<ReplicaLoad> = r
+                    .iter()
+                    .map(|&(in_flight, limit, rtt, available)| ReplicaLoad { in_flight, limit, rtt, available })
+                    .collect();
+                let every = replicas
+                    .iter()
+                    .filter(|r| r.usable())
+                    .map(|r| {
+                        let rtt = if r.rtt.is_finite() && r.rtt >= 0.0 { r.rtt } else { 0.0 };
+                        if r.limit == u32::MAX || r.limit == 0 {
+                            return rtt;
+                        }
+                        let slots = f64::from(r.limit);
+                        let rho = (f64::from(r.in_flight) / slots).min(1.0 - 1e-9);
+                        rtt * (1.0 + rho.powf((2.0 * (slots + 1.0)).sqrt() - 1.0) / (slots * (1.0 - rho)))
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                prop_assert_eq!(expected_completion(&replicas).to_bits(), every.to_bits());
+            }
+        }
+
         #[test]
         fn plans_never_name_excluded_options_and_start_with_the_best(
             raw in arb_candidates(),
