@@ -23,7 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type ExpertSpecs = Vec<(String, f64, f64)>;
 
 /// A synthetic pool: costs spread over 1..100, accuracies over 0.4..0.9, every ninth replica
-/// down, loads 0..7 of a limit of 8 (some replicas saturated), latencies 1..5 ms.
+/// down, loads 0..=8 of a limit of 8 (some replicas saturated), latencies 1..5 ms.
 fn pool(experts: usize, replicas: usize) -> (ExpertSpecs, Vec<Vec<ReplicaLoad>>) {
     let specs = (0..experts)
         .map(|i| {

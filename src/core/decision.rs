@@ -107,9 +107,10 @@ impl ReplicaLoad {
     }
 
     /// The least [`Self::expected_completion`] can be: the latency estimate (waiting only adds to
-    /// it); 0 for an unknown latency.
+    /// it); 0 for an unknown latency (and +0 for -0, so that a zero's sign cannot depend on
+    /// which replica the scan skipped).
     fn latency_floor(&self) -> f64 {
-        if self.rtt.is_finite() && self.rtt >= 0.0 {
+        if self.rtt.is_finite() && self.rtt > 0.0 {
             self.rtt
         } else {
             0.0
@@ -947,27 +948,41 @@ mod tests {
         /// The scan that skips replicas no faster than the best so far finds the least expected
         /// completion of every usable replica, and an idle replica completes in its latency.
         #[test]
-        fn the_pruned_scan_finds_the_fastest_usable_replica(raw in arb_candidates()) {
-            for (_, _, r) in &raw {
-                let replicas: Vec<ReplicaLoad> = r
-                    .iter()
-                    .map(|&(in_flight, limit, rtt, available)| ReplicaLoad { in_flight, limit, rtt, available })
-                    .collect();
-                let every = replicas
-                    .iter()
-                    .filter(|r| r.usable())
-                    .map(|r| {
-                        let rtt = if r.rtt.is_finite() && r.rtt >= 0.0 { r.rtt } else { 0.0 };
-                        if r.limit == u32::MAX || r.limit == 0 {
-                            return rtt;
-                        }
-                        let slots = f64::from(r.limit);
-                        let rho = (f64::from(r.in_flight) / slots).min(1.0 - 1e-9);
-                        rtt * (1.0 + rho.powf((2.0 * (slots + 1.0)).sqrt() - 1.0) / (slots * (1.0 - rho)))
-                    })
-                    .fold(f64::INFINITY, f64::min);
-                prop_assert_eq!(expected_completion(&replicas).to_bits(), every.to_bits());
-            }
+        fn the_pruned_scan_finds_the_fastest_usable_replica(
+            raw in prop::collection::vec(
+                (
+                    0u32..8,
+                    prop_oneof![1u32..8, Just(u32::MAX - 1), Just(u32::MAX), Just(0u32)],
+                    prop_oneof![
+                        4 => 0.0f64..1.0,
+                        1 => Just(f64::NAN),
+                        1 => Just(-0.0f64),
+                        1 => Just(f64::INFINITY),
+                        1 => -1.0f64..0.0,
+                    ],
+                    any::<bool>(),
+                ),
+                0..12,
+            ),
+        ) {
+            let replicas: Vec<ReplicaLoad> = raw
+                .iter()
+                .map(|&(in_flight, limit, rtt, available)| ReplicaLoad { in_flight, limit, rtt, available })
+                .collect();
+            let every = replicas
+                .iter()
+                .filter(|r| r.usable())
+                .map(|r| {
+                    let rtt = if r.rtt.is_finite() && r.rtt > 0.0 { r.rtt } else { 0.0 };
+                    if r.limit == u32::MAX || r.limit == 0 {
+                        return rtt;
+                    }
+                    let slots = f64::from(r.limit);
+                    let rho = (f64::from(r.in_flight) / slots).min(1.0 - 1e-9);
+                    rtt * (1.0 + rho.powf((2.0 * (slots + 1.0)).sqrt() - 1.0) / (slots * (1.0 - rho)))
+                })
+                .fold(f64::INFINITY, f64::min);
+            prop_assert_eq!(expected_completion(&replicas).to_bits(), every.to_bits());
         }
 
         #[test]
