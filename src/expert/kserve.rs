@@ -105,7 +105,12 @@ impl KServeBackend {
             }
             // The server's own deadline (a queue timeout, say) with the caller's time left.
             Code::DeadlineExceeded if !limit.callers => BackendError::Unavailable(text),
-            Code::DeadlineExceeded => BackendError::DeadlineExceeded(text),
+            // The server ended the call at the caller's deadline, which it was sent as the
+            // request's grpc-timeout: the same end as the call's own timer, whichever fired
+            // first, and said the same way.
+            Code::DeadlineExceeded => {
+                limit.expired(&format!("the inference server at {}", self.config.url))
+            }
             Code::Unavailable | Code::ResourceExhausted => BackendError::Unavailable(text),
             // tonic's own report of a connection that failed under the call.
             Code::Cancelled | Code::Unknown if std::error::Error::source(status).is_some() => {
@@ -394,6 +399,39 @@ impl Model for KServeBackend {
 mod tests {
     use super::*;
     use crate::grpc::inference::InferTensorContents;
+
+    #[tokio::test]
+    async fn the_servers_deadline_exceeded_at_the_callers_deadline_is_the_callers() {
+        let backend = KServeBackend::new(
+            KServeConfig {
+                url: "http://127.0.0.1:9".into(),
+                model: "qa".into(),
+                version: String::new(),
+                timeout: KServeConfig::DEFAULT_TIMEOUT,
+            },
+            1.0,
+        )
+        .unwrap();
+        let callers = Limit {
+            time: Duration::from_millis(300),
+            callers: true,
+        };
+        // The server enforced the grpc-timeout it was sent: said as the call's own timer says it.
+        let server_first = Status::deadline_exceeded("Deadline Exceeded");
+        match backend.status_error(&server_first, callers) {
+            BackendError::DeadlineExceeded(m) => assert!(m.contains("caller's deadline"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // The server's own deadline with the caller's time left: another replica may answer.
+        let own = Limit {
+            callers: false,
+            ..callers
+        };
+        assert!(matches!(
+            backend.status_error(&server_first, own),
+            BackendError::Unavailable(_)
+        ));
+    }
 
     fn output(
         name: &str,
