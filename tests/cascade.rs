@@ -504,6 +504,58 @@ fn the_recommended_policy_keeps_the_choices_made_on_validation() {
     );
 }
 
+/// Where the validation cost crosses the target between two lambdas of the bank, lambdas
+/// between them are trained, validated, and (when kept) served. On [`agreement_labels`] a
+/// route policy sends every question to `c` (cost 100, always right) at lambda 0 and to a cheap
+/// expert (cost 1 or 2, right 60% of the time) once lambda passes about 0.4, so a target of half
+/// of `c`'s cost lies in the step between the grid's 0 and 30. The first round tries 10 and 20
+/// (both cheap, so the step that still crosses is 0 to 10), the second 3.33 and 6.67.
+#[test]
+fn the_lambdas_around_the_cost_target_are_searched_on_validation_and_served() {
+    use l2d::train::select::{Candidate, REFINE_ROUNDS, train_recommended};
+    let labels = agreement_labels(800, 16, 3);
+    let base = TrainOptions {
+        lambdas: vec![0.0, 30.0],
+        mode: Mode::Route,
+        stages: 0,
+        test_fraction: 0.0,
+        ..agreement_options(0.0)
+    };
+    let mut titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+    titles.sort();
+    titles.dedup();
+    let route = Candidate {
+        mode: Mode::Route,
+        probes: Vec::new(),
+        stages: 0,
+    };
+    let (policy, selection) =
+        train_recommended(&labels, &base, titles, Vec::new(), 0.5, vec![route]).unwrap();
+    let tuned = selection.tuned();
+    let lambdas: Vec<f64> = tuned.points.iter().map(|p| p.0).collect();
+    // The grid's two, and two more per round, in ascending order.
+    assert_eq!(
+        lambdas,
+        vec![0.0, 3.33, 6.67, 10.0, 20.0, 30.0],
+        "{:?}",
+        tuned.points
+    );
+    assert_eq!(lambdas.len(), 2 + 2 * REFINE_ROUNDS);
+    // Only lambda 0 asks `c`.
+    assert!(tuned.points[0].2 > 90.0, "{:?}", tuned.points);
+    assert!(
+        tuned.points[1..].iter().all(|p| p.2 <= 2.0),
+        "{:?}",
+        tuned.points
+    );
+    // Every entry kept is trained on all the training articles and served, in lambda order,
+    // and the one served by default is the selected one.
+    let served: Vec<f64> = policy.bank.iter().map(|e| e.lambda).collect();
+    assert_eq!(served, tuned.kept);
+    assert!(served.len() > 2, "{served:?}");
+    assert_eq!(policy.default_lambda, selection.lambda);
+}
+
 /// The scores a calibrated cascade serves are expected deferral costs: on the labels above at
 /// lambda 0.3, asking `a` first costs 0.20 in expectation (see [`agreement_labels`]); with `a`
 /// and `b` asked and agreeing, keeping their answer costs 0 (they are both right); disagreeing,

@@ -85,7 +85,8 @@ pub struct TrainArgs {
     pub min_propensity: f64,
     /// Price(s) of compute, comma-separated: one rejector per value, all in one policy file
     /// (where the lambda is chosen on validation, only those not under the single experts' mix
-    /// line there). The default is 0 and a geometric grid from 1/128 to 0.5, fixed before any
+    /// line there, plus up to four found between the two whose validation costs straddle the
+    /// cost target). The default is 0 and a geometric grid from 1/128 to 0.5, fixed before any
     /// data is seen.
     #[arg(
         long,

@@ -250,13 +250,19 @@ pub fn training_record(fit: &fit::FitConfig, examples: usize) -> TrainingRecord 
 /// keeps, and which it serves, is chosen on validation articles (`train::select`).
 pub fn default_lambdas() -> Vec<f64> {
     std::iter::once(0.0)
-        .chain((2..=14).rev().map(|k| {
-            let x = 2f64.powf(-f64::from(k) / 2.0);
-            format!("{x:.2e}")
-                .parse::<f64>()
-                .expect("a float prints as one")
-        }))
+        .chain(
+            (2..=14)
+                .rev()
+                .map(|k| three_digits(2f64.powf(-f64::from(k) / 2.0))),
+        )
         .collect()
+}
+
+/// `x` to three significant digits: the lambdas a policy file and its reports show.
+pub fn three_digits(x: f64) -> f64 {
+    format!("{x:.2e}")
+        .parse::<f64>()
+        .expect("a float prints as one")
 }
 
 /// A bank's lambdas: at least one, each finite and >= 0.

@@ -13,8 +13,11 @@
 //! 3. per candidate, the bank keeps the entries not under the single experts' mix line there
 //!    ([`worth_serving`]), and the lambda served is the most accurate kept entry whose
 //!    validation mean cost is at most the cost target (a fraction of the always-best expert's
-//!    cost: the expert most accurate on the training articles); the candidate most accurate
-//!    there wins;
+//!    cost: the expert most accurate on the training articles). Where the validation cost
+//!    crosses the target between two grid lambdas, lambdas between them are trained and
+//!    validated too ([`towards_target`], [`REFINE_ROUNDS`] rounds), so the entry served sits
+//!    near the target rather than wherever the grid lands; the candidate most accurate under
+//!    the target wins;
 //! 4. the winner's L2 strengths are tuned the same way, one group of features at a time
 //!    ([`L2_FACTORS`]).
 //!
@@ -232,10 +235,10 @@ pub struct Selection {
     pub candidates: Vec<Validated>,
     /// The chosen candidate at each L2 strength tried, in the order tried (the default first).
     pub tuning: Vec<Validated>,
-    /// The calibration maps of the tuned candidate's kept entries, in bank order, fitted on the
+    /// The calibration maps of the tuned candidate's kept entries, by lambda, fitted on the
     /// validation articles (trained without them).
     #[serde(skip)]
-    pub calibration: Vec<Vec<crate::core::calibration::Calibration>>,
+    pub calibration: Vec<(f64, Vec<crate::core::calibration::Calibration>)>,
 }
 
 impl Selection {
@@ -294,6 +297,64 @@ fn pick(points: &[(f64, f64, f64)], target: f64) -> (f64, f64, f64) {
         .or_else(|| points.iter().min_by(|a, b| a.2.total_cmp(&b.2)))
         .copied()
         .unwrap_or((0.0, 0.0, 0.0))
+}
+
+/// Rounds of the search for the lambda at the cost target ([`towards_target`]).
+pub const REFINE_ROUNDS: usize = 2;
+
+/// Lambdas to train next in the search for the cost target: two, a third and two thirds of the
+/// way (geometrically; arithmetically from 0) between the lambdas on either side of the point
+/// where the validation cost crosses `target`, below the entry [`pick`] selects among the kept
+/// ones. `points` are (lambda, EM, cost) on validation.
+///
+/// A bank's cost falls in steps as lambda rises, and a cascade's steps are wide: between two
+/// grid lambdas its cost can fall from 69% to 50% and to 32% of the always-best expert's. The
+/// entry selected for a target of 50% may then cost a third less than allowed, and candidates
+/// would be compared at whatever costs their grids happen to land on. Two rounds narrow the
+/// step ninefold (to about 4% in lambda), so each candidate is judged, and served, near the
+/// target. Nothing is tried when no kept entry meets the target, or none dearer misses it.
+pub fn towards_target(points: &[(f64, f64, f64)], mix: &MixLine, target: f64) -> Vec<f64> {
+    let kept = worth_serving(points, mix);
+    let kept_points: Vec<(f64, f64, f64)> = points
+        .iter()
+        .filter(|p| kept.contains(&p.0))
+        .copied()
+        .collect();
+    let (picked, _, cost) = pick(&kept_points, target);
+    let fits = |p: &(f64, f64, f64)| p.2 <= target + 1e-9;
+    if kept_points.is_empty() || !fits(&(picked, 0.0, cost)) {
+        return Vec::new();
+    }
+    // The dearest lambda under the pick that misses the target, and the next one up that meets it.
+    let Some(lo) = points
+        .iter()
+        .filter(|p| p.0 < picked && !fits(p))
+        .map(|p| p.0)
+        .max_by(f64::total_cmp)
+    else {
+        return Vec::new();
+    };
+    let hi = points
+        .iter()
+        .filter(|p| p.0 > lo && fits(p))
+        .map(|p| p.0)
+        .min_by(f64::total_cmp)
+        .unwrap_or(picked);
+    let at = |t: f64| {
+        let x = if lo > 0.0 {
+            lo * (hi / lo).powf(t)
+        } else {
+            hi * t
+        };
+        super::three_digits(x)
+    };
+    let mut out: Vec<f64> = [1.0 / 3.0, 2.0 / 3.0]
+        .map(at)
+        .into_iter()
+        .filter(|&l| l > lo && l < hi && !points.iter().any(|p| p.0 == l))
+        .collect();
+    out.dedup();
+    out
 }
 
 /// EM (percent) and mean cost of the policy's every bank entry on `records`.
@@ -362,8 +423,27 @@ pub fn select_among(
                 fit,
                 ..candidate.options(base)
             };
-            let policy = train_on(labels, &options, inner.clone(), validation.clone())?;
-            let points = bank_points(labels, &policy, &validation_records)?;
+            let mut policy = train_on(labels, &options, inner.clone(), validation.clone())?;
+            let mut points = bank_points(labels, &policy, &validation_records)?;
+            for _ in 0..REFINE_ROUNDS {
+                let lambdas = towards_target(&points, &mix, target_cost);
+                if lambdas.is_empty() {
+                    break;
+                }
+                let finer = TrainOptions {
+                    lambdas,
+                    ..options.clone()
+                };
+                let finer = train_on(labels, &finer, inner.clone(), validation.clone())?;
+                assert_eq!(
+                    finer.standardize, policy.standardize,
+                    "the same training articles standardise the same"
+                );
+                points.extend(bank_points(labels, &finer, &validation_records)?);
+                policy.bank.extend(finer.bank);
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                policy.bank.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
+            }
             let kept = worth_serving(&points, &mix);
             let kept_points: Vec<(f64, f64, f64)> = points
                 .iter()
@@ -437,7 +517,7 @@ pub fn select_among(
         .bank
         .into_iter()
         .filter(|e| best.kept.contains(&e.lambda))
-        .map(|e| e.calibration)
+        .map(|e| (e.lambda, e.calibration))
         .collect();
     Ok(Selection {
         chosen: best.candidate.clone(),
@@ -477,7 +557,12 @@ pub fn train_recommended(
         selection.calibration.len(),
         "a map per kept entry"
     );
-    for (entry, maps) in policy.bank.iter_mut().zip(&selection.calibration) {
+    for entry in &mut policy.bank {
+        let (_, maps) = selection
+            .calibration
+            .iter()
+            .find(|(lambda, _)| *lambda == entry.lambda)
+            .expect("every entry served was kept on validation, and calibrated there");
         entry.calibration = maps.clone();
     }
     Ok((policy, selection))
@@ -989,6 +1074,48 @@ mod tests {
         // A bank under the line everywhere is kept whole: there would be nothing to serve.
         let under = [(0.0, 70.0, 50.0), (0.1, 60.0, 10.0)];
         assert_eq!(worth_serving(&under, &mix), vec![0.0, 0.1]);
+    }
+
+    #[test]
+    fn the_search_for_the_cost_target_splits_the_step_that_crosses_it() {
+        // The line from (10, 80) to (100, 90): every point below is over it.
+        let mix = MixLine::new(&[(10.0, 80.0, 0.0), (100.0, 90.0, 0.0)]);
+        let target = 50.0;
+        let bank = [
+            (0.0, 89.9, 100.0),
+            (0.0312, 88.0, 69.0),
+            (0.0442, 87.0, 50.5), // misses the target by half a point
+            (0.0625, 86.0, 32.0), // selected: meets it
+            (0.0884, 85.0, 20.0),
+        ];
+        // A third and two thirds of the way, geometrically, from 0.0442 to 0.0625.
+        assert_eq!(towards_target(&bank, &mix, target), vec![0.0496, 0.0557]);
+        // From 0 the thirds are arithmetic.
+        let from_zero = [(0.0, 89.9, 100.0), (0.0078, 85.0, 20.0)];
+        assert_eq!(
+            towards_target(&from_zero, &mix, target),
+            vec![0.0026, 0.0052]
+        );
+        // After a round: the step that still crosses is the one split, below the new pick.
+        let mut refined = bank.to_vec();
+        refined.extend([(0.0496, 86.8, 48.0), (0.0557, 86.4, 40.0)]);
+        refined.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(towards_target(&refined, &mix, target), vec![0.0459, 0.0477]);
+        // An entry more accurate than its dearer neighbours still splits the crossing under it.
+        let bumpy = [
+            (0.0312, 88.0, 69.0),
+            (0.0442, 86.0, 45.0),
+            (0.0625, 86.5, 32.0),
+        ];
+        assert_eq!(towards_target(&bumpy, &mix, target), vec![0.035, 0.0394]);
+        // Nothing to search: every entry meets the target, or none that is kept does.
+        let cheap = [(0.0442, 87.0, 40.0), (0.0625, 86.0, 32.0)];
+        assert!(towards_target(&cheap, &mix, target).is_empty());
+        let dear = [(0.0, 89.9, 100.0), (0.0312, 88.0, 69.0)];
+        assert!(towards_target(&dear, &mix, target).is_empty());
+        // A step already split down to neighbouring three-digit lambdas yields nothing new.
+        let narrow = [(0.0442, 87.0, 50.5), (0.0443, 86.9, 49.0)];
+        assert!(towards_target(&narrow, &mix, target).is_empty());
     }
 
     #[test]
