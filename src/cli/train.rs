@@ -406,8 +406,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
             )?;
             for v in &selection.candidates {
                 eprintln!(
-                    "l2d: validation ({} articles): {:<40} lambda {:<6} {:.2} EM at cost {:.2}",
+                    "l2d: validation ({} articles in {} folds): {:<40} lambda {:<6} {:.2} EM at cost {:.2}",
                     selection.validation_articles,
+                    selection.validation_folds,
                     v.candidate.name(),
                     v.lambda,
                     v.em,

@@ -76,22 +76,32 @@ pub fn pairs(
     Ok(out)
 }
 
-/// Fits every bank entry's maps on `records` (held out from its training) and stores them in
-/// `target` (the same configuration, trained on more questions: its entries match by position).
+/// Fits every bank entry's maps and stores them in `target` (the same configuration, trained
+/// on more questions: its entries match by position). Each of `fitted_on_fewer` is a policy
+/// and questions held out from its training; the pairs of all of them are pooled.
 pub fn calibrate(
     labels: &Labels,
-    fitted_on_fewer: &PolicyFile,
-    records: &[&LabelRecord],
+    fitted_on_fewer: &[(&PolicyFile, &[&LabelRecord])],
     target: &mut PolicyFile,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        fitted_on_fewer.bank.len() == target.bank.len()
-            && fitted_on_fewer.mode == target.mode
-            && fitted_on_fewer.stages == target.stages,
+        fitted_on_fewer
+            .iter()
+            .all(|(p, _)| p.bank.len() == target.bank.len()
+                && p.mode == target.mode
+                && p.stages == target.stages),
         "the calibrated bank and the served bank differ"
     );
     for (e, entry) in target.bank.iter_mut().enumerate() {
-        entry.calibration = pairs(labels, fitted_on_fewer, e, records)?
+        let mut by_stage: Vec<Vec<(f64, f64)>> = Vec::new();
+        for (policy, records) in fitted_on_fewer {
+            let stages = pairs(labels, policy, e, records)?;
+            by_stage.resize(stages.len(), Vec::new());
+            for (all, stage) in by_stage.iter_mut().zip(stages) {
+                all.extend(stage);
+            }
+        }
+        entry.calibration = by_stage
             .into_iter()
             .map(Calibration::fit)
             .collect::<Option<Vec<_>>>()
