@@ -32,7 +32,7 @@ fn the_evaluation_reports_are_what_the_shipped_policies_produce() {
         labels_arg,
     ]);
     for (policy, report) in [
-        ("policies/squad-v1.1.json", "cascade"),
+        ("policies/squad-v1.1-cascade.json", "cascade"),
         ("policies/squad-v1.1-defer.json", "defer"),
     ] {
         let json: PathBuf = dir.path().join(format!("{report}.json"));
