@@ -456,6 +456,23 @@ fn a_mode_with_a_cost_target_chooses_what_its_flags_leave_open() {
     assert!(two && !three && !other_modes, "{stderr}");
 }
 
+/// `train_recommended` on every article of `labels` (none held out for test), for a cost target
+/// of half the always-best expert's, among `candidate` alone.
+fn recommend(
+    labels: &Labels,
+    base: &TrainOptions,
+    candidate: l2d::train::select::Candidate,
+) -> (
+    l2d::core::learned::PolicyFile,
+    l2d::train::select::Selection,
+) {
+    let mut titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
+    titles.sort();
+    titles.dedup();
+    l2d::train::select::train_recommended(labels, base, titles, Vec::new(), 0.5, vec![candidate])
+        .unwrap()
+}
+
 /// The recommended policy is trained at the L2 strengths chosen on validation and serves only
 /// the lambdas whose validation point is not under the single experts' mix line. With `a` and
 /// `d` as probes nothing tells when `a` is wrong (`d` never is right), so an entry either keeps
@@ -463,7 +480,7 @@ fn a_mode_with_a_cost_target_chooses_what_its_flags_leave_open() {
 /// alone reaches at cost 1) or asks `c` (100 EM at 102.5: on the line, which `c` tops).
 #[test]
 fn the_recommended_policy_keeps_the_choices_made_on_validation() {
-    use l2d::train::select::{Candidate, Regularisation, train_recommended};
+    use l2d::train::select::{Candidate, Regularisation};
     let labels = agreement_labels(800, 16, 3);
     let base = TrainOptions {
         lambdas: vec![0.0, 2.0],
@@ -473,16 +490,12 @@ fn the_recommended_policy_keeps_the_choices_made_on_validation() {
         test_fraction: 0.0,
         ..agreement_options(0.0)
     };
-    let mut titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
-    titles.sort();
-    titles.dedup();
     let only = Candidate {
         mode: Mode::Defer,
         probes: base.probes.clone(),
         stages: 0,
     };
-    let (policy, selection) =
-        train_recommended(&labels, &base, titles, Vec::new(), 0.5, vec![only]).unwrap();
+    let (policy, selection) = recommend(&labels, &base, only);
     let tuned = selection.tuned();
     let points = &tuned.points;
     assert!(points[0].1 > 99.0 && points[1].1 < 70.0, "{points:?}");
@@ -512,7 +525,7 @@ fn the_recommended_policy_keeps_the_choices_made_on_validation() {
 /// (both cheap, so the step that still crosses is 0 to 10), the second 3.33 and 6.67.
 #[test]
 fn the_lambdas_around_the_cost_target_are_searched_on_validation_and_served() {
-    use l2d::train::select::{Candidate, REFINE_ROUNDS, train_recommended};
+    use l2d::train::select::{Candidate, REFINE_ROUNDS};
     let labels = agreement_labels(800, 16, 3);
     let base = TrainOptions {
         lambdas: vec![0.0, 30.0],
@@ -521,16 +534,12 @@ fn the_lambdas_around_the_cost_target_are_searched_on_validation_and_served() {
         test_fraction: 0.0,
         ..agreement_options(0.0)
     };
-    let mut titles: Vec<String> = labels.records.iter().map(|r| r.title.clone()).collect();
-    titles.sort();
-    titles.dedup();
     let route = Candidate {
         mode: Mode::Route,
         probes: Vec::new(),
         stages: 0,
     };
-    let (policy, selection) =
-        train_recommended(&labels, &base, titles, Vec::new(), 0.5, vec![route]).unwrap();
+    let (policy, selection) = recommend(&labels, &base, route);
     let tuned = selection.tuned();
     let lambdas: Vec<f64> = tuned.points.iter().map(|p| p.0).collect();
     // The grid's two, and two more per round, in ascending order.
@@ -554,6 +563,16 @@ fn the_lambdas_around_the_cost_target_are_searched_on_validation_and_served() {
     assert_eq!(served, tuned.kept);
     assert!(served.len() > 2, "{served:?}");
     assert_eq!(policy.default_lambda, selection.lambda);
+    // Each entry served carries the maps fitted for its own lambda on the held-out folds.
+    for entry in &policy.bank {
+        let (_, maps) = selection
+            .calibration
+            .iter()
+            .find(|(lambda, _)| *lambda == entry.lambda)
+            .unwrap();
+        assert!(!entry.calibration.is_empty(), "{}", entry.lambda);
+        assert_eq!(&entry.calibration, maps, "{}", entry.lambda);
+    }
 }
 
 /// The scores a calibrated cascade serves are expected deferral costs: on the labels above at

@@ -269,11 +269,19 @@ fn check_overlay(overlay: &str, unscored: &[&str]) {
     let discovery = seconds(arg(c, "--health-interval")) + seconds(arg(c, "--dns-interval"));
     let try_timeout = args_has(c, "--try-timeout").map_or(10, seconds);
 
-    // The policy in the ConfigMap is the shipped one, byte for byte, and loads.
-    let shipped = std::fs::read_to_string(repo().join("policies/squad-v1.1.json")).unwrap();
+    // The policy in the ConfigMap is the shipped cascade, byte for byte, and loads. It must fit
+    // in a ConfigMap (1 MiB in all); the recommended defer policy, with its hashed question
+    // n-gram weights, does not.
+    let shipped = std::fs::read_to_string(repo().join("policies/squad-v1.1-cascade.json")).unwrap();
     assert!(
         policy_text == shipped,
-        "deploy/k8s/base/config/policy.json differs from policies/squad-v1.1.json: copy it again"
+        "deploy/k8s/base/config/policy.json differs from policies/squad-v1.1-cascade.json: copy it again"
+    );
+    // What is left of the 1 MiB for the ConfigMap's own fields is ample.
+    assert!(
+        policy_text.len() < 1_000_000,
+        "the policy ConfigMap's file ({} bytes) would not fit in a ConfigMap's 1 MiB",
+        policy_text.len()
     );
     let policy = PolicyFile::parse(policy_text).unwrap();
 

@@ -82,9 +82,9 @@ async fn a_candidate_decides_its_share_of_requests_and_shadows_the_rest() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pool = l2d::pool_file::PoolFile::load(&root.join("pools/squad-v1.1.toml")).unwrap();
     let serving = root.join("policies/squad-v1.1.json");
-    let defer = root.join("policies/squad-v1.1-defer.json");
+    let cascade = root.join("policies/squad-v1.1-cascade.json");
     let (node, scheduler, local) =
-        spawn_scheduler_with_candidate(SchedulerConfig::default(), &pool, &serving, &defer, 0.5)
+        spawn_scheduler_with_candidate(SchedulerConfig::default(), &pool, &serving, &cascade, 0.5)
             .await;
     let mut router = RouterClient::from_channel(node.channel().await);
     let serving_id = scheduler.policy().identity().id.clone();

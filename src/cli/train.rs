@@ -99,9 +99,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub default_lambda: Option<f64>,
     /// The mode; without it, the recommended one for this pool: route, defer (probes among the
-    /// cheapest experts) and cascade are each trained on part of the training articles and
-    /// compared on the rest (validation), and the lambda served by default is the most
-    /// accurate whose validation cost meets --at-cost.
+    /// cheapest experts) and cascade are each trained four times, each time without a quarter
+    /// of the training articles, and compared on the quarters left out (validation), and the
+    /// lambda served by default is the most accurate whose validation cost meets --at-cost.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
     /// The cost target, as a fraction of the always-best expert's cost: the lambda served by
@@ -164,7 +164,8 @@ pub struct CvArgs {
     /// fraction of the always-best expert's cost.
     #[arg(long, default_value_t = 0.5)]
     pub at_cost: f64,
-    /// Seed of the assignment of articles to folds (and of the inner validation split).
+    /// Seed of the assignment of articles to folds (the inner validation folds are drawn from
+    /// --split-seed).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Write the report as JSON here.

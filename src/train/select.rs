@@ -1185,6 +1185,28 @@ mod tests {
     }
 
     #[test]
+    fn every_training_article_is_validated_on_once_by_a_fold_trained_without_it() {
+        let articles: Vec<String> = (0..10).map(|i| format!("article-{i}")).collect();
+        let folds = validation_folds(&articles, 7);
+        assert_eq!(folds.len(), VALIDATION_FOLDS);
+        let mut validated: Vec<&String> = folds.iter().flat_map(|(_, v)| v).collect();
+        validated.sort();
+        assert_eq!(validated, articles.iter().collect::<Vec<_>>());
+        for (inner, validation) in &folds {
+            assert!(!validation.is_empty());
+            assert_eq!(inner.len() + validation.len(), articles.len());
+            assert!(inner.iter().all(|a| !validation.contains(a)));
+        }
+        // The same seed gives the same folds; another seed, others.
+        assert_eq!(validation_folds(&articles, 7), folds);
+        assert_ne!(validation_folds(&articles, 8), folds);
+        // Fewer articles than folds: one fold per article.
+        let two = validation_folds(&articles[..2], 7);
+        assert_eq!(two.len(), 2);
+        assert!(two.iter().all(|(i, v)| i.len() == 1 && v.len() == 1));
+    }
+
+    #[test]
     fn a_validated_candidate_trains_with_its_own_strengths_and_kept_lambdas() {
         let base = TrainOptions {
             lambdas: vec![0.0, 0.02, 0.1, 0.5],
