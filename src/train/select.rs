@@ -36,9 +36,6 @@ use super::split::split_by_article;
 use super::table::{AgreementTable, normalised};
 use super::{TrainOptions, probe_indices, train_on};
 use crate::core::learned::{LossKind, Mode, PolicyFile};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 /// Share of the training articles held out for validation where one split is used (the
@@ -280,6 +277,29 @@ pub fn worth_serving(points: &[(f64, f64, f64)], mix: &MixLine) -> Vec<f64> {
     }
 }
 
+/// The lambdas [`worth_serving`] keeps of `points`, and their points.
+fn kept_points(points: &[(f64, f64, f64)], mix: &MixLine) -> (Vec<f64>, Vec<(f64, f64, f64)>) {
+    let kept = worth_serving(points, mix);
+    let kept_points = points
+        .iter()
+        .filter(|p| kept.contains(&p.0))
+        .copied()
+        .collect();
+    (kept, kept_points)
+}
+
+/// Each fold's policy beside that fold's validation questions.
+fn on_their_folds<'a>(
+    policies: &'a [PolicyFile],
+    fold_records: &'a [Vec<&'a LabelRecord>],
+) -> Vec<(&'a PolicyFile, &'a [&'a LabelRecord])> {
+    policies
+        .iter()
+        .zip(fold_records)
+        .map(|(p, r)| (p, r.as_slice()))
+        .collect()
+}
+
 fn loss_of(loss: LossKind) -> impl Fn(&LabelRecord, usize) -> f64 + Copy {
     move |r: &LabelRecord, j: usize| r.experts[j].loss(loss)
 }
@@ -325,15 +345,10 @@ pub const REFINE_ROUNDS: usize = 2;
 /// step ninefold (to about 4% in lambda), so each candidate is judged, and served, near the
 /// target. Nothing is tried when no kept entry meets the target, or none dearer misses it.
 pub fn towards_target(points: &[(f64, f64, f64)], mix: &MixLine, target: f64) -> Vec<f64> {
-    let kept = worth_serving(points, mix);
-    let kept_points: Vec<(f64, f64, f64)> = points
-        .iter()
-        .filter(|p| kept.contains(&p.0))
-        .copied()
-        .collect();
+    let (_, kept_points) = kept_points(points, mix);
     let (picked, _, cost) = pick(&kept_points, target);
     let fits = |p: &(f64, f64, f64)| p.2 <= target + 1e-9;
-    if kept_points.is_empty() || !fits(&(picked, 0.0, cost)) {
+    if kept_points.is_empty() || cost > target + 1e-9 {
         return Vec::new();
     }
     // The dearest lambda under the pick that misses the target, and the next one up that meets it.
@@ -405,26 +420,7 @@ fn bank_points(
 /// (inner-training, validation) pairs: every article is validated on exactly once, by a
 /// policy trained without it. Deterministic from `seed`; each list sorted.
 pub fn validation_folds(articles: &[String], seed: u64) -> Vec<(Vec<String>, Vec<String>)> {
-    let mut shuffled = articles.to_vec();
-    shuffled.sort();
-    shuffled.dedup();
-    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let k = VALIDATION_FOLDS.min(shuffled.len());
-    (0..k)
-        .map(|f| {
-            let (mut validation, mut inner): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-            for (i, t) in shuffled.iter().enumerate() {
-                if i % k == f {
-                    validation.push(t.clone());
-                } else {
-                    inner.push(t.clone());
-                }
-            }
-            validation.sort();
-            inner.sort();
-            (inner, validation)
-        })
-        .collect()
+    super::split::folds_by_article(articles, seed, VALIDATION_FOLDS)
 }
 
 /// Chooses a candidate and its lambda on validation articles carved out of `articles`.
@@ -469,14 +465,8 @@ pub fn select_among(
             .map(|(inner, validation)| train_on(labels, options, inner.clone(), validation.clone()))
             .collect()
     };
-    let points_of = |policies: &[PolicyFile]| {
-        let pairs: Vec<(&PolicyFile, &[&LabelRecord])> = policies
-            .iter()
-            .zip(&fold_records)
-            .map(|(p, r)| (p, r.as_slice()))
-            .collect();
-        bank_points(labels, &pairs)
-    };
+    let points_of =
+        |policies: &[PolicyFile]| bank_points(labels, &on_their_folds(policies, &fold_records));
     // A candidate at some L2 strengths, each fold's policy on that fold's validation articles.
     let validate =
         |candidate: &Candidate, fit: FitConfig| -> anyhow::Result<(Validated, Vec<PolicyFile>)> {
@@ -506,12 +496,7 @@ pub fn select_among(
                 }
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
             }
-            let kept = worth_serving(&points, &mix);
-            let kept_points: Vec<(f64, f64, f64)> = points
-                .iter()
-                .filter(|p| kept.contains(&p.0))
-                .copied()
-                .collect();
+            let (kept, kept_points) = kept_points(&points, &mix);
             let (lambda, em, mean_cost) = pick(&kept_points, target_cost);
             let validated = Validated {
                 candidate: candidate.clone(),
@@ -572,12 +557,11 @@ pub fn select_among(
 
     // The kept entries' calibration maps, fitted on every fold's validation articles.
     let mut calibrated = best_policies[0].clone();
-    let pairs: Vec<(&PolicyFile, &[&LabelRecord])> = best_policies
-        .iter()
-        .zip(&fold_records)
-        .map(|(p, r)| (p, r.as_slice()))
-        .collect();
-    calibrate(labels, &pairs, &mut calibrated)?;
+    calibrate(
+        labels,
+        &on_their_folds(&best_policies, &fold_records),
+        &mut calibrated,
+    )?;
     let calibration = calibrated
         .bank
         .into_iter()
@@ -861,23 +845,11 @@ pub fn cross_validate(
         options.folds * 2,
         titles.len()
     );
-    titles.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed));
     let mut folds = Vec::new();
-    for k in 0..options.folds {
-        let mut test: Vec<String> = titles
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % options.folds == k)
-            .map(|(_, t)| t.clone())
-            .collect();
-        let mut train: Vec<String> = titles
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % options.folds != k)
-            .map(|(_, t)| t.clone())
-            .collect();
-        test.sort();
-        train.sort();
+    for (k, (train, test)) in super::split::folds_by_article(&titles, options.seed, options.folds)
+        .into_iter()
+        .enumerate()
+    {
         folds.push(fold(labels, base, options, k, train, test)?);
     }
     let summaries: Vec<Summary> = folds

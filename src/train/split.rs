@@ -30,6 +30,33 @@ pub fn split_by_article(
     (train, test)
 }
 
+/// The distinct `titles` in `k` folds by article (one per article when there are fewer), as
+/// (train, test) pairs: fold `f` tests on the articles at positions `f`, `f + k`, … of a ChaCha8
+/// shuffle from `seed` (of the sorted titles) and trains on the others, so every article is
+/// tested on exactly once. Each list sorted.
+pub fn folds_by_article(titles: &[String], seed: u64, k: usize) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut shuffled: Vec<String> = titles.to_vec();
+    shuffled.sort();
+    shuffled.dedup();
+    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let k = k.min(shuffled.len());
+    (0..k)
+        .map(|f| {
+            let (mut test, mut train): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+            for (i, t) in shuffled.iter().enumerate() {
+                if i % k == f {
+                    test.push(t.clone());
+                } else {
+                    train.push(t.clone());
+                }
+            }
+            test.sort();
+            train.sort();
+            (train, test)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
