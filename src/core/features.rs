@@ -175,6 +175,34 @@ pub fn featurize_analysed(
     analysis: Option<&ContextAnalysis>,
     probe_answers: &[Option<&str>],
 ) -> Features {
+    featurize_with(question, context, analysis, probe_answers, NGrams::Hashed)
+}
+
+/// [`featurize_analysed`] without the hashed question n-grams (`hashed` is empty): the dense
+/// features alone, for a reader of them only (a cascade's stage rejectors).
+pub fn featurize_dense(
+    question: &str,
+    context: &str,
+    analysis: Option<&ContextAnalysis>,
+    probe_answers: &[Option<&str>],
+) -> Features {
+    featurize_with(question, context, analysis, probe_answers, NGrams::Skipped)
+}
+
+/// Whether a featurization hashes the question's n-grams.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NGrams {
+    Hashed,
+    Skipped,
+}
+
+fn featurize_with(
+    question: &str,
+    context: &str,
+    analysis: Option<&ContextAnalysis>,
+    probe_answers: &[Option<&str>],
+    ngrams: NGrams,
+) -> Features {
     let p = match analysis {
         Some(a) => Passage::analysed(question, context, a),
         None => Passage::terms_only(question, context),
@@ -337,6 +365,12 @@ pub fn featurize_analysed(
         }
     }
 
+    if ngrams == NGrams::Skipped {
+        return Features {
+            dense,
+            hashed: Vec::new(),
+        };
+    }
     // Hashed question n-grams.
     let stems: Vec<&str> = p
         .question_tokens
@@ -496,7 +530,8 @@ mod tests {
     ];
 
     proptest::proptest! {
-        /// Features on a context analysed before are the features, bit for bit.
+        /// Features on a context analysed before are the features, bit for bit, and the
+        /// dense-only ones their dense part.
         #[test]
         fn an_analysed_context_gives_the_same_features(
             question in proptest::collection::vec(proptest::sample::select(WORDS), 1..8),
@@ -513,6 +548,13 @@ mod tests {
                 kept.dense.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             );
             proptest::prop_assert_eq!(fresh.hashed, kept.hashed);
+            // The dense-only featurization (a cascade's) is the same dense part, bit for bit.
+            let dense = featurize_dense(&question, &context, Some(&analysis), &probes);
+            proptest::prop_assert_eq!(
+                fresh.dense.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                dense.dense.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            proptest::prop_assert!(dense.hashed.is_empty());
         }
     }
 }

@@ -20,7 +20,7 @@
 use super::calibration::Calibration;
 use super::features::{
     FEATURIZER_VERSION, Features, HASH_BUCKETS, cascade_dense, cascade_dense_len, dense_len,
-    featurize_analysed,
+    featurize_analysed, featurize_dense,
 };
 use super::policy::{ExpertMeta, Observed, Policy, PolicyIdentity};
 use super::query::Query;
@@ -315,7 +315,8 @@ impl PolicyFile {
         answers: &[Option<&str>],
         asked: &[bool],
     ) -> Features {
-        let full = featurize_analysed(question, context, analysis, answers);
+        // A stage rejector reads the dense features only.
+        let full = featurize_dense(question, context, analysis, answers);
         self.mask_state(&full, asked)
     }
 

@@ -22,7 +22,9 @@
 
 use super::fit::{Example, FitConfig, fit};
 use super::labels::{LabelRecord, Labels};
-use crate::core::features::{DENSE_NAMES, Features, cascade_dense, cascade_dense_len, featurize};
+use crate::core::features::{
+    DENSE_NAMES, Features, cascade_dense, cascade_dense_len, featurize_dense,
+};
 use crate::core::learned::{BankEntry, LossKind, Standardization, walk};
 use crate::core::rejector::LinearRejector;
 use rand::SeedableRng;
@@ -37,7 +39,7 @@ const MAX_STATES_PER_QUESTION: usize = 64;
 /// state's features are masks of it.
 pub fn full_features(record: &LabelRecord) -> Features {
     let answers: Vec<Option<&str>> = record.experts.iter().map(|e| e.answer.as_deref()).collect();
-    featurize(&record.question, &record.context, &answers)
+    featurize_dense(&record.question, &record.context, None, &answers)
 }
 
 /// Every subset of `agents` agents of size `size`, as bit masks, in increasing order.
