@@ -12,7 +12,8 @@
 //!   bookkeeping);
 //! - (c0) as (c) with the prior policy, which reads no features: what featurizing costs;
 //! - (d) the route policy over the whole default pool (five experts);
-//! - (e) the shipped policy over the whole pool (a cascade: one or two expert calls per query).
+//! - (e) the shipped policy over the whole pool (defer mode: two probes asked together, then
+//!   one probe's answer kept or another expert asked).
 //!
 //! (b) and (c) are measured in interleaved rounds (b first, then c first, …), each round at
 //! concurrency 1 (latency), saturated (requests/s), and at one fixed rate that both sustain
