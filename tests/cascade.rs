@@ -667,3 +667,38 @@ fn a_calibrated_cascade_scores_actions_in_expected_cost() {
         "asking c after a disagreement: {cost}"
     );
 }
+
+/// Calibration maps are fitted per lambda: a bank fitted on fewer questions whose entries are in
+/// another order than the served bank's still gives each served entry its own lambda's maps.
+#[test]
+fn each_entry_is_calibrated_on_its_own_lambda_whatever_the_bank_order() {
+    use l2d::train::calibrate::calibrate;
+    let labels = agreement_labels(2400, 16, 11);
+    let mut options = agreement_options(0.25);
+    options.lambdas = vec![0.05, 0.15, 0.3];
+    let policy = train(&labels, &options).unwrap();
+    let records = labels.in_articles(&policy.split.test_articles);
+    let mut in_order = policy.clone();
+    calibrate(&labels, &[(&policy, records.as_slice())], &mut in_order).unwrap();
+    let maps = |p: &l2d::core::learned::PolicyFile| -> Vec<_> {
+        p.bank.iter().map(|e| e.calibration.clone()).collect()
+    };
+    let fitted = maps(&in_order);
+    assert!(
+        fitted.iter().all(|m| !m.is_empty()),
+        "every entry calibrated: {:?}",
+        fitted.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_ne!(fitted[0], fitted[2], "the lambdas' maps differ");
+    let mut reversed = policy.clone();
+    reversed.bank.reverse();
+    let mut target = policy.clone();
+    calibrate(&labels, &[(&reversed, records.as_slice())], &mut target).unwrap();
+    assert_eq!(maps(&target), fitted);
+    // A served lambda the fitted bank does not hold is refused, not matched to another.
+    let mut fewer = policy.clone();
+    fewer.bank.truncate(2);
+    let mut served = policy.clone();
+    let refused = calibrate(&labels, &[(&fewer, records.as_slice())], &mut served).unwrap_err();
+    assert!(refused.to_string().contains("lambda 0.3"), "{refused}");
+}

@@ -12,6 +12,7 @@ use super::labels::{LabelRecord, Labels};
 use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::calibration::Calibration;
 use crate::core::learned::{Mode, PolicyFile, best_action, walk};
+use anyhow::Context;
 use serde::Serialize;
 
 /// The (probability, realised cost) pairs of bank entry `entry` on `records`, by stage.
@@ -77,7 +78,7 @@ pub fn pairs(
 }
 
 /// Fits every bank entry's maps and stores them in `target` (the same configuration, trained
-/// on more questions: its entries match by position). Each of `fitted_on_fewer` is a policy
+/// on more questions: its entries match by lambda, each of which every fitted bank must hold). Each of `fitted_on_fewer` is a policy
 /// and questions held out from its training; the pairs of all of them are pooled.
 pub fn calibrate(
     labels: &Labels,
@@ -87,14 +88,24 @@ pub fn calibrate(
     anyhow::ensure!(
         fitted_on_fewer
             .iter()
-            .all(|(p, _)| p.bank.len() == target.bank.len()
-                && p.mode == target.mode
-                && p.stages == target.stages),
+            .all(|(p, _)| p.mode == target.mode && p.stages == target.stages),
         "the calibrated bank and the served bank differ"
     );
-    for (e, entry) in target.bank.iter_mut().enumerate() {
+    for entry in target.bank.iter_mut() {
         let mut by_stage: Vec<Vec<(f64, f64)>> = Vec::new();
         for (policy, records) in fitted_on_fewer {
+            // Each served entry is calibrated on the fitted entry of its own lambda, wherever
+            // that entry sits in the fitted bank.
+            let e = policy
+                .bank
+                .iter()
+                .position(|fitted| fitted.lambda == entry.lambda)
+                .with_context(|| {
+                    format!(
+                        "the calibrated bank has no entry at lambda {} of the served bank",
+                        entry.lambda
+                    )
+                })?;
             let stages = pairs(labels, policy, e, records)?;
             by_stage.resize(stages.len(), Vec::new());
             for (all, stage) in by_stage.iter_mut().zip(stages) {
