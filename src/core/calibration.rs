@@ -9,10 +9,10 @@
 //! the actions, and the policy serves the same choices as before at zero load; what it adds is
 //! the size of each gap, comparable with the price of waiting.
 //!
-//! The map is isotonic, interpolated between blocks and extended linearly to the ends (see
-//! [`Calibration::fit`]): a step function, or one flat past its last block, would make every
-//! near-choice among the rejector's favourite actions a tie that the smallest waiting price
-//! decides.
+//! The map is isotonic, interpolated between blocks and extended linearly to the ends, at
+//! probability 0 no higher than the highest cost seen (see [`Calibration::fit`]): a step
+//! function, or one flat past its last block, would make every near-choice among the
+//! rejector's favourite actions a tie that the smallest waiting price decides.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +50,10 @@ fn least_squares(pairs: &[(f64, f64)]) -> Vec<[f64; 2]> {
 }
 
 /// Extends decreasing knots to probabilities 0 and 1 along their end segments, stopping at a
-/// cost of 0 (a flat 0 beyond).
-fn extend_to_the_ends(knots: &mut Vec<[f64; 2]>) {
+/// cost of 0 (a flat 0 beyond) and, at probability 0, at `highest`, the highest cost an action
+/// had: two first blocks a hair apart in probability make a near-vertical segment, whose line
+/// would reach costs no action can have (10^14 was seen).
+fn extend_to_the_ends(knots: &mut Vec<[f64; 2]>, highest: f64) {
     if knots.len() < 2 {
         let c = knots.first().map_or(0.0, |k| k[1]);
         *knots = vec![[0.0, c], [1.0, c]];
@@ -60,7 +62,8 @@ fn extend_to_the_ends(knots: &mut Vec<[f64; 2]>) {
     let slope = |a: [f64; 2], b: [f64; 2]| (b[1] - a[1]) / (b[0] - a[0]);
     let [first, second] = [knots[0], knots[1]];
     if first[0] > 0.0 {
-        knots.insert(0, [0.0, first[1] - slope(first, second) * first[0]]);
+        let along = first[1] - slope(first, second) * first[0];
+        knots.insert(0, [0.0, along.min(highest.max(first[1]))]);
     }
     let (a, b) = (knots[knots.len() - 2], knots[knots.len() - 1]);
     if b[0] < 1.0 {
@@ -125,7 +128,8 @@ impl Calibration {
         } else {
             least_squares(&pairs)
         };
-        extend_to_the_ends(&mut knots);
+        let highest = pairs.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        extend_to_the_ends(&mut knots, highest);
         Some(Self { knots, pairs: n })
     }
 
@@ -213,6 +217,29 @@ mod tests {
         cal.check().unwrap();
         assert!(cal.expected_cost(1.0) >= 0.0 && cal.expected_cost(1.0) < 1e-5);
         assert!(cal.expected_cost(0.0) > 0.5);
+    }
+
+    #[test]
+    fn the_extension_to_probability_zero_stays_within_the_costs_seen() {
+        // The first two blocks a hair apart in probability: their segment is near vertical,
+        // and its line at probability 0 would be about 10^11.
+        let mut pairs = vec![(0.2, 1.0); 100];
+        pairs.extend(vec![(0.2 + 1e-12, 0.5); 100]);
+        pairs.extend(vec![(0.9, 0.0); 100]);
+        let map = Calibration::fit(pairs).unwrap();
+        map.check().unwrap();
+        assert!(map.expected_cost(0.0) <= 1.0 + 1e-5, "{:?}", map.knots);
+        assert!(map.expected_cost(0.1) >= map.expected_cost(0.2));
+        assert!(map.expected_cost(0.2) > map.expected_cost(0.5));
+        // A gentle first segment (0.8 at 0.2, 0.5 at 0.5) is still extended along its line, to
+        // 1.0 at 0, under the highest cost seen (1.1).
+        let gentle =
+            Calibration::fit(vec![(0.2, 0.5), (0.2, 1.1), (0.5, 0.5), (0.8, 0.2)]).unwrap();
+        assert!(
+            (gentle.expected_cost(0.0) - 1.0).abs() < 1e-5,
+            "{:?}",
+            gentle.knots
+        );
     }
 
     #[test]
