@@ -78,8 +78,9 @@ pub fn pairs(
 }
 
 /// Fits every bank entry's maps and stores them in `target` (the same configuration, trained
-/// on more questions: its entries match by lambda, each of which every fitted bank must hold). Each of `fitted_on_fewer` is a policy
-/// and questions held out from its training; the pairs of all of them are pooled.
+/// on more questions: its entries match by lambda, each of which every fitted bank must hold).
+/// Each of `fitted_on_fewer` is a policy and questions held out from its training; the pairs of
+/// all of them are pooled.
 pub fn calibrate(
     labels: &Labels,
     fitted_on_fewer: &[(&PolicyFile, &[&LabelRecord])],
