@@ -123,9 +123,9 @@ fn sample_at(dataset: &Dataset, words: usize, n: usize) -> Vec<(String, String, 
 /// - group `learned_defer_policy`: the defer-mode policy (`policies/squad-v1.1-defer.json`):
 ///   featurize with the two probes' answers (each question's first two reference answers),
 ///   score the five experts, decide;
-/// - group `shipped_cascade_first_step`: the cascade-mode policy (`policies/squad-v1.1-cascade.json`), its
-///   first step, which every request takes: featurize the query with no answer seen yet, score
-///   asking each expert, decide.
+/// - group `shipped_cascade_first_step`: the cascade-mode policy
+///   (`policies/squad-v1.1-cascade.json`), its first step, which every request takes: featurize
+///   the query with no answer seen yet, score asking each expert, decide.
 fn bench_learned(c: &mut Criterion) {
     bench_policy(
         c,
