@@ -18,7 +18,7 @@
 
 use super::answer_type::{AnswerType, MONTHS, answer_type};
 use super::metric::{normalize_answer, token_f1};
-use super::reading::{ContextAnalysis, Passage};
+use super::reading::{ContextAnalysis, question_terms};
 use super::text::{StemInitials, Token, TokenKind, tokenize, tokenize_stemming};
 
 pub const FEATURIZER_VERSION: &str = "l2d-features-v1";
@@ -203,14 +203,21 @@ fn featurize_with(
     probe_answers: &[Option<&str>],
     ngrams: NGrams,
 ) -> Features {
-    let p = match analysis {
-        Some(a) => Passage::analysed(question, context, a),
-        None => Passage::terms_only(question, context),
+    let fresh;
+    let a = match analysis {
+        Some(a) => a,
+        None => {
+            fresh = ContextAnalysis::of(context);
+            &fresh
+        }
     };
-    let kind = answer_type(&p.question_tokens, question);
+    debug_assert!(a.is_of(context));
+    let (tokens, sentences) = (a.tokens(), a.sentences());
+    let question_tokens = tokenize(question);
+    let kind = answer_type(&question_tokens, question);
     // Wh-words are ASCII: a case-insensitive compare equals comparing the lower-cased word.
     let word = |t: &Token| t.text(question);
-    let wh = p.question_tokens.iter().find_map(|t| {
+    let wh = question_tokens.iter().find_map(|t| {
         WH_WORDS
             .iter()
             .position(|x| x.eq_ignore_ascii_case(word(t)))
@@ -228,18 +235,19 @@ fn featurize_with(
     ] {
         dense.push(f64::from(u8::from(kind == k)));
     }
-    let how_many = p.question_tokens.windows(2).any(|w| {
+    let how_many = question_tokens.windows(2).any(|w| {
         word(&w[0]).eq_ignore_ascii_case("how")
             && (word(&w[1]).eq_ignore_ascii_case("many")
                 || word(&w[1]).eq_ignore_ascii_case("much"))
     });
     dense.push(f64::from(u8::from(how_many)));
-    dense.push(ln1p(p.question_tokens.len()));
-    dense.push(ln1p(p.tokens.len()));
-    dense.push(ln1p(p.sentences.len()));
-    let terms = p.weights.len();
+    dense.push(ln1p(question_tokens.len()));
+    dense.push(ln1p(tokens.len()));
+    dense.push(ln1p(sentences.len()));
+    let counts = a.count_terms(&question_terms(&question_tokens));
+    let terms = counts.in_context.len();
     dense.push(ln1p(terms));
-    let found = p.weights.iter().filter(|&&w| w > 0.0).count();
+    let found = counts.in_context.iter().filter(|&&c| c > 0).count();
     dense.push(if terms == 0 {
         0.0
     } else {
@@ -247,7 +255,7 @@ fn featurize_with(
     });
 
     // Best sentence by BM25, and how many question terms it holds.
-    let ranks = p.sentence_bm25();
+    let ranks = counts.sentence_bm25();
     // The two best sentences (higher score first, then earlier): one pass, no sort.
     let mut first: Option<usize> = None;
     let mut runner_up: Option<usize> = None;
@@ -261,14 +269,8 @@ fn featurize_with(
             runner_up = Some(s);
         }
     }
-    let best = first.map(|s| p.sentences[s]);
-    let in_best = best.map_or(0, |(lo, hi)| {
-        let mut seen = 0u64;
-        for t in p.term_of[lo..hi].iter().flatten() {
-            seen |= 1 << t;
-        }
-        seen.count_ones() as usize
-    });
+    let best = first.map(|s| sentences[s]);
+    let in_best = first.map_or(0, |s| counts.terms_in_sentence(s));
     dense.push(if terms == 0 {
         0.0
     } else {
@@ -278,31 +280,26 @@ fn featurize_with(
     let second = runner_up.map_or(0.0, |s| ranks[s]);
     dense.push(top);
     dense.push(top - second);
-    dense.push(f64::from(u8::from(
-        question.chars().any(|c| c.is_ascii_digit()),
-    )));
-    let capitals = p
-        .question_tokens
+    // Digits and quotes are ASCII or (the curly quotes) start with the byte 0xE2: bytes are
+    // scanned, not characters decoded.
+    let q = question.as_bytes();
+    dense.push(f64::from(u8::from(q.iter().any(u8::is_ascii_digit))));
+    let capitals = question_tokens
         .iter()
         .skip(1)
         .filter(|t| t.kind == TokenKind::Word && t.capitalised)
         .count();
     dense.push(ln1p(capitals));
-    dense.push(f64::from(u8::from(
-        question.contains(['"', '“', '”', '\'']),
-    )));
-    let numbers = p
-        .tokens
-        .iter()
-        .filter(|t| t.kind == TokenKind::Number)
-        .count();
-    dense.push(if p.tokens.is_empty() {
+    let quoted = q.iter().any(|&b| b == b'"' || b == b'\'')
+        || (q.contains(&0xE2) && question.contains(['“', '”']));
+    dense.push(f64::from(u8::from(quoted)));
+    dense.push(if tokens.is_empty() {
         0.0
     } else {
-        numbers as f64 / p.tokens.len() as f64
+        a.numbers() as f64 / tokens.len() as f64
     });
     let typed = best.map_or(0, |(lo, hi)| {
-        p.tokens[lo..hi]
+        tokens[lo..hi]
             .iter()
             .filter(|t| token_fits(t, kind, context))
             .count()
@@ -313,7 +310,7 @@ fn featurize_with(
     // Defer mode: what the probes answered.
     let best_text = best.map_or("", |(lo, hi)| {
         if lo < hi {
-            &context[p.tokens[lo].byte_start..p.tokens[hi - 1].byte_end]
+            &context[tokens[lo].byte_start..tokens[hi - 1].byte_end]
         } else {
             ""
         }
@@ -323,7 +320,7 @@ fn featurize_with(
         .map(|a| a.map(normalize_answer))
         .collect();
     // Only the answer words that can share a stem with a question word are stemmed.
-    let initials = StemInitials::of(p.question_tokens.iter().map(|q| q.stem.as_str()));
+    let initials = StemInitials::of(question_tokens.iter().map(|q| q.stem.as_str()));
     for (answer, norm) in probe_answers.iter().zip(&normalized) {
         let answer = answer.unwrap_or("");
         let norm = norm.as_deref().unwrap_or("");
@@ -335,7 +332,7 @@ fn featurize_with(
             .filter(|t| {
                 t.kind != TokenKind::Punct
                     && !t.stem.is_empty()
-                    && p.question_tokens.iter().any(|q| q.stem == t.stem)
+                    && question_tokens.iter().any(|q| q.stem == t.stem)
             })
             .count();
         let words = tokens.iter().filter(|t| t.kind != TokenKind::Punct).count();
@@ -372,8 +369,7 @@ fn featurize_with(
         };
     }
     // Hashed question n-grams.
-    let stems: Vec<&str> = p
-        .question_tokens
+    let stems: Vec<&str> = question_tokens
         .iter()
         .filter(|t| t.kind != TokenKind::Punct)
         .map(|t| t.stem.as_str())

@@ -1,16 +1,14 @@
 //! What both live readers compute about a (question, context) pair: which context tokens carry
 //! question terms, how much each term is worth, and the sliding-window overlap of a candidate
-//! answer span with the question.
+//! answer span with the question; and what the policy's featurizer keeps of a context
+//! ([`ContextAnalysis`]) to count a question's terms in it.
 //!
 //! Term weights are MCTest's inverse counts (Richardson et al., 2013), as in the sliding-window
 //! baseline of the SQuAD paper: `ln(1 + 1 / count of the term in the context)`, so a term that
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
-use super::text::{
-    StemInitials, Token, TokenKind, is_stop_word, sentences, tokenize, tokenize_stemming,
-};
+use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize};
 use compact_str::CompactString;
-use std::borrow::Cow;
 
 /// At most this many distinct question terms are tracked (a bit per term).
 const MAX_TERMS: usize = 64;
@@ -19,9 +17,11 @@ fn fingerprint(word: &str) -> (usize, u8) {
     (word.len(), word.as_bytes().first().copied().unwrap_or(0))
 }
 
-/// What does not depend on the question: the context's tokens (every word stemmed) and its
-/// sentences. A passage asked about several times is analysed once (the scheduler keeps these
-/// for recent contexts).
+/// What does not depend on the question: the context's tokens (every word stemmed), its
+/// sentences and how many of its tokens are numbers. A passage asked about several times is
+/// analysed once (the scheduler keeps these for recent contexts); the question's part is then
+/// proportional to the question and to where its terms occur ([`ContextAnalysis::count_terms`]),
+/// not to the context's length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextAnalysis {
     /// The context analysed, to tell an analysis of another one.
@@ -32,6 +32,8 @@ pub struct ContextAnalysis {
     /// question term are found by a binary search over integers per term (then their stems
     /// compared), not a scan of the context nor string comparisons.
     by_stem: Vec<(u64, u32)>,
+    /// Tokens that are numbers.
+    numbers: usize,
 }
 
 /// The key a stem is found by in [`ContextAnalysis`].
@@ -50,41 +52,141 @@ impl ContextAnalysis {
             .map(|(i, t)| (stem_key(&t.stem), i as u32))
             .collect();
         by_stem.sort_unstable();
+        let numbers = tokens
+            .iter()
+            .filter(|t| t.kind == TokenKind::Number)
+            .count();
         Self {
             context: context.into(),
             tokens,
             sentences,
             by_stem,
+            numbers,
         }
-    }
-
-    /// `term_of` for `terms`: the index of the term each token carries, if any.
-    fn term_of(&self, terms: &[CompactString]) -> Vec<Option<u8>> {
-        let mut term_of = vec![None; self.tokens.len()];
-        for (i, term) in terms.iter().enumerate() {
-            let key = stem_key(term);
-            let first = self.by_stem.partition_point(|&(k, _)| k < key);
-            // Terms are distinct: a token carries at most one. Equal keys of different stems
-            // (a hash collision) are told apart by the stems themselves.
-            for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
-                if self.tokens[p as usize].stem == *term {
-                    term_of[p as usize] = Some(i as u8);
-                }
-            }
-        }
-        term_of
     }
 
     /// Whether this is an analysis of `context`.
     pub fn is_of(&self, context: &str) -> bool {
         *self.context == *context
     }
+
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// Token ranges `[start, end)` of the sentences; together they cover every token.
+    pub fn sentences(&self) -> &[(usize, usize)] {
+        &self.sentences
+    }
+
+    /// How many tokens are numbers.
+    pub fn numbers(&self) -> usize {
+        self.numbers
+    }
+
+    /// Where the distinct question `terms` (as [`question_terms`] gives them) occur: visits only
+    /// the tokens that carry one.
+    pub fn count_terms(&self, terms: &[CompactString]) -> TermCounts<'_> {
+        let width = terms.len();
+        let mut in_context = vec![0u32; width];
+        let mut per_sentence = vec![0u32; width * self.sentences.len()];
+        for (i, term) in terms.iter().enumerate() {
+            let key = stem_key(term);
+            let first = self.by_stem.partition_point(|&(k, _)| k < key);
+            // Equal keys of different stems (a hash collision, accidental or crafted) are told
+            // apart by the stems themselves.
+            for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
+                let p = p as usize;
+                if self.tokens[p].stem == *term {
+                    in_context[i] += 1;
+                    let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
+                    per_sentence[sentence * width + i] += 1;
+                }
+            }
+        }
+        TermCounts {
+            analysis: self,
+            in_context,
+            per_sentence,
+        }
+    }
+}
+
+/// How often each question term occurs in an analysed context, in all and per sentence.
+pub struct TermCounts<'a> {
+    analysis: &'a ContextAnalysis,
+    /// Occurrences of each term in the context.
+    pub in_context: Vec<u32>,
+    /// One row of per-term counts per sentence.
+    per_sentence: Vec<u32>,
+}
+
+impl TermCounts<'_> {
+    /// How many distinct terms occur in sentence `s`.
+    pub fn terms_in_sentence(&self, s: usize) -> usize {
+        let width = self.in_context.len();
+        self.per_sentence[s * width..(s + 1) * width]
+            .iter()
+            .filter(|&&c| c > 0)
+            .count()
+    }
+
+    /// [`Passage::sentence_bm25`] of the same question and context, to the bit.
+    pub fn sentence_bm25(&self) -> Vec<f64> {
+        let a = self.analysis;
+        bm25(
+            &a.sentences,
+            a.tokens.len(),
+            self.in_context.len(),
+            &self.per_sentence,
+        )
+    }
+}
+
+/// BM25 score of each sentence for the question terms (k1 = 1.2, b = 0.75; sentences are the
+/// documents), from `tf`: one row of `terms` counts per sentence, the sentences covering
+/// `tokens` tokens.
+fn bm25(sentences: &[(usize, usize)], tokens: usize, terms: usize, tf: &[u32]) -> Vec<f64> {
+    let n = sentences.len() as f64;
+    let avg_len = tokens as f64 / n.max(1.0);
+    if terms == 0 {
+        return vec![0.0; sentences.len()];
+    }
+    let mut doc_freq = vec![0u32; terms];
+    for counts in tf.chunks(terms) {
+        for (df, &c) in doc_freq.iter_mut().zip(counts) {
+            *df += u32::from(c > 0);
+        }
+    }
+    let (k1, b) = (1.2, 0.75);
+    // Each term's idf once, not once per sentence that holds it (a term found nowhere
+    // never has its idf read).
+    let idf: Vec<f64> = doc_freq
+        .iter()
+        .map(|&df| ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln())
+        .collect();
+    sentences
+        .iter()
+        .zip(tf.chunks(terms))
+        .map(|(&(lo, hi), counts)| {
+            let len = (hi - lo) as f64;
+            counts
+                .iter()
+                .zip(&idf)
+                .filter(|(c, _)| **c > 0)
+                .map(|(&c, &idf)| {
+                    let c = c as f64;
+                    idf * c * (k1 + 1.0) / (c + k1 * (1.0 - b + b * len / avg_len.max(1.0)))
+                })
+                .sum()
+        })
+        .collect()
 }
 
 pub struct Passage<'a> {
     pub context: &'a str,
-    pub tokens: Cow<'a, [Token]>,
-    pub sentences: Cow<'a, [(usize, usize)]>,
+    pub tokens: Vec<Token>,
+    pub sentences: Vec<(usize, usize)>,
     /// Index of the question term each context token carries, if any.
     pub term_of: Vec<Option<u8>>,
     /// Inverse-count weight of each question term (0 when absent from the context).
@@ -98,7 +200,7 @@ pub struct Passage<'a> {
 
 /// The distinct question terms (stems that are not stop words), at most [`MAX_TERMS`]: a
 /// question has a handful, so a linear scan beats hashing.
-fn question_terms(question_tokens: &[Token]) -> Vec<CompactString> {
+pub fn question_terms(question_tokens: &[Token]) -> Vec<CompactString> {
     let mut terms: Vec<CompactString> = Vec::new();
     for t in question_tokens {
         if t.kind != TokenKind::Punct
@@ -114,56 +216,10 @@ fn question_terms(question_tokens: &[Token]) -> Vec<CompactString> {
 
 impl<'a> Passage<'a> {
     pub fn new(question: &'a str, context: &'a str) -> Self {
-        Self::analyse(question, context, true)
-    }
-
-    /// Like [`Passage::new`], but context tokens that cannot carry a question term keep an
-    /// empty stem (their first letter starts no term): the same `term_of`, weights, matches and
-    /// sentences, for less work. For callers that read no context stems (the featurizer).
-    pub fn terms_only(question: &'a str, context: &'a str) -> Self {
-        Self::analyse(question, context, false)
-    }
-
-    /// Like [`Passage::new`], on a context analysed before (`analysis` must be of `context`).
-    pub fn analysed(question: &'a str, context: &'a str, analysis: &'a ContextAnalysis) -> Self {
         let question_tokens = tokenize(question);
         let terms = question_terms(&question_tokens);
-        let term_of = analysis.term_of(&terms);
-        Self::with_terms(
-            question,
-            context,
-            question_tokens,
-            terms.len(),
-            Cow::Borrowed(&analysis.tokens),
-            Cow::Borrowed(&analysis.sentences),
-            term_of,
-        )
-    }
-
-    fn analyse(question: &'a str, context: &'a str, stem_all: bool) -> Self {
-        let question_tokens = tokenize(question);
-        let terms = question_terms(&question_tokens);
-        let initials = StemInitials::of(terms.iter().map(CompactString::as_str));
-        let tokens = tokenize_stemming(context, |c| stem_all || initials.may_start(c));
+        let tokens = tokenize(context);
         let sentences = sentences(&tokens, context);
-        Self::with_tokens(
-            question,
-            context,
-            question_tokens,
-            &terms,
-            Cow::Owned(tokens),
-            Cow::Owned(sentences),
-        )
-    }
-
-    fn with_tokens(
-        question: &'a str,
-        context: &'a str,
-        question_tokens: Vec<Token>,
-        terms: &[CompactString],
-        tokens: Cow<'a, [Token]>,
-        sentences: Cow<'a, [(usize, usize)]>,
-    ) -> Self {
         // Compare a cheap fingerprint (length and first byte) before the bytes: most context
         // tokens differ from every term in one of them.
         let prints: Vec<(usize, u8)> = terms.iter().map(|t| fingerprint(t)).collect();
@@ -173,32 +229,12 @@ impl<'a> Passage<'a> {
                 let print = fingerprint(&t.stem);
                 prints
                     .iter()
-                    .zip(terms)
+                    .zip(&terms)
                     .position(|(p, q)| *p == print && q.as_str() == t.stem.as_str())
                     .map(|i| i as u8)
             })
             .collect();
-        Self::with_terms(
-            question,
-            context,
-            question_tokens,
-            terms.len(),
-            tokens,
-            sentences,
-            term_of,
-        )
-    }
-
-    fn with_terms(
-        question: &'a str,
-        context: &'a str,
-        question_tokens: Vec<Token>,
-        terms: usize,
-        tokens: Cow<'a, [Token]>,
-        sentences: Cow<'a, [(usize, usize)]>,
-        term_of: Vec<Option<u8>>,
-    ) -> Self {
-        let mut counts = vec![0u32; terms];
+        let mut counts = vec![0u32; terms.len()];
         for term in term_of.iter().flatten() {
             counts[*term as usize] += 1;
         }
@@ -283,47 +319,15 @@ impl<'a> Passage<'a> {
     /// BM25 score of each sentence for the question terms (k1 = 1.2, b = 0.75; sentences are the
     /// documents).
     pub fn sentence_bm25(&self) -> Vec<f64> {
-        let p = self;
-        let n = p.sentences.len() as f64;
-        let avg_len = p.tokens.len() as f64 / n.max(1.0);
-        let terms = p.weights.len();
-        if terms == 0 {
-            return vec![0.0; p.sentences.len()];
-        }
-        let mut doc_freq = vec![0u32; terms];
+        let terms = self.weights.len();
         // Term counts per sentence, one row of `terms` counts per sentence in one buffer.
-        let mut tf = vec![0u32; terms * p.sentences.len()];
-        for (&(lo, hi), counts) in p.sentences.iter().zip(tf.chunks_mut(terms)) {
-            for term in p.term_of[lo..hi].iter().flatten() {
+        let mut tf = vec![0u32; terms * self.sentences.len()];
+        for (&(lo, hi), counts) in self.sentences.iter().zip(tf.chunks_mut(terms.max(1))) {
+            for term in self.term_of[lo..hi].iter().flatten() {
                 counts[*term as usize] += 1;
             }
-            for (df, &c) in doc_freq.iter_mut().zip(counts.iter()) {
-                *df += u32::from(c > 0);
-            }
         }
-        let (k1, b) = (1.2, 0.75);
-        // Each term's idf once, not once per sentence that holds it (a term found nowhere
-        // never has its idf read).
-        let idf: Vec<f64> = doc_freq
-            .iter()
-            .map(|&df| ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln())
-            .collect();
-        p.sentences
-            .iter()
-            .zip(tf.chunks(terms))
-            .map(|(&(lo, hi), counts)| {
-                let len = (hi - lo) as f64;
-                counts
-                    .iter()
-                    .zip(&idf)
-                    .filter(|(c, _)| **c > 0)
-                    .map(|(&c, &idf)| {
-                        let c = c as f64;
-                        idf * c * (k1 + 1.0) / (c + k1 * (1.0 - b + b * len / avg_len.max(1.0)))
-                    })
-                    .sum()
-            })
-            .collect()
+        bm25(&self.sentences, self.tokens.len(), terms, &tf)
     }
 
     /// The context text and code-point span of tokens `[i, j)`.
@@ -371,28 +375,33 @@ mod tests {
     ];
 
     proptest! {
-        /// The featurizer's lean analysis finds exactly the terms the full one finds.
+        /// Term counts from an analysed context are the full passage's: per term, per sentence,
+        /// and its sentences' BM25 scores to the bit.
         #[test]
-        fn terms_only_matches_the_full_analysis(
+        fn an_analysed_context_counts_the_terms_the_passage_finds(
             question in prop::collection::vec(prop::sample::select(VOCABULARY), 0..8),
             context in prop::collection::vec(prop::sample::select(VOCABULARY), 0..60),
         ) {
             let (question, context) = (question.join(" "), context.join(" "));
             let full = Passage::new(&question, &context);
-            let lean = Passage::terms_only(&question, &context);
-            prop_assert_eq!(&lean.term_of, &full.term_of);
-            prop_assert_eq!(&lean.weights, &full.weights);
-            prop_assert_eq!(&lean.matches, &full.matches);
-            prop_assert_eq!(&lean.sentences, &full.sentences);
-            // A context analysed before gives the full analysis, token for token.
             let analysis = ContextAnalysis::of(&context);
             prop_assert!(analysis.is_of(&context));
-            let kept = Passage::analysed(&question, &context, &analysis);
-            prop_assert_eq!(&kept.tokens, &full.tokens);
-            prop_assert_eq!(&kept.term_of, &full.term_of);
-            prop_assert_eq!(&kept.weights, &full.weights);
-            prop_assert_eq!(&kept.matches, &full.matches);
-            prop_assert_eq!(&kept.sentences, &full.sentences);
+            prop_assert_eq!(analysis.tokens(), &full.tokens[..]);
+            prop_assert_eq!(analysis.sentences(), &full.sentences[..]);
+            let terms = question_terms(&full.question_tokens);
+            let counts = analysis.count_terms(&terms);
+            let in_context: Vec<u32> = (0..terms.len())
+                .map(|i| full.term_of.iter().filter(|t| **t == Some(i as u8)).count() as u32)
+                .collect();
+            prop_assert_eq!(&counts.in_context, &in_context);
+            for (s, &(lo, hi)) in full.sentences.iter().enumerate() {
+                let mut seen = full.term_of[lo..hi].iter().flatten().collect::<Vec<_>>();
+                seen.sort_unstable();
+                seen.dedup();
+                prop_assert_eq!(counts.terms_in_sentence(s), seen.len());
+            }
+            let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+            prop_assert_eq!(bits(counts.sentence_bm25()), bits(full.sentence_bm25()));
         }
     }
 
