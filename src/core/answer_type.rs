@@ -2,7 +2,7 @@
 //! "when" and "what year", a number for "how many" and "what percentage", a name for "who",
 //! "where" and "which city". Used by the typed reader and by the policy's featurizer.
 
-use super::text::Token;
+use super::text::{Token, TokenKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerType {
@@ -133,6 +133,29 @@ pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
         }
     }
     AnswerType::Other
+}
+
+/// Whether `word` is a month's name or abbreviation, in any case.
+pub fn is_month(word: &str) -> bool {
+    // Months are ASCII; no other character lower-cases into one of their letters. Most words
+    // are ruled out by their length or their first letter before any comparison.
+    (3..=9).contains(&word.len())
+        && matches!(
+            word.as_bytes()[0].to_ascii_lowercase(),
+            b'j' | b'f' | b'm' | b'a' | b's' | b'o' | b'n' | b'd'
+        )
+        && MONTHS.iter().any(|m| m.eq_ignore_ascii_case(word))
+}
+
+/// Whether a token looks like part of an answer of the expected type.
+pub fn fits(t: &Token, kind: AnswerType, source: &str) -> bool {
+    let text = t.text(source);
+    match kind {
+        AnswerType::Date => (t.kind == TokenKind::Number && text.len() == 4) || is_month(text),
+        AnswerType::Number => t.kind == TokenKind::Number,
+        AnswerType::Name => t.kind == TokenKind::Word && t.capitalised,
+        AnswerType::Other => false,
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! Any change to what is computed must bump [`FEATURIZER_VERSION`]: policy files record the
 //! version they were trained with and are refused by a featurizer of another version.
 
-use super::answer_type::{AnswerType, MONTHS, answer_type};
+use super::answer_type::{AnswerType, answer_type, fits};
 use super::metric::{normalize_answer, token_f1};
 use super::reading::{ContextAnalysis, question_terms};
 use super::text::{StemInitials, Token, TokenKind, tokenize, tokenize_stemming};
@@ -157,6 +157,27 @@ fn bucket(parts: &[&str]) -> u32 {
     (fnv1a(parts) % HASH_BUCKETS as u64) as u32
 }
 
+/// Whether `bytes` hold an ASCII digit, eight bytes at a time: a byte `b` below 0x80 is a digit
+/// when `b + 0x46` (0x76 for `'0'`) and `b + 0x50` straddle 0x80, which no carry crosses.
+fn has_ascii_digit(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Bytes of 0x80 and above are no digits; below it, adding 0x46 (0x7f - '9') sets the
+        // high bit from '9' + 1 up, adding 0x50 (0x80 - '0') from '0' up: a digit sets only
+        // the second.
+        let low = x & !HIGH;
+        let from_zero = low + ONES * 0x50;
+        let above_nine = low + ONES * 0x46;
+        if from_zero & !above_nine & !x & HIGH != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(u8::is_ascii_digit)
+}
+
 fn ln1p(x: usize) -> f64 {
     (x as f64).ln_1p()
 }
@@ -280,30 +301,23 @@ fn featurize_with(
     let second = runner_up.map_or(0.0, |s| ranks[s]);
     dense.push(top);
     dense.push(top - second);
-    // Digits and quotes are ASCII or (the curly quotes) start with the byte 0xE2: bytes are
-    // scanned, not characters decoded.
-    let q = question.as_bytes();
-    dense.push(f64::from(u8::from(q.iter().any(u8::is_ascii_digit))));
+    dense.push(f64::from(u8::from(has_ascii_digit(question.as_bytes()))));
     let capitals = question_tokens
         .iter()
         .skip(1)
         .filter(|t| t.kind == TokenKind::Word && t.capitalised)
         .count();
     dense.push(ln1p(capitals));
-    let quoted = q.iter().any(|&b| b == b'"' || b == b'\'')
-        || (q.contains(&0xE2) && question.contains(['“', '”']));
+    // The curly quotes are the only ones beyond ASCII, and start with the byte 0xE2.
+    let quoted = memchr::memchr2(b'"', b'\'', question.as_bytes()).is_some()
+        || (memchr::memchr(0xE2, question.as_bytes()).is_some() && question.contains(['“', '”']));
     dense.push(f64::from(u8::from(quoted)));
     dense.push(if tokens.is_empty() {
         0.0
     } else {
         a.numbers() as f64 / tokens.len() as f64
     });
-    let typed = best.map_or(0, |(lo, hi)| {
-        tokens[lo..hi]
-            .iter()
-            .filter(|t| token_fits(t, kind, context))
-            .count()
-    });
+    let typed = first.map_or(0, |s| a.typed_in_sentence(s, kind));
     dense.push(ln1p(typed));
     debug_assert_eq!(dense.len(), DENSE_NAMES.len());
 
@@ -342,7 +356,7 @@ fn featurize_with(
             in_question as f64 / words as f64
         });
         dense.push(f64::from(u8::from(
-            !answer.is_empty() && tokens.iter().any(|t| token_fits(t, kind, answer)),
+            !answer.is_empty() && tokens.iter().any(|t| fits(t, kind, answer)),
         )));
         dense.push(f64::from(u8::from(
             !answer.is_empty() && best_text.contains(answer),
@@ -381,32 +395,19 @@ fn featurize_with(
         AnswerType::Name => "Name",
         AnswerType::Other => "Other",
     };
-    let mut keys: Vec<u32> = Vec::with_capacity(stems.len() * 2 + 1);
-    keys.push(bucket(&["wh×type", wh_name, kind_name]));
+    // The wh-word × type key, one unigram per stem and one bigram per pair of neighbours.
+    let keys = 1 + (2 * stems.len()).saturating_sub(1);
+    let value = 1.0 / (keys as f64).sqrt();
+    let mut hashed = Vec::with_capacity(keys);
+    hashed.push((bucket(&["wh×type", wh_name, kind_name]), value));
     for (i, s) in stems.iter().enumerate() {
-        keys.push(bucket(&["1", s]));
+        hashed.push((bucket(&["1", s]), value));
         if let Some(next) = stems.get(i + 1) {
-            keys.push(bucket(&["2", s, next]));
+            hashed.push((bucket(&["2", s, next]), value));
         }
     }
-    let value = 1.0 / (keys.len() as f64).sqrt();
-    let hashed = keys.into_iter().map(|k| (k, value)).collect();
+    debug_assert_eq!(hashed.len(), keys);
     Features { dense, hashed }
-}
-
-/// Whether a token looks like part of an answer of the expected type.
-fn token_fits(t: &Token, kind: AnswerType, source: &str) -> bool {
-    let text = t.text(source);
-    match kind {
-        AnswerType::Date => {
-            (t.kind == TokenKind::Number && text.len() == 4)
-                // Months are ASCII; no other character lower-cases into one of their letters.
-                || MONTHS.iter().any(|m| m.eq_ignore_ascii_case(text))
-        }
-        AnswerType::Number => t.kind == TokenKind::Number,
-        AnswerType::Name => t.kind == TokenKind::Word && t.capitalised,
-        AnswerType::Other => false,
-    }
 }
 
 #[cfg(test)]
@@ -517,6 +518,20 @@ mod tests {
     fn fnv1a_is_the_published_function() {
         // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the reference test vector).
         assert_eq!(fnv1a(&["a"]), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    proptest::proptest! {
+        /// The eight-at-a-time digit scan says what a byte-by-byte one says, on any bytes
+        /// (bytes beyond ASCII, next to digits and at every offset included).
+        #[test]
+        fn the_digit_scan_is_the_byte_scan(
+            bytes in proptest::collection::vec(proptest::sample::select(vec![b'0', b'9', b'/', b':', 0x00, 0x7f, 0x80, 0xb0, 0xb9, 0xe2, 0xff, b'a']), 0..40),
+        ) {
+            let without: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
+            for b in [&bytes[..], &without[..]] {
+                proptest::prop_assert_eq!(has_ascii_digit(b), b.iter().any(u8::is_ascii_digit));
+            }
+        }
     }
 
     const WORDS: &[&str] = &[

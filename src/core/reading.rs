@@ -7,6 +7,7 @@
 //! baseline of the SQuAD paper: `ln(1 + 1 / count of the term in the context)`, so a term that
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
+use super::answer_type::{AnswerType, is_month};
 use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize};
 use compact_str::CompactString;
 
@@ -34,7 +35,12 @@ pub struct ContextAnalysis {
     by_stem: Vec<(u64, u32)>,
     /// Tokens that are numbers.
     numbers: usize,
+    /// Per sentence, how many of its tokens fit an answer of each type ([`TYPED`]).
+    typed: Vec<[u32; TYPED.len()]>,
 }
+
+/// The answer types whose fitting tokens [`ContextAnalysis`] counts per sentence.
+const TYPED: [AnswerType; 3] = [AnswerType::Date, AnswerType::Number, AnswerType::Name];
 
 /// The key a stem is found by in [`ContextAnalysis`].
 fn stem_key(stem: &str) -> u64 {
@@ -56,12 +62,31 @@ impl ContextAnalysis {
             .iter()
             .filter(|t| t.kind == TokenKind::Number)
             .count();
+        // One pass for the three types: a number fits a number (and a date when it has four
+        // digits), a capitalised word a name, a month's name a date.
+        let mut typed = vec![[0u32; TYPED.len()]; sentences.len()];
+        for (counts, &(lo, hi)) in typed.iter_mut().zip(&sentences) {
+            for t in &tokens[lo..hi] {
+                match t.kind {
+                    TokenKind::Number => {
+                        counts[1] += 1;
+                        counts[0] += u32::from(t.byte_end - t.byte_start == 4);
+                    }
+                    TokenKind::Word => {
+                        counts[2] += u32::from(t.capitalised);
+                        counts[0] += u32::from(is_month(t.text(context)));
+                    }
+                    TokenKind::Punct => {}
+                }
+            }
+        }
         Self {
             context: context.into(),
             tokens,
             sentences,
             by_stem,
             numbers,
+            typed,
         }
     }
 
@@ -82,6 +107,14 @@ impl ContextAnalysis {
     /// How many tokens are numbers.
     pub fn numbers(&self) -> usize {
         self.numbers
+    }
+
+    /// How many tokens of sentence `s` fit an answer of type `kind` ([`fits`]).
+    pub fn typed_in_sentence(&self, s: usize, kind: AnswerType) -> usize {
+        TYPED
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |k| self.typed[s][k] as usize)
     }
 
     /// Where the distinct question `terms` (as [`question_terms`] gives them) occur: visits only
@@ -159,11 +192,17 @@ fn bm25(sentences: &[(usize, usize)], tokens: usize, terms: usize, tf: &[u32]) -
         }
     }
     let (k1, b) = (1.2, 0.75);
-    // Each term's idf once, not once per sentence that holds it (a term found nowhere
-    // never has its idf read).
+    // Each term's idf once, not once per sentence that holds it; a term found nowhere never
+    // has its idf read, and gets none.
     let idf: Vec<f64> = doc_freq
         .iter()
-        .map(|&df| ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln())
+        .map(|&df| {
+            if df == 0 {
+                0.0
+            } else {
+                ((n - df as f64 + 0.5) / (df as f64 + 0.5) + 1.0).ln()
+            }
+        })
         .collect();
     sentences
         .iter()
@@ -343,6 +382,7 @@ impl<'a> Passage<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::answer_type::fits;
     use proptest::prelude::*;
 
     /// Words that stem alike in different cases and inflections, beyond ASCII too.
@@ -372,6 +412,10 @@ mod tests {
         "Levi's",
         "Ángel",
         "ángel",
+        "May",
+        "march",
+        "SEPT",
+        "2016",
     ];
 
     proptest! {
@@ -399,6 +443,12 @@ mod tests {
                 seen.sort_unstable();
                 seen.dedup();
                 prop_assert_eq!(counts.terms_in_sentence(s), seen.len());
+            }
+            for (s, &(lo, hi)) in full.sentences.iter().enumerate() {
+                for kind in [AnswerType::Date, AnswerType::Number, AnswerType::Name, AnswerType::Other] {
+                    let fitting = full.tokens[lo..hi].iter().filter(|t| fits(t, kind, &context)).count();
+                    prop_assert_eq!(analysis.typed_in_sentence(s, kind), fitting);
+                }
             }
             let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
             prop_assert_eq!(bits(counts.sentence_bm25()), bits(full.sentence_bm25()));

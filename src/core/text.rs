@@ -260,19 +260,21 @@ const STOP_WORDS: &[&str] = &[
 
 const LONGEST_STOP_WORD: usize = 7;
 
-/// A word of at most 7 bytes as one integer, big-endian and zero-padded: integers compare
-/// like the words (for words without NUL bytes), and a comparison is one instruction.
+/// A word of at most 7 bytes as one integer: its bytes big-endian and zero-padded, then its
+/// length in the last byte. Two words have the same key only if they are the same word (the
+/// length tells "a" from "a\0"), keys of words without NUL bytes order like the words, and a
+/// comparison is one instruction.
 const fn pack(word: &[u8]) -> u64 {
     let mut key = 0u64;
     let mut i = 0;
-    while i < 8 {
+    while i < 7 {
         key <<= 8;
         if i < word.len() {
             key |= word[i] as u64;
         }
         i += 1;
     }
-    key
+    key << 8 | word.len() as u64
 }
 
 /// [`STOP_WORDS`] packed, in the same (sorted) order.
@@ -288,9 +290,7 @@ const STOP_KEYS: [u64; STOP_WORDS.len()] = {
 
 /// Function words that carry no topic (compared on stems).
 pub fn is_stop_word(stem: &str) -> bool {
-    stem.len() <= LONGEST_STOP_WORD
-        && !stem.as_bytes().contains(&0)
-        && STOP_KEYS.binary_search(&pack(stem.as_bytes())).is_ok()
+    stem.len() <= LONGEST_STOP_WORD && STOP_KEYS.binary_search(&pack(stem.as_bytes())).is_ok()
 }
 
 /// Token ranges `[start, end)` of the sentences of `tokens` (split after `.`, `!`, `?`).
