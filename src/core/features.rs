@@ -233,7 +233,7 @@ fn featurize_with(
         }
     };
     debug_assert!(a.is_of(context));
-    let (tokens, sentences) = (a.tokens(), a.sentences());
+    let (context_tokens, sentences) = (a.token_count(), a.sentences());
     let question_tokens = tokenize(question);
     let kind = answer_type(&question_tokens, question);
     // Wh-words are ASCII: a case-insensitive compare equals comparing the lower-cased word.
@@ -263,7 +263,7 @@ fn featurize_with(
     });
     dense.push(f64::from(u8::from(how_many)));
     dense.push(ln1p(question_tokens.len()));
-    dense.push(ln1p(tokens.len()));
+    dense.push(ln1p(context_tokens));
     dense.push(ln1p(sentences.len()));
     let counts = a.count_terms(&question_terms(&question_tokens));
     let terms = counts.in_context.len();
@@ -290,7 +290,6 @@ fn featurize_with(
             runner_up = Some(s);
         }
     }
-    let best = first.map(|s| sentences[s]);
     let in_best = first.map_or(0, |s| counts.terms_in_sentence(s));
     dense.push(if terms == 0 {
         0.0
@@ -312,23 +311,17 @@ fn featurize_with(
     let quoted = memchr::memchr2(b'"', b'\'', question.as_bytes()).is_some()
         || (memchr::memchr(0xE2, question.as_bytes()).is_some() && question.contains(['“', '”']));
     dense.push(f64::from(u8::from(quoted)));
-    dense.push(if tokens.is_empty() {
+    dense.push(if context_tokens == 0 {
         0.0
     } else {
-        a.numbers() as f64 / tokens.len() as f64
+        a.numbers() as f64 / context_tokens as f64
     });
     let typed = first.map_or(0, |s| a.typed_in_sentence(s, kind));
     dense.push(ln1p(typed));
     debug_assert_eq!(dense.len(), DENSE_NAMES.len());
 
     // Defer mode: what the probes answered.
-    let best_text = best.map_or("", |(lo, hi)| {
-        if lo < hi {
-            &context[tokens[lo].byte_start..tokens[hi - 1].byte_end]
-        } else {
-            ""
-        }
-    });
+    let best_text = first.map_or("", |s| a.sentence_text(s));
     let normalized: Vec<Option<String>> = probe_answers
         .iter()
         .map(|a| a.map(normalize_answer))

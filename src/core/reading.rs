@@ -8,7 +8,9 @@
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
 use super::answer_type::{AnswerType, is_month};
-use super::text::{Token, TokenKind, is_stop_word, sentences, tokenize};
+use super::text::{
+    Token, TokenKind, ends_sentence, is_stop_word, scan, sentences, tokenize, with_stem,
+};
 use compact_str::CompactString;
 
 /// At most this many distinct question terms are tracked (a bit per term).
@@ -18,20 +20,24 @@ fn fingerprint(word: &str) -> (usize, u8) {
     (word.len(), word.as_bytes().first().copied().unwrap_or(0))
 }
 
-/// What does not depend on the question: the context's tokens (every word stemmed), its
-/// sentences and how many of its tokens are numbers. A passage asked about several times is
+/// What does not depend on the question: where the context's words are by stem, its sentences,
+/// and per sentence how many tokens fit each answer type. A passage asked about several times is
 /// analysed once (the scheduler keeps these for recent contexts); the question's part is then
 /// proportional to the question and to where its terms occur ([`ContextAnalysis::count_terms`]),
-/// not to the context's length.
+/// not to the context's length. No token is kept: an analysis is its stems' keys and a few
+/// counts, about a sixth of the context's tokens in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextAnalysis {
     /// The context analysed, to tell an analysis of another one.
     context: Box<str>,
-    tokens: Vec<Token>,
+    /// How many tokens the context has.
+    tokens: usize,
+    /// Token ranges `[start, end)` of the sentences.
     sentences: Vec<(usize, usize)>,
-    /// The words and numbers as (hash of the stem, position), sorted: the tokens that carry a
-    /// question term are found by a binary search over integers per term (then their stems
-    /// compared), not a scan of the context nor string comparisons.
+    /// Byte ranges of the sentences, from their first token's start to their last token's end.
+    spans: Vec<(usize, usize)>,
+    /// The words and numbers as (key of the stem, position), sorted: the tokens that carry a
+    /// question term are found by a binary search over integers per term.
     by_stem: Vec<(u64, u32)>,
     /// Tokens that are numbers.
     numbers: usize,
@@ -42,48 +48,67 @@ pub struct ContextAnalysis {
 /// The answer types whose fitting tokens [`ContextAnalysis`] counts per sentence.
 const TYPED: [AnswerType; 3] = [AnswerType::Date, AnswerType::Number, AnswerType::Name];
 
-/// The key a stem is found by in [`ContextAnalysis`].
+/// The key a stem is found by in [`ContextAnalysis`], standing for the stem: 64 bits of XXH3.
+/// Two stems of one question and context share a key by accident with a probability of the
+/// order of 2^-50; a crafted pair could make a context word count as a question term, which
+/// whoever writes the context can do by writing the term.
 fn stem_key(stem: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(stem.as_bytes())
 }
 
 impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
-        let tokens = tokenize(context);
-        let sentences = sentences(&tokens, context);
-        let mut by_stem: Vec<(u64, u32)> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.stem.is_empty())
-            .map(|(i, t)| (stem_key(&t.stem), i as u32))
-            .collect();
-        by_stem.sort_unstable();
-        let numbers = tokens
-            .iter()
-            .filter(|t| t.kind == TokenKind::Number)
-            .count();
-        // One pass for the three types: a number fits a number (and a date when it has four
-        // digits), a capitalised word a name, a month's name a date.
-        let mut typed = vec![[0u32; TYPED.len()]; sentences.len()];
-        for (counts, &(lo, hi)) in typed.iter_mut().zip(&sentences) {
-            for t in &tokens[lo..hi] {
-                match t.kind {
-                    TokenKind::Number => {
-                        counts[1] += 1;
-                        counts[0] += u32::from(t.byte_end - t.byte_start == 4);
-                    }
-                    TokenKind::Word => {
-                        counts[2] += u32::from(t.capitalised);
-                        counts[0] += u32::from(is_month(t.text(context)));
-                    }
-                    TokenKind::Punct => {}
+        let mut tokens = 0;
+        let (mut sentences, mut spans, mut typed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut by_stem = Vec::with_capacity(context.len() / 5 + 1);
+        let mut numbers = 0;
+        // The sentence being read: its first token, its first byte, its typed counts.
+        let (mut first, mut from, mut counts) = (0, None, [0u32; TYPED.len()]);
+        let mut last_end = 0;
+        scan(context, |t| {
+            let text = &context[t.byte_start..t.byte_end];
+            from = from.or(Some(t.byte_start));
+            // A number fits a number (and a date when it has four digits), a capitalised word
+            // a name, a month's name a date ([`fits`], one pass for the three).
+            match t.kind {
+                TokenKind::Number => {
+                    numbers += 1;
+                    counts[1] += 1;
+                    counts[0] += u32::from(text.len() == 4);
                 }
+                TokenKind::Word => {
+                    counts[2] += u32::from(t.first.is_uppercase());
+                    counts[0] += u32::from(is_month(text));
+                }
+                TokenKind::Punct => {}
             }
+            if t.kind != TokenKind::Punct {
+                with_stem(text, |stem| {
+                    if !stem.is_empty() {
+                        by_stem.push((stem_key(stem), tokens as u32));
+                    }
+                });
+            }
+            tokens += 1;
+            last_end = t.byte_end;
+            if ends_sentence(t.kind, text) {
+                sentences.push((first, tokens));
+                spans.push((from.take().unwrap_or(t.byte_start), t.byte_end));
+                typed.push(std::mem::take(&mut counts));
+                first = tokens;
+            }
+        });
+        if first < tokens {
+            sentences.push((first, tokens));
+            spans.push((from.unwrap_or(0), last_end));
+            typed.push(counts);
         }
+        by_stem.sort_unstable();
         Self {
             context: context.into(),
             tokens,
             sentences,
+            spans,
             by_stem,
             numbers,
             typed,
@@ -95,13 +120,20 @@ impl ContextAnalysis {
         *self.context == *context
     }
 
-    pub fn tokens(&self) -> &[Token] {
-        &self.tokens
+    /// How many tokens the context has.
+    pub fn token_count(&self) -> usize {
+        self.tokens
     }
 
     /// Token ranges `[start, end)` of the sentences; together they cover every token.
     pub fn sentences(&self) -> &[(usize, usize)] {
         &self.sentences
+    }
+
+    /// The text of sentence `s`, from its first token to its last.
+    pub fn sentence_text(&self, s: usize) -> &str {
+        let (lo, hi) = self.spans[s];
+        &self.context[lo..hi]
     }
 
     /// How many tokens are numbers.
@@ -126,15 +158,11 @@ impl ContextAnalysis {
         for (i, term) in terms.iter().enumerate() {
             let key = stem_key(term);
             let first = self.by_stem.partition_point(|&(k, _)| k < key);
-            // Equal keys of different stems (a hash collision, accidental or crafted) are told
-            // apart by the stems themselves.
             for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
                 let p = p as usize;
-                if self.tokens[p].stem == *term {
-                    in_context[i] += 1;
-                    let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
-                    per_sentence[sentence * width + i] += 1;
-                }
+                in_context[i] += 1;
+                let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
+                per_sentence[sentence * width + i] += 1;
             }
         }
         TermCounts {
@@ -169,7 +197,7 @@ impl TermCounts<'_> {
         let a = self.analysis;
         bm25(
             &a.sentences,
-            a.tokens.len(),
+            a.tokens,
             self.in_context.len(),
             &self.per_sentence,
         )
@@ -430,8 +458,12 @@ mod tests {
             let full = Passage::new(&question, &context);
             let analysis = ContextAnalysis::of(&context);
             prop_assert!(analysis.is_of(&context));
-            prop_assert_eq!(analysis.tokens(), &full.tokens[..]);
+            prop_assert_eq!(analysis.token_count(), full.tokens.len());
             prop_assert_eq!(analysis.sentences(), &full.sentences[..]);
+            for (s, &(lo, hi)) in full.sentences.iter().enumerate() {
+                let text = &context[full.tokens[lo].byte_start..full.tokens[hi - 1].byte_end];
+                prop_assert_eq!(analysis.sentence_text(s), text);
+            }
             let terms = question_terms(&full.question_tokens);
             let counts = analysis.count_terms(&terms);
             let in_context: Vec<u32> = (0..terms.len())

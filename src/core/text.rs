@@ -44,10 +44,45 @@ pub fn tokenize(text: &str) -> Vec<Token> {
 /// character lower-cased, so a caller matching stems against a few known terms skips the words
 /// that cannot match.
 pub fn tokenize_stemming(text: &str, stem_if: impl Fn(char) -> bool) -> Vec<Token> {
+    let mut tokens = Vec::with_capacity(text.len() / 5 + 1);
+    scan(text, |t| {
+        tokens.push(Token {
+            kind: t.kind,
+            // Punctuation never matches a term: no stem to make.
+            stem: if t.kind == TokenKind::Punct || !stem_if(t.first) {
+                CompactString::default()
+            } else {
+                stem(&text[t.byte_start..t.byte_end])
+            },
+            capitalised: t.first.is_uppercase(),
+            byte_start: t.byte_start,
+            byte_end: t.byte_end,
+            char_start: t.char_start,
+            char_end: t.char_end,
+        })
+    });
+    tokens
+}
+
+/// A token as [`scan`] finds it: where it is and what kind, not stemmed.
+#[derive(Debug, Clone, Copy)]
+pub struct Scanned {
+    pub kind: TokenKind,
+    /// Its first character.
+    pub first: char,
+    pub byte_start: usize,
+    pub byte_end: usize,
+    pub char_start: u32,
+    pub char_end: u32,
+}
+
+/// Calls `each` on the tokens of `text`, in order: what [`tokenize`] cuts, for a caller that
+/// keeps less of each token than a [`Token`].
+#[inline(always)]
+pub fn scan(text: &str, mut each: impl FnMut(Scanned)) {
     let b = text.as_bytes();
     let len = b.len();
     let at = |i: usize| char_at(text, i);
-    let mut tokens = Vec::with_capacity(len / 5 + 1);
     // Byte offset and code-point offset of the next character.
     let (mut i, mut chars) = (0, 0u32);
     while i < len {
@@ -102,22 +137,15 @@ pub fn tokenize_stemming(text: &str, stem_if: impl Fn(char) -> bool) -> Vec<Toke
         } else {
             TokenKind::Punct
         };
-        tokens.push(Token {
+        each(Scanned {
             kind,
-            // Punctuation never matches a term: no stem to make.
-            stem: if kind == TokenKind::Punct || !stem_if(first) {
-                CompactString::default()
-            } else {
-                stem(&text[start..i])
-            },
-            capitalised: first.is_uppercase(),
+            first,
             byte_start: start,
             byte_end: i,
             char_start,
             char_end: chars,
         });
     }
-    tokens
 }
 
 /// The character starting at byte `i` of `text` (a character boundary) and its length in
@@ -164,16 +192,37 @@ pub fn stem(word: &str) -> CompactString {
     }
 }
 
+/// Room for the stem of nearly every word (the longest kept inline by `CompactString`).
+const INLINE: usize = 24;
+
 /// [`stem`] of an ASCII word of at most 24 bytes (nearly every word), worked on a copy on the
 /// stack and made a string once: the general path edits a `CompactString` in place, and each
 /// edit checks its representation again. `None` for any other word.
 fn stem_ascii(word: &str) -> Option<CompactString> {
-    const INLINE: usize = 24;
+    let mut buf = [0u8; INLINE];
+    let n = stem_ascii_into(word, &mut buf)?;
+    // SAFETY: `stem_ascii_into` leaves ASCII in `buf[..n]`, which is UTF-8. (Validating it
+    // again was a tenth of the tokenizer's work.)
+    Some(unsafe { CompactString::from_utf8_unchecked(&buf[..n]) })
+}
+
+/// `f` of the stem of `word`, with no string made for nearly every word.
+pub fn with_stem<R>(word: &str, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; INLINE];
+    match stem_ascii_into(word, &mut buf) {
+        // SAFETY: as in `stem_ascii`.
+        Some(n) => f(unsafe { std::str::from_utf8_unchecked(&buf[..n]) }),
+        None => f(&stem_any(word)),
+    }
+}
+
+/// The stem of an ASCII word of at most 24 bytes into `buf`: its length, ASCII bytes. `None`
+/// for any other word (`buf` then means nothing).
+fn stem_ascii_into(word: &str, buf: &mut [u8; INLINE]) -> Option<usize> {
     let bytes = word.as_bytes();
     if bytes.len() > INLINE || !bytes.is_ascii() {
         return None;
     }
-    let mut buf = [0u8; INLINE];
     buf[..bytes.len()].copy_from_slice(bytes);
     buf.make_ascii_lowercase();
     let mut n = bytes.len() - possessive(&buf[..bytes.len()]);
@@ -184,10 +233,7 @@ fn stem_ascii(word: &str) -> Option<CompactString> {
         buf[n] = b'y';
         n += 1;
     }
-    // SAFETY: `bytes` is ASCII (checked above); lower-casing, cutting and the `y` keep every
-    // byte of `buf[..n]` ASCII, so it is UTF-8. (Validating it again was a tenth of the
-    // tokenizer's work.)
-    Some(unsafe { CompactString::from_utf8_unchecked(&buf[..n]) })
+    Some(n)
 }
 
 /// [`stem`] of any word.
@@ -293,12 +339,17 @@ pub fn is_stop_word(stem: &str) -> bool {
     stem.len() <= LONGEST_STOP_WORD && STOP_KEYS.binary_search(&pack(stem.as_bytes())).is_ok()
 }
 
+/// Whether a token of `kind` and `text` ends a sentence: `.`, `!` or `?`.
+pub fn ends_sentence(kind: TokenKind, text: &str) -> bool {
+    kind == TokenKind::Punct && matches!(text, "." | "!" | "?")
+}
+
 /// Token ranges `[start, end)` of the sentences of `tokens` (split after `.`, `!`, `?`).
 pub fn sentences(tokens: &[Token], source: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     for (i, t) in tokens.iter().enumerate() {
-        if t.kind == TokenKind::Punct && matches!(t.text(source), "." | "!" | "?") {
+        if ends_sentence(t.kind, t.text(source)) {
             out.push((start, i + 1));
             start = i + 1;
         }

@@ -10,7 +10,8 @@ use crate::core::reading::ContextAnalysis;
 use quick_cache::sync::Cache;
 use std::sync::Arc;
 
-/// Contexts kept by default: about 10 KB each for a SQuAD passage (its text and tokens).
+/// Contexts kept by default: about 3.5 KB each for a SQuAD dev passage of the average 776 bytes
+/// (its text, 16 bytes per word for its stems' keys, a few counts per sentence).
 pub const DEFAULT_CAPACITY: usize = 1024;
 
 pub struct ContextCache {
