@@ -137,13 +137,31 @@ pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
 
 /// Whether `word` is a month's name or abbreviation, in any case.
 pub fn is_month(word: &str) -> bool {
-    // Months are ASCII; no other character lower-cases into one of their letters. Most words
-    // are ruled out by their length or their first letter before any comparison.
-    (3..=9).contains(&word.len())
-        && matches!(
-            word.as_bytes()[0].to_ascii_lowercase(),
-            b'j' | b'f' | b'm' | b'a' | b's' | b'o' | b'n' | b'd'
-        )
+    /// The first three letters of every entry of [`MONTHS`], lower-case, as integers.
+    const PREFIXES: [u32; 12] = {
+        let names = [
+            b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+            b"dec",
+        ];
+        let mut keys = [0u32; 12];
+        let mut i = 0;
+        while i < keys.len() {
+            keys[i] = u32::from_le_bytes([names[i][0], names[i][1], names[i][2], 0]);
+            i += 1;
+        }
+        keys
+    };
+    // Months are ASCII; no other character lower-cases into one of their letters. Nearly every
+    // word is ruled out by its length or its first three bytes (with the bit that lower-cases an
+    // ASCII letter set: a filter that keeps every month in any case) before any comparison.
+    let b = word.as_bytes();
+    (3..=9).contains(&b.len())
+        && PREFIXES.contains(&u32::from_le_bytes([
+            b[0] | 0x20,
+            b[1] | 0x20,
+            b[2] | 0x20,
+            0,
+        ]))
         && MONTHS.iter().any(|m| m.eq_ignore_ascii_case(word))
 }
 
@@ -161,6 +179,32 @@ pub fn fits(t: &Token, kind: AnswerType, source: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The filtered month test says what comparing with every month says, on months in any
+        /// case, on words one letter off and on any short text.
+        #[test]
+        fn the_month_filter_keeps_every_month(
+            month in proptest::sample::select(MONTHS),
+            upper in proptest::collection::vec(proptest::bool::ANY, 9),
+            edit in 0usize..9,
+            other in "\\PC{0,10}",
+        ) {
+            let cased: String = month
+                .chars()
+                .zip(&upper)
+                .map(|(c, u)| if *u { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let mut off = cased.clone().into_bytes();
+            let at = edit % off.len();
+            off[at] = if off[at] == b'z' { b'y' } else { b'z' };
+            let off = String::from_utf8(off).unwrap();
+            for word in [cased.as_str(), off.as_str(), other.as_str()] {
+                let every = MONTHS.iter().any(|m| m.eq_ignore_ascii_case(word));
+                proptest::prop_assert_eq!(is_month(word), every, "{}", word);
+            }
+        }
+    }
     use crate::core::text::tokenize;
 
     #[test]
