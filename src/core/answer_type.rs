@@ -167,11 +167,15 @@ pub fn is_month(word: &str) -> bool {
 
 /// Whether a token looks like part of an answer of the expected type.
 pub fn fits(t: &Token, kind: AnswerType, source: &str) -> bool {
-    let text = t.text(source);
+    fits_text(t.kind, t.capitalised, t.text(source), kind)
+}
+
+/// [`fits`] of a token given by its kind, whether it is capitalised, and its text.
+pub fn fits_text(token: TokenKind, capitalised: bool, text: &str, kind: AnswerType) -> bool {
     match kind {
-        AnswerType::Date => (t.kind == TokenKind::Number && text.len() == 4) || is_month(text),
-        AnswerType::Number => t.kind == TokenKind::Number,
-        AnswerType::Name => t.kind == TokenKind::Word && t.capitalised,
+        AnswerType::Date => (token == TokenKind::Number && text.len() == 4) || is_month(text),
+        AnswerType::Number => token == TokenKind::Number,
+        AnswerType::Name => token == TokenKind::Word && capitalised,
         AnswerType::Other => false,
     }
 }

@@ -7,7 +7,7 @@
 //! baseline of the SQuAD paper: `ln(1 + 1 / count of the term in the context)`, so a term that
 //! occurs once in the passage is worth more than one that occurs everywhere.
 
-use super::answer_type::{AnswerType, is_month};
+use super::answer_type::{AnswerType, fits_text};
 use super::text::{
     Token, TokenKind, ends_sentence, is_stop_word, scan, sentences, tokenize, with_stem,
 };
@@ -24,8 +24,8 @@ fn fingerprint(word: &str) -> (usize, u8) {
 /// and per sentence how many tokens fit each answer type. A passage asked about several times is
 /// analysed once (the scheduler keeps these for recent contexts); the question's part is then
 /// proportional to the question and to where its terms occur ([`ContextAnalysis::count_terms`]),
-/// not to the context's length. No token is kept: an analysis is its stems' keys and a few
-/// counts, about a sixth of the context's tokens in memory.
+/// not to the context's length. No token is kept: an analysis is the context's text, its stems'
+/// keys and a few counts per sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextAnalysis {
     /// The context analysed, to tell an analysis of another one.
@@ -68,20 +68,11 @@ impl ContextAnalysis {
         scan(context, |t| {
             let text = &context[t.byte_start..t.byte_end];
             from = from.or(Some(t.byte_start));
-            // A number fits a number (and a date when it has four digits), a capitalised word
-            // a name, a month's name a date ([`fits`], one pass for the three).
-            match t.kind {
-                TokenKind::Number => {
-                    numbers += 1;
-                    counts[1] += 1;
-                    counts[0] += u32::from(text.len() == 4);
-                }
-                TokenKind::Word => {
-                    counts[2] += u32::from(t.first.is_uppercase());
-                    counts[0] += u32::from(is_month(text));
-                }
-                TokenKind::Punct => {}
+            let capitalised = t.first.is_uppercase();
+            for (count, kind) in counts.iter_mut().zip(TYPED) {
+                *count += u32::from(fits_text(t.kind, capitalised, text, kind));
             }
+            numbers += usize::from(t.kind == TokenKind::Number);
             if t.kind != TokenKind::Punct {
                 with_stem(text, |stem| {
                     if !stem.is_empty() {
