@@ -376,11 +376,13 @@ fn featurize_with(
         };
     }
     // Hashed question n-grams.
-    let stems: Vec<&str> = question_tokens
-        .iter()
-        .filter(|t| t.kind != TokenKind::Punct)
-        .map(|t| t.stem.as_str())
-        .collect();
+    let mut stems: Vec<&str> = Vec::with_capacity(question_tokens.len());
+    stems.extend(
+        question_tokens
+            .iter()
+            .filter(|t| t.kind != TokenKind::Punct)
+            .map(|t| t.stem.as_str()),
+    );
     let wh_name = wh.map_or("none", |i| WH_WORDS[i]);
     let kind_name = match kind {
         AnswerType::Date => "Date",
