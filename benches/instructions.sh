@@ -13,6 +13,9 @@
 # Usage: benches/instructions.sh [L2D_BINARY] [REQUESTS] [CONCURRENCY]
 #   defaults: target/release/l2d, 1000 requests, one call in flight.
 #   KEEP=DIR copies each server's callgrind profile to DIR/ROLE.cg (for callgrind_annotate).
+#   CACHE=1 also simulates the caches (callgrind --cache-sim=yes, the machine's L1 and last-level
+#   sizes) and prints first-level instruction and data cache misses per request. They too leave
+#   out the kernel and the other processes, which evict the server's lines in a real run.
 # Needs valgrind (apt-get install valgrind) and python3.
 set -euo pipefail
 
@@ -72,11 +75,13 @@ declare -A args=(
     [prior]="scheduler --experts bert-large=$bert"
     [route]="scheduler --experts bert-large=$bert --policy $work/route.json"
 )
-declare -A count
+declare -A count i1 d1
+cache_sim=()
+[ -n "${CACHE:-}" ] && cache_sim=(--cache-sim=yes)
 for role in proxy prior route; do
     node="$work/$role"
     # shellcheck disable=SC2086
-    start_node "$node" valgrind --tool=callgrind --instr-atstart=no \
+    start_node "$node" valgrind --tool=callgrind "${cache_sim[@]}" --instr-atstart=no \
         --callgrind-out-file="$node.cg" "$l2d" bench-node ${args[$role]}
     address=$(awk '$1 == "listening" {print $2}' "$node")
     pid=$node_pid
@@ -100,8 +105,21 @@ for role in proxy prior route; do
     fi
     total=$(cat "$node".cg* | awk '/^totals:/ {s += $2} END {print s}')
     count[$role]=$((total / requests))
+    # With --cache-sim the totals are Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+    i1[$role]=$(cat "$node".cg* | awk -v n="$requests" '/^totals:/ {s += $5} END {print int(s / n)}')
+    d1[$role]=$(cat "$node".cg* | awk -v n="$requests" '/^totals:/ {s += $6 + $7} END {print int(s / n)}')
 done
 
+if [ -n "${CACHE:-}" ]; then
+    printf '%-40s %14s %10s %12s %10s %12s %10s\n' "server ($requests requests, $concurrency in flight)" \
+        "instr/request" "/ proxy" "L1i misses" "/ proxy" "L1d misses" "/ proxy"
+    for role in proxy prior route; do
+        awk -v role="$role" -v n="${count[$role]}" -v base="${count[proxy]}" \
+            -v i="${i1[$role]}" -v ib="${i1[proxy]}" -v d="${d1[$role]}" -v db="${d1[proxy]}" \
+            'BEGIN { printf "%-40s %14d %10.3f %12d %10.3f %12d %10.3f\n", role, n, n / base, i, i / ib, d, d / db }'
+    done
+    exit 0
+fi
 printf '%-40s %14s %10s\n' "server ($requests requests, $concurrency in flight)" "instr/request" "/ proxy"
 for role in proxy prior route; do
     awk -v role="$role" -v n="${count[$role]}" -v base="${count[proxy]}" \
