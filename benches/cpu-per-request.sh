@@ -22,52 +22,26 @@ for l2d in "$a" "$b"; do
 done
 cd "$repo"
 
-work=$(mktemp -d)
-pipes=()
-cleanup() {
-    for p in "${pipes[@]}"; do exec {p}>&-; done 2> /dev/null || true
-    sleep 1
-    kill $(jobs -p) 2> /dev/null || true
-    wait 2> /dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/nodes.sh
+source benches/nodes.sh
+train_route_policy "$a"
 
 declare -A pid address
-# Starts `l2d bench-node ARGS` as NAME, its standard input on a pipe this script holds (the node
-# stops when it closes), and waits for `ready`.
-start_node() {
+# Starts `l2d bench-node ARGS` as NAME and notes its process and listening address.
+node() {
     local name=$1
     shift
-    mkfifo "$work/$name.in"
-    "$@" < "$work/$name.in" > "$work/$name.out" 2> "$work/$name.err" &
-    pid[$name]=$!
-    local fd
-    exec {fd}> "$work/$name.in"
-    pipes+=("$fd")
-    for _ in $(seq 600); do
-        if grep -q '^ready' "$work/$name.out" 2> /dev/null; then
-            address[$name]=$(awk '$1 == "listening" {print $2}' "$work/$name.out")
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "node did not start: $*" >&2
-    cat "$work/$name.err" >&2
-    exit 1
+    start_node "$work/$name" "$@"
+    pid[$name]=$node_pid
+    address[$name]=$(awk '$1 == "listening" {print $2}' "$work/$name")
 }
 
-"$a" label --data data/squad-v1.1/dev.json --experts lr,match-lstm,rnet-plus,slqa-plus,bert-large \
-    --out "$work/labels.jsonl" 2> "$work/label.err" || { cat "$work/label.err" >&2; exit 1; }
-"$a" train --labels "$work/labels.jsonl" --mode route --lambda 0.05 --out "$work/route.json" \
-    2> "$work/train.err" || { cat "$work/train.err" >&2; exit 1; }
-
-start_node experts "$a" bench-node experts
-bert=$(awk '$1 == "bert-large" {print $2}' "$work/experts.out")
+node experts "$a" bench-node experts
+bert=$(awk '$1 == "bert-large" {print $2}' "$work/experts")
 for build in a b; do
     l2d=${!build}
-    start_node "proxy-$build" "$l2d" bench-node proxy --upstream "$bert"
-    start_node "route-$build" "$l2d" bench-node scheduler --experts "bert-large=$bert" \
+    node "proxy-$build" "$l2d" bench-node proxy --upstream "$bert"
+    node "route-$build" "$l2d" bench-node scheduler --experts "bert-large=$bert" \
         --policy "$work/route.json"
 done
 

@@ -30,42 +30,9 @@ done
 [ -x "$l2d" ] || { echo "no l2d binary at $l2d (cargo build --release first)" >&2; exit 1; }
 cd "$repo"
 
-work=$(mktemp -d)
-pipes=()
-cleanup() {
-    for p in "${pipes[@]}"; do exec {p}>&-; done 2> /dev/null || true
-    # The nodes stop when their input closes; any still running after that is stopped.
-    sleep 1
-    kill $(jobs -p) 2> /dev/null || true
-    wait 2> /dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Runs COMMAND (an `l2d bench-node`, maybe under callgrind) with its standard input on a pipe
-# this script holds (the node stops when it is closed: `stop_node`); waits for `ready`. Sets
-# node_pid and node_pipe.
-start_node() {
-    local out=$1
-    shift
-    mkfifo "$out.in"
-    "$@" < "$out.in" > "$out" 2> "$out.err" &
-    node_pid=$!
-    exec {node_pipe}> "$out.in"
-    pipes+=("$node_pipe")
-    for _ in $(seq 600); do
-        grep -q '^ready' "$out" 2> /dev/null && return 0
-        sleep 0.1
-    done
-    echo "node did not start: $*" >&2
-    cat "$out.err" >&2
-    exit 1
-}
-
-"$l2d" label --data data/squad-v1.1/dev.json --experts lr,match-lstm,rnet-plus,slqa-plus,bert-large \
-    --out "$work/labels.jsonl" 2> "$work/label.err" || { cat "$work/label.err" >&2; exit 1; }
-"$l2d" train --labels "$work/labels.jsonl" --mode route --lambda 0.05 --out "$work/route.json" \
-    2> "$work/train.err" || { cat "$work/train.err" >&2; exit 1; }
+# shellcheck source=benches/nodes.sh
+source benches/nodes.sh
+train_route_policy "$l2d"
 
 start_node "$work/experts" "$l2d" bench-node experts
 bert=$(awk '$1 == "bert-large" {print $2}' "$work/experts")
