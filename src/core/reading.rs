@@ -12,7 +12,6 @@ use super::text::{
     Token, TokenKind, ends_sentence, is_stop_word, scan, sentences, tokenize, with_stem,
 };
 use compact_str::CompactString;
-use hashbrown::HashTable;
 
 /// At most this many distinct question terms are tracked (a bit per term).
 const MAX_TERMS: usize = 64;
@@ -27,7 +26,7 @@ fn fingerprint(word: &str) -> (usize, u8) {
 /// proportional to the question and to where its terms occur ([`ContextAnalysis::count_terms`]),
 /// not to the context's length. No token is kept: an analysis is the context's text, its stems'
 /// keys and a few counts per sentence.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextAnalysis {
     /// The context analysed, to tell an analysis of another one.
     context: Box<str>,
@@ -37,10 +36,9 @@ pub struct ContextAnalysis {
     sentences: Vec<(usize, usize)>,
     /// Byte ranges of the sentences, from their first token's start to their last token's end.
     spans: Vec<(usize, usize)>,
-    /// The words and numbers as (key of the stem, position), in a hash table keyed by the stem's
-    /// key (itself a hash): the tokens that carry a question term are found by one probe
-    /// sequence per term. A key occurs once per token that has it.
-    by_stem: HashTable<(u64, u32)>,
+    /// The words and numbers as (key of the stem, position), sorted: the tokens that carry a
+    /// question term are found by a binary search over integers per term.
+    by_stem: Vec<(u64, u32)>,
     /// Tokens that are numbers.
     numbers: usize,
     /// Per sentence, how many of its tokens fit an answer of each type ([`TYPED`]).
@@ -57,26 +55,6 @@ const TYPED: [AnswerType; 3] = [AnswerType::Date, AnswerType::Number, AnswerType
 fn stem_key(stem: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(stem.as_bytes())
 }
-
-/// Equal analyses hold the same entries, whatever the order of their stem index.
-impl PartialEq for ContextAnalysis {
-    fn eq(&self, other: &Self) -> bool {
-        let sorted = |t: &HashTable<(u64, u32)>| {
-            let mut v: Vec<(u64, u32)> = t.iter().copied().collect();
-            v.sort_unstable();
-            v
-        };
-        self.context == other.context
-            && self.tokens == other.tokens
-            && self.sentences == other.sentences
-            && self.spans == other.spans
-            && self.numbers == other.numbers
-            && self.typed == other.typed
-            && sorted(&self.by_stem) == sorted(&other.by_stem)
-    }
-}
-
-impl Eq for ContextAnalysis {}
 
 impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
@@ -116,17 +94,13 @@ impl ContextAnalysis {
             spans.push((from.unwrap_or(0), last_end));
             typed.push(counts);
         }
-        // Built at the size it needs once the keys are known (no growing, no rehashing).
-        let mut index = HashTable::with_capacity(by_stem.len());
-        for (key, p) in by_stem {
-            index.insert_unique(key, (key, p), |&(k, _)| k);
-        }
+        by_stem.sort_unstable();
         Self {
             context: context.into(),
             tokens,
             sentences,
             spans,
-            by_stem: index,
+            by_stem,
             numbers,
             typed,
         }
@@ -174,7 +148,8 @@ impl ContextAnalysis {
         let mut per_sentence = vec![0u32; width * self.sentences.len()];
         for (i, term) in terms.iter().enumerate() {
             let key = stem_key(term);
-            for &(_, p) in self.by_stem.iter_hash(key).filter(|&&(k, _)| k == key) {
+            let first = self.by_stem.partition_point(|&(k, _)| k < key);
+            for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
                 let p = p as usize;
                 in_context[i] += 1;
                 let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
