@@ -70,25 +70,20 @@ for role in proxy prior route; do
         mkdir -p "$KEEP"
         cat "$node".cg* > "$KEEP/$role.cg"
     fi
-    total=$(cat "$node".cg* | awk '/^totals:/ {s += $2} END {print s}')
-    count[$role]=$((total / requests))
-    # With --cache-sim the totals are Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
-    i1[$role]=$(cat "$node".cg* | awk -v n="$requests" '/^totals:/ {s += $5} END {print int(s / n)}')
-    d1[$role]=$(cat "$node".cg* | awk -v n="$requests" '/^totals:/ {s += $6 + $7} END {print int(s / n)}')
+    # Per request: instructions, and with --cache-sim (totals Ir Dr Dw I1mr D1mr D1mw ...) the
+    # first-level instruction and data cache misses.
+    read -r count[$role] i1[$role] d1[$role] < <(cat "$node".cg* | awk -v n="$requests" \
+        '/^totals:/ {ir += $2; i1 += $5; d1 += $6 + $7} END {print int(ir / n), int(i1 / n), int(d1 / n)}')
 done
 
-if [ -n "${CACHE:-}" ]; then
-    printf '%-40s %14s %10s %12s %10s %12s %10s\n' "server ($requests requests, $concurrency in flight)" \
-        "instr/request" "/ proxy" "L1i misses" "/ proxy" "L1d misses" "/ proxy"
-    for role in proxy prior route; do
-        awk -v role="$role" -v n="${count[$role]}" -v base="${count[proxy]}" \
-            -v i="${i1[$role]}" -v ib="${i1[proxy]}" -v d="${d1[$role]}" -v db="${d1[proxy]}" \
-            'BEGIN { printf "%-40s %14d %10.3f %12d %10.3f %12d %10.3f\n", role, n, n / base, i, i / ib, d, d / db }'
-    done
-    exit 0
-fi
-printf '%-40s %14s %10s\n' "server ($requests requests, $concurrency in flight)" "instr/request" "/ proxy"
+header=$(printf '%-40s %14s %10s' "server ($requests requests, $concurrency in flight)" "instr/request" "/ proxy")
+[ -n "${CACHE:-}" ] && header+=$(printf ' %12s %10s %12s %10s' "L1i misses" "/ proxy" "L1d misses" "/ proxy")
+echo "$header"
 for role in proxy prior route; do
-    awk -v role="$role" -v n="${count[$role]}" -v base="${count[proxy]}" \
-        'BEGIN { printf "%-40s %14d %10.3f\n", role, n, n / base }'
+    line=$(awk -v role="$role" -v n="${count[$role]}" -v base="${count[proxy]}" \
+        'BEGIN { printf "%-40s %14d %10.3f", role, n, n / base }')
+    [ -n "${CACHE:-}" ] && line+=$(awk -v i="${i1[$role]}" -v ib="${i1[proxy]}" \
+        -v d="${d1[$role]}" -v db="${d1[proxy]}" \
+        'BEGIN { printf " %12d %10.3f %12d %10.3f", i, i / ib, d, d / db }')
+    echo "$line"
 done

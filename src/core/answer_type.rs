@@ -183,6 +183,7 @@ pub fn fits_text(token: TokenKind, capitalised: bool, text: &str, kind: AnswerTy
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::text::tokenize;
 
     proptest::proptest! {
         /// The filtered month test says what comparing with every month says, on months in any
@@ -209,7 +210,6 @@ mod tests {
             }
         }
     }
-    use crate::core::text::tokenize;
 
     #[test]
     fn question_words_give_the_answer_type() {
