@@ -362,6 +362,16 @@ fn cross_validation_never_lets_a_test_article_influence_a_choice() {
     // The cross-validated figures are the folds' mean.
     let mean = report.folds.iter().map(|f| f.selected.gap).sum::<f64>() / 3.0;
     assert!((report.mean.gap - mean).abs() < 1e-9);
+    // This pool has none of the hand cascade's experts: no bar about it, and the report says so
+    // instead of printing a mean of nothing.
+    assert!(report.folds.iter().all(|f| f.report.cascade.is_none()));
+    assert!(report.bars.iter().all(|b| !b.name.contains("hand cascade")));
+    let markdown = l2d::train::select::to_markdown(&report);
+    assert!(!markdown.contains("NaN"), "{markdown}");
+    assert!(
+        markdown.contains("no hand cascade in this pool"),
+        "{markdown}"
+    );
 }
 
 #[test]

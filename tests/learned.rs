@@ -264,6 +264,13 @@ fn a_policy_file_round_trips_and_refuses_another_featurizer() {
             .to_string()
             .starts_with("policy file is inconsistent")
     );
+    // The experts are matched to the pool by id: one named twice is refused.
+    let twice = text.replacen("\"id\":\"b\"", "\"id\":\"a\"", 1);
+    assert_ne!(twice, text);
+    assert_eq!(
+        PolicyFile::parse(&twice).unwrap_err().to_string(),
+        "policy file is inconsistent: expert \"a\" is named twice"
+    );
 }
 
 /// Labels without servers: two experts on a handful of made-up questions in four articles.

@@ -443,15 +443,22 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
                     selection.chosen.name()
                 );
             }
+            let kept = if tuned.kept.len() == tuned.points.len() {
+                format!("all {} lambdas kept", tuned.points.len())
+            } else {
+                format!(
+                    "{} of {} lambdas kept (the others fall under the single experts' mix line on \
+                     validation)",
+                    tuned.kept.len(),
+                    tuned.points.len()
+                )
+            };
             eprintln!(
-                "l2d: chose {} at lambda {} (validation cost at most {:.2}), {}; {} of {} lambdas \
-                 kept (the others fall under the single experts' mix line on validation)",
+                "l2d: chose {} at lambda {} (validation cost at most {:.2}), {}; {kept}",
                 selection.chosen.name(),
                 selection.lambda,
                 selection.target_cost,
                 strengths(tuned.regularisation),
-                tuned.kept.len(),
-                tuned.points.len()
             );
             policy
         }

@@ -201,6 +201,17 @@ impl PolicyFile {
         {
             return bad(format!("expert {:?} has cost {}", a.id, a.cost));
         }
+        if let Some(a) = self
+            .experts
+            .iter()
+            .enumerate()
+            .find(|&(k, a)| self.experts[..k].iter().any(|b| b.id == a.id))
+            .map(|(_, a)| a)
+        {
+            // Scores are matched to the pool by id: a second entry would be scored and never
+            // served, or served with the first one's weights.
+            return bad(format!("expert {:?} is named twice", a.id));
+        }
         if let Some(p) = self
             .probes
             .iter()

@@ -78,6 +78,45 @@ impl Labels {
     }
 }
 
+/// What training needs of a header: at least one expert, ids an expert may have (as in a pool
+/// file), each once, and a positive finite cost each (the price a policy weighs an answer
+/// against; a policy file with any other is refused).
+fn check_header(header: &LabelHeader) -> Result<(), String> {
+    if header.experts.is_empty() {
+        return Err("the header names no experts".into());
+    }
+    for (k, agent) in header.experts.iter().enumerate() {
+        crate::pool_file::check_expert_id(&agent.id)
+            .map_err(|m| format!("expert id {:?}: {m}", agent.id))?;
+        if header.experts[..k].iter().any(|a| a.id == agent.id) {
+            return Err(format!("expert {:?} is named twice", agent.id));
+        }
+        if !(agent.cost.is_finite() && agent.cost > 0.0) {
+            return Err(format!(
+                "expert {:?} has cost {}: a cost must be a positive finite number",
+                agent.id, agent.cost
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// EM and F1 are scores between 0 and 1: anything else would train a policy on a loss outside
+/// the surrogate's range without a word.
+fn check_scores(record: &LabelRecord) -> Result<(), String> {
+    for label in &record.experts {
+        for (name, value) in [("em", label.em), ("f1", label.f1)] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!(
+                    "question {:?}, expert {:?}: {name} is {value}, not between 0 and 1",
+                    record.id, label.expert
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct LabelOptions {
     pub concurrency: usize,
@@ -232,11 +271,7 @@ impl Labels {
             path.display(),
             header.format
         );
-        anyhow::ensure!(
-            !header.experts.is_empty(),
-            "labels file {}: the header names no experts",
-            path.display()
-        );
+        check_header(&header).map_err(|m| anyhow::anyhow!("{}: {m}", where_(1)))?;
         let mut records = Vec::new();
         for (i, line) in lines.enumerate() {
             let line = line?;
@@ -255,8 +290,75 @@ impl Labels {
                 "{}: the experts differ from the header's",
                 where_(i + 2)
             );
+            check_scores(&record).map_err(|m| anyhow::anyhow!("{}: {m}", where_(i + 2)))?;
             records.push(record);
         }
         Ok(Self { header, records })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = r#"{"format":"l2d-labels/1","data":"d.json","metric":"v2.0","experts":[{"id":"a","cost":3.0},{"id":"b","cost":7.0}]}"#;
+
+    fn record(em_a: f64) -> String {
+        format!(
+            r#"{{"id":"q1","title":"T","question":"Who?","context":"Ann.","experts":[{{"expert":"a","answer":"Ann","em":{em_a},"f1":{em_a},"latency_us":3,"cost":3.0}},{{"expert":"b","answer":"","em":0,"f1":0,"latency_us":5,"cost":7.0}}]}}"#
+        )
+    }
+
+    /// Reads a labels file of these lines; the error's text when it is refused.
+    fn read(lines: &[&str]) -> Result<Labels, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        Labels::read(&path).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn a_well_formed_file_reads() {
+        let labels = read(&[HEADER, &record(1.0)]).unwrap();
+        assert_eq!(labels.header.experts.len(), 2);
+        assert_eq!(labels.records[0].experts[0].em, 1.0);
+    }
+
+    #[test]
+    fn a_header_a_policy_could_not_price_is_refused_at_its_line() {
+        for (header, says) in [
+            (HEADER.replace("3.0},", "0.0},"), r#"expert "a" has cost 0"#),
+            (
+                HEADER.replace("3.0},", "-3.0},"),
+                r#"expert "a" has cost -3"#,
+            ),
+            (
+                HEADER.replace(r#""b""#, r#""a""#),
+                r#"expert "a" is named twice"#,
+            ),
+            (
+                HEADER.replace(r#""b""#, r#""b c""#),
+                "has the character ' '",
+            ),
+            (
+                HEADER.replace(r#"[{"id":"a","cost":3.0},{"id":"b","cost":7.0}]"#, "[]"),
+                "names no experts",
+            ),
+        ] {
+            let err = read(&[&header]).unwrap_err();
+            assert!(err.contains("line 1") && err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_score_outside_zero_to_one_is_refused_at_its_line() {
+        let err = read(&[HEADER, &record(1.0), &record(2.0)]).unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains(r#"expert "a": em is 2"#), "{err}");
+        let err = read(&[HEADER, &record(-0.5)]).unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("em is -0.5"),
+            "{err}"
+        );
     }
 }

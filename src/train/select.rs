@@ -754,7 +754,7 @@ fn bars(folds: &[FoldReport], mean: &Summary) -> Vec<super::eval::Bar> {
             .is_none_or(|c| curve_em_at(&f.curve, c.mean_cost).is_some_and(|em| em >= c.em))
     });
     let cheap = mean.cost_fraction <= 0.55;
-    vec![
+    let mut bars = vec![
         Bar {
             name: "mean selected gap over the mix line >= +0.8 EM at a mean cost <= 55% of always-best".into(),
             met: cheap && mean.gap >= 0.8,
@@ -765,26 +765,26 @@ fn bars(folds: &[FoldReport], mean: &Summary) -> Vec<super::eval::Bar> {
             met: cheap && mean.gap >= 1.0,
             detail: format!("{:+.2} EM at {:.1}%", mean.gap, 100.0 * mean.cost_fraction),
         },
-        Bar {
+    ];
+    // A pool without the hand cascade's three experts has no such bar (as in `l2d eval`).
+    if !against_cascade.is_empty() {
+        bars.push(Bar {
             name: "at the hand cascade's cost, EM >= the cascade's (the curve's upper hull, each fold)".into(),
-            met: cascade_met && !against_cascade.is_empty(),
-            detail: if against_cascade.is_empty() {
-                "no hand cascade in this pool".into()
-            } else {
-                against_cascade.join(", ")
-            },
-        },
-        Bar {
-            name: "nowhere on the curve more than 0.3 EM below the mix line".into(),
-            met: worst.is_none_or(|(_, p)| p.gap >= -0.3),
-            detail: worst.map_or(String::new(), |(k, p)| {
-                format!(
-                    "worst: fold {k}, lambda {}: gap {:+.2} at cost {:.2}",
-                    p.lambda, p.gap, p.row.mean_cost
-                )
-            }),
-        },
-    ]
+            met: cascade_met,
+            detail: against_cascade.join(", "),
+        });
+    }
+    bars.push(Bar {
+        name: "nowhere on the curve more than 0.3 EM below the mix line".into(),
+        met: worst.is_none_or(|(_, p)| p.gap >= -0.3),
+        detail: worst.map_or(String::new(), |(k, p)| {
+            format!(
+                "worst: fold {k}, lambda {}: gap {:+.2} at cost {:.2}",
+                p.lambda, p.gap, p.row.mean_cost
+            )
+        }),
+    });
+    bars
 }
 
 fn selected_row(
@@ -1074,9 +1074,15 @@ pub fn to_markdown(report: &CvReport) -> String {
         ));
     }
     let (m, s) = (&report.mean, &report.sd);
+    // NaN when a fold's pool lacks the hand cascade's experts (then every fold's does).
+    let cascade = if m.cascade_gap.is_finite() {
+        format!("hand cascade {:+.2} ± {:.2}", m.cascade_gap, s.cascade_gap)
+    } else {
+        "no hand cascade in this pool".into()
+    };
     out.push_str(&format!(
         "\nMean ± sd over folds: EM {:.2} ± {:.2}, cost {:.1}% ± {:.1}% of always-best, gap over the \
-         mix line {:+.2} ± {:.2} (agreement table {:+.2} ± {:.2}; hand cascade {:+.2} ± {:.2}).\n",
+         mix line {:+.2} ± {:.2} (agreement table {:+.2} ± {:.2}; {cascade}).\n",
         m.em,
         s.em,
         100.0 * m.cost_fraction,
@@ -1085,8 +1091,6 @@ pub fn to_markdown(report: &CvReport) -> String {
         s.gap,
         m.table_gap,
         s.table_gap,
-        m.cascade_gap,
-        s.cascade_gap
     ));
     out.push('\n');
     out.push_str(&super::eval::bars_markdown(&report.bars));
