@@ -398,7 +398,8 @@ pub fn evaluate(
         ids.len().min(3)
     };
     let loss_of = |r: &LabelRecord, j: usize| r.experts[j].loss(policy.loss);
-    let test_answers: Vec<Vec<String>> = test_records.iter().map(|r| normalised(r)).collect();
+    let test_answers: Vec<Vec<Option<String>>> =
+        test_records.iter().map(|r| normalised(r)).collect();
     // (Not when the labels hold no training question, as in `l2d demo`.)
     let fitted_on = if train_records.is_empty() {
         &[][..]

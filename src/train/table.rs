@@ -1,7 +1,8 @@
 //! The agreement table: a tabular sequential baseline for cascade mode, with no query features.
 //!
 //! Its state is which agents were asked and which of their normalised answers are equal (the
-//! partition of the asked agents into groups of equal answers; an agent with no answer is alone).
+//! partition of the asked agents into groups of equal answers; an agent whose call failed is
+//! alone, while two that answered "no answer" agree, as SQuAD v2.0 scores it).
 //! Fitted on training questions by backward induction, like the learned cascade: at the last
 //! stage each state keeps the answer of the asked agent with the lowest mean loss over the
 //! training questions in that state; one stage earlier, "ask `k`" costs `lambda × price_k /
@@ -14,8 +15,8 @@ use crate::core::metric::normalize_answer;
 use std::collections::HashMap;
 
 /// A state: the asked agents (bit mask) and, per agent in index order, its answer's group (the
-/// smallest index of an asked agent with the same normalised, non-empty answer; its own index
-/// when it has no answer).
+/// smallest index of an asked agent with the same normalised answer; its own index when its
+/// call failed).
 type Key = (u64, Vec<u8>);
 
 #[derive(Debug, Clone)]
@@ -27,27 +28,23 @@ pub struct AgreementTable {
     fallback: HashMap<u64, usize>,
 }
 
-/// The normalised answers of a question, per agent (empty for no answer).
-pub fn normalised(record: &LabelRecord) -> Vec<String> {
+/// The normalised answers of a question, per agent: `None` where the call failed, the empty
+/// string where the agent answered "no answer" (or an answer that normalises to nothing, which
+/// the official metric scores the same).
+pub fn normalised(record: &LabelRecord) -> Vec<Option<String>> {
     record
         .experts
         .iter()
-        .map(|e| {
-            e.answer
-                .as_deref()
-                .map(normalize_answer)
-                .unwrap_or_default()
-        })
+        .map(|e| e.answer.as_deref().map(normalize_answer))
         .collect()
 }
 
-fn key(mask: u64, answers: &[String]) -> Key {
+fn key(mask: u64, answers: &[Option<String>]) -> Key {
     let groups = (0..answers.len())
         .filter(|&j| mask >> j & 1 == 1)
         .map(|j| {
-            let same = (0..j).find(|&i| {
-                mask >> i & 1 == 1 && !answers[j].is_empty() && answers[i] == answers[j]
-            });
+            let same = (0..j)
+                .find(|&i| mask >> i & 1 == 1 && answers[j].is_some() && answers[i] == answers[j]);
             same.unwrap_or(j) as u8
         })
         .collect();
@@ -67,7 +64,7 @@ impl AgreementTable {
         let agents = costs.len();
         let max_cost = costs.iter().copied().fold(0.0, f64::max);
         let price: Vec<f64> = costs.iter().map(|c| lambda * c / max_cost).collect();
-        let answers: Vec<Vec<String>> = records.iter().map(|r| normalised(r)).collect();
+        let answers: Vec<Vec<Option<String>>> = records.iter().map(|r| normalised(r)).collect();
         let losses: Vec<Vec<f64>> = records
             .iter()
             .map(|r| (0..agents).map(|j| loss(r, j)).collect())
@@ -125,7 +122,7 @@ impl AgreementTable {
         table
     }
 
-    fn action(&self, mask: u64, answers: &[String]) -> usize {
+    fn action(&self, mask: u64, answers: &[Option<String>]) -> usize {
         self.actions
             .get(&key(mask, answers))
             .or_else(|| self.fallback.get(&mask))
@@ -135,7 +132,7 @@ impl AgreementTable {
 
     /// The table's walk on a question with normalised answers `answers`: the agent kept and
     /// the agents asked (bit mask).
-    pub fn walk(&self, answers: &[String]) -> (usize, u64) {
+    pub fn walk(&self, answers: &[Option<String>]) -> (usize, u64) {
         let mut mask = 0u64;
         loop {
             let a = self.action(mask, answers);
@@ -157,4 +154,75 @@ fn argmin(values: &[f64]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::labels::ExpertLabel;
+
+    fn record(i: usize, answers: [Option<&str>; 3], right: [bool; 3]) -> LabelRecord {
+        LabelRecord {
+            id: format!("q{i}"),
+            title: "T".into(),
+            question: "Q?".into(),
+            context: "C.".into(),
+            experts: (0..3)
+                .map(|j| ExpertLabel {
+                    expert: format!("e{j}"),
+                    answer: answers[j].map(str::to_owned),
+                    em: f64::from(u8::from(right[j])),
+                    f1: f64::from(u8::from(right[j])),
+                    latency_us: 1,
+                    cost: [1.0, 1.0, 10.0][j],
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn two_agents_answering_no_answer_agree_and_a_failed_call_agrees_with_none() {
+        let both = [Some(String::new()), Some(String::new())];
+        assert_eq!(key(0b11, &both).1, vec![0, 0]);
+        let failed = [None, Some(String::new())];
+        assert_eq!(key(0b11, &failed).1, vec![0, 1]);
+        let failed_twice = [None, None];
+        assert_eq!(key(0b11, &failed_twice).1, vec![0, 1]);
+    }
+
+    /// Unanswerable questions (SQuAD v2.0), where both cheap agents answer "no answer" and are
+    /// right, and answerable ones where they disagree and only the dear agent is surely right:
+    /// the table keeps the cheap agents' "no answer" and pays for the dear one only on a
+    /// disagreement. (Had "no answer" never agreed, both would be one state.)
+    #[test]
+    fn the_table_keeps_an_agreed_no_answer_and_asks_on_a_disagreement() {
+        let records: Vec<LabelRecord> = (0..40)
+            .map(|i| {
+                if i % 2 == 0 {
+                    record(i, [Some(""), Some(""), Some("x")], [true, true, false])
+                } else {
+                    let first_right = i % 4 == 1;
+                    let answers = [Some("a"), Some("b"), Some("a")];
+                    let answers = if first_right {
+                        answers
+                    } else {
+                        [Some("a"), Some("b"), Some("b")]
+                    };
+                    record(i, answers, [first_right, !first_right, true])
+                }
+            })
+            .collect();
+        let refs: Vec<&LabelRecord> = records.iter().collect();
+        let table = AgreementTable::fit(&refs, &[1.0, 1.0, 10.0], 3, 0.3, |r, j| {
+            1.0 - r.experts[j].em
+        });
+        for r in &records {
+            let (kept, asked) = table.walk(&normalised(r));
+            assert_eq!(r.experts[kept].em, 1.0, "{}: kept {kept}", r.id);
+            let dear_asked = asked >> 2 & 1 == 1;
+            let unanswerable = r.experts[0].answer.as_deref() == Some("");
+            assert_eq!(dear_asked, !unanswerable, "{}: asked {asked:b}", r.id);
+        }
+    }
 }
