@@ -107,7 +107,7 @@ pub struct TrainArgs {
     /// The cost target, as a fraction of the always-best expert's cost: the lambda served by
     /// default is the most accurate whose cost on validation articles is at most that (0.5
     /// without --mode; with --mode, only when given).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub at_cost: Option<f64>,
     /// Defer mode: expert ids that always run first, comma-separated (with --at-cost and none
     /// given, in a pool of three or more experts: a pair of the three cheapest, chosen on
@@ -132,25 +132,54 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.5)]
     pub test_fraction: f64,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
     pub epochs: usize,
     /// Adam's initial step (decayed to zero along a cosine).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = positive, allow_negative_numbers = true)]
     pub learning_rate: f64,
     /// L2 penalty on the weights of the question features. Where the lambda is chosen on
     /// validation (no --mode, or --at-cost), the L2 strengths are chosen there too: these and
     /// --l2-hashed, then --l2-probe, each times 0.3, 1 and 3.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub l2: f64,
     /// L2 penalty on the hashed question n-gram weights (default: --l2).
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     pub l2_hashed: Option<f64>,
     /// Defer and cascade modes: L2 penalty on the weights of the features of the answers seen.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = non_negative, allow_negative_numbers = true)]
     pub l2_probe: f64,
     /// Examples per Adam step (0: the whole training set).
     #[arg(long, default_value_t = 0)]
     pub batch_size: usize,
+}
+
+/// A count of passes: zero would write a policy of untrained (all-zero) weights.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number above zero (a step size).
+fn positive(text: &str) -> Result<f64, String> {
+    let x: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if x.is_finite() && x > 0.0 {
+        Ok(x)
+    } else {
+        Err(format!("must be a finite number above 0, got {x}"))
+    }
+}
+
+/// A finite number of at least zero (a penalty's strength).
+fn non_negative(text: &str) -> Result<f64, String> {
+    let x: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if x.is_finite() && x >= 0.0 {
+        Ok(x)
+    } else {
+        Err(format!("must be a finite number of at least 0, got {x}"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +191,7 @@ pub struct CvArgs {
     pub folds: usize,
     /// The cost target: lambda and mode are chosen for a validation cost of at most this
     /// fraction of the always-best expert's cost.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub at_cost: f64,
     /// Seed of the assignment of articles to folds (the inner validation folds are drawn from
     /// --split-seed).
@@ -695,4 +724,47 @@ pub(super) fn score(args: ScoreArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// `l2d train`'s error for these flags, or `None` when they parse.
+    fn refusal(flags: &[&str]) -> Option<String> {
+        let args = ["l2d", "train", "--labels", "l", "--out", "p"];
+        crate::cli::Cli::try_parse_from(args.iter().chain(flags))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn fitting_settings_that_would_train_nothing_are_refused() {
+        for (flags, says) in [
+            (&["--epochs", "0"][..], "must be at least 1"),
+            (
+                &["--learning-rate", "0"],
+                "must be a finite number above 0, got 0",
+            ),
+            (&["--learning-rate", "nan"], "got NaN"),
+            (
+                &["--l2", "-0.5"],
+                "must be a finite number of at least 0, got -0.5",
+            ),
+            (&["--l2-hashed", "inf"], "got inf"),
+            (&["--l2-probe", "-1"], "got -1"),
+            (&["--learning-rate", "-0.1"], "got -0.1"),
+        ] {
+            let err = refusal(flags).unwrap_or_else(|| panic!("{flags:?} parsed"));
+            assert!(err.contains(says), "{flags:?}: {err}");
+        }
+        for flags in [
+            &["--epochs", "1"][..],
+            &["--learning-rate", "0.01"],
+            &["--l2", "0"],
+            &["--l2-hashed", "0.3", "--l2-probe", "0"],
+        ] {
+            assert_eq!(refusal(flags), None, "{flags:?}");
+        }
+    }
 }
