@@ -359,6 +359,8 @@ fn cross_validation_never_lets_a_test_article_influence_a_choice() {
         serde_json::to_value(&fold0.selection).unwrap()
     );
     assert_ne!(again0.selected.em, fold0.selected.em);
+    // The agreement table's lambda too is chosen on validation articles only.
+    assert_eq!(again0.agreement_table.lambda, fold0.agreement_table.lambda);
     // The cross-validated figures are the folds' mean.
     let mean = report.folds.iter().map(|f| f.selected.gap).sum::<f64>() / 3.0;
     assert!((report.mean.gap - mean).abs() < 1e-9);

@@ -39,7 +39,7 @@ use crate::core::learned::{LossKind, Mode, PolicyFile};
 use serde::Serialize;
 
 /// Share of the training articles held out for validation where one split is used (the
-/// calibration of `l2d train --mode M` without a cost target, the agreement table's lambda).
+/// calibration of `l2d train --mode M` without a cost target).
 pub const VALIDATION_FRACTION: f64 = 0.25;
 
 /// Folds the training articles are validated in ([`validation_folds`]): each candidate is
@@ -928,19 +928,29 @@ fn fold(
     }
     let (selected, report) = chosen_report.expect("the chosen candidate is the best of its mode");
 
-    // The agreement table: its lambda chosen on validation, then refitted on all of `train`.
-    let (inner, validation) = split_by_article(&train, base.split_seed, VALIDATION_FRACTION);
-    let (inner_records, validation_records) =
-        (labels.in_articles(&inner), labels.in_articles(&validation));
+    // The agreement table: its lambda chosen on the same validation folds as the learned
+    // candidates (each lambda fitted without a fold, scored on it, over all the folds'
+    // questions), then refitted on all of `train`.
+    let folds: Vec<(Vec<&LabelRecord>, Vec<&LabelRecord>)> =
+        validation_folds(&train, base.split_seed)
+            .iter()
+            .map(|(inner, validation)| (labels.in_articles(inner), labels.in_articles(validation)))
+            .collect();
+    let validated = folds.iter().map(|(_, v)| v.len()).sum::<usize>().max(1) as f64;
     let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
     let stages = labels.header.experts.len().min(3);
     let loss = loss_of(base.loss);
     let table_points: Vec<(f64, f64, f64)> = table_lambdas()
         .into_iter()
         .map(|lambda| {
-            let table = AgreementTable::fit(&inner_records, &costs, stages, lambda, loss);
-            let (em, cost) = table_figures(&table, &validation_records, &costs);
-            (lambda, em, cost)
+            let (mut em, mut cost) = (0.0, 0.0);
+            for (inner, validation) in &folds {
+                let table = AgreementTable::fit(inner, &costs, stages, lambda, loss);
+                let (e, c) = table_figures(&table, validation, &costs);
+                em += e * validation.len() as f64;
+                cost += c * validation.len() as f64;
+            }
+            (lambda, em / validated, cost / validated)
         })
         .collect();
     let (table_lambda, _, _) = pick(&table_points, selection.target_cost);
