@@ -136,7 +136,9 @@ fn separate_processes_register_answer_and_shut_down_gracefully() {
 fn up_serves_the_default_pool_until_interrupted() {
     let mut up = Proc::spawn(&["up", "--listen", "127.0.0.1:0"]);
     let router = up.address_in("scheduler serving");
-    up.wait_for("l2d: try");
+    // The hint asks one of the default pool's questions, as below.
+    let hint = up.wait_for("l2d: try");
+    assert!(hint.contains("--id 56be4db0acb8001400a502ec"), "{hint}");
     let out = l2d(&[
         "ask",
         "--router",

@@ -279,6 +279,12 @@ async fn another_pool_on_squad_v2_data_labels_trains_evaluates_cross_validates_a
         dir.join("policy.json").to_str().unwrap(),
     ]);
     let router = up.address_in("scheduler serving");
+    // Its hint names no question of the default pool's data set.
+    let hint = up.wait_for("l2d: try");
+    assert!(
+        hint.contains("--question") && !hint.contains("squad-v1.1"),
+        "{hint}"
+    );
     let mut client = RouterClient::connect(&format!("http://{router}"))
         .await
         .unwrap();

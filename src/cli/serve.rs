@@ -612,9 +612,18 @@ pub(super) async fn run_scheduler(
             active.identity().id,
             active.lambda()
         );
-        eprintln!(
-            "l2d: try  l2d ask --router {address} --data data/squad-v1.1/dev.json --id 56be4db0acb8001400a502ec"
-        );
+        // The default pool replays SQuAD v1.1 dev: one of its questions by id. Another pool's
+        // questions are its own.
+        if pool_path.as_deref() == Some(crate::defaults::default_pool_path().as_path()) {
+            eprintln!(
+                "l2d: try  l2d ask --router {address} --data data/squad-v1.1/dev.json --id 56be4db0acb8001400a502ec"
+            );
+        } else {
+            eprintln!(
+                "l2d: try  l2d ask --router {address} --question QUESTION --context CONTEXT \
+                 (or --data FILE --id ID)"
+            );
+        }
         eprintln!("l2d: stop with Ctrl-C");
     }
     let listeners = scheduler::Listeners {
