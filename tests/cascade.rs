@@ -13,7 +13,7 @@ use l2d::train::fit::FitConfig;
 use l2d::train::labels::Labels;
 use l2d::train::labels::{LabelOptions, label};
 use l2d::train::select::{CvOptions, cross_validate};
-use l2d::train::table::{AgreementTable, normalised};
+use l2d::train::table::{AgreementTable, answered, normalised};
 use l2d::train::{TrainOptions, probe_indices, train};
 use l2d::{Ask, RouterClient};
 use std::collections::HashSet;
@@ -293,7 +293,9 @@ fn backward_induction_learns_to_ask_the_dear_expert_only_when_the_cheap_ones_dis
         .filter(|r| train_set.contains(r.title.as_str()))
         .collect();
     let costs = [1.0, 2.0, 100.0, 1.5];
-    let table = AgreementTable::fit(&train_records, &costs, 3, 0.3, |r, j| 1.0 - r.experts[j].em);
+    let table = AgreementTable::fit(&answered(&train_records), &costs, 3, 0.3, |r, j| {
+        1.0 - r.experts[j].em
+    });
     for r in &records {
         let (kept, asked) = table.walk(&normalised(r));
         let cost: f64 = costs

@@ -164,21 +164,21 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 
 /// A finite number above zero (a step size).
 fn positive(text: &str) -> Result<f64, String> {
-    let x: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if x.is_finite() && x > 0.0 {
-        Ok(x)
-    } else {
-        Err(format!("must be a finite number above 0, got {x}"))
-    }
+    finite_where(text, |x| x > 0.0, "above 0")
 }
 
 /// A finite number of at least zero (a penalty's strength).
 fn non_negative(text: &str) -> Result<f64, String> {
+    finite_where(text, |x| x >= 0.0, "of at least 0")
+}
+
+/// `text` as a finite number that passes `bound`, which `says` names.
+fn finite_where(text: &str, bound: fn(f64) -> bool, says: &str) -> Result<f64, String> {
     let x: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if x.is_finite() && x >= 0.0 {
+    if x.is_finite() && bound(x) {
         Ok(x)
     } else {
-        Err(format!("must be a finite number of at least 0, got {x}"))
+        Err(format!("must be a finite number {says}, got {x}"))
     }
 }
 

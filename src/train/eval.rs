@@ -4,7 +4,7 @@
 //! `experts`, `oracle`, `random_mix`, `question_type_rule`, `cascade`), Markdown and an SVG plot.
 
 use super::labels::{LabelRecord, Labels};
-use super::table::{AgreementTable, normalised};
+use super::table::{AgreementTable, Answered, answered};
 use super::{extra_cost, probe_answers, probe_indices};
 use crate::core::features::question_word;
 use crate::core::learned::{Mode, PolicyFile, walk_among};
@@ -398,8 +398,7 @@ pub fn evaluate(
         ids.len().min(3)
     };
     let loss_of = |r: &LabelRecord, j: usize| r.experts[j].loss(policy.loss);
-    let test_answers: Vec<Vec<Option<String>>> =
-        test_records.iter().map(|r| normalised(r)).collect();
+    let (train_answered, test_answered) = (answered(&train_records), answered(&test_records));
     // (Not when the labels hold no training question, as in `l2d demo`.)
     let fitted_on = if train_records.is_empty() {
         &[][..]
@@ -409,9 +408,9 @@ pub fn evaluate(
     let agreement_table = fitted_on
         .iter()
         .map(|entry| {
-            let table = AgreementTable::fit(&train_records, &costs, stages, entry.lambda, loss_of);
+            let table = AgreementTable::fit(&train_answered, &costs, stages, entry.lambda, loss_of);
             let mut t = Tally::new(&ids);
-            for (r, answers) in test_records.iter().zip(&test_answers) {
+            for Answered { record: r, answers } in &test_answered {
                 let (j, asked) = table.walk(answers);
                 let cost = (0..ids.len())
                     .filter(|&k| asked >> k & 1 == 1)

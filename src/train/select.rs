@@ -33,7 +33,7 @@ use super::eval::{
 use super::fit::FitConfig;
 use super::labels::{LabelRecord, Labels};
 use super::split::split_by_article;
-use super::table::{AgreementTable, normalised};
+use super::table::{AgreementTable, Answered, answered};
 use super::{TrainOptions, probe_indices, train_on};
 use crate::core::learned::{LossKind, Mode, PolicyFile};
 use serde::Serialize;
@@ -931,11 +931,15 @@ fn fold(
     // The agreement table: its lambda chosen on the same validation folds as the learned
     // candidates (each lambda fitted without a fold, scored on it, over all the folds'
     // questions), then refitted on all of `train`.
-    let folds: Vec<(Vec<&LabelRecord>, Vec<&LabelRecord>)> =
-        validation_folds(&train, base.split_seed)
-            .iter()
-            .map(|(inner, validation)| (labels.in_articles(inner), labels.in_articles(validation)))
-            .collect();
+    let folds: Vec<(Vec<Answered>, Vec<Answered>)> = validation_folds(&train, base.split_seed)
+        .iter()
+        .map(|(inner, validation)| {
+            (
+                answered(&labels.in_articles(inner)),
+                answered(&labels.in_articles(validation)),
+            )
+        })
+        .collect();
     let validated = folds.iter().map(|(_, v)| v.len()).sum::<usize>().max(1) as f64;
     let costs: Vec<f64> = labels.header.experts.iter().map(|a| a.cost).collect();
     let stages = labels.header.experts.len().min(3);
@@ -954,9 +958,15 @@ fn fold(
         })
         .collect();
     let (table_lambda, _, _) = pick(&table_points, selection.target_cost);
-    let table = AgreementTable::fit(&train_records, &costs, stages, table_lambda, loss);
+    let table = AgreementTable::fit(
+        &answered(&train_records),
+        &costs,
+        stages,
+        table_lambda,
+        loss,
+    );
     let test_records = labels.in_articles(&test);
-    let (em, mean_cost) = table_figures(&table, &test_records, &costs);
+    let (em, mean_cost) = table_figures(&table, &answered(&test_records), &costs);
     let mix_em = mix_at(&report, mean_cost);
     let agreement_table = Selected {
         mode: Mode::Cascade,
@@ -995,12 +1005,12 @@ fn table_lambdas() -> Vec<f64> {
 }
 
 /// EM (percent) and mean cost of the table on `records`.
-fn table_figures(table: &AgreementTable, records: &[&LabelRecord], costs: &[f64]) -> (f64, f64) {
-    let n = records.len().max(1) as f64;
+fn table_figures(table: &AgreementTable, questions: &[Answered], costs: &[f64]) -> (f64, f64) {
+    let n = questions.len().max(1) as f64;
     let (mut em, mut cost) = (0.0, 0.0);
-    for r in records {
-        let (j, asked) = table.walk(&normalised(r));
-        em += r.experts[j].em;
+    for q in questions {
+        let (j, asked) = table.walk(&q.answers);
+        em += q.record.experts[j].em;
         cost += (0..costs.len())
             .filter(|&k| asked >> k & 1 == 1)
             .map(|k| costs[k])

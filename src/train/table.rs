@@ -39,6 +39,24 @@ pub fn normalised(record: &LabelRecord) -> Vec<Option<String>> {
         .collect()
 }
 
+/// A question with its agents' normalised answers ([`normalised`]), made once for every table
+/// fitted on it or walked through it.
+pub struct Answered<'a> {
+    pub record: &'a LabelRecord,
+    pub answers: Vec<Option<String>>,
+}
+
+/// `records` with their normalised answers.
+pub fn answered<'a>(records: &[&'a LabelRecord]) -> Vec<Answered<'a>> {
+    records
+        .iter()
+        .map(|&record| Answered {
+            record,
+            answers: normalised(record),
+        })
+        .collect()
+}
+
 fn key(mask: u64, answers: &[Option<String>]) -> Key {
     let groups = (0..answers.len())
         .filter(|&j| mask >> j & 1 == 1)
@@ -52,10 +70,10 @@ fn key(mask: u64, answers: &[Option<String>]) -> Key {
 }
 
 impl AgreementTable {
-    /// Fits the table on `records` at price of compute `lambda`, asking at most `stages` agents.
-    /// `costs` are the agents' declared costs; `loss` gives an agent's loss on a record.
+    /// Fits the table on `questions` at price of compute `lambda`, asking at most `stages`
+    /// agents. `costs` are the agents' declared costs; `loss` gives an agent's loss on a record.
     pub fn fit(
-        records: &[&LabelRecord],
+        questions: &[Answered<'_>],
         costs: &[f64],
         stages: usize,
         lambda: f64,
@@ -64,10 +82,11 @@ impl AgreementTable {
         let agents = costs.len();
         let max_cost = costs.iter().copied().fold(0.0, f64::max);
         let price: Vec<f64> = costs.iter().map(|c| lambda * c / max_cost).collect();
-        let answers: Vec<Vec<Option<String>>> = records.iter().map(|r| normalised(r)).collect();
-        let losses: Vec<Vec<f64>> = records
+        let answers: Vec<&[Option<String>]> =
+            questions.iter().map(|q| q.answers.as_slice()).collect();
+        let losses: Vec<Vec<f64>> = questions
             .iter()
-            .map(|r| (0..agents).map(|j| loss(r, j)).collect())
+            .map(|q| (0..agents).map(|j| loss(q.record, j)).collect())
             .collect();
         let mut table = Self {
             stages,
@@ -75,14 +94,14 @@ impl AgreementTable {
             fallback: HashMap::new(),
         };
         // value[i][mask]: the cost-to-go of question i from state mask under the fitted table.
-        let mut value: Vec<HashMap<u64, f64>> = vec![HashMap::new(); records.len()];
+        let mut value: Vec<HashMap<u64, f64>> = vec![HashMap::new(); questions.len()];
         for t in (0..=stages).rev() {
             let masks: Vec<u64> = (0u64..1 << agents)
                 .filter(|m| m.count_ones() as usize == t)
                 .collect();
             for &mask in &masks {
                 // Per question, the cost of every action from this state.
-                let action_costs: Vec<Vec<Option<f64>>> = (0..records.len())
+                let action_costs: Vec<Vec<Option<f64>>> = (0..questions.len())
                     .map(|i| {
                         (0..agents)
                             .map(|j| {
@@ -101,7 +120,7 @@ impl AgreementTable {
                 let mut all = vec![0.0; agents];
                 for (i, row) in action_costs.iter().enumerate() {
                     let entry = sums
-                        .entry(key(mask, &answers[i]))
+                        .entry(key(mask, answers[i]))
                         .or_insert_with(|| vec![0.0; agents]);
                     for j in 0..agents {
                         let c = row[j].unwrap_or(f64::INFINITY);
@@ -114,7 +133,7 @@ impl AgreementTable {
                     table.actions.insert(k, argmin(&s));
                 }
                 for (i, row) in action_costs.iter().enumerate() {
-                    let a = table.action(mask, &answers[i]);
+                    let a = table.action(mask, answers[i]);
                     value[i].insert(mask, row[a].unwrap_or(f64::INFINITY));
                 }
             }
@@ -214,7 +233,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<&LabelRecord> = records.iter().collect();
-        let table = AgreementTable::fit(&refs, &[1.0, 1.0, 10.0], 3, 0.3, |r, j| {
+        let table = AgreementTable::fit(&answered(&refs), &[1.0, 1.0, 10.0], 3, 0.3, |r, j| {
             1.0 - r.experts[j].em
         });
         for r in &records {
