@@ -3,6 +3,7 @@
 //! "where" and "which city". Used by the typed reader and by the policy's featurizer.
 
 use super::text::{Token, TokenKind};
+use compact_str::CompactString;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerType {
@@ -85,54 +86,51 @@ const NAME_NOUNS: &[&str] = &[
 /// The answer type a question asks for, from its wh-word and the noun after it. `question` is
 /// the question's tokens as [`super::text::tokenize`] gives them (every word stemmed).
 pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
-    // The stem of a question token is its word lower-cased and stemmed. The word itself is
-    // compared case-insensitively; only a question with a non-ASCII character has its words
-    // lower-cased (once each), since lower-casing one can give ASCII (the Kelvin sign).
-    let lowered: Vec<Option<String>> = if source.is_ascii() {
-        Vec::new()
-    } else {
-        question
-            .iter()
-            .map(|t| {
-                let word = t.text(source);
-                (!word.is_ascii()).then(|| word.to_lowercase())
-            })
-            .collect()
-    };
-    let is = |i: usize, lower: &str| match lowered.get(i).and_then(Option::as_ref) {
-        Some(word) => word == lower,
-        None => question[i].text(source).eq_ignore_ascii_case(lower),
-    };
+    // The noun after a wh-word is compared by its stem and by the word itself, lower-cased.
     let next_is = |i: usize, list: &[&str]| {
-        question
-            .get(i + 1)
-            .is_some_and(|t| list.contains(&t.stem.as_str()) || list.iter().any(|w| is(i + 1, w)))
+        question.get(i + 1).is_some_and(|t| {
+            let stem = t.stem.as_str();
+            list.contains(&stem) || {
+                let word = lower(t.text(source));
+                word != stem && list.contains(&word.as_str())
+            }
+        })
     };
-    for i in 0..question.len() {
-        if is(i, "when") {
-            return AnswerType::Date;
+    for (i, t) in question.iter().enumerate() {
+        let text = t.text(source);
+        // Wh-words have 3 to 5 letters and start with w or h: most words are ruled out before
+        // they are lower-cased (a word beyond ASCII may lower-case to one).
+        if text.is_ascii()
+            && !((3..=5).contains(&text.len()) && matches!(text.as_bytes()[0] | 0x20, b'w' | b'h'))
+        {
+            continue;
         }
-        if ["who", "whom", "whose", "where"].iter().any(|w| is(i, w)) {
-            return AnswerType::Name;
-        }
-        let what = is(i, "what") || is(i, "which");
-        if is(i, "how") && next_is(i, HOW_NUMBER) {
-            return AnswerType::Number;
-        }
-        if what && next_is(i, DATE_NOUNS) {
-            return AnswerType::Date;
-        }
-        if what && next_is(i, NUMBER_NOUNS) {
-            return AnswerType::Number;
-        }
-        if what && next_is(i, NAME_NOUNS) {
-            return AnswerType::Name;
-        }
-        if what || is(i, "how") || is(i, "why") {
-            return AnswerType::Other;
-        }
+        let kind = match lower(text).as_str() {
+            "when" => AnswerType::Date,
+            "who" | "whom" | "whose" | "where" => AnswerType::Name,
+            "how" if next_is(i, HOW_NUMBER) => AnswerType::Number,
+            "what" | "which" if next_is(i, DATE_NOUNS) => AnswerType::Date,
+            "what" | "which" if next_is(i, NUMBER_NOUNS) => AnswerType::Number,
+            "what" | "which" if next_is(i, NAME_NOUNS) => AnswerType::Name,
+            "what" | "which" | "how" | "why" => AnswerType::Other,
+            _ => continue,
+        };
+        return kind;
     }
     AnswerType::Other
+}
+
+/// `word` lower-cased, kept inline (no allocation) up to 24 bytes. An ASCII word is
+/// lower-cased without Unicode tables; any other is lower-cased in full, since that can give
+/// ASCII (the Kelvin sign gives "k").
+fn lower(word: &str) -> CompactString {
+    if word.is_ascii() {
+        let mut w = CompactString::from(word);
+        w.make_ascii_lowercase();
+        w
+    } else {
+        CompactString::from(word.to_lowercase())
+    }
 }
 
 /// Whether `word` is a month's name or abbreviation, in any case.
@@ -185,7 +183,77 @@ mod tests {
     use super::*;
     use crate::core::text::tokenize;
 
+    /// [`answer_type`] as first written, every word compared case-insensitively with each
+    /// listed word in turn: the reference the one-pass version is checked against.
+    fn answer_type_by_lists(question: &[Token], source: &str) -> AnswerType {
+        let lowered: Vec<Option<String>> = question
+            .iter()
+            .map(|t| {
+                let word = t.text(source);
+                (!word.is_ascii()).then(|| word.to_lowercase())
+            })
+            .collect();
+        let is = |i: usize, lower: &str| match &lowered[i] {
+            Some(word) => word == lower,
+            None => question[i].text(source).eq_ignore_ascii_case(lower),
+        };
+        let next_is = |i: usize, list: &[&str]| {
+            question.get(i + 1).is_some_and(|t| {
+                list.contains(&t.stem.as_str()) || list.iter().any(|w| is(i + 1, w))
+            })
+        };
+        for i in 0..question.len() {
+            if is(i, "when") {
+                return AnswerType::Date;
+            }
+            if ["who", "whom", "whose", "where"].iter().any(|w| is(i, w)) {
+                return AnswerType::Name;
+            }
+            let what = is(i, "what") || is(i, "which");
+            if is(i, "how") && next_is(i, HOW_NUMBER) {
+                return AnswerType::Number;
+            }
+            if what && next_is(i, DATE_NOUNS) {
+                return AnswerType::Date;
+            }
+            if what && next_is(i, NUMBER_NOUNS) {
+                return AnswerType::Number;
+            }
+            if what && next_is(i, NAME_NOUNS) {
+                return AnswerType::Name;
+            }
+            if what || is(i, "how") || is(i, "why") {
+                return AnswerType::Other;
+            }
+        }
+        AnswerType::Other
+    }
+
     proptest::proptest! {
+        /// The one-pass answer type is the answer type compared list by list, on questions of
+        /// wh-words, listed nouns (plural, capitalised), other words and non-ASCII ones.
+        #[test]
+        fn the_answer_type_is_read_as_by_the_lists(
+            words in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "When", "who", "WHOM", "whose", "Where", "what", "Which", "how", "HOW", "why",
+                    "many", "Much", "year", "Years", "percentage", "cities", "City", "kings",
+                    "organization", "the", "did", "\u{212A}ing", "Zürich", "ÉTAT", "was", "1990",
+                    "?", ",", "whenever", "howl", "sizes", "AGE",
+                ]),
+                0..8,
+            ),
+        ) {
+            let question = words.join(" ");
+            let tokens = tokenize(&question);
+            proptest::prop_assert_eq!(
+                answer_type(&tokens, &question),
+                answer_type_by_lists(&tokens, &question),
+                "{}",
+                question
+            );
+        }
+
         /// The filtered month test says what comparing with every month says, on months in any
         /// case, on words one letter off and on any short text.
         #[test]

@@ -36,8 +36,9 @@ pub struct ContextAnalysis {
     sentences: Vec<(usize, usize)>,
     /// Byte ranges of the sentences, from their first token's start to their last token's end.
     spans: Vec<(usize, usize)>,
-    /// The words and numbers as (key of the stem, position), sorted: the tokens that carry a
-    /// question term are found by a binary search over integers per term.
+    /// The words and numbers as (key of the stem, position), sorted by key: the tokens that
+    /// carry a question term are found by a binary search over integers per term. Stop words
+    /// are left out: no question term is one.
     by_stem: Vec<(u64, u32)>,
     /// Tokens that are numbers.
     numbers: usize,
@@ -75,7 +76,8 @@ impl ContextAnalysis {
             numbers += usize::from(t.kind == TokenKind::Number);
             if t.kind != TokenKind::Punct {
                 with_stem(text, |stem| {
-                    if !stem.is_empty() {
+                    // A question term is never a stop word: those are never looked up.
+                    if !stem.is_empty() && !is_stop_word(stem) {
                         by_stem.push((stem_key(stem), tokens as u32));
                     }
                 });
@@ -94,7 +96,7 @@ impl ContextAnalysis {
             spans.push((from.unwrap_or(0), last_end));
             typed.push(counts);
         }
-        by_stem.sort_unstable();
+        by_stem.sort_unstable_by_key(|&(key, _)| key);
         Self {
             context: context.into(),
             tokens,
