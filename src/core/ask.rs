@@ -334,23 +334,25 @@ fn why(out: &mut String, d: &Chosen, view: &[ExpertView<'_>]) {
     let eligible = |out: &mut String| match d.plan.ranked.len() {
         1 => out.push_str("the only eligible expert"),
         n => {
-            let _ = write!(out, "{n} eligible experts");
+            out.push_str(itoa::Buffer::new().format(n));
+            out.push_str(" eligible experts");
         }
     };
     let load = d.plan.load[d.chosen];
     match d.scores[d.chosen].filter(|s| s.is_finite()) {
         // Waiting priced below the fourth decimal is left out of the words.
         Some(s) if load >= 0.000_05 => {
-            let _ = write!(
-                out,
-                "best policy score plus waiting ({} + {}) among ",
-                Fixed4(s),
-                Fixed4(load)
-            );
+            out.push_str("best policy score plus waiting (");
+            push_fixed4(out, s);
+            out.push_str(" + ");
+            push_fixed4(out, load);
+            out.push_str(") among ");
             eligible(out);
         }
         Some(s) => {
-            let _ = write!(out, "best policy score ({}) among ", Fixed4(s));
+            out.push_str("best policy score (");
+            push_fixed4(out, s);
+            out.push_str(") among ");
             eligible(out);
         }
         None if d.plan.ranked.len() == 1 => {
@@ -384,20 +386,25 @@ fn describe_exclusions<'a>(excluded: impl Iterator<Item = (Exclusion, &'a str)>)
     parts.join(", ")
 }
 
-/// A number with four decimals, as `{:.4}` writes it, without the exact float-to-decimal
-/// algorithm `{:.4}` runs (the reason is written on every request). Rounds half away from zero
-/// on the scaled binary value, which can differ from `{:.4}` in the last digit at exact halves.
-struct Fixed4(f64);
-
-impl fmt::Display for Fixed4 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let x = self.0;
-        if !x.is_finite() || x.abs() >= 1e14 {
-            return write!(f, "{x:.4}");
-        }
-        let scaled = (x.abs() * 1e4).round() as u64;
-        let sign = if x.is_sign_negative() { "-" } else { "" };
-        write!(f, "{sign}{}.{:04}", scaled / 10_000, scaled % 10_000)
+/// Appends `x` with four decimals, as `{:.4}` writes it, without the exact float-to-decimal
+/// algorithm `{:.4}` runs nor the formatting machinery (the reason is written on every
+/// request). Rounds half away from zero on the scaled binary value, which can differ from
+/// `{:.4}` in the last digit at exact halves.
+fn push_fixed4(out: &mut String, x: f64) {
+    if !x.is_finite() || x.abs() >= 1e14 {
+        use fmt::Write;
+        let _ = write!(out, "{x:.4}");
+        return;
+    }
+    let scaled = (x.abs() * 1e4).round() as u64;
+    if x.is_sign_negative() {
+        out.push('-');
+    }
+    out.push_str(itoa::Buffer::new().format(scaled / 10_000));
+    out.push('.');
+    let fraction = scaled % 10_000;
+    for unit in [1000, 100, 10, 1] {
+        out.push(char::from(b'0' + (fraction / unit % 10) as u8));
     }
 }
 
@@ -1603,9 +1610,26 @@ mod tests {
     #[test]
     fn reasons_write_four_decimals_as_the_formatter_does() {
         for x in [
-            0.0, 0.78281, 1.0, 12.34567, -0.5, 0.00004, 123456.0, 0.99999, -2.25,
+            0.0,
+            0.78281,
+            1.0,
+            12.34567,
+            -0.5,
+            0.00004,
+            123456.0,
+            0.99999,
+            -2.25,
+            -0.000_01,
+            1e15,
+            f64::INFINITY,
+            7.0,
+            1234.5678,
+            0.1,
+            3.0e-5,
         ] {
-            assert_eq!(Fixed4(x).to_string(), format!("{x:.4}"), "{x}");
+            let mut written = String::from("<");
+            push_fixed4(&mut written, x);
+            assert_eq!(written, format!("<{x:.4}"), "{x}");
         }
     }
 

@@ -457,7 +457,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stop_words_are_sorted_for_binary_search() {
+    fn the_stop_list_is_sorted_and_fits_its_table() {
         assert!(
             STOP_WORDS.windows(2).all(|w| w[0] < w[1]),
             "keep STOP_WORDS sorted"
