@@ -149,11 +149,24 @@ pub fn is_month(word: &str) -> bool {
         }
         keys
     };
+    /// Bit `c - 'a'` set for the first letter `c` of a month (j, f, m, a, s, o, n, d).
+    const INITIALS: u32 = {
+        let mut bits = 0u32;
+        let mut i = 0;
+        while i < MONTHS.len() {
+            bits |= 1 << (MONTHS[i].as_bytes()[0] - b'a');
+            i += 1;
+        }
+        bits
+    };
     // Months are ASCII; no other character lower-cases into one of their letters. Nearly every
-    // word is ruled out by its length or its first three bytes (with the bit that lower-cases an
-    // ASCII letter set: a filter that keeps every month in any case) before any comparison.
+    // word is ruled out by its length, its first letter or its first three bytes (with the bit
+    // that lower-cases an ASCII letter set: a filter that keeps every month in any case) before
+    // any comparison.
     let b = word.as_bytes();
     (3..=9).contains(&b.len())
+        && (b[0] | 0x20).wrapping_sub(b'a') < 26
+        && INITIALS & (1 << ((b[0] | 0x20) - b'a')) != 0
         && PREFIXES.contains(&u32::from_le_bytes([
             b[0] | 0x20,
             b[1] | 0x20,

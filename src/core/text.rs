@@ -264,11 +264,19 @@ pub fn with_stem<R>(word: &str, f: impl FnOnce(&str) -> R) -> R {
 /// for any other word (`buf` then means nothing).
 fn stem_ascii_into(word: &str, buf: &mut [u8; INLINE]) -> Option<usize> {
     let bytes = word.as_bytes();
-    if bytes.len() > INLINE || !bytes.is_ascii() {
+    if bytes.len() > INLINE {
         return None;
     }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    buf.make_ascii_lowercase();
+    // Copied, lower-cased and checked for ASCII in one pass over the word's few bytes (a copy
+    // of a length known only at run time was a library call).
+    let mut high = 0;
+    for (to, &b) in buf.iter_mut().zip(bytes) {
+        high |= b;
+        *to = b.to_ascii_lowercase();
+    }
+    if !high.is_ascii() {
+        return None;
+    }
     let mut n = bytes.len() - possessive(&buf[..bytes.len()]);
     // ASCII: as many characters as bytes.
     let (cut, then_y) = inflection(&buf[..n], n);
