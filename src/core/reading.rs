@@ -142,8 +142,8 @@ impl ContextAnalysis {
             .map_or(0, |k| self.typed[s][k] as usize)
     }
 
-    /// Where the distinct question `terms` (as [`question_terms`] gives them) occur: visits only
-    /// the tokens that carry one.
+    /// Where the distinct question `terms` (as [`question_terms`] gives them: no stop word, since
+    /// the analysis does not index those) occur: visits only the tokens that carry one.
     pub fn count_terms(&self, terms: &[CompactString]) -> TermCounts<'_> {
         let width = terms.len();
         let mut in_context = vec![0u32; width];
