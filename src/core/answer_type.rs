@@ -2,8 +2,7 @@
 //! "when" and "what year", a number for "how many" and "what percentage", a name for "who",
 //! "where" and "which city". Used by the typed reader and by the policy's featurizer.
 
-use super::text::{Token, TokenKind};
-use compact_str::CompactString;
+use super::text::{Token, TokenKind, lower_case};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerType {
@@ -91,7 +90,7 @@ pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
         question.get(i + 1).is_some_and(|t| {
             let stem = t.stem.as_str();
             list.contains(&stem) || {
-                let word = lower(t.text(source));
+                let word = lower_case(t.text(source));
                 word != stem && list.contains(&word.as_str())
             }
         })
@@ -105,7 +104,7 @@ pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
         {
             continue;
         }
-        let kind = match lower(text).as_str() {
+        let kind = match lower_case(text).as_str() {
             "when" => AnswerType::Date,
             "who" | "whom" | "whose" | "where" => AnswerType::Name,
             "how" if next_is(i, HOW_NUMBER) => AnswerType::Number,
@@ -118,19 +117,6 @@ pub fn answer_type(question: &[Token], source: &str) -> AnswerType {
         return kind;
     }
     AnswerType::Other
-}
-
-/// `word` lower-cased, kept inline (no allocation) up to 24 bytes. An ASCII word is
-/// lower-cased without Unicode tables; any other is lower-cased in full, since that can give
-/// ASCII (the Kelvin sign gives "k").
-fn lower(word: &str) -> CompactString {
-    if word.is_ascii() {
-        let mut w = CompactString::from(word);
-        w.make_ascii_lowercase();
-        w
-    } else {
-        CompactString::from(word.to_lowercase())
-    }
 }
 
 /// Whether `word` is a month's name or abbreviation, in any case.

@@ -290,14 +290,7 @@ fn stem_ascii_into(word: &str, buf: &mut [u8; INLINE]) -> Option<usize> {
 
 /// [`stem`] of any word.
 fn stem_any(word: &str) -> CompactString {
-    // ASCII words (nearly all of them) lower-case without Unicode tables.
-    let mut w = if word.is_ascii() {
-        let mut w = CompactString::from(word);
-        w.make_ascii_lowercase();
-        w
-    } else {
-        CompactString::from(word.to_lowercase())
-    };
+    let mut w = lower_case(word);
     w.truncate(w.len() - possessive(w.as_bytes()));
     let chars = if w.is_ascii() {
         w.len()
@@ -310,6 +303,19 @@ fn stem_any(word: &str) -> CompactString {
         w.push('y');
     }
     w
+}
+
+/// `word` lower-cased, kept inline (no allocation) up to 24 bytes. An ASCII word (nearly every
+/// one) is lower-cased without Unicode tables; any other is lower-cased in full, since that can
+/// give ASCII (the Kelvin sign gives "k").
+pub fn lower_case(word: &str) -> CompactString {
+    if word.is_ascii() {
+        let mut w = CompactString::from(word);
+        w.make_ascii_lowercase();
+        w
+    } else {
+        CompactString::from(word.to_lowercase())
+    }
 }
 
 /// Whether `b` ends with `suffix`, compared byte by byte: these suffixes are a few bytes long,
@@ -361,18 +367,20 @@ const LONGEST_STOP_WORD: usize = 7;
 /// A word of at most 7 bytes as one integer: its bytes big-endian and zero-padded, then its
 /// length in the last byte. Two words have the same key only if they are the same word (the
 /// length tells "a" from "a\0"), keys of words without NUL bytes order like the words, and a
-/// comparison is one instruction.
+/// comparison is one instruction. Built a byte at a time over the word's own bytes (every word
+/// of a passage is packed when it is analysed; a copy into an array was a library call).
 const fn pack(word: &[u8]) -> u64 {
+    debug_assert!(word.len() <= LONGEST_STOP_WORD);
+    if word.is_empty() {
+        return 0;
+    }
     let mut key = 0u64;
     let mut i = 0;
-    while i < 7 {
-        key <<= 8;
-        if i < word.len() {
-            key |= word[i] as u64;
-        }
+    while i < word.len() {
+        key = key << 8 | word[i] as u64;
         i += 1;
     }
-    key << 8 | word.len() as u64
+    key << (8 * (8 - word.len())) | word.len() as u64
 }
 
 /// [`STOP_WORDS`] packed, in the same (sorted) order.
@@ -414,21 +422,13 @@ const STOP_TABLE: [u64; STOP_SLOTS] = {
     table
 };
 
-/// [`pack`] of a word of 1 to 7 bytes, at run time.
-#[inline]
-fn pack_short(word: &[u8]) -> u64 {
-    // A byte at a time: a copy of a few bytes into an array was a library call.
-    let bytes = word.iter().fold(0u64, |key, &b| key << 8 | u64::from(b));
-    bytes << (8 * (8 - word.len())) | word.len() as u64
-}
-
 /// Function words that carry no topic (compared on stems).
 pub fn is_stop_word(stem: &str) -> bool {
     let word = stem.as_bytes();
     if word.is_empty() || word.len() > LONGEST_STOP_WORD {
         return false;
     }
-    let key = pack_short(word);
+    let key = pack(word);
     let mut slot = stop_slot(key);
     loop {
         match STOP_TABLE[slot] {
