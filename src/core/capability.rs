@@ -125,7 +125,8 @@ fn has_other_white_space(text: &str) -> bool {
 /// its inner `,` and `.`, a word its apostrophe), and single punctuation characters
 /// ([`super::text::tokenize`]).
 pub fn count_tokens(text: &str) -> u32 {
-    let tokens = super::text::tokenize_stemming(text, |_| false).len();
+    let mut tokens = 0usize;
+    super::text::scan(text, |_| tokens += 1);
     u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
@@ -203,6 +204,13 @@ impl<'q> QueryFit<'q> {
         *self
             .chars
             .get_or_init(|| u32::try_from(self.context.chars().count()).unwrap_or(u32::MAX))
+    }
+
+    /// This query, its context known to have `tokens` tokens (as [`count_tokens`] counts them;
+    /// the context's analysis counts the same), so the check does not count them again.
+    pub fn with_context_tokens(self, tokens: usize) -> Self {
+        let _ = self.tokens.set(u32::try_from(tokens).unwrap_or(u32::MAX));
+        self
     }
 
     pub fn context_tokens(&self) -> u32 {

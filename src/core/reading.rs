@@ -404,6 +404,7 @@ impl<'a> Passage<'a> {
 mod tests {
     use super::*;
     use crate::core::answer_type::fits;
+    use crate::core::capability::count_tokens;
     use proptest::prelude::*;
 
     /// Words that stem alike in different cases and inflections, beyond ASCII too.
@@ -452,6 +453,8 @@ mod tests {
             let analysis = ContextAnalysis::of(&context);
             prop_assert!(analysis.is_of(&context));
             prop_assert_eq!(analysis.token_count(), full.tokens.len());
+            // The scheduler's capability check takes the analysis's count for its own.
+            prop_assert_eq!(count_tokens(&context) as usize, full.tokens.len());
             prop_assert_eq!(analysis.sentences(), &full.sentences[..]);
             for (s, &(lo, hi)) in full.sentences.iter().enumerate() {
                 let text = &context[full.tokens[lo].byte_start..full.tokens[hi - 1].byte_end];

@@ -422,7 +422,7 @@ impl RouterService {
                     .map_err(|e| Refusal::new(ErrorKind::InvalidInput, format!("language: {e}")))
             })
             .transpose()?;
-        let fit = QueryFit::new(
+        let mut fit = QueryFit::new(
             query.question(),
             query.context(),
             query.id(),
@@ -431,6 +431,9 @@ impl RouterService {
                 .and_then(|l| l.first())
                 .map(String::as_str),
         );
+        if let Some(analysis) = query.analysis() {
+            fit = fit.with_context_tokens(analysis.token_count());
+        }
 
         let now = Instant::now();
         let mut loads: Vec<Vec<ReplicaLoad>> =
