@@ -9,7 +9,7 @@
 
 use super::answer_type::{AnswerType, fits_text};
 use super::text::{
-    Token, TokenKind, ends_sentence, is_stop_word, scan, sentences, tokenize, with_stem,
+    Token, TokenKind, ends_sentence, is_stop_word, scan, sentences, stem_key, tokenize, with_stem,
 };
 use compact_str::CompactString;
 
@@ -36,7 +36,7 @@ pub struct ContextAnalysis {
     sentences: Vec<(usize, usize)>,
     /// Byte ranges of the sentences, from their first token's start to their last token's end.
     spans: Vec<(usize, usize)>,
-    /// The words and numbers as (key of the stem, position), sorted by key: the tokens that
+    /// The words and numbers as ([`stem_key`] of the stem, position), sorted by key: the tokens that
     /// carry a question term are found by a binary search over integers per term. Stop words
     /// are left out: no question term is one.
     by_stem: Vec<(u64, u32)>,
@@ -48,14 +48,6 @@ pub struct ContextAnalysis {
 
 /// The answer types whose fitting tokens [`ContextAnalysis`] counts per sentence.
 const TYPED: [AnswerType; 3] = [AnswerType::Date, AnswerType::Number, AnswerType::Name];
-
-/// The key a stem is found by in [`ContextAnalysis`], standing for the stem: 64 bits of XXH3.
-/// Two stems of one question and context share a key by accident with a probability of the
-/// order of 2^-50; a crafted pair could make a context word count as a question term, which
-/// whoever writes the context can do by writing the term.
-fn stem_key(stem: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(stem.as_bytes())
-}
 
 impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
@@ -75,12 +67,10 @@ impl ContextAnalysis {
             }
             numbers += usize::from(t.kind == TokenKind::Number);
             if t.kind != TokenKind::Punct {
-                with_stem(text, |stem| {
-                    // A question term is never a stop word: those are never looked up.
-                    if !stem.is_empty() && !is_stop_word(stem) {
-                        by_stem.push((stem_key(stem), tokens as u32));
-                    }
-                });
+                // A question term is never a stop word: those are never looked up.
+                if let Some(key) = with_stem(text, stem_key) {
+                    by_stem.push((key, tokens as u32));
+                }
             }
             tokens += 1;
             last_end = t.byte_end;
@@ -149,7 +139,10 @@ impl ContextAnalysis {
         let mut in_context = vec![0u32; width];
         let mut per_sentence = vec![0u32; width * self.sentences.len()];
         for (i, term) in terms.iter().enumerate() {
-            let key = stem_key(term);
+            // An empty stem or a stop word is not indexed: found nowhere.
+            let Some(key) = stem_key(term) else {
+                continue;
+            };
             let first = self.by_stem.partition_point(|&(k, _)| k < key);
             for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
                 let p = p as usize;

@@ -425,10 +425,11 @@ const STOP_TABLE: [u64; STOP_SLOTS] = {
 /// Function words that carry no topic (compared on stems).
 pub fn is_stop_word(stem: &str) -> bool {
     let word = stem.as_bytes();
-    if word.is_empty() || word.len() > LONGEST_STOP_WORD {
-        return false;
-    }
-    let key = pack(word);
+    !word.is_empty() && word.len() <= LONGEST_STOP_WORD && is_stop_key(pack(word))
+}
+
+/// Whether `key`, a word [`pack`]ed, is a stop word's.
+fn is_stop_key(key: u64) -> bool {
     let mut slot = stop_slot(key);
     loop {
         match STOP_TABLE[slot] {
@@ -437,6 +438,21 @@ pub fn is_stop_word(stem: &str) -> bool {
             _ => slot = (slot + 1) & (STOP_SLOTS - 1),
         }
     }
+}
+
+/// The key a stem is indexed and looked up by, or `None` for a stop word (or an empty stem),
+/// which is never indexed: a stem of at most 7 bytes is its own bytes [`pack`]ed (exact, and
+/// the same packing tells a stop word), a longer one its 64-bit XXH3. A short stem and a long
+/// one share a key by accident with a probability of the order of 2^-64 per pair; a crafted
+/// long word could take a short term's key, which whoever writes the context can do by writing
+/// the term.
+pub fn stem_key(stem: &str) -> Option<u64> {
+    let word = stem.as_bytes();
+    if word.len() > LONGEST_STOP_WORD {
+        return Some(xxhash_rust::xxh3::xxh3_64(word));
+    }
+    let key = pack(word);
+    (!word.is_empty() && !is_stop_key(key)).then_some(key)
 }
 
 /// Whether a token of `kind` and `text` ends a sentence: `.`, `!` or `?`.
@@ -553,6 +569,32 @@ mod tests {
             for w in [word, off.as_str(), longer.as_str(), shorter, other.as_str()] {
                 prop_assert_eq!(is_stop_word(w), STOP_WORDS.contains(&w), "{:?}", w);
             }
+        }
+
+        /// Two different stems that are not stop words have different keys: exactly when both
+        /// are at most 7 bytes (no hash in between), and a stop word or an empty stem has none.
+        #[test]
+        fn a_stem_key_tells_stems_apart_and_has_none_for_stop_words(
+            a in "\\PC{0,9}|[a-z]{1,9}|[a-z]{0,6}\\x00{1,2}",
+            b in "\\PC{0,9}|[a-z]{1,9}|[a-z]{0,6}\\x00{1,2}",
+            word in proptest::sample::select(STOP_WORDS),
+        ) {
+            use proptest::prelude::*;
+            prop_assert_eq!(stem_key(word), None);
+            prop_assert_eq!(stem_key(""), None);
+            for w in [&a, &b] {
+                prop_assert_eq!(stem_key(w).is_none(), w.is_empty() || is_stop_word(w));
+            }
+            // A NUL byte on the end makes another stem (the packing's zero padding must not hide it).
+            let padded = format!("{a}\0");
+            for (x, y) in [(&a, &b), (&a, &padded)] {
+                if let (Some(kx), Some(ky)) = (stem_key(x), stem_key(y)) {
+                    prop_assert_eq!(kx == ky, x == y, "{:?} {:?}", x, y);
+                }
+            }
+            // A long stem is hashed; its first 7 bytes alone key another stem.
+            let long = format!("abcdefg{a}{b}h");
+            prop_assert_ne!(stem_key(&long), stem_key("abcdefg"));
         }
     }
 
