@@ -36,14 +36,37 @@ pub struct ContextAnalysis {
     sentences: Vec<(usize, usize)>,
     /// Byte ranges of the sentences, from their first token's start to their last token's end.
     spans: Vec<(usize, usize)>,
-    /// The words and numbers as ([`stem_key`] of the stem, position), sorted by key: the tokens that
-    /// carry a question term are found by a binary search over integers per term. Stop words
-    /// are left out: no question term is one.
-    by_stem: Vec<(u64, u32)>,
+    /// The words and numbers' [`stem_key`]s, in text order, stop words left out (no question
+    /// term is one), chained by [`key_slot`] from `heads`: a term's tokens are found by walking
+    /// its slot's chain. Chaining makes building the index one step per key whatever the keys
+    /// (sorting them for binary searches cost several times more), and at worst, were every key
+    /// in one chain, a look-up walks them all.
+    keys: Vec<u64>,
+    /// The token position of each of `keys`.
+    positions: Vec<u32>,
+    /// Per key, the next (earlier) key of its chain; [`NO_KEY`] ends a chain.
+    next: Vec<u32>,
+    /// Per slot, the last key of its chain, or [`NO_KEY`].
+    heads: Vec<u32>,
     /// Tokens that are numbers.
     numbers: usize,
     /// Per sentence, how many of its tokens fit an answer of each type ([`TYPED`]).
     typed: Vec<[u32; TYPED.len()]>,
+}
+
+/// The end of a chain of keys in [`ContextAnalysis`].
+const NO_KEY: u32 = u32::MAX;
+
+/// Slots for `keys` chained keys: a power of two, at least twice as many (chains of one key,
+/// mostly).
+fn slots_for(keys: usize) -> usize {
+    (2 * keys).next_power_of_two().max(2)
+}
+
+/// The slot of `key` among `1 << bits` (Fibonacci hashing: the top bits of a multiplication,
+/// which mix every bit of the key in).
+fn key_slot(key: u64, bits: u32) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
 }
 
 /// The answer types whose fitting tokens [`ContextAnalysis`] counts per sentence.
@@ -53,7 +76,10 @@ impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
         let mut tokens = 0;
         let (mut sentences, mut spans, mut typed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut by_stem = Vec::with_capacity(context.len() / 5 + 1);
+        let (mut keys, mut positions) = (
+            Vec::with_capacity(context.len() / 8 + 1),
+            Vec::with_capacity(context.len() / 8 + 1),
+        );
         let mut numbers = 0;
         // The sentence being read: its first token, its first byte, its typed counts.
         let (mut first, mut from, mut counts) = (0, None, [0u32; TYPED.len()]);
@@ -69,7 +95,8 @@ impl ContextAnalysis {
             if t.kind != TokenKind::Punct {
                 // A question term is never a stop word: those are never looked up.
                 if let Some(key) = with_stem(text, stem_key) {
-                    by_stem.push((key, tokens as u32));
+                    keys.push(key);
+                    positions.push(tokens as u32);
                 }
             }
             tokens += 1;
@@ -86,13 +113,22 @@ impl ContextAnalysis {
             spans.push((from.unwrap_or(0), last_end));
             typed.push(counts);
         }
-        by_stem.sort_unstable_by_key(|&(key, _)| key);
+        let mut heads = vec![NO_KEY; slots_for(keys.len())];
+        let bits = heads.len().trailing_zeros();
+        let next = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &key)| std::mem::replace(&mut heads[key_slot(key, bits)], i as u32))
+            .collect();
         Self {
             context: context.into(),
             tokens,
             sentences,
             spans,
-            by_stem,
+            keys,
+            positions,
+            next,
+            heads,
             numbers,
             typed,
         }
@@ -133,22 +169,27 @@ impl ContextAnalysis {
     }
 
     /// Where the distinct question `terms` (as [`question_terms`] gives them: no stop word, since
-    /// the analysis does not index those) occur: visits only the tokens that carry one.
+    /// the analysis does not index those) occur: visits only the keys in the terms' chains.
     pub fn count_terms(&self, terms: &[CompactString]) -> TermCounts<'_> {
         let width = terms.len();
         let mut in_context = vec![0u32; width];
         let mut per_sentence = vec![0u32; width * self.sentences.len()];
+        let bits = self.heads.len().trailing_zeros();
         for (i, term) in terms.iter().enumerate() {
             // An empty stem or a stop word is not indexed: found nowhere.
             let Some(key) = stem_key(term) else {
                 continue;
             };
-            let first = self.by_stem.partition_point(|&(k, _)| k < key);
-            for &(_, p) in self.by_stem[first..].iter().take_while(|&&(k, _)| k == key) {
-                let p = p as usize;
-                in_context[i] += 1;
-                let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
-                per_sentence[sentence * width + i] += 1;
+            let mut at = self.heads[key_slot(key, bits)];
+            while at != NO_KEY {
+                let k = at as usize;
+                if self.keys[k] == key {
+                    let p = self.positions[k] as usize;
+                    in_context[i] += 1;
+                    let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
+                    per_sentence[sentence * width + i] += 1;
+                }
+                at = self.next[k];
             }
         }
         TermCounts {
