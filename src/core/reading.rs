@@ -36,22 +36,28 @@ pub struct ContextAnalysis {
     sentences: Vec<(usize, usize)>,
     /// Byte ranges of the sentences, from their first token's start to their last token's end.
     spans: Vec<(usize, usize)>,
-    /// The words and numbers' [`stem_key`]s, in text order, stop words left out (no question
-    /// term is one), chained by [`key_slot`] from `heads`: a term's tokens are found by walking
-    /// its slot's chain. Chaining makes building the index one step per key whatever the keys
-    /// (sorting them for binary searches cost several times more), and at worst, were every key
-    /// in one chain, a look-up walks them all.
-    keys: Vec<u64>,
-    /// The token position of each of `keys`.
-    positions: Vec<u32>,
-    /// Per key, the next (earlier) key of its chain; [`NO_KEY`] ends a chain.
-    next: Vec<u32>,
-    /// Per slot, the last key of its chain, or [`NO_KEY`].
+    /// The words and numbers' [`stem_key`]s with their positions, in text order, stop words
+    /// left out (no question term is one), chained by [`key_slot`] from `heads`: a term's
+    /// tokens are found by walking its slot's chain. Chaining makes building the index one step
+    /// per key whatever the keys (sorting them for binary searches cost several times more),
+    /// and at worst, were every key in one chain, a look-up walks them all.
+    keys: Vec<Keyed>,
+    /// Per slot, the last of `keys` in its chain, or [`NO_KEY`].
     heads: Vec<u32>,
     /// Tokens that are numbers.
     numbers: usize,
     /// Per sentence, how many of its tokens fit an answer of each type ([`TYPED`]).
     typed: Vec<[u32; TYPED.len()]>,
+}
+
+/// A token of [`ContextAnalysis`] by its stem's key: one cache line holds what a look-up reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Keyed {
+    key: u64,
+    /// The token's position.
+    position: u32,
+    /// The next (earlier) of the keys in its chain; [`NO_KEY`] ends a chain.
+    next: u32,
 }
 
 /// The end of a chain of keys in [`ContextAnalysis`].
@@ -76,10 +82,7 @@ impl ContextAnalysis {
     pub fn of(context: &str) -> Self {
         let mut tokens = 0;
         let (mut sentences, mut spans, mut typed) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut keys, mut positions) = (
-            Vec::with_capacity(context.len() / 8 + 1),
-            Vec::with_capacity(context.len() / 8 + 1),
-        );
+        let mut keys = Vec::with_capacity(context.len() / 8 + 1);
         let mut numbers = 0;
         // The sentence being read: its first token, its first byte, its typed counts.
         let (mut first, mut from, mut counts) = (0, None, [0u32; TYPED.len()]);
@@ -95,8 +98,11 @@ impl ContextAnalysis {
             if t.kind != TokenKind::Punct {
                 // A question term is never a stop word: those are never looked up.
                 if let Some(key) = with_stem(text, stem_key) {
-                    keys.push(key);
-                    positions.push(tokens as u32);
+                    keys.push(Keyed {
+                        key,
+                        position: tokens as u32,
+                        next: NO_KEY,
+                    });
                 }
             }
             tokens += 1;
@@ -115,19 +121,15 @@ impl ContextAnalysis {
         }
         let mut heads = vec![NO_KEY; slots_for(keys.len())];
         let bits = heads.len().trailing_zeros();
-        let next = keys
-            .iter()
-            .enumerate()
-            .map(|(i, &key)| std::mem::replace(&mut heads[key_slot(key, bits)], i as u32))
-            .collect();
+        for (i, k) in keys.iter_mut().enumerate() {
+            k.next = std::mem::replace(&mut heads[key_slot(k.key, bits)], i as u32);
+        }
         Self {
             context: context.into(),
             tokens,
             sentences,
             spans,
             keys,
-            positions,
-            next,
             heads,
             numbers,
             typed,
@@ -182,14 +184,14 @@ impl ContextAnalysis {
             };
             let mut at = self.heads[key_slot(key, bits)];
             while at != NO_KEY {
-                let k = at as usize;
-                if self.keys[k] == key {
-                    let p = self.positions[k] as usize;
+                let k = &self.keys[at as usize];
+                if k.key == key {
+                    let p = k.position as usize;
                     in_context[i] += 1;
                     let sentence = self.sentences.partition_point(|&(_, hi)| hi <= p);
                     per_sentence[sentence * width + i] += 1;
                 }
-                at = self.next[k];
+                at = k.next;
             }
         }
         TermCounts {
