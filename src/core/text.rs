@@ -364,13 +364,17 @@ const STOP_WORDS: &[&str] = &[
 
 const LONGEST_STOP_WORD: usize = 7;
 
-/// A word of at most 7 bytes as one integer: its bytes big-endian and zero-padded, then its
+/// The longest word [`pack`] takes: seven bytes and the length fill a `u64`.
+const PACKED: usize = 7;
+const _: () = assert!(LONGEST_STOP_WORD <= PACKED, "every stop word must pack");
+
+/// A word of at most [`PACKED`] bytes as one integer: its bytes big-endian and zero-padded, then its
 /// length in the last byte. Two words have the same key only if they are the same word (the
 /// length tells "a" from "a\0"), keys of words without NUL bytes order like the words, and a
 /// comparison is one instruction. Built a byte at a time over the word's own bytes (every word
 /// of a passage is packed when it is analysed; a copy into an array was a library call).
 const fn pack(word: &[u8]) -> u64 {
-    debug_assert!(word.len() <= LONGEST_STOP_WORD);
+    debug_assert!(word.len() <= PACKED);
     if word.is_empty() {
         return 0;
     }
@@ -448,7 +452,7 @@ fn is_stop_key(key: u64) -> bool {
 /// the term.
 pub fn stem_key(stem: &str) -> Option<u64> {
     let word = stem.as_bytes();
-    if word.len() > LONGEST_STOP_WORD {
+    if word.len() > PACKED {
         return Some(xxhash_rust::xxh3::xxh3_64(word));
     }
     let key = pack(word);
@@ -585,7 +589,8 @@ mod tests {
             for w in [&a, &b] {
                 prop_assert_eq!(stem_key(w).is_none(), w.is_empty() || is_stop_word(w));
             }
-            // A NUL byte on the end makes another stem (the packing's zero padding must not hide it).
+            // A NUL byte on the end makes another stem (the packing's zero padding must not
+            // hide it).
             let padded = format!("{a}\0");
             for (x, y) in [(&a, &b), (&a, &padded)] {
                 if let (Some(kx), Some(ky)) = (stem_key(x), stem_key(y)) {
